@@ -1,0 +1,136 @@
+"""The random tree grammar of the controlled setting (PAPER.md, "Setting 2").
+
+A sequence is the leaf row of a full binary tree of depth `depth`: the root symbol
+is uniform over `q` symbols and a node with symbol `a` emits the ordered (left,
+right) pair of child symbols `(b, c)` with probability `transitions[a, b, c]`.
+Node `j` of level `d` has children `2j` and `2j + 1` of level `d + 1`, so the
+leaves of level `depth` read left to right.
+"""
+import dataclasses
+import numbers
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Grammar:
+    """A tree grammar.
+
+    Attributes:
+        transitions: float64 [q, q, q], `transitions[a, b, c] = P(left=b, right=c |
+            parent=a)`; each `transitions[a]` sums to one.
+        depth: number of levels below the root; sequences have `2**depth` leaves.
+    """
+    transitions: np.ndarray
+    depth: int
+
+    def __post_init__(self):
+        t = np.asarray(self.transitions, dtype=np.float64)
+        if t.ndim != 3 or not t.shape[0] == t.shape[1] == t.shape[2]:
+            raise ValueError(f"transitions must have shape [q, q, q], got {t.shape}")
+        if not np.all(np.isfinite(t)) or np.any(t < 0):
+            raise ValueError("transitions must be finite and non-negative")
+        sums = t.reshape(t.shape[0], -1).sum(-1)
+        if not np.allclose(sums, 1.0, atol=1e-6):
+            raise ValueError(
+                    f"transitions[a] must sum to one for every parent a, got sums {sums}")
+        _check_int("depth", self.depth, minimum=1)
+        t.setflags(write=False)
+        object.__setattr__(self, "transitions", t)
+
+    @property
+    def q(self) -> int:
+        return self.transitions.shape[0]
+
+    @property
+    def length(self) -> int:
+        """Number of leaves of a sequence."""
+        return 2**self.depth
+
+
+def _check_int(name, value, minimum, maximum=None):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+def random_grammar(q: int = 6, depth: int = 4, sigma: float = 1.0,
+                                      q_eff: int = 4, seed: int = 0) -> Grammar:
+    """Draws the random grammar of PAPER.md.
+
+    The q**2 ordered child pairs are shuffled and dealt out in blocks of q, one
+    block per parent, so each pair has at most one parent (which makes the
+    grammar unambiguous: a pair of children determines its parent). The first
+    `q_eff` pairs of a parent's block are allowed, with probabilities
+    softmax(sigma * N(0, 1)) over them; all other pairs have probability zero.
+
+    Args:
+        q: vocabulary size, >= 2.
+        depth: tree depth, >= 1 (sequences of 2**depth leaves).
+        sigma: scale of the logits, >= 0 (0 gives uniform allowed pairs).
+        q_eff: allowed pairs per parent, 1 <= q_eff <= q.
+        seed: seed of the numpy generator that draws the grammar.
+
+    Returns:
+        The grammar.
+
+    Raises:
+        ValueError: a parameter is out of range or of the wrong type; the message
+            names it.
+    """
+    _check_int("q", q, minimum=2)
+    _check_int("depth", depth, minimum=1)
+    _check_int("q_eff", q_eff, minimum=1, maximum=q)
+    _check_int("seed", seed, minimum=0)
+    if (isinstance(sigma, bool) or not isinstance(sigma, numbers.Real)
+            or not np.isfinite(sigma) or sigma < 0):
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
+
+    rng = np.random.default_rng(seed)
+    pairs = rng.permutation(q * q).reshape(q, q)  # [parent, slot] -> pair b*q+c
+    logits = sigma * rng.standard_normal((q, q_eff))
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    transitions = np.zeros((q, q * q))
+    np.put_along_axis(transitions, pairs[:, :q_eff], probs, axis=-1)
+    return Grammar(transitions=transitions.reshape(q, q, q), depth=depth)
+
+
+def sample_levels(grammar: Grammar, n: int, seed: int) -> list[np.ndarray]:
+    """Draws `n` trees by ancestral sampling, level by level.
+
+    Fully determined by `seed` (one numpy generator, consumed in a fixed order).
+
+    Args:
+        grammar: the grammar.
+        n: number of trees, >= 1.
+        seed: seed of the numpy generator.
+
+    Returns:
+        `depth + 1` arrays; level `d` is int32 [n, 2**d] (level 0 holds the roots,
+        level `depth` the leaves).
+    """
+    _check_int("n", n, minimum=1)
+    _check_int("seed", seed, minimum=0)
+    q = grammar.q
+    rng = np.random.default_rng(seed)
+    pair_probs = grammar.transitions.reshape(q, q * q)
+    levels = [rng.integers(0, q, size=(n, 1), dtype=np.int32)]
+    for _ in range(grammar.depth):
+        parents = levels[-1]
+        pairs = np.empty(parents.shape, dtype=np.int32)
+        # One vectorised draw per parent symbol: q small draws beat a per-node loop
+        # and keep the stream independent of how the nodes are laid out.
+        for a in range(q):
+            mask = parents == a
+            pairs[mask] = rng.choice(q * q, size=int(mask.sum()), p=pair_probs[a])
+        children = np.stack([pairs // q, pairs % q], axis=-1)  # [n, 2**d, 2]
+        levels.append(children.reshape(n, -1))
+    return levels
+
+
+def sample(grammar: Grammar, n: int, seed: int) -> np.ndarray:
+    """Draws `n` sequences: int32 [n, 2**depth] leaf symbols."""
+    return sample_levels(grammar, n, seed)[-1]
