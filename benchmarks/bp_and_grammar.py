@@ -5,6 +5,7 @@ Run from the repository root:  python -m benchmarks.bp_and_grammar
 Each figure is a ratio measured in this process against a straightforward
 baseline (one sequence at a time), so that machine load cancels out.
 """
+
 import time
 
 import jax
@@ -32,8 +33,12 @@ def loop_leaf_marginals(transitions, log_evidence):
     ups[depth] = np.exp(log_evidence - log_evidence.max(-1, keepdims=True))
     for level in range(depth - 1, -1, -1):
         child = ups[level + 1]
-        msg = np.stack([np.einsum("abc,b,c->a", transitions, child[2 * j], child[2 * j + 1])
-                        for j in range(2**level)])
+        msg = np.stack(
+            [
+                np.einsum("abc,b,c->a", transitions, child[2 * j], child[2 * j + 1])
+                for j in range(2**level)
+            ]
+        )
         ups[level] = msg / msg.max(-1, keepdims=True)
     outside = np.full((1, q), 1.0 / q)
     for level in range(depth):
@@ -78,33 +83,43 @@ def main():
     fast = _best_time(lambda: bp.leaf_marginals(g.transitions, fields).block_until_ready())
     fe = bp.free_energy(g.transitions, jnp.argmax(x0, -1)).block_until_ready()
     fast_fe = _best_time(
-        lambda: bp.free_energy(g.transitions, jnp.argmax(x0, -1)).block_until_ready())
+        lambda: bp.free_energy(g.transitions, jnp.argmax(x0, -1)).block_until_ready()
+    )
     m = 300
     np_fields = np.asarray(fields[:m], np.float64)
     base = _best_time(lambda: [loop_leaf_marginals(g.transitions, f) for f in np_fields], 1)
     np.testing.assert_allclose(
         np.stack([loop_leaf_marginals(g.transitions, f) for f in np_fields[:20]]),
-        marg[:20], atol=1e-5)
-    print(f"BP leaf marginals: {n / fast:,.0f} seq/s (batch {n}); per-sample numpy loop "
-          f"{m / base:,.0f} seq/s; ratio {base / m * n / fast:,.0f}x")
-    print(f"BP free energy:    {n / fast_fe:,.0f} seq/s; finite for all: "
-          f"{bool(np.isfinite(fe).all())}")
+        marg[:20],
+        atol=1e-5,
+    )
+    print(
+        f"BP leaf marginals: {n / fast:,.0f} seq/s (batch {n}); per-sample numpy loop "
+        f"{m / base:,.0f} seq/s; ratio {base / m * n / fast:,.0f}x"
+    )
+    print(
+        f"BP free energy:    {n / fast_fe:,.0f} seq/s; finite for all: "
+        f"{bool(np.isfinite(fe).all())}"
+    )
 
     # Extreme fields on ungrammatical inputs take the log-space path.
     noise = jax.nn.one_hot(np.random.default_rng(0).integers(0, 6, (10_000, 16)), 6)
     extreme = 5000.0 * noise
     bp.leaf_marginals(g.transitions, extreme).block_until_ready()
     slow = _best_time(lambda: bp.leaf_marginals(g.transitions, extreme).block_until_ready())
-    print(f"BP on ungrammatical inputs with fields 5e3 (log-space path): "
-          f"{10_000 / slow:,.0f} seq/s")
+    print(
+        f"BP on ungrammatical inputs with fields 5e3 (log-space path): {10_000 / slow:,.0f} seq/s"
+    )
 
     # Grammar sampler.
     n = 1_000_000
     fast = _best_time(lambda: grammar_lib.sample(g, n, seed=0), 2)
     m = 5_000
     base = _best_time(lambda: loop_sample(g, m, seed=0), 1)
-    print(f"grammar sampler: {n / fast:,.0f} seq/s (10^6 in {fast:.2f} s); per-tree loop "
-          f"{m / base:,.0f} seq/s; ratio {base / m * n / fast:,.0f}x")
+    print(
+        f"grammar sampler: {n / fast:,.0f} seq/s (10^6 in {fast:.2f} s); per-tree loop "
+        f"{m / base:,.0f} seq/s; ratio {base / m * n / fast:,.0f}x"
+    )
 
 
 if __name__ == "__main__":

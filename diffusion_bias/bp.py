@@ -21,11 +21,11 @@ matrices M_L[a, b] = sum_c M[a, b, c] (left turn) and M_R[a, c] = sum_b M[a, b, 
 
 Shapes: q symbols, depth l, L = 2**l leaves, `...` any batch shape.
 """
+
 import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def channels(transitions, level):
@@ -87,8 +87,7 @@ class _LogSpace:
         left, right = _pairs(children)
         log_m = jnp.log(m)
         # Axis order (b, c, a) keeps the two reduced axes together.
-        terms = (jnp.moveaxis(log_m, 0, -1) + left[..., :, None, None]
-                 + right[..., None, :, None])
+        terms = jnp.moveaxis(log_m, 0, -1) + left[..., :, None, None] + right[..., None, :, None]
         return jax.nn.logsumexp(terms, axis=(-3, -2))
 
     @staticmethod
@@ -96,10 +95,8 @@ class _LogSpace:
         left, right = _pairs(children)
         log_m = jnp.log(m)
         parent = outside[..., :, None, None]
-        to_left = jax.nn.logsumexp(parent + log_m + right[..., None, None, :],
-                                   axis=(-3, -1))
-        to_right = jax.nn.logsumexp(parent + log_m + left[..., None, :, None],
-                                    axis=(-3, -2))
+        to_left = jax.nn.logsumexp(parent + log_m + right[..., None, None, :], axis=(-3, -1))
+        to_right = jax.nn.logsumexp(parent + log_m + left[..., None, :, None], axis=(-3, -2))
         return _interleave(to_left, to_right)
 
     @staticmethod
@@ -174,10 +171,10 @@ def _sweep(space, transitions, log_evidence, k, downward):
 
     # The root stage is small (2**k channels of q x q) and runs in log space
     # whatever the arithmetic below it.
-    log_chan = jnp.log(channels(transitions, k))                        # [2**k, a, x]
-    up_k = space.to_log(ups[k])                                          # [..., 2**k, x]
+    log_chan = jnp.log(channels(transitions, k))  # [2**k, a, x]
+    up_k = space.to_log(ups[k])  # [..., 2**k, x]
     per_node = jax.nn.logsumexp(log_chan + up_k[..., None, :], axis=-1)  # [..., 2**k, a]
-    root_up = per_node.sum(-2)                                           # [..., a]
+    root_up = per_node.sum(-2)  # [..., a]
     log_prior = -jnp.log(jnp.asarray(q, log_evidence.dtype))
     log_z = log_z + jax.nn.logsumexp(root_up + log_prior, axis=-1)
     if not downward:
@@ -186,17 +183,17 @@ def _sweep(space, transitions, log_evidence, k, downward):
     root = jax.nn.softmax(root_up, axis=-1)[..., None, :]
     # Everything the root hears except from node j (all finite: every row of
     # a channel has a positive entry and the evidence is finite).
-    others = root_up[..., None, :] - per_node                            # [..., 2**k, a]
-    outside, _, _ = _LogSpace.normalize(jax.nn.logsumexp(
-        (others + log_prior)[..., None] + log_chan, axis=-2))             # [..., 2**k, x]
+    others = root_up[..., None, :] - per_node  # [..., 2**k, a]
+    outside, _, _ = _LogSpace.normalize(
+        jax.nn.logsumexp((others + log_prior)[..., None] + log_chan, axis=-2)
+    )  # [..., 2**k, x]
     outside = space.from_log(outside)
     marginals = [root] + [None] * depth
     for level in range(k, depth + 1):
         marginals[level], ok = space.marginal(outside, ups[level])
         oks.append(ok)
         if level < depth:
-            outside, _, ok = space.normalize(
-                space.down(transitions, outside, ups[level + 1]))
+            outside, _, ok = space.normalize(space.down(transitions, outside, ups[level + 1]))
             oks.append(ok)
     return log_z, tuple(marginals), _all(oks, log_z.shape)
 
@@ -216,6 +213,7 @@ def _bp(transitions, log_evidence, k, downward):
 
         def pick(a, b):
             return jnp.where(ok.reshape(ok.shape + (1,) * (a.ndim - ok.ndim)), a, b)
+
         return jax.tree.map(pick, fast[:2], exact[:2])
 
     # The log-space sweep runs only when some element needs it.
@@ -224,21 +222,25 @@ def _bp(transitions, log_evidence, k, downward):
 
 def _check(transitions, log_evidence, factorized_layers):
     if transitions.ndim != 3 or not (
-            transitions.shape[0] == transitions.shape[1] == transitions.shape[2]):
+        transitions.shape[0] == transitions.shape[1] == transitions.shape[2]
+    ):
         raise ValueError(f"transitions must have shape [q, q, q], got {transitions.shape}")
     q = transitions.shape[0]
     length = log_evidence.shape[-2] if log_evidence.ndim >= 2 else 0
-    if (log_evidence.ndim < 2 or log_evidence.shape[-1] != q or length < 2
-            or length & (length - 1)):
+    if log_evidence.ndim < 2 or log_evidence.shape[-1] != q or length < 2 or length & (length - 1):
         raise ValueError(
             f"leaf evidence must have shape [..., 2**depth, q={q}] with depth >= 1, "
-            f"got {log_evidence.shape}")
+            f"got {log_evidence.shape}"
+        )
     depth = length.bit_length() - 1
-    if (isinstance(factorized_layers, bool) or not isinstance(factorized_layers, int)
-            or not 0 <= factorized_layers <= depth):
+    if (
+        isinstance(factorized_layers, bool)
+        or not isinstance(factorized_layers, int)
+        or not 0 <= factorized_layers <= depth
+    ):
         raise ValueError(
-            f"factorized_layers must be an integer in [0, depth={depth}], "
-            f"got {factorized_layers!r}")
+            f"factorized_layers must be an integer in [0, depth={depth}], got {factorized_layers!r}"
+        )
 
 
 def _as_float(x):

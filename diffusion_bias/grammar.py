@@ -6,6 +6,7 @@ right) pair of child symbols `(b, c)` with probability `transitions[a, b, c]`.
 Node `j` of level `d` has children `2j` and `2j + 1` of level `d + 1`, so the
 leaves of level `depth` read left to right.
 """
+
 import dataclasses
 import numbers
 
@@ -21,6 +22,7 @@ class Grammar:
             parent=a)`; each `transitions[a]` sums to one.
         depth: number of levels below the root; sequences have `2**depth` leaves.
     """
+
     transitions: np.ndarray
     depth: int
 
@@ -32,8 +34,7 @@ class Grammar:
             raise ValueError("transitions must be finite and non-negative")
         sums = t.reshape(t.shape[0], -1).sum(-1)
         if not np.allclose(sums, 1.0, atol=1e-6):
-            raise ValueError(
-                    f"transitions[a] must sum to one for every parent a, got sums {sums}")
+            raise ValueError(f"transitions[a] must sum to one for every parent a, got sums {sums}")
         _check_int("depth", self.depth, minimum=1)
         t.setflags(write=False)
         object.__setattr__(self, "transitions", t)
@@ -56,8 +57,9 @@ def _check_int(name, value, minimum, maximum=None):
         raise ValueError(f"{name} must be {bound}, got {value}")
 
 
-def random_grammar(q: int = 6, depth: int = 4, sigma: float = 1.0,
-                                      q_eff: int = 4, seed: int = 0) -> Grammar:
+def random_grammar(
+    q: int = 6, depth: int = 4, sigma: float = 1.0, q_eff: int = 4, seed: int = 0
+) -> Grammar:
     """Draws the random grammar of PAPER.md.
 
     The q**2 ordered child pairs are shuffled and dealt out in blocks of q, one
@@ -84,8 +86,12 @@ def random_grammar(q: int = 6, depth: int = 4, sigma: float = 1.0,
     _check_int("depth", depth, minimum=1)
     _check_int("q_eff", q_eff, minimum=1, maximum=q)
     _check_int("seed", seed, minimum=0)
-    if (isinstance(sigma, bool) or not isinstance(sigma, numbers.Real)
-            or not np.isfinite(sigma) or sigma < 0):
+    if (
+        isinstance(sigma, bool)
+        or not isinstance(sigma, numbers.Real)
+        or not np.isfinite(sigma)
+        or sigma < 0
+    ):
         raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
 
     rng = np.random.default_rng(seed)

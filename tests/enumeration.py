@@ -3,6 +3,7 @@
 Independent of `diffusion_bias.bp`: nothing here passes messages. Small trees
 only (q**(number of nodes) configurations).
 """
+
 import itertools
 
 import numpy as np
@@ -38,7 +39,7 @@ def tree_configurations(transitions, depth, factorized_layers=0):
     levels = [None] * (depth + 1)
     start = 0
     for d, size in zip(present, sizes):
-        levels[d] = configs[:, start:start + size]
+        levels[d] = configs[:, start : start + size]
         start += size
     root = levels[0][:, 0]
     prior = np.full(len(configs), 1.0 / q)
@@ -51,8 +52,9 @@ def tree_configurations(transitions, depth, factorized_layers=0):
         below = k
     for d in range(below, depth):
         parent = levels[d]
-        prior *= np.prod(transitions[parent, levels[d + 1][:, 0::2],
-                                     levels[d + 1][:, 1::2]], axis=1)
+        prior *= np.prod(
+            transitions[parent, levels[d + 1][:, 0::2], levels[d + 1][:, 1::2]], axis=1
+        )
     return levels, prior
 
 

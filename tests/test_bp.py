@@ -1,9 +1,10 @@
 """Belief propagation against brute-force enumeration (tests/enumeration.py)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import logsumexp, softmax
+from scipy.special import softmax
 
 from diffusion_bias import bp
 from diffusion_bias import grammar as grammar_lib
@@ -16,8 +17,8 @@ def _posterior_leaf_marginals(transitions, depth, log_evidence, k):
     length = seqs.shape[1]
     with np.errstate(divide="ignore"):
         log_w = np.log(probs) + log_evidence[..., np.arange(length), seqs].sum(-1)
-    w = softmax(log_w, axis=-1)                                   # [..., S]
-    one_hot = np.eye(transitions.shape[0])[seqs]                  # [S, L, q]
+    w = softmax(log_w, axis=-1)  # [..., S]
+    one_hot = np.eye(transitions.shape[0])[seqs]  # [S, L, q]
     return np.einsum("...s,slq->...lq", w, one_hot)
 
 
@@ -35,8 +36,9 @@ def test_leaf_marginals_equal_enumeration_for_every_k(depth, zeros):
     log_evidence = 2.0 * rng.standard_normal((5, 2**depth, q))
     for k in range(depth + 1):
         want = _posterior_leaf_marginals(transitions, depth, log_evidence, k)
-        got = bp.leaf_marginals(transitions, jnp.asarray(log_evidence, jnp.float32),
-                                factorized_layers=k)
+        got = bp.leaf_marginals(
+            transitions, jnp.asarray(log_evidence, jnp.float32), factorized_layers=k
+        )
         np.testing.assert_allclose(got, want, atol=2e-6, err_msg=f"k={k}")
 
 
@@ -49,12 +51,12 @@ def test_every_level_marginal_equals_enumeration(q, depth, zeros):
     for k in range(depth + 1):
         levels, prior = enumeration.tree_configurations(transitions, depth, k)
         leaves = levels[depth]
-        log_w = np.log(np.maximum(prior, 1e-300)) + np.where(
-            prior > 0, 0.0, -np.inf)
+        log_w = np.log(np.maximum(prior, 1e-300)) + np.where(prior > 0, 0.0, -np.inf)
         log_w = log_w + log_evidence[:, np.arange(2**depth), leaves].sum(-1)
-        w = softmax(log_w, axis=-1)                               # [B, C]
-        got = bp.level_marginals(transitions, jnp.asarray(log_evidence, jnp.float32),
-                                 factorized_layers=k)
+        w = softmax(log_w, axis=-1)  # [B, C]
+        got = bp.level_marginals(
+            transitions, jnp.asarray(log_evidence, jnp.float32), factorized_layers=k
+        )
         for d in range(depth + 1):
             if levels[d] is None:
                 assert got[d] is None
@@ -74,8 +76,9 @@ def test_free_energy_equals_enumeration_and_is_inf_where_impossible(zeros):
         if zeros and k == 0:
             assert not possible.all()
         assert np.all(np.isinf(got[~possible])) and np.all(got[~possible] > 0)
-        np.testing.assert_allclose(got[possible], -np.log(probs[possible]) / np.log(q),
-                                   rtol=2e-6, err_msg=f"k={k}")
+        np.testing.assert_allclose(
+            got[possible], -np.log(probs[possible]) / np.log(q), rtol=2e-6, err_msg=f"k={k}"
+        )
 
 
 def test_free_energy_marginalises_unobserved_leaves():
@@ -116,8 +119,11 @@ def test_extreme_fields_give_finite_exact_marginals_in_float32():
     one_hot = np.eye(q)[rng.integers(0, q, (20, 2**depth))]
     log_evidence = 5000.0 * (one_hot + 0.01 * rng.standard_normal(one_hot.shape))
     for k in range(depth + 1):
-        got = np.asarray(bp.leaf_marginals(
-            transitions, jnp.asarray(log_evidence, jnp.float32), factorized_layers=k))
+        got = np.asarray(
+            bp.leaf_marginals(
+                transitions, jnp.asarray(log_evidence, jnp.float32), factorized_layers=k
+            )
+        )
         assert np.all(np.isfinite(got))
         np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-6)
         want = _posterior_leaf_marginals(transitions, depth, log_evidence, k)
@@ -146,27 +152,35 @@ def test_scaled_and_log_space_sweeps_agree_on_moderate_fields():
 def test_channels_are_path_products_of_marginal_transitions():
     transitions = _transitions(4, zeros=True, seed=2)
     for k in range(4):
-        np.testing.assert_allclose(bp.channels(jnp.asarray(transitions), k),
-                                   enumeration.path_channels(transitions, k), atol=1e-6)
+        np.testing.assert_allclose(
+            bp.channels(jnp.asarray(transitions), k),
+            enumeration.path_channels(transitions, k),
+            atol=1e-6,
+        )
 
 
 def test_marginals_are_invariant_to_per_leaf_constants():
     g = grammar_lib.random_grammar()
     ev = jax.random.normal(jax.random.key(1), (8, 16, 6))
     shifted = ev + 100.0 * jax.random.normal(jax.random.key(2), (8, 16, 1))
-    np.testing.assert_allclose(bp.leaf_marginals(g.transitions, ev),
-                               bp.leaf_marginals(g.transitions, shifted), atol=1e-5)
+    np.testing.assert_allclose(
+        bp.leaf_marginals(g.transitions, ev), bp.leaf_marginals(g.transitions, shifted), atol=1e-5
+    )
 
 
-@pytest.mark.parametrize("transitions_shape,evidence_shape,k,match", [
-    ((3, 3, 2), (4, 3), 0, "transitions"),
-    ((3, 3, 3), (4, 2), 0, "leaf evidence"),
-    ((3, 3, 3), (6, 3), 0, "leaf evidence"),
-    ((3, 3, 3), (1, 3), 0, "leaf evidence"),
-    ((3, 3, 3), (4, 3), 3, "factorized_layers"),
-    ((3, 3, 3), (4, 3), -1, "factorized_layers"),
-])
+@pytest.mark.parametrize(
+    "transitions_shape,evidence_shape,k,match",
+    [
+        ((3, 3, 2), (4, 3), 0, "transitions"),
+        ((3, 3, 3), (4, 2), 0, "leaf evidence"),
+        ((3, 3, 3), (6, 3), 0, "leaf evidence"),
+        ((3, 3, 3), (1, 3), 0, "leaf evidence"),
+        ((3, 3, 3), (4, 3), 3, "factorized_layers"),
+        ((3, 3, 3), (4, 3), -1, "factorized_layers"),
+    ],
+)
 def test_bad_shapes_and_layers_raise_value_error(transitions_shape, evidence_shape, k, match):
     with pytest.raises(ValueError, match=match):
-        bp.leaf_marginals(np.ones(transitions_shape) / 9, np.zeros(evidence_shape),
-                          factorized_layers=k)
+        bp.leaf_marginals(
+            np.ones(transitions_shape) / 9, np.zeros(evidence_shape), factorized_layers=k
+        )

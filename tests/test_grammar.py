@@ -1,4 +1,5 @@
 """The random tree grammar: structure, validation, and exact sampling."""
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -31,13 +32,22 @@ def test_zero_sigma_gives_uniform_allowed_pairs():
     np.testing.assert_allclose(probs, 1.0 / 3)
 
 
-@pytest.mark.parametrize("kwargs,name", [
-    (dict(q=1), "q"), (dict(q=2.5), "q"), (dict(q=True), "q"),
-    (dict(depth=0), "depth"), (dict(depth=2.0), "depth"),
-    (dict(q_eff=0), "q_eff"), (dict(q_eff=7), "q_eff"),
-    (dict(sigma=-1.0), "sigma"), (dict(sigma=float("nan")), "sigma"),
-    (dict(sigma="1"), "sigma"), (dict(seed=-1), "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(q=1), "q"),
+        (dict(q=2.5), "q"),
+        (dict(q=True), "q"),
+        (dict(depth=0), "depth"),
+        (dict(depth=2.0), "depth"),
+        (dict(q_eff=0), "q_eff"),
+        (dict(q_eff=7), "q_eff"),
+        (dict(sigma=-1.0), "sigma"),
+        (dict(sigma=float("nan")), "sigma"),
+        (dict(sigma="1"), "sigma"),
+        (dict(seed=-1), "seed"),
+    ],
+)
 def test_bad_grammar_parameters_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=f"^{name} "):
         grammar_lib.random_grammar(**kwargs)

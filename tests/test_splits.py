@@ -1,4 +1,5 @@
 """Tests for diffusion_bias.data.splits: disjoint, covering, seeded, audited."""
+
 import numpy as np
 import pytest
 
@@ -19,8 +20,7 @@ def _brute_overlap(items, splits):
         for h in range(k + 1):
             if g != h:
                 pair[g, h] = sum(c in sets[h] for c in groups[g])
-    cross = sum(any(c in sets[h] for h in range(k) if h != g)
-                for g in range(k) for c in groups[g])
+    cross = sum(any(c in sets[h] for h in range(k) if h != g) for g in range(k) for c in groups[g])
     in_splits = set().union(*sets[:k])
     heldout = sum(c in in_splits for c in groups[k])
     return cross, heldout, pair
@@ -57,8 +57,8 @@ def test_splits_are_disjoint_covering_and_positional_in_the_permutation():
     assert len(np.unique(np.concatenate([splits.train.ravel(), splits.heldout]))) == k * n + m
     perm = np.random.default_rng(seed).permutation(1000)
     for i in range(k):
-        np.testing.assert_array_equal(splits.train[i], perm[i * n:(i + 1) * n])
-    np.testing.assert_array_equal(splits.heldout, perm[k * n:k * n + m])
+        np.testing.assert_array_equal(splits.train[i], perm[i * n : (i + 1) * n])
+    np.testing.assert_array_equal(splits.heldout, perm[k * n : k * n + m])
 
 
 def test_splits_may_use_the_whole_pool_and_an_empty_heldout():
@@ -82,13 +82,30 @@ def test_splits_indices_are_read_only():
         splits.train[0, 0] = 1
 
 
-@pytest.mark.parametrize("name, value", [
-    ("pool_size", 0), ("pool_size", -5), ("pool_size", 100.0), ("pool_size", True),
-    ("num_splits", 0), ("num_splits", -1), ("num_splits", 2.0), ("num_splits", True),
-    ("split_size", 0), ("split_size", -3), ("split_size", 10.5), ("split_size", True),
-    ("heldout_size", -1), ("heldout_size", 5.0), ("heldout_size", False),
-    ("seed", -1), ("seed", 0.0), ("seed", True), ("seed", None),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("pool_size", 0),
+        ("pool_size", -5),
+        ("pool_size", 100.0),
+        ("pool_size", True),
+        ("num_splits", 0),
+        ("num_splits", -1),
+        ("num_splits", 2.0),
+        ("num_splits", True),
+        ("split_size", 0),
+        ("split_size", -3),
+        ("split_size", 10.5),
+        ("split_size", True),
+        ("heldout_size", -1),
+        ("heldout_size", 5.0),
+        ("heldout_size", False),
+        ("seed", -1),
+        ("seed", 0.0),
+        ("seed", True),
+        ("seed", None),
+    ],
+)
 def test_bad_arguments_raise_value_error_naming_the_argument(name, value):
     args = dict(pool_size=100, num_splits=2, split_size=10, heldout_size=5, seed=0)
     args[name] = value
@@ -97,14 +114,18 @@ def test_bad_arguments_raise_value_error_naming_the_argument(name, value):
 
 
 def test_numpy_integers_are_accepted():
-    splits = splits_lib.split_indices(np.int64(100), np.int32(2), np.uint8(10),
-                                      np.int64(0), np.int64(1))
+    splits = splits_lib.split_indices(
+        np.int64(100), np.int32(2), np.uint8(10), np.int64(0), np.int64(1)
+    )
     assert splits.train.shape == (2, 10)
 
 
 def test_splits_too_big_for_the_pool_raise_with_the_numbers():
-    with pytest.raises(ValueError, match=r"num_splits \* split_size \+ heldout_size = 2100 "
-                                         r"exceeds pool_size = 1797"):
+    with pytest.raises(
+        ValueError,
+        match=r"num_splits \* split_size \+ heldout_size = 2100 "
+        r"exceeds pool_size = 1797",
+    ):
         splits_lib.split_indices(1797, 2, 1000, 100, 0)
     with pytest.raises(ValueError, match="pool_size"):
         splits_lib.make_splits(np.zeros((10, 2)), 2, 5, 1, 0, drop_overlap=True)
@@ -112,10 +133,12 @@ def test_splits_too_big_for_the_pool_raise_with_the_numbers():
 
 def test_content_ids_are_equal_exactly_for_equal_items():
     rng = np.random.default_rng(0)
-    for items in [rng.integers(0, 2, size=(300, 3, 2)),  # int64, multi-axis items
-                  rng.integers(0, 3, size=(300, 4)).astype(np.uint8),
-                  rng.integers(0, 2, size=(300, 5)).astype(np.float32) - 0.5,
-                  rng.integers(0, 2, size=(300, 5)).astype(bool)]:
+    for items in [
+        rng.integers(0, 2, size=(300, 3, 2)),  # int64, multi-axis items
+        rng.integers(0, 3, size=(300, 4)).astype(np.uint8),
+        rng.integers(0, 2, size=(300, 5)).astype(np.float32) - 0.5,
+        rng.integers(0, 2, size=(300, 5)).astype(bool),
+    ]:
         ids = splits_lib.content_ids(items)
         assert ids.shape == (300,) and ids.dtype == np.int64
         rows = _contents(items, range(300))
@@ -237,16 +260,17 @@ def test_drop_overlap_raises_when_the_pool_runs_out_of_distinct_content():
     items = np.tile(np.array([[0, 0], [0, 1], [1, 1]]), (20, 1))  # 3 contents, 60 items
     # Four groups need four distinct contents; which group runs dry depends on how
     # many contents the earlier groups claimed along the walk.
-    with pytest.raises(ValueError, match="ran out of distinct content while filling "
-                                         "(split [1-3]|the held-out pool)"):
+    with pytest.raises(
+        ValueError,
+        match="ran out of distinct content while filling (split [1-3]|the held-out pool)",
+    ):
         splits_lib.make_splits(items, 3, 1, 1, 0, drop_overlap=True)
     with pytest.raises(ValueError, match="ran out of distinct content"):
         splits_lib.make_splits(items, 4, 5, 0, 0, drop_overlap=True)
     # Three groups of one item each always fit: each claims one content.
     splits, overlap = splits_lib.make_splits(items, 2, 1, 1, 0, drop_overlap=True)
     assert overlap.clean
-    assert len(set(_contents(items, np.concatenate([splits.train.ravel(),
-                                                    splits.heldout])))) == 3
+    assert len(set(_contents(items, np.concatenate([splits.train.ravel(), splits.heldout])))) == 3
 
 
 def test_a_realistic_pool_with_repeats_overlaps_and_drop_overlap_cleans_it():

@@ -11,6 +11,7 @@ groups that share no content.
 
 The permutation is always `np.random.default_rng(seed).permutation(pool_size)`.
 """
+
 import dataclasses
 import numbers
 
@@ -25,6 +26,7 @@ class Splits:
         train: int64 [K, n], row i holds the pool indices of split i.
         heldout: int64 [m], pool indices of the held-out pool (m may be 0).
     """
+
     train: np.ndarray  # [K, n]
     heldout: np.ndarray  # [m]
 
@@ -36,7 +38,8 @@ class Splits:
         if train.ndim != 2 or heldout.ndim != 1:
             raise ValueError(
                 f"Splits needs train [K, n] and heldout [m], got shapes "
-                f"{train.shape} and {heldout.shape}")
+                f"{train.shape} and {heldout.shape}"
+            )
         train.setflags(write=False)
         heldout.setflags(write=False)
         object.__setattr__(self, "train", train)
@@ -65,6 +68,7 @@ class Overlap:
             whose content occurs in group h (g != h); the diagonal is 0; the last row
             and column are the held-out pool.
     """
+
     cross_split: int
     split_heldout: int
     pair_counts: np.ndarray  # [K+1, K+1]
@@ -85,7 +89,8 @@ class Overlap:
         return (
             f"content overlap: {self.cross_split} split items shared with another "
             f"split, {self.split_heldout} held-out items also in a split; worst: "
-            f"{self.pair_counts[g, h]} items of {name(g)} occur in {name(h)}")
+            f"{self.pair_counts[g, h]} items of {name(g)} occur in {name(h)}"
+        )
 
 
 def _check_int(name, value, minimum):
@@ -106,13 +111,14 @@ def _check_args(pool_size, num_splits, split_size, heldout_size, seed):
     needed = num_splits * split_size + heldout_size
     if needed > pool_size:
         raise ValueError(
-            f"num_splits * split_size + heldout_size = {needed} exceeds "
-            f"pool_size = {pool_size}")
+            f"num_splits * split_size + heldout_size = {needed} exceeds pool_size = {pool_size}"
+        )
     return pool_size, num_splits, split_size, heldout_size, seed
 
 
-def split_indices(pool_size: int, num_splits: int, split_size: int, heldout_size: int,
-                  seed: int) -> Splits:
+def split_indices(
+    pool_size: int, num_splits: int, split_size: int, heldout_size: int, seed: int
+) -> Splits:
     """K disjoint splits and a held-out pool, by position in a seeded permutation.
 
     With perm = np.random.default_rng(seed).permutation(pool_size), split i is
@@ -132,11 +138,13 @@ def split_indices(pool_size: int, num_splits: int, split_size: int, heldout_size
         ValueError: an argument is not an integer, is out of range, or K*n + m > N.
     """
     pool_size, num_splits, split_size, heldout_size, seed = _check_args(
-        pool_size, num_splits, split_size, heldout_size, seed)
+        pool_size, num_splits, split_size, heldout_size, seed
+    )
     perm = np.random.default_rng(seed).permutation(pool_size)
     used = num_splits * split_size
-    return Splits(train=perm[:used].reshape(num_splits, split_size),
-                  heldout=perm[used:used + heldout_size])
+    return Splits(
+        train=perm[:used].reshape(num_splits, split_size), heldout=perm[used : used + heldout_size]
+    )
 
 
 def _as_pool(items):
@@ -181,8 +189,8 @@ def _check_indices(pool_size, splits):
     for g in _groups(splits):
         if g.size and (g.min() < 0 or g.max() >= pool_size):
             raise ValueError(
-                f"splits index outside the pool of {pool_size} items "
-                f"(min {g.min()}, max {g.max()})")
+                f"splits index outside the pool of {pool_size} items (min {g.min()}, max {g.max()})"
+            )
 
 
 def _overlap_from_ids(ids, splits):
@@ -201,8 +209,7 @@ def _overlap_from_ids(ids, splits):
     splits_with = present[:-1].sum(axis=0)  # [U] number of splits holding each
     cross_split = sum(int(np.sum(splits_with[ids_g] >= 2)) for ids_g in groups[:-1])
     split_heldout = int(np.sum(splits_with[groups[-1]] >= 1))
-    return Overlap(cross_split=cross_split, split_heldout=split_heldout,
-                   pair_counts=pair_counts)
+    return Overlap(cross_split=cross_split, split_heldout=split_heldout, pair_counts=pair_counts)
 
 
 def content_overlap(items, splits: Splits) -> Overlap:
@@ -252,15 +259,22 @@ def _fill_without_overlap(ids, perm, sizes):
                 f"{name}: it needs {size} items whose content is in no earlier group "
                 f"but only {len(positions)} remain in the last {len(rest)} of "
                 f"{len(perm)} positions ({len(owner)} distinct contents in the pool); "
-                f"use fewer or smaller groups, or a larger pool")
+                f"use fewer or smaller groups, or a larger pool"
+            )
         owner[rest[positions]] = g
         groups.append(perm[start + positions].astype(np.int64))
         start += int(positions[-1]) + 1
     return groups
 
 
-def make_splits(items, num_splits: int, split_size: int, heldout_size: int, seed: int,
-                drop_overlap: bool = False) -> tuple[Splits, Overlap]:
+def make_splits(
+    items,
+    num_splits: int,
+    split_size: int,
+    heldout_size: int,
+    seed: int,
+    drop_overlap: bool = False,
+) -> tuple[Splits, Overlap]:
     """Builds the splits of a pool and audits them for shared content.
 
     Without `drop_overlap` this is `split_indices` plus its overlap report. With
@@ -289,11 +303,11 @@ def make_splits(items, num_splits: int, split_size: int, heldout_size: int, seed
     """
     items = _as_pool(items)
     if not drop_overlap:
-        splits = split_indices(items.shape[0], num_splits, split_size, heldout_size,
-                               seed)
+        splits = split_indices(items.shape[0], num_splits, split_size, heldout_size, seed)
         return splits, content_overlap(items, splits)
     pool_size, num_splits, split_size, heldout_size, seed = _check_args(
-        items.shape[0], num_splits, split_size, heldout_size, seed)
+        items.shape[0], num_splits, split_size, heldout_size, seed
+    )
     ids = content_ids(items)
     perm = np.random.default_rng(seed).permutation(pool_size)
     groups = _fill_without_overlap(ids, perm, [split_size] * num_splits + [heldout_size])

@@ -1,0 +1,117 @@
+"""Ancestral (DDPM) sampling as one `lax.scan` over the reverse chain.
+
+The noise of step i is `normal(fold_in(key, i))`: it depends on the step and
+the key only, never on the model, so twins sampled with the same key and x_T see
+identical noise ("coupled sampling").
+"""
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from diffusion_bias.diffusion import process
+from diffusion_bias.diffusion.schedules import Schedule
+
+# denoise_fn(x_t [B, ...], t_model [B] int32) -> x0_hat or eps_hat [B, ...].
+DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+PARAMETRIZATIONS = ("x0", "eps")
+
+
+def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """Equals `jax.random.normal(key, shape, dtype)`, drawn flat and reshaped.
+
+    The values are identical (threefry counts elements in row-major order), but XLA:CPU
+    compiles the rank-1 threefry several times faster than the rank-3 one
+    (e.g. 0.4 s against 3-4 s for [4, 16, 6]), and the sampler compiles it once
+    per denoiser.
+
+    Args:
+        key: a PRNG key.
+        shape: the output shape.
+        dtype: a float dtype.
+
+    Returns:
+        Standard normal noise.  # shape
+    """
+    return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+
+
+def sample(
+    denoise_fn: DenoiseFn,
+    schedule: Schedule,
+    x_T: jax.Array,
+    key: jax.Array,
+    parametrization: str = "x0",
+    clip_x0: float | None = None,
+    start_step: int | None = None,
+) -> jax.Array:
+    """Runs the reverse chain from step `start_step` (default T) down to 0.
+
+    Jit with the Python arguments bound, e.g.
+    `jax.jit(functools.partial(sample, fn, parametrization="x0"))`.
+
+    Args:
+        denoise_fn: maps (x_t, t_model) to the model output, where t_model =
+            `schedule.timesteps[i]` is the (original) time the model was trained on.
+            Token models return softmax probabilities (the expected one-hot).
+        schedule: the (possibly respaced) schedule.
+        x_T: the starting state, x at step `start_step`.  # [B, ...]
+        key: base key of the per-step noise.
+        parametrization: "x0" (the output is x0_hat) or "eps" (the output is the
+            predicted noise, converted with `predict_x0_from_eps`). Static.
+        clip_x0: if given, x0_hat is clipped to [-clip_x0, clip_x0]. Static.
+        start_step: static step index to start from, 1..T; a state noised to step
+            t by `noise_to` is denoised back with `start_step=t` (the U-turn).
+
+    Returns:
+        x_0, the noise-free output of the last (t=1) step.  # [B, ...]
+
+    Raises:
+        ValueError: on an unknown parametrization or start_step out of range.
+    """
+    if parametrization not in PARAMETRIZATIONS:
+        raise ValueError(
+            f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}."
+        )
+    num_steps = schedule.num_steps
+    start = num_steps if start_step is None else start_step
+    if isinstance(start, bool) or not isinstance(start, int) or not 1 <= start <= num_steps:
+        raise ValueError(f"start_step must be a Python int in 1..{num_steps}, got {start_step!r}.")
+    batch = x_T.shape[0]
+
+    def step(x_t, i):
+        t = jnp.full((batch,), i, jnp.int32)
+        t_model = jnp.broadcast_to(schedule.timesteps[i], (batch,)).astype(jnp.int32)
+        output = denoise_fn(x_t, t_model)
+        if parametrization == "eps":
+            x0_hat = process.predict_x0_from_eps(schedule, x_t, t, output)
+        else:
+            x0_hat = output
+        if clip_x0 is not None:
+            x0_hat = jnp.clip(x0_hat, -clip_x0, clip_x0)
+        noise = standard_normal(jax.random.fold_in(key, i), x_t.shape, x_t.dtype)
+        return process.ddpm_step(schedule, x_t, t, x0_hat.astype(x_t.dtype), noise), None
+
+    x0, _ = jax.lax.scan(step, x_T, jnp.arange(start, 0, -1, dtype=jnp.int32))
+    return x0
+
+
+def noise_to(schedule: Schedule, x0: jax.Array, t: jax.Array, key: jax.Array) -> jax.Array:
+    """Forward-noises clean data to step t (the start of a U-turn).
+
+    Args:
+        schedule: the noise schedule.
+        x0: clean data.  # [B, ...]
+        t: step indices.  # [] or [B]
+        key: key of the noise.
+
+    Returns:
+        x_t ~ q(x_t | x_0).  # [B, ...]
+    """
+    # One-hot tokens may come as integers; the noise must be float.
+    dtype = jnp.promote_types(x0.dtype, jnp.float32)
+    noise = standard_normal(key, x0.shape, dtype)
+    return process.q_sample(schedule, x0.astype(dtype), t, noise)
