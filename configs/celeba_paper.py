@@ -1,0 +1,47 @@
+"""The paper's real-image setting (PAPER.md, Setting 1), for accelerators.
+
+CelebA through tensorflow-datasets (`pip install -e '.[tfds]'` and the data set
+prepared in the tfds data dir), grey-scale 32x32, centred with the training
+splits' mean; 15 twins of n=1024, one shared held-out set; DDPM eps-prediction,
+T=1000; U-Net base 32, multiples (1, 2, 4), attention at the two lower
+resolutions, dropout 0.1; Adam 1e-4, batch 512, 5000 epochs; snapshots at
+epochs linspace(10, 4999, 50)[1:21] (about every 100 epochs up to ~2050).
+
+    python -m launch.train --config=configs/celeba_paper.py --workdir=W
+"""
+
+import ml_collections
+import numpy as np
+
+from diffusion_bias import default_config
+
+
+def get_config():
+    config = default_config.get_config()
+    config.data = ml_collections.ConfigDict(
+        dict(name="tfds", dataset="celeb_a", split="train", image_size=32, grayscale=True)
+    )
+    config.center = True
+    config.splits.update(num_splits=15, split_size=1024, heldout_size=2048, drop_overlap=True)
+    config.diffusion.update(schedule="image", num_steps=1000)
+    config.model = ml_collections.ConfigDict(
+        dict(
+            name="unet",
+            base_channels=32,
+            channel_mults=(1, 2, 4),
+            attention_levels=(1, 2),
+            dropout_rate=0.1,
+        )
+    )
+    config.optimizer.update(learning_rate=1e-4, schedule="constant")
+    config.training.update(
+        batch_size=512,
+        num_epochs=5000,
+        steps_per_call=2,
+        twin_strategy="map",
+        log_every_steps=1000,
+    )
+    epochs = np.round(np.linspace(10, 4999, 50)[1:21]).astype(int)
+    config.snapshots.update(epochs=tuple(int(e) for e in epochs), latest_every_steps=1000)
+    config.lock()
+    return config

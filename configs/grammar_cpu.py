@@ -1,0 +1,46 @@
+"""Embedded controlled-setting default: twin transformers on a small tree grammar.
+
+A grammar small enough for a CPU to learn in minutes (q=6, depth 3, two allowed
+child pairs per symbol: 768 possible sequences), K=2 twins of n=200 sequences,
+a width-64, 2-layer, 4-head post-LN transformer, token diffusion with T=500.
+The held-out pool keeps fresh draws of the grammar (no overlap dropping): its
+sequences may also occur in a training split, as new samples would.
+
+    python -m launch.train --config=configs/grammar_cpu.py --workdir=workdirs/grammar
+"""
+
+import ml_collections
+
+from diffusion_bias import default_config
+
+
+def get_config():
+    config = default_config.get_config()
+    config.data = ml_collections.ConfigDict(
+        dict(
+            name="grammar",
+            q=6,
+            depth=3,
+            sigma=1.0,
+            q_eff=2,
+            grammar_seed=0,
+            pool_size=100_000,
+            pool_seed=0,
+        )
+    )
+    config.splits.update(num_splits=2, split_size=200, heldout_size=2000, drop_overlap=False)
+    config.diffusion.update(schedule="token", num_steps=500)
+    config.model = ml_collections.ConfigDict(
+        dict(name="transformer", width=64, num_layers=2, num_heads=4, dropout_rate=0.1)
+    )
+    config.optimizer.update(learning_rate=1e-3, schedule="constant")
+    config.training.update(
+        batch_size=100,
+        num_epochs=10_000,
+        steps_per_call=50,
+        ema_decay=0.999,
+        log_every_steps=2000,
+    )
+    config.snapshots.update(num_snapshots=20, first_epoch=50, latest_every_steps=2000)
+    config.lock()
+    return config

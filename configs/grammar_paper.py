@@ -1,0 +1,51 @@
+"""The paper's controlled setting (PAPER.md, Setting 2), for accelerators.
+
+Grammar q=6, depth 4, sigma 1, q_eff 4; a pool of 10^6 sequences (larger when
+15 splits of n need it); 15 twins, split i for seed i; transformer 512 x 8
+layers x 4 heads, dropout 0.1; Adam 3e-4, batch 512, the paper's per-epoch
+learning-rate factor; 25 log-spaced snapshots from epoch 100. The argument picks
+n and the number of epochs: 5000 (20000 epochs, default), 12000 (30000), 70000
+(35000).
+
+    python -m launch.train --config=configs/grammar_paper.py:12000 --workdir=W
+"""
+
+import ml_collections
+
+from diffusion_bias import default_config
+
+_EPOCHS = {5000: 20_000, 12000: 30_000, 70000: 35_000}
+
+
+def get_config(arg="5000"):
+    n = int(arg)
+    if n not in _EPOCHS:
+        raise ValueError(f"grammar_paper.py:N takes N in {sorted(_EPOCHS)}, got {arg}")
+    num_splits, heldout = 15, 10_000
+    config = default_config.get_config()
+    config.data = ml_collections.ConfigDict(
+        dict(
+            name="grammar",
+            q=6,
+            depth=4,
+            sigma=1.0,
+            q_eff=4,
+            grammar_seed=0,
+            pool_size=max(1_000_000, num_splits * n + heldout),
+            pool_seed=0,
+        )
+    )
+    config.splits.update(
+        num_splits=num_splits, split_size=n, heldout_size=heldout, drop_overlap=False
+    )
+    config.diffusion.update(schedule="token", num_steps=500)
+    config.model = ml_collections.ConfigDict(
+        dict(name="transformer", width=512, num_layers=8, num_heads=4, dropout_rate=0.1)
+    )
+    config.optimizer.update(learning_rate=3e-4, schedule="paper")
+    config.training.update(
+        batch_size=512, num_epochs=_EPOCHS[n], steps_per_call=n // 512, log_every_steps=5000
+    )
+    config.snapshots.update(num_snapshots=25, first_epoch=100, latest_every_steps=5000)
+    config.lock()
+    return config

@@ -1,0 +1,58 @@
+"""Base config: every field a run reads, with the embedded digits defaults.
+
+The experiment files in configs/ start from `get_config()` and change only what
+differs, then lock the config, so a mistyped `--config.field=...` fails. It
+lives in the package so that those files import it from anywhere.
+
+    python -m launch.train --config=configs/default.py --workdir=/tmp/default
+"""
+
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # twins' initialisation, batches and training noise
+
+    # The pool the splits are drawn from; `name` picks the source and its fields.
+    config.data = ml_collections.ConfigDict(dict(name="digits"))
+
+    # Subtract the per-channel mean of the training splits (images only).
+    config.center = False
+
+    config.splits = ml_collections.ConfigDict(
+        dict(num_splits=2, split_size=848, heldout_size=100, seed=0, drop_overlap=True)
+    )
+
+    # "image": DDPM betas 1e-4..0.02 over num_steps, eps-prediction, MSE.
+    # "token": betas 1e-4..0.02 rescaled by 1000 / num_steps, x0-logits, cross-entropy.
+    config.diffusion = ml_collections.ConfigDict(dict(schedule="image", num_steps=1000))
+
+    # Fields of the module named by `name` (see diffusion_bias/models).
+    config.model = ml_collections.ConfigDict(dict(name="mlp", width=256, depth=3))
+
+    # "constant", or "paper": a per-epoch factor 1.0 -> 0.5 over 50 epochs,
+    # then cosine to 0.1.
+    config.optimizer = ml_collections.ConfigDict(
+        dict(learning_rate=1e-3, schedule="constant", b1=0.9, b2=0.999)
+    )
+
+    config.training = ml_collections.ConfigDict(
+        dict(
+            batch_size=256,
+            num_epochs=2000,  # steps = num_epochs * (split_size // batch_size)
+            steps_per_call=10,  # steps fused in one compiled call (lax.scan)
+            twin_strategy="vmap",  # "vmap" (dense models) or "map" (convolutions on CPU)
+            twin_devices=1,  # devices the twin axis is sharded over (vmap only)
+            shared_init=False,  # all twins start from the same parameters
+            ema_decay=0.0,  # 0 keeps no moving average of the parameters
+            log_every_steps=500,
+        )
+    )
+
+    # Log-spaced snapshots from `first_epoch` to the last epoch, unless `epochs`
+    # lists them explicitly; `latest` (for resuming) every `latest_every_steps`.
+    config.snapshots = ml_collections.ConfigDict(
+        dict(num_snapshots=15, first_epoch=30, epochs=(), latest_every_steps=1000)
+    )
+    return config

@@ -1,0 +1,474 @@
+"""Twin training: K models on K disjoint splits, trained as one computation.
+
+The twins' parameters and optimizer states are stacked on a leading axis [K]
+and updated by one jitted pure step (vmapped over K for dense models, a
+sequential `lax.map` for convolutional ones, where vmapped weights become slow
+grouped convolutions on CPU). The batch axis is sharded over the devices
+present ("data"); with `vmap`, the twin axis can be sharded too ("twins").
+
+Everything random is a function of (config.seed, split, step): the batch of
+split k at step s is slice s % E of the permutation of epoch s // E (E steps per
+epoch), and its diffusion times, noise and dropout come from
+fold_in(fold_in(key, k), s). A resumed run therefore replays exactly the same
+stream, and ends with the same parameters as an uninterrupted one.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+import optax
+
+from diffusion_bias import checkpoints
+from diffusion_bias import models
+from diffusion_bias.data import sources
+from diffusion_bias.diffusion import process
+from diffusion_bias.diffusion import samplers
+from diffusion_bias.diffusion import schedules
+
+
+# ---------------------------------------------------------------------------
+# Config checks: every bad value is reported by field name before any work.
+
+
+class ConfigError(ValueError):
+    """A config field has an invalid value; the message names the field."""
+
+
+def _positive_int(config, path):
+    value = _get(config, path)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"config.{path} must be a positive integer, got {value!r}")
+    return value
+
+
+def _get(config, path):
+    for part in path.split("."):
+        config = config[part]
+    return config
+
+
+def _choice(config, path, choices):
+    value = _get(config, path)
+    if value not in choices:
+        raise ConfigError(f"config.{path} must be one of {sorted(choices)}, got {value!r}")
+    return value
+
+
+def check_config(config, pool_size=None):
+    """Raises ValueError naming the first invalid field of `config`."""
+    for path in (
+        "splits.num_splits",
+        "splits.split_size",
+        "training.batch_size",
+        "training.num_epochs",
+        "training.steps_per_call",
+        "training.log_every_steps",
+        "snapshots.num_snapshots",
+        "snapshots.first_epoch",
+        "snapshots.latest_every_steps",
+        "diffusion.num_steps",
+    ):
+        _positive_int(config, path)
+    _choice(config, "diffusion.schedule", {"image", "token"})
+    _choice(config, "training.twin_strategy", {"vmap", "map"})
+    _choice(config, "optimizer.schedule", {"constant", "paper"})
+    if not config.optimizer.learning_rate > 0:
+        raise ConfigError(
+            f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}"
+        )
+    if not 0 <= config.training.ema_decay < 1:
+        raise ConfigError(
+            f"config.training.ema_decay must be in [0, 1), got {config.training.ema_decay}"
+        )
+    if config.splits.heldout_size < 0:
+        raise ConfigError(
+            f"config.splits.heldout_size must be >= 0, got {config.splits.heldout_size}"
+        )
+    n, batch = config.splits.split_size, config.training.batch_size
+    if batch > n:
+        raise ConfigError(
+            f"config.training.batch_size = {batch} exceeds config.splits.split_size = {n}"
+        )
+    total = config.training.num_epochs * (n // batch)
+    if total % config.training.steps_per_call:
+        raise ConfigError(
+            f"config.training.steps_per_call = {config.training.steps_per_call} must divide "
+            f"the {total} training steps (num_epochs * (split_size // batch_size))"
+        )
+    if config.snapshots.first_epoch > config.training.num_epochs:
+        raise ConfigError(
+            f"config.snapshots.first_epoch = {config.snapshots.first_epoch} exceeds "
+            f"config.training.num_epochs = {config.training.num_epochs}"
+        )
+    data_devices = jax.device_count() // config.training.twin_devices
+    if jax.device_count() % config.training.twin_devices:
+        raise ConfigError(
+            f"config.training.twin_devices = {config.training.twin_devices} must divide "
+            f"the {jax.device_count()} devices"
+        )
+    if config.training.twin_devices > 1 and config.training.twin_strategy != "vmap":
+        raise ConfigError("config.training.twin_devices > 1 needs twin_strategy = 'vmap'")
+    if config.splits.num_splits % config.training.twin_devices:
+        raise ConfigError(
+            f"config.training.twin_devices = {config.training.twin_devices} must divide "
+            f"config.splits.num_splits = {config.splits.num_splits}"
+        )
+    if batch % data_devices:
+        raise ConfigError(
+            f"config.training.batch_size = {batch} must be divisible by the "
+            f"{data_devices} data-parallel devices"
+        )
+    needed = config.splits.num_splits * n + config.splits.heldout_size
+    if pool_size is not None and needed > pool_size:
+        raise ConfigError(
+            f"config.splits: num_splits * split_size + heldout_size = {needed} exceeds "
+            f"the {pool_size} items of the data pool"
+        )
+
+
+# ---------------------------------------------------------------------------
+# Pure pieces: schedule, optimizer, loss, one step, several steps.
+
+
+def get_schedule(config):
+    """The diffusion schedule of `config.diffusion`."""
+    if config.diffusion.schedule == "token":
+        return schedules.token_schedule(config.diffusion.num_steps)
+    return schedules.image_schedule(config.diffusion.num_steps)
+
+
+def steps_per_epoch(config):
+    return config.splits.split_size // config.training.batch_size
+
+
+def snapshot_steps(config):
+    """int64 [S] steps of the snapshots: explicit epochs, or the log-spaced plan."""
+    spe, per_call = steps_per_epoch(config), config.training.steps_per_call
+    total = config.training.num_epochs * spe
+    if config.snapshots.epochs:
+        steps = np.asarray(config.snapshots.epochs, np.int64) * spe
+        steps = np.round(steps / per_call).astype(np.int64) * per_call
+        return np.unique(np.clip(np.append(steps, total), per_call, total))
+    return checkpoints.snapshot_plan(
+        total, config.snapshots.num_snapshots, config.snapshots.first_epoch * spe, per_call
+    )
+
+
+def get_optimizer(config):
+    """Adam with the configured learning-rate schedule.
+
+    "paper": a factor applied per epoch, 1.0 -> 0.5 linearly over the first 50
+    epochs, then a cosine from 0.5 to 0.1 over the remaining epochs.
+    """
+    lr = config.optimizer.learning_rate
+    if config.optimizer.schedule == "constant":
+        schedule = lr
+    else:
+        epochs = config.training.num_epochs
+        warm = min(50, epochs)
+        by_epoch = optax.join_schedules(
+            [
+                optax.linear_schedule(lr, 0.5 * lr, warm),
+                optax.cosine_decay_schedule(0.5 * lr, max(epochs - warm, 1), alpha=0.2),
+            ],
+            boundaries=[warm],
+        )
+        spe = steps_per_epoch(config)
+        schedule = lambda step: by_epoch(step // spe)
+    return optax.adam(schedule, b1=config.optimizer.b1, b2=config.optimizer.b2)
+
+
+def denoising_loss(params, x0, key, *, model, schedule, kind, train):
+    """Mean denoising loss of one model on a batch, t uniform in 1..T.
+
+    Args:
+        params: one model's parameters.
+        x0: int [B, L] tokens (kind "tokens": cross-entropy of x0-logits) or
+            float [B, H, W, C] images (kind "images": MSE of predicted noise).
+        key: draws t, the noise and dropout.
+
+    Returns:
+        [] the loss.
+    """
+    key_t, key_noise, key_dropout = jax.random.split(key, 3)
+    t = jax.random.randint(key_t, (x0.shape[0],), 1, schedule.num_steps + 1)
+    clean = jax.nn.one_hot(x0, model.num_symbols) if kind == "tokens" else x0
+    noise = samplers.standard_normal(key_noise, clean.shape, clean.dtype)
+    x_t = process.q_sample(schedule, clean, t, noise)
+    out = model.apply({"params": params}, x_t, t, train=train, rngs={"dropout": key_dropout})
+    if kind == "tokens":
+        return optax.softmax_cross_entropy_with_integer_labels(out, x0).mean()
+    return jnp.mean((out - noise) ** 2)
+
+
+def _twin_step(
+    params,
+    opt_state,
+    ema,
+    split,
+    step,
+    data,
+    *,
+    loss_fn,
+    tx,
+    batch_size,
+    ema_decay,
+    keys,
+    batch_sharding,
+):
+    """One optimizer step of one twin. `data` is its split [n, ...]."""
+    n = data.shape[0]
+    per_epoch = n // batch_size
+    perm = jax.random.permutation(
+        jax.random.fold_in(jax.random.fold_in(keys["data"], split), step // per_epoch), n
+    )
+    index = jax.lax.dynamic_slice(perm, ((step % per_epoch) * batch_size,), (batch_size,))
+    x0 = data[index]
+    if batch_sharding is not None:
+        x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
+    key = jax.random.fold_in(jax.random.fold_in(keys["noise"], split), step)
+    loss, grads = jax.value_and_grad(loss_fn)(params, x0, key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    if ema is not None:
+        ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
+    return params, opt_state, ema, loss
+
+
+def make_train_chunk(config, model, schedule, kind, mesh):
+    """Returns chunk(state, data) -> (state, losses [S, K]) running S steps.
+
+    The state dict holds "step" [] and "params", "opt_state", "ema_params"
+    stacked on a leading twin axis [K]; `data` is [K, n, ...].
+    """
+    seed_key = jax.random.key(config.seed)
+    keys = {"data": jax.random.fold_in(seed_key, 0), "noise": jax.random.fold_in(seed_key, 1)}
+    loss_fn = functools.partial(
+        denoising_loss, model=model, schedule=schedule, kind=kind, train=True
+    )
+    one = functools.partial(
+        _twin_step,
+        loss_fn=loss_fn,
+        tx=get_optimizer(config),
+        batch_size=config.training.batch_size,
+        ema_decay=config.training.ema_decay,
+        keys=keys,
+        batch_sharding=NamedSharding(mesh, P("data")),
+    )
+    num_splits = config.splits.num_splits
+
+    if config.training.twin_strategy == "vmap":
+        # spmd_axis_name shards the twin axis over the mesh's "twins" devices.
+        every = jax.vmap(one, in_axes=(0, 0, 0, 0, None, 0), spmd_axis_name="twins")
+    else:
+
+        def every(params, opt_state, ema, splits, step, data):
+            return jax.lax.map(
+                lambda a: one(*a[:4], step, a[4]), (params, opt_state, ema, splits, data)
+            )
+
+    def chunk(state, data):
+        def body(state, _):
+            params, opt_state, ema, losses = every(
+                state["params"],
+                state["opt_state"],
+                state["ema_params"],
+                jnp.arange(num_splits),
+                state["step"],
+                data,
+            )
+            new = dict(step=state["step"] + 1, params=params, opt_state=opt_state, ema_params=ema)
+            return new, losses
+
+        return jax.lax.scan(body, state, None, length=config.training.steps_per_call)
+
+    return jax.jit(chunk, donate_argnums=0)
+
+
+def init_state(config, model, example, tx):
+    """Twin state: each twin initialised from its own key unless `shared_init`."""
+    init_key = jax.random.fold_in(jax.random.key(config.seed), 2)
+    num_splits = config.splits.num_splits
+    if config.training.shared_init:
+        keys = jnp.stack([init_key] * num_splits)
+    else:
+        keys = jax.vmap(lambda k: jax.random.fold_in(init_key, k))(jnp.arange(num_splits))
+    t = jnp.ones((example.shape[0],), jnp.int32)
+    params = jax.jit(jax.vmap(lambda k: model.init(k, example, t, train=False)["params"]))(keys)
+    opt_state = jax.jit(jax.vmap(tx.init))(params)
+    ema = params if config.training.ema_decay > 0 else None
+    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, ema_params=ema)
+
+
+def make_mesh(config):
+    devices = np.asarray(jax.devices()).reshape(config.training.twin_devices, -1)
+    return jax.sharding.Mesh(devices, ("twins", "data"))
+
+
+# ---------------------------------------------------------------------------
+# The run.
+
+
+class _MetricWriter:
+    """Appends one JSON object per logged step to workdir/metrics.jsonl."""
+
+    def __init__(self, workdir):
+        self._path = os.path.join(workdir, "metrics.jsonl")
+
+    def write(self, step, **scalars):
+        with open(self._path, "a") as f:
+            f.write(json.dumps(dict(step=int(step), **scalars)) + "\n")
+
+
+def _place(tree, mesh, twin_axis):
+    """Puts arrays on the mesh: twin axis over "twins", the rest replicated."""
+
+    def put(x):
+        spec = P("twins") if twin_axis and np.ndim(x) > 0 else P()
+        return jax.device_put(x, NamedSharding(mesh, spec))
+
+    return jax.tree.map(put, tree)
+
+
+def prepare(config, workdir):
+    """Data, model and schedule of a run (shared with the analysis).
+
+    Returns:
+        dict with "twin_data" (sources.TwinData), "pool", "kind", "model",
+        "schedule".
+    """
+    pool = sources.load_pool(config.data, cache_dir=workdir)
+    check_config(config, pool_size=pool.items.shape[0])
+    twin_data = sources.make_twin_data(
+        pool,
+        config.splits.num_splits,
+        config.splits.split_size,
+        config.splits.heldout_size,
+        config.splits.seed,
+        config.splits.drop_overlap,
+    )
+    if config.center:
+        if pool.kind != "images":
+            raise ConfigError("config.center applies to images only")
+        (train, heldout), _ = sources.center(twin_data.train, twin_data.heldout)
+        twin_data = dataclasses.replace(twin_data, train=train, heldout=heldout)
+    model_config = ml_collections.ConfigDict(config.model)
+    if pool.kind == "tokens":
+        with model_config.unlocked():
+            model_config.num_symbols = pool.grammar.q
+            model_config.length = pool.items.shape[1]
+    return dict(
+        pool=pool,
+        twin_data=twin_data,
+        kind=pool.kind,
+        model=models.get_model(model_config),
+        schedule=get_schedule(config),
+    )
+
+
+def train_and_evaluate(config, workdir):
+    """Trains the twins of `config` in `workdir`, resuming what is there.
+
+    Returns:
+        The final twin state (dict of arrays stacked over the K twins).
+    """
+    check_config(config)
+    checkpoints.save_config(workdir, config)
+    run = prepare(config, workdir)
+    twin_data, kind, model, schedule = (
+        run["twin_data"],
+        run["kind"],
+        run["model"],
+        run["schedule"],
+    )
+    np.savez(
+        os.path.join(workdir, "splits.npz"),
+        train=twin_data.splits.train,
+        heldout=twin_data.splits.heldout,
+    )
+
+    mesh = make_mesh(config)
+    tx = get_optimizer(config)
+    example = twin_data.train[0, :1]
+    if kind == "tokens":
+        example = jax.nn.one_hot(example, model.num_symbols)
+    state = _place(init_state(config, model, example, tx), mesh, twin_axis=True)
+    state["step"] = jax.device_put(state["step"], NamedSharding(mesh, P()))
+    data = _place(jnp.asarray(twin_data.train), mesh, twin_axis=True)
+
+    ckpts = checkpoints.TwinCheckpoints(workdir)
+    start, restored = ckpts.restore_newest(checkpoints.abstract(state))
+    if restored is not None:
+        state = restored
+        logging.info("Resuming from step %d.", start)
+
+    spe = steps_per_epoch(config)
+    per_call = config.training.steps_per_call
+    total = config.training.num_epochs * spe
+    plan = snapshot_steps(config)
+    latest_every = -(-config.snapshots.latest_every_steps // per_call) * per_call
+    chunk = make_train_chunk(config, model, schedule, kind, mesh)
+    writer = _MetricWriter(workdir)
+    logging.info(
+        "Training %d twins of %s for %d steps (%d epochs of %d steps) on %d "
+        "device(s); %d snapshots planned.",
+        config.splits.num_splits,
+        type(model).__name__,
+        total,
+        config.training.num_epochs,
+        spe,
+        jax.device_count(),
+        len(plan),
+    )
+
+    step, window_start, window_losses = start, time.time(), []
+    window_step = start
+    try:
+        while step < total:
+            state, losses = chunk(state, data)
+            losses = np.asarray(jax.device_get(losses))  # [S, K]
+            bad = ~np.isfinite(losses)
+            if bad.any():
+                s, k = np.argwhere(bad)[0]
+                raise FloatingPointError(
+                    f"non-finite training loss in split {k} at step {step + s + 1}; "
+                    f"stopped without saving. The last good state is in {workdir} "
+                    f"(snapshots/ and latest/)."
+                )
+            step += per_call
+            window_losses.append(losses)
+            if step in plan or step % latest_every == 0 or step == total:
+                ckpts.save(step, state, snapshot=step in plan, latest=True)
+            if step % config.training.log_every_steps < per_call or step == total:
+                elapsed = time.time() - window_start
+                rate = (step - window_step) / max(elapsed, 1e-9)
+                mean = np.concatenate(window_losses).mean(0)
+                writer.write(step, epoch=step / spe, train_loss=mean.tolist(), steps_per_sec=rate)
+                logging.info(
+                    "step %d/%d (epoch %d) train_loss %s  %.1f steps/s  ETA %s",
+                    step,
+                    total,
+                    step // spe,
+                    np.array2string(mean, precision=4),
+                    rate,
+                    _eta((total - step) / max(rate, 1e-9)),
+                )
+                window_start, window_step, window_losses = time.time(), step, []
+    finally:
+        ckpts.wait_until_finished()
+        ckpts.close()
+    return state
+
+
+def _eta(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,30 @@
+"""Trains the twins of a config; rerun with the same workdir to resume.
+
+    python -m launch.train --config=configs/digits_cpu.py --workdir=workdirs/digits \
+        [--config.training.num_epochs=100 ...]
+
+Run from the repository root. Intentionally kept short: everything happens in
+`diffusion_bias.train.train_and_evaluate`.
+"""
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from diffusion_bias import train
+from launch import common
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run's snapshots and logs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common.setup_logging()
+    common.exit_on_config_error(train.train_and_evaluate, _CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

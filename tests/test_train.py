@@ -1,0 +1,215 @@
+"""The twin training engine on the smoke config: determinism, resume, errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import smoke
+from diffusion_bias import checkpoints
+from diffusion_bias import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _final_params(workdir):
+    ckpts = checkpoints.TwinCheckpoints(workdir)
+    try:
+        last = ckpts.snapshot_steps()[-1]
+        return jax.device_get(ckpts.read_snapshot(last)["params"]), last
+    finally:
+        ckpts.close()
+
+
+def _assert_trees_equal(a, b, **tol):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+        if tol:
+            np.testing.assert_allclose(x, y, **tol)
+        else:
+            np.testing.assert_array_equal(x, y)
+
+
+def _launch(workdir, *overrides, env=None):
+    cmd = [
+        sys.executable,
+        "-m",
+        "launch.train",
+        "--config=configs/smoke.py",
+        f"--workdir={workdir}",
+        *overrides,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted smoke run, trained in this process."""
+    workdir = str(tmp_path_factory.mktemp("reference"))
+    state = train.train_and_evaluate(smoke.get_config(), workdir)
+    return workdir, state
+
+
+def test_run_writes_config_snapshot_plan_and_metrics(reference):
+    workdir, state = reference
+    config = smoke.get_config()
+    assert checkpoints.load_config(workdir)["splits"]["split_size"] == 64
+    ckpts = checkpoints.TwinCheckpoints(workdir)
+    assert ckpts.snapshot_steps() == list(train.snapshot_steps(config))
+    ckpts.close()
+    assert int(state["step"]) == config.training.num_epochs * train.steps_per_epoch(config)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        assert len(f.read().splitlines()) == 5
+
+
+def test_twins_start_from_different_parameters_unless_shared(reference):
+    workdir, _ = reference
+    config = smoke.get_config()
+    model_and_data = train.prepare(config, workdir)
+    model, example = model_and_data["model"], model_and_data["twin_data"].train[0, :1]
+    state = train.init_state(config, model, example, train.get_optimizer(config))
+    kernel = state["params"]["input"]["kernel"]
+    assert not np.allclose(kernel[0], kernel[1])
+    with config.unlocked():
+        config.training.shared_init = True
+    state = train.init_state(config, model, example, train.get_optimizer(config))
+    np.testing.assert_array_equal(
+        state["params"]["input"]["kernel"][0], state["params"]["input"]["kernel"][1]
+    )
+
+
+def test_same_config_and_seed_give_identical_parameters(reference, tmp_path):
+    workdir, _ = reference
+    train.train_and_evaluate(smoke.get_config(), str(tmp_path))
+    _assert_trees_equal(_final_params(workdir), _final_params(str(tmp_path)))
+
+
+def test_kill_9_then_rerun_ends_with_the_uninterrupted_parameters(reference, tmp_path):
+    workdir = str(tmp_path)
+    # A slower run (more epochs) so the kill lands mid-training, after a save.
+    overrides = ["--config.training.num_epochs=40"]
+    proc = _launch(workdir, *overrides)
+    latest = os.path.join(workdir, "latest")
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(latest) and any(d.isdigit() for d in os.listdir(latest)):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    rerun = _launch(workdir, *overrides)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    assert "Resuming from step" in out
+    uninterrupted = str(tmp_path / "uninterrupted")
+    done = _launch(uninterrupted, *overrides)
+    out, _ = done.communicate(timeout=300)
+    assert done.returncode == 0, out
+    _assert_trees_equal(_final_params(workdir), _final_params(uninterrupted))
+
+
+def test_corrupted_latest_is_named_and_training_resumes_from_the_snapshot_before(
+    reference, tmp_path, caplog
+):
+    workdir, _ = reference
+    config = smoke.get_config()
+    # Stop half way: a run of 5 epochs in its own workdir, then damage its latest.
+    short = str(tmp_path / "short")
+    with config.unlocked():
+        config.training.num_epochs = 5
+    train.train_and_evaluate(config, short)
+    latest = os.path.join(short, "latest")
+    (step,) = [d for d in os.listdir(latest) if d.isdigit()]
+    for root, _, files in os.walk(os.path.join(latest, step)):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"\0garbage")
+    # Resuming the full-length run in that workdir needs the same config.
+    os.remove(os.path.join(short, "config.json"))
+    state = train.train_and_evaluate(smoke.get_config(), short)
+    assert any(os.path.join("latest", step) in r.getMessage() for r in caplog.records)
+    _assert_trees_equal(jax.device_get(state["params"]), _final_params(workdir)[0])
+
+
+def test_rerun_with_a_different_config_names_the_differing_fields(reference):
+    workdir, _ = reference
+    config = smoke.get_config()
+    with config.unlocked():
+        config.optimizer.learning_rate = 0.5
+    with pytest.raises(ValueError, match="optimizer.learning_rate"):
+        train.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("training.batch_size", -1, "training.batch_size"),
+        ("training.batch_size", 65, "batch_size"),
+        ("splits.num_splits", 30, "exceeds the 1797 items"),
+        ("training.twin_strategy", "pmap", "training.twin_strategy"),
+        ("training.steps_per_call", 7, "steps_per_call"),
+        ("optimizer.learning_rate", 0.0, "learning_rate"),
+        ("training.ema_decay", 1.0, "ema_decay"),
+    ],
+)
+def test_invalid_config_values_raise_before_any_work(tmp_path, field, value, match):
+    config = smoke.get_config()
+    section, name = field.split(".")
+    with config.unlocked():
+        config[section][name] = value
+    with pytest.raises(train.ConfigError, match=match):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not os.path.exists(tmp_path / "snapshots")
+
+
+def test_unknown_config_field_fails_loudly():
+    config = smoke.get_config()
+    with pytest.raises(AttributeError, match="batch_size"):
+        config.training.batchsize = 3
+
+
+def test_non_finite_loss_stops_the_run_naming_split_and_step(tmp_path):
+    config = smoke.get_config()
+    with config.unlocked():
+        config.optimizer.learning_rate = 1e30
+    with pytest.raises(FloatingPointError, match=r"split \d at step \d+"):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_sequential_twin_strategy_matches_vmap(reference, tmp_path):
+    workdir, _ = reference
+    config = smoke.get_config()
+    with config.unlocked():
+        config.training.twin_strategy = "map"
+    state = train.train_and_evaluate(config, str(tmp_path))
+    _assert_trees_equal(
+        jax.device_get(state["params"]), _final_params(workdir)[0], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_four_devices_give_the_one_device_result(reference, tmp_path):
+    workdir, _ = reference
+    proc = _launch(
+        str(tmp_path),
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"},
+    )
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "on 4 device(s)" in out
+    _assert_trees_equal(
+        _final_params(str(tmp_path))[0], _final_params(workdir)[0], rtol=1e-4, atol=1e-5
+    )
