@@ -47,6 +47,8 @@ def snapshot_plan(total_steps, num_snapshots, first_step, multiple_of=1):
 def save_config(workdir, config):
     """Writes `config.json`, or checks that a resumed run has the same config.
 
+    Fields under `analysis` are not compared: they do not change training.
+
     Raises:
         ValueError: the workdir holds a run with a different config; the
             message names the fields that differ.
@@ -56,8 +58,9 @@ def save_config(workdir, config):
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
-        if saved != current:
-            diffs = sorted(_diff(saved, current))
+        # The analysis section does not change training; it may differ.
+        diffs = sorted(d for d in _diff(saved, current) if not d.startswith("analysis"))
+        if diffs:
             raise ValueError(
                 f"{workdir} holds a run with a different config; differing fields: "
                 f"{', '.join(diffs)}. Use a new --workdir, or the same config to resume."

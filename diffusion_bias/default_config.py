@@ -55,4 +55,21 @@ def get_config():
     config.snapshots = ml_collections.ConfigDict(
         dict(num_snapshots=15, first_epoch=30, epochs=(), latest_every_steps=1000)
     )
+    # The bias instrument (python -m launch.analyze), per snapshot.
+    config.analysis = ml_collections.ConfigDict(
+        dict(
+            seed=0,  # coupling noise, loss grid
+            num_samples=512,  # coupled samples per twin
+            sampling_steps=100,  # respaced reverse chain
+            clip_x0=1.0,  # images: clip the predicted x0 to [-c, c]; 0 = no clipping
+            loss_items=256,  # training items per twin on the loss grid (held-out: all)
+            loss_repeats=16,  # (t, noise) draws per item on the loss grid
+            score_times=(50, 100, 150, 200),  # images: t of the twin score cosine
+            critical_ratio=0.15,  # tokens: t/T of the twin and BP_k divergences
+            uturn_ratios=(0.01, 0.03, 0.05, 0.07, 0.09, 0.12),  # tokens: U-turn depths t/T
+            uturn_items=500,  # tokens: sequences per U-turn set
+            min_grammatical=0.5,  # tokens: onset sought where this share is grammatical
+            bootstrap=1000,  # resamples of the verdict's intervals
+        )
+    )
     return config

@@ -305,7 +305,8 @@ def init_state(config, model, example, tx):
     t = jnp.ones((example.shape[0],), jnp.int32)
     params = jax.jit(jax.vmap(lambda k: model.init(k, example, t, train=False)["params"]))(keys)
     opt_state = jax.jit(jax.vmap(tx.init))(params)
-    ema = params if config.training.ema_decay > 0 else None
+    # A copy: donation would otherwise see the same buffers twice.
+    ema = jax.tree.map(jnp.copy, params) if config.training.ema_decay > 0 else None
     return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, ema_params=ema)
 
 

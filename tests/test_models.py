@@ -1,4 +1,6 @@
 """Tests for diffusion_bias.models: shapes, parameter counts, dropout, time, vmap."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -9,41 +11,72 @@ from diffusion_bias import models
 
 Q, L = 6, 16
 
-# Tiny configurations: every test compiles in well under a second on a CPU.
+# Tiny configurations. XLA's CPU compile of threefry random bits is slow (tens of
+# seconds for a U-Net's worth of initialisers), so tests draw parameters with numpy
+# from `jax.eval_shape` of `model.init`, check shapes with `jax.eval_shape`, compile
+# each model's apply once per train flag, and run `model.init` only where it is cheap.
 TINY = {
     "transformer": (models.TokenTransformer(num_symbols=Q, length=L, width=16,
-                                            num_layers=2, num_heads=2), (3, L, Q)),
-    "unet": (models.UNet(base_channels=8, num_res_blocks=1), (3, 8, 8, 1)),
+                                            num_layers=1, num_heads=2), (3, L, Q)),
+    # No down-path ResBlocks: every kind of block still runs (mid and up ResBlocks,
+    # attention, down/upsampling, skip concatenation) at half the compile time.
+    "unet": (models.UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=0,
+                         attention_levels=(1,)), (3, 8, 8, 1)),
     "mlp": (models.MLPDenoiser(width=32, depth=2, dropout_rate=0.1), (3, 8, 8, 1)),
 }
 
 
-def _init(model, shape, seed=0):
-    x = jnp.zeros(shape)
-    t = jnp.zeros(shape[:1], jnp.int32)
-    return model.init(jax.random.key(seed), x, t, False)
+def _abstract_variables(model, shape):
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    t = jax.ShapeDtypeStruct(shape[:1], jnp.int32)
+    return jax.eval_shape(lambda k, x, t: model.init(k, x, t, False), jax.random.key(0), x, t)
 
 
-def _perturb(params, seed):
-    # Zero-initialised pieces (U-Net conv_out, biases) would hide the dependence
-    # on t or on dropout; random offsets make every path count.
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(
-        treedef, [a + 0.1 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+def _abstract_params(model, shape):
+    return _abstract_variables(model, shape)["params"]
+
+
+def _random_params(model, shape, seed):
+    """Variables with init's structure and random entries, so no path is zeroed.
+
+    Init zeroes the U-Net's conv_out and every bias, which would hide whether the
+    output depends on t or on dropout.
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw(leaf):
+        # Kernels ~ N(0, 1/fan_in) keep activations O(1); vectors ~ 1 + N(0, 0.3^2)
+        # keep LayerNorm/GroupNorm scales away from zero and make biases non-zero.
+        if leaf.ndim >= 2:
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.normal(size=leaf.shape) / np.sqrt(fan_in), jnp.float32)
+        return jnp.asarray(1.0 + 0.3 * rng.normal(size=leaf.shape), jnp.float32)
+
+    return jax.tree.map(draw, _abstract_variables(model, shape))
 
 
 def _inputs(shape, seed=1):
-    kx, kt = jax.random.split(jax.random.key(seed))
-    return jax.random.normal(kx, shape), jax.random.randint(kt, shape[:1], 1, 500)
+    rng = np.random.default_rng(seed)
+    return (jnp.asarray(rng.normal(size=shape), jnp.float32),
+            jnp.asarray(rng.integers(1, 500, size=shape[:1]), jnp.int32))
 
 
 def _num_params(tree):
     return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
 
 
-def _abstract_params(model, shape):
-    return jax.eval_shape(lambda: _init(model, shape))["params"]
+def _dropout_key(seed):
+    # With jax_threefry_partitionable (the default), XLA:CPU takes seconds per
+    # dropout site to compile threefry bits; "rbg" keys drive the same Dropout
+    # code (make_rng("dropout")) and compile several times faster.
+    return jax.random.key(seed, impl="rbg")
+
+
+@functools.cache
+def _apply_fn(name, train):
+    """One jitted (params, x, t, dropout_key) -> output per tiny model and flag."""
+    model, _ = TINY[name]
+    return jax.jit(lambda p, x, t, key: model.apply(p, x, t, train, rngs={"dropout": key}))
 
 
 # --- sinusoidal embedding ------------------------------------------------------
@@ -72,31 +105,61 @@ def test_sinusoidal_embedding_rejects_bad_t():
 # --- shapes ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("model,shape", [
-    TINY["transformer"],
+    (models.TokenTransformer(num_symbols=Q, length=L, width=16, num_layers=2,
+                             num_heads=2), (2, L, Q)),
     (models.UNet(base_channels=8, num_res_blocks=1), (2, 8, 8, 1)),
     (models.UNet(base_channels=8, num_res_blocks=1), (2, 32, 32, 1)),
     (models.MLPDenoiser(width=32, depth=2), (2, 8, 8, 1)),
     (models.MLPDenoiser(width=32, depth=2), (2, 32, 32, 1)),
 ], ids=["transformer", "unet8", "unet32", "mlp8", "mlp32"])
 def test_output_shape(model, shape):
-    params = _init(model, shape)
+    variables = _abstract_variables(model, shape)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    # t of shape [B] without dropout, a scalar t with dropout.
+    for t, train in ((jax.ShapeDtypeStruct(shape[:1], jnp.int32), False),
+                     (jax.ShapeDtypeStruct((), jnp.int32), True)):
+        out = jax.eval_shape(
+            lambda v, x, t: model.apply(v, x, t, train, rngs={"dropout": jax.random.key(0)}),
+            variables, x, t)
+        assert out.shape == shape and out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_output_finite(name):
+    model, shape = TINY[name]
     x, t = _inputs(shape)
-    out = model.apply(params, x, t, False)
-    assert out.shape == shape and out.dtype == jnp.float32
-    # A scalar t is broadcast to the batch.
-    np.testing.assert_allclose(model.apply(params, x, jnp.full(shape[:1], 7), False),
-                               model.apply(params, x, 7, False), rtol=1e-6, atol=1e-6)
+    out = _apply_fn(name, False)(_random_params(model, shape, seed=0), x, t, _dropout_key(0))
+    assert out.shape == shape and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_init_runs_and_twins_differ():
+    # The engine's pattern: vmap init over K keys gives stacked twins. Only the MLP
+    # runs it: the other models' inits are traced (eval_shape) by every test, and
+    # compiling their threefry initialisers would dominate this file's runtime.
+    model, shape = TINY["mlp"]
+    x, t = _inputs(shape)
+    stacked = jax.jit(jax.vmap(lambda k: model.init(k, x, t, False)))(
+        jax.random.split(jax.random.key(0), 2))
+    expected = _abstract_variables(model, shape)
+    assert jax.tree.structure(stacked) == jax.tree.structure(expected)
+    for leaf, ref in zip(jax.tree.leaves(stacked), jax.tree.leaves(expected)):
+        assert leaf.shape == (2,) + ref.shape
+    # Random initialisers (kernels) differ between twins; biases
+    # and norm parameters start at the same constants.
+    random = [a for path, a in jax.tree_util.tree_leaves_with_path(stacked)
+              if jax.tree_util.keystr(path[-1:]) == "['kernel']"]
+    assert random and all(not np.allclose(a[0], a[1]) for a in random)
 
 
 def test_transformer_rejects_wrong_shape():
-    model, shape = TINY["transformer"]
+    model, _ = TINY["transformer"]
     with pytest.raises(ValueError, match="x_t of shape"):
-        _init(model, (3, L, Q + 1))
+        _abstract_variables(model, (3, L, Q + 1))
 
 
 def test_unet_rejects_indivisible_size():
     with pytest.raises(ValueError, match="divisible by 4"):
-        _init(models.UNet(base_channels=8, num_res_blocks=1), (1, 6, 6, 1))
+        _abstract_variables(models.UNet(base_channels=8, num_res_blocks=1), (1, 6, 6, 1))
 
 
 # --- parameter counts ------------------------------------------------------------
@@ -150,18 +213,22 @@ def _unet_count(base, mults, num_res_blocks, attention_levels, in_channels):
     return total + gn(c) + conv3(c, in_channels)
 
 
+@functools.cache
+def _paper_unet_params():
+    return _abstract_params(models.UNet(), (1, 32, 32, 1))
+
+
 def test_paper_unet_parameter_count():
     # Base 32, mults (1, 2, 4), 2 ResBlocks, attention at levels 1 and 2: 4,023,233
-    # parameters, most of them in the level-2 (128-channel) ResBlocks. The count
-    # does not depend on the image size (convolutions and attention share weights).
-    model = models.UNet()
-    count = _num_params(_abstract_params(model, (1, 32, 32, 1)))
-    assert count == _unet_count(32, (1, 2, 4), 2, (1, 2), 1) == 4_023_233
-    assert _num_params(_abstract_params(model, (1, 8, 8, 1))) == count
+    # parameters, 2.58M of them in the 128-channel ResBlocks (level 2 and middle),
+    # 0.48M in attention. Convolutions and attention share weights over pixels, so
+    # the count is the same on 8x8 and 32x32 images.
+    assert _num_params(_paper_unet_params()) == _unet_count(32, (1, 2, 4), 2, (1, 2), 1)
+    assert _unet_count(32, (1, 2, 4), 2, (1, 2), 1) == 4_023_233
 
 
 def test_unet_attention_only_at_lower_resolutions():
-    names = list(_abstract_params(models.UNet(), (1, 32, 32, 1)))
+    names = list(_paper_unet_params())  # top-level modules
     attn = [n for n in names if "attn" in n]
     assert sorted(attn) == sorted(
         [f"down_{lvl}_attn_{i}" for lvl in (1, 2) for i in range(2)]
@@ -172,10 +239,10 @@ def test_unet_attention_only_at_lower_resolutions():
 
 
 def test_mlp_parameter_count():
-    # input 64*256+256, time 64*256+256, 3 x (LN 2*256 + 256*256+256), LN 2*256,
-    # output 256*64+64.
-    w, d, f = 256, 3, 64
-    expected = (f * w + w) + (64 * w + w) + d * (2 * w + w * w + w) + 2 * w + (w * f + f)
+    # Input Dense, time Dense (64 sinusoidal channels), per layer LN + Dense,
+    # final LN, output Dense; about 0.25M for width 256 on 8x8x1.
+    w, d, f, e = 256, 3, 64, 64
+    expected = (f * w + w) + (e * w + w) + d * (2 * w + w * w + w) + 2 * w + (w * f + f)
     assert expected == 249_152
     assert _num_params(_abstract_params(models.MLPDenoiser(), (1, 8, 8, 1))) == expected
     wide = _num_params(_abstract_params(models.MLPDenoiser(width=512), (1, 8, 8, 1)))
@@ -187,45 +254,42 @@ def test_mlp_parameter_count():
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_dropout(name):
     model, shape = TINY[name]
-    params = _perturb(_init(model, shape), seed=2)
+    params = _random_params(model, shape, seed=2)
     x, t = _inputs(shape)
-    apply = jax.jit(model.apply, static_argnums=3)
-    eval_a = apply(params, x, t, False, rngs={"dropout": jax.random.key(0)})
-    eval_b = apply(params, x, t, False, rngs={"dropout": jax.random.key(1)})
-    np.testing.assert_array_equal(eval_a, eval_b)
-    # Without rngs at all; eager and jitted results agree only to rounding.
-    np.testing.assert_allclose(eval_a, model.apply(params, x, t, False), rtol=1e-5, atol=1e-5)
-    train_a = apply(params, x, t, True, rngs={"dropout": jax.random.key(0)})
-    train_b = apply(params, x, t, True, rngs={"dropout": jax.random.key(1)})
-    np.testing.assert_array_equal(train_a, apply(params, x, t, True,
-                                                 rngs={"dropout": jax.random.key(0)}))
-    assert float(jnp.max(jnp.abs(train_a - train_b))) > 1e-3
-    assert float(jnp.max(jnp.abs(train_a - eval_a))) > 1e-3
+    k0, k1 = _dropout_key(0), _dropout_key(1)
+    evaluate, train = _apply_fn(name, False), _apply_fn(name, True)
+    eval_out = evaluate(params, x, t, k0)
+    np.testing.assert_array_equal(eval_out, evaluate(params, x, t, k1))
+    train_0 = train(params, x, t, k0)
+    np.testing.assert_array_equal(train_0, train(params, x, t, k0))
+    assert float(jnp.max(jnp.abs(train_0 - train(params, x, t, k1)))) > 1e-3
+    assert float(jnp.max(jnp.abs(train_0 - eval_out))) > 1e-3
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_time_embedding_matters(name):
     model, shape = TINY[name]
-    params = _perturb(_init(model, shape), seed=3)
+    params = _random_params(model, shape, seed=3)
     x, _ = _inputs(shape)
-    b = shape[0]
-    early = model.apply(params, x, jnp.full((b,), 10), False)
-    late = model.apply(params, x, jnp.full((b,), 400), False)
+    evaluate, b = _apply_fn(name, False), shape[0]
+    early = evaluate(params, x, jnp.full((b,), 10, jnp.int32), _dropout_key(0))
+    late = evaluate(params, x, jnp.full((b,), 400, jnp.int32), _dropout_key(0))
     assert float(jnp.max(jnp.abs(early - late))) > 1e-3
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_vmap_over_stacked_params(name):
     model, shape = TINY[name]
-    p1 = _perturb(_init(model, shape, seed=0), seed=4)
-    p2 = _perturb(_init(model, shape, seed=1), seed=5)
+    p1, p2 = _random_params(model, shape, seed=4), _random_params(model, shape, seed=5)
     stacked = jax.tree.map(lambda *a: jnp.stack(a), p1, p2)
-    x1, t = _inputs(shape, seed=6)
-    x2, _ = _inputs(shape, seed=7)
+    (x1, t), (x2, _) = _inputs(shape, seed=6), _inputs(shape, seed=7)
     xs = jnp.stack([x1, x2])  # [2, B, ...]
-    out = jax.vmap(lambda p, x: model.apply(p, x, t, False))(stacked, xs)
-    np.testing.assert_allclose(out[0], model.apply(p1, x1, t, False), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(out[1], model.apply(p2, x2, t, False), rtol=1e-4, atol=1e-5)
+    out = jax.jit(jax.vmap(lambda p, x: model.apply(p, x, t, False)))(stacked, xs)
+    evaluate = _apply_fn(name, False)
+    np.testing.assert_allclose(out[0], evaluate(p1, x1, t, _dropout_key(0)),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out[1], evaluate(p2, x2, t, _dropout_key(0)),
+                               rtol=1e-4, atol=1e-5)
     assert float(jnp.max(jnp.abs(out[0] - out[1]))) > 1e-3
 
 

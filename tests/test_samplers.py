@@ -206,3 +206,18 @@ def test_noise_to_then_denoise_with_point_mass_returns_the_point():
     np.testing.assert_allclose(x_t, expected, rtol=1e-6)
     back = samplers.sample(lambda x, t: x0, schedule, x_t, jax.random.key(21), "x0", start_step=15)
     np.testing.assert_allclose(back, x0, atol=1e-6)
+
+
+def test_item_noise_does_not_depend_on_the_batch_an_item_is_drawn_in():
+    schedule = schedules.respace(schedules.image_schedule(1000), 20)
+    denoise = lambda x, t: 0.5 * x
+    key = jax.random.key(3)
+    ids = jnp.arange(6)
+    x_T = samplers.item_normal(jax.random.key(4), ids, (3,))
+    whole = samplers.sample(denoise, schedule, x_T, key, "x0", item_ids=ids)
+    halves = [
+        samplers.sample(denoise, schedule, x_T[s], key, "x0", item_ids=ids[s])
+        for s in (slice(0, 2), slice(2, 6))
+    ]
+    np.testing.assert_allclose(whole, jnp.concatenate(halves), rtol=1e-6)
+    np.testing.assert_array_equal(x_T[2:], samplers.item_normal(jax.random.key(4), ids[2:], (3,)))

@@ -39,6 +39,17 @@ def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -
     return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
 
 
+def item_normal(key: jax.Array, item_ids: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+    """Noise of each item from its own key fold_in(key, id): [B, *shape].
+
+    An item's noise then depends on its id only, not on the batch it is drawn
+    in, so results do not change with the chunk size of a long sampling job.
+    """
+    return jax.vmap(lambda i: standard_normal(jax.random.fold_in(key, i), shape, dtype))(
+        item_ids
+    )
+
+
 def sample(
     denoise_fn: DenoiseFn,
     schedule: Schedule,
@@ -47,6 +58,7 @@ def sample(
     parametrization: str = "x0",
     clip_x0: float | None = None,
     start_step: int | None = None,
+    item_ids: jax.Array | None = None,
 ) -> jax.Array:
     """Runs the reverse chain from step `start_step` (default T) down to 0.
 
@@ -65,6 +77,8 @@ def sample(
         clip_x0: if given, x0_hat is clipped to [-clip_x0, clip_x0]. Static.
         start_step: static step index to start from, 1..T; a state noised to step
             t by `noise_to` is denoised back with `start_step=t` (the U-turn).
+        item_ids: optional int [B]: draw each item's step noise from its own key
+            (see `item_normal`), independent of the batch composition.
 
     Returns:
         x_0, the noise-free output of the last (t=1) step.  # [B, ...]
@@ -92,7 +106,10 @@ def sample(
             x0_hat = output
         if clip_x0 is not None:
             x0_hat = jnp.clip(x0_hat, -clip_x0, clip_x0)
-        noise = standard_normal(jax.random.fold_in(key, i), x_t.shape, x_t.dtype)
+        if item_ids is None:
+            noise = standard_normal(jax.random.fold_in(key, i), x_t.shape, x_t.dtype)
+        else:
+            noise = item_normal(jax.random.fold_in(key, i), item_ids, x_t.shape[1:], x_t.dtype)
         return process.ddpm_step(schedule, x_t, t, x0_hat.astype(x_t.dtype), noise), None
 
     x0, _ = jax.lax.scan(step, x_T, jnp.arange(start, 0, -1, dtype=jnp.int32))

@@ -1,0 +1,526 @@
+"""Walks a run's snapshots and computes the bias statistics at each of them.
+
+Per snapshot the results are cached in `analysis/cache/step_<S>.npz`, so a
+rerun after new snapshots computes only what is new. The summary, with the
+verdict, goes to `analysis/statistics.json` (schema in `STATISTICS_SCHEMA`);
+figures and report read only that file.
+"""
+
+import hashlib
+import json
+import os
+import time
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffusion_bias import checkpoints
+from diffusion_bias import coupled
+from diffusion_bias import default_config
+from diffusion_bias import train
+from diffusion_bias import verdict
+from diffusion_bias.diffusion import process
+from diffusion_bias.diffusion import samplers
+from diffusion_bias.diffusion import schedules
+from diffusion_bias.statistics import controlled
+from diffusion_bias.statistics import losses
+from diffusion_bias.statistics import nearest
+from diffusion_bias.statistics import sample_split
+
+STATISTICS_SCHEMA = """\
+statistics.json: one entry per snapshot (checkpoint) in every list.
+  setting            "images" or "tokens"
+  checkpoints        [C] epochs of the snapshots; steps: [C] their steps
+  test_loss          [C] held-out denoising loss on a fixed (item, t, noise) grid,
+                     mean over twins; test_loss_sem [C] s.e.m. over items
+  train_loss         [C] the same on the twins' own training items
+  sample_split       {mean, sem: [C]; hist: [C][bins]; edges: [bins+1]} similarity of
+                     coupled twin samples (tokens: fraction of equal tokens; images:
+                     cosine of standardised images)
+  nearest            [C] lists: own_d1, other_d1, heldout_d1 (mean NN distance of
+                     samples to their own set, to the closest other set, and of
+                     held-out items to the training sets), closer_to_own (share of
+                     samples nearer their own set), memorized_fraction and
+                     heldout_memorized_fraction (d1/d2 < 1/3)
+  membership_auc     [C] ROC AUC of "lower loss = training member", mean over twins
+  score_cosine       images: {t: [T], heldout: [C][T], train: [C][T]} cosine of the
+                     twins' predicted noise on the same noisy inputs
+  tokens only:
+  grammatical_fraction [C]; nn_divergence [C] KL(generated || held-out) of the NN
+                     Hamming histograms (20 bins on [0, L]), mean over twins;
+                     nn_hist {generated: [C][20], heldout: [20]}
+  twin_kl            [C] KL(model_a || model_b) of x0 distributions at t/T =
+                     critical_ratio on held-out inputs, mean over pairs
+  kl_bp              {k: [K], values: [C][K]} KL(BP_k || model) at critical_ratio
+  uturn              {ratios: [R], epochs: [U], train: [U][R], heldout: [U][R]}
+                     overlap ratio model / exact BP, at the onset and test-loss minimum
+  loss_decomposition {l_star_train, l_tilde_train, l_star_heldout, l_tilde_heldout:
+                     [C]} at t/T = 0.3
+  verdict            {bias_onset_epoch, bias_onset_interval, test_loss_min_epoch,
+                     test_loss_min_interval, gap_epochs, gap_interval, conclusive,
+                     reasons, bias_statistic}
+  examples           images: {samples: [K][E][H][W], nearest: [K][E][H][W]} for the
+                     snapshot at the bias onset
+"""
+
+
+def analysis_config(workdir, overrides=None):
+    """The run's config with its analysis section (defaults where absent)."""
+    saved = checkpoints.load_config(workdir)
+    analysis = default_config.get_config().analysis.to_dict()
+    analysis.update(saved.get("analysis", {}))
+    analysis.update(overrides or {})
+    saved["analysis"] = analysis
+    return ml_collections.ConfigDict(saved)
+
+
+def _cosine(a, b):
+    """[B] cosine of a[i] and b[i], flattened (raw vectors, not standardised)."""
+    a = np.asarray(a, np.float64).reshape(len(a), -1)
+    b = np.asarray(b, np.float64).reshape(len(b), -1)
+    return (a * b).sum(-1) / np.maximum(
+        np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12
+    )
+
+
+def _twin_params(snapshot):
+    ema = snapshot.get("ema_params")
+    return ema if ema is not None and jax.tree.leaves(ema) else snapshot["params"]
+
+
+class _Instrument:
+    """What stays fixed across snapshots: data, grids, compiled functions."""
+
+    def __init__(self, config, workdir):
+        run = train.prepare(config, workdir)
+        self.config, self.a = config, config.analysis
+        self.kind, self.model, self.schedule = run["kind"], run["model"], run["schedule"]
+        self.train = np.asarray(run["twin_data"].train)
+        self.heldout = np.asarray(run["twin_data"].heldout)
+        self.grammar = run["pool"].grammar
+        self.apply_fn = coupled.denoiser(self.model, self.kind)
+        self.apply_jit = jax.jit(self.apply_fn)
+        self.sampling = schedules.respace(
+            self.schedule, min(self.a.sampling_steps, self.schedule.num_steps)
+        )
+        key = jax.random.key(self.a.seed)
+        self.sample_key = jax.random.fold_in(key, 0)
+        n_items = min(self.a.loss_items, self.train.shape[1])
+        self.train_items = self.train[:, :n_items]
+        largest = max(n_items, len(self.heldout))
+        self.loss_t, self.loss_noise = losses.loss_grid(
+            jax.random.fold_in(key, 1), largest, self.schedule.num_steps, self.a.loss_repeats
+        )
+        self.score_key = jax.random.fold_in(key, 2)
+        self.stat_key = jax.random.fold_in(key, 3)
+        if self.kind == "tokens":
+            self.q = self.grammar.q
+            self.length = self.train.shape[-1]
+            self.item_shape = (self.length, self.q)
+        else:
+            self.q = None
+            self.item_shape = self.train.shape[2:]
+
+    def losses_of(self, params, items):
+        return losses.item_losses(
+            self.apply_fn,
+            params,
+            items,
+            self.loss_t[: len(items)],
+            self.loss_noise,
+            self.schedule,
+            kind=self.kind,
+            num_symbols=self.q,
+        )
+
+    def compute(self, snapshot):
+        """All per-snapshot arrays, as a flat dict of numpy arrays."""
+        stacked = _twin_params(snapshot)
+        num_twins = self.train.shape[0]
+        params = [jax.tree.map(lambda x, k=k: x[k], stacked) for k in range(num_twins)]
+        clip = self.a.clip_x0 or None
+        samples = coupled.coupled_samples(
+            self.apply_fn,
+            stacked,
+            self.sampling,
+            self.item_shape,
+            self.a.num_samples,
+            self.sample_key,
+            kind=self.kind,
+            twin_strategy=self.config.training.twin_strategy,
+            clip_x0=clip if self.kind == "images" else None,
+        )
+        out = dict(similarity=sample_split.pair_similarity(samples, self.kind))
+        out.update(nearest.nearest_statistics(samples, self.train, self.heldout, self.kind))
+        out["test_losses"] = np.stack([self.losses_of(p, self.heldout) for p in params])
+        out["train_losses"] = np.stack(
+            [self.losses_of(p, self.train_items[k]) for k, p in enumerate(params)]
+        )
+        if self.kind == "images":
+            out["score_cosine_heldout"], out["score_cosine_train"] = self._score_cosines(params)
+            e = min(8, self.a.num_samples)
+            out["example_samples"] = samples[:, :e]
+            out["example_nearest"] = np.stack(
+                [self.train[k][out["own_index"][k, :e]] for k in range(num_twins)]
+            )
+        else:
+            out.update(self._token_statistics(params, samples))
+        return out
+
+    def _score_cosines(self, params):
+        """[P, T] twin-pair cosine of predicted noise, held-out and own-train inputs."""
+        pairs = sample_split.twin_pairs(len(params))
+        heldout, train_ = [], []
+        for t in self.a.score_times:
+            tt = jnp.full((len(self.heldout),), t)
+            noise = samplers.item_normal(
+                jax.random.fold_in(self.score_key, t),
+                jnp.arange(len(self.heldout)),
+                self.heldout.shape[1:],
+            )
+            x_t = process.q_sample(self.schedule, jnp.asarray(self.heldout), tt, noise)
+            eps = [self.apply_jit(p, x_t, tt) for p in params]
+            heldout.append([np.mean(_cosine(eps[a], eps[b])) for a, b in pairs])
+            per_pair = []
+            for a, b in pairs:
+                # Each twin's own training images, seen by both twins.
+                vals = []
+                for own in (a, b):
+                    items = jnp.asarray(self.train_items[own])
+                    tt_own = jnp.full((len(items),), t)
+                    noise = samplers.item_normal(
+                        jax.random.fold_in(self.score_key, t),
+                        jnp.arange(len(items)),
+                        items.shape[1:],
+                    )
+                    x_own = process.q_sample(self.schedule, items, tt_own, noise)
+                    vals.append(
+                        np.mean(
+                            _cosine(
+                                self.apply_fn(params[a], x_own, tt_own),
+                                self.apply_fn(params[b], x_own, tt_own),
+                            )
+                        )
+                    )
+                per_pair.append(np.mean(vals))
+            train_.append(per_pair)
+        return np.asarray(heldout).T, np.asarray(train_).T
+
+    def _token_statistics(self, params, samples):
+        transitions = jnp.asarray(self.grammar.transitions, jnp.float32)
+        out = {}
+        out["grammatical"] = np.array(
+            [controlled.grammatical_fraction(transitions, s) for s in samples]
+        )
+        t_crit = max(1, int(round(self.a.critical_ratio * self.schedule.num_steps)))
+        heldout = self.heldout[: self.a.uturn_items]
+        x0 = jax.nn.one_hot(heldout, self.q)
+        noise = samplers.item_normal(self.stat_key, jnp.arange(len(heldout)), x0.shape[1:])
+        tt = jnp.full((len(heldout),), t_crit)
+        x_t = process.q_sample(self.schedule, x0, tt, noise)
+        probs = [self.apply_jit(p, x_t, tt) for p in params]
+        out["twin_kl"] = np.array(
+            [
+                controlled.twin_token_kl(probs[a], probs[b])
+                for a, b in sample_split.twin_pairs(len(params))
+            ]
+        )
+        depth = self.grammar.depth
+        kl_bp, decomposition = [], []
+        t_dec = [max(1, int(round(0.3 * self.schedule.num_steps)))]
+        for k, p in enumerate(params):
+            # A Partial keeps the parameters traced: one compilation for all snapshots.
+            fn = jax.tree_util.Partial(self.apply_fn, p)
+            kl = controlled.kl_bp_model(
+                fn,
+                transitions,
+                self.schedule,
+                heldout,
+                [t_crit],
+                self.stat_key,
+                factorized_layers=tuple(range(depth + 1)),
+            )
+            kl_bp.append(np.asarray(kl["kl"])[:, 0])
+            own = self.train[k][: self.a.uturn_items]
+            dec_train = controlled.loss_decomposition(
+                fn, transitions, self.schedule, own, t_dec, self.stat_key
+            )
+            dec_held = controlled.loss_decomposition(
+                fn, transitions, self.schedule, heldout, t_dec, self.stat_key
+            )
+            decomposition.append(
+                [
+                    dec_train["l_star"][0],
+                    dec_train["l_tilde"][0],
+                    dec_held["l_star"][0],
+                    dec_held["l_tilde"][0],
+                ]
+            )
+        out["kl_bp"] = np.asarray(kl_bp)  # [K, depth + 1]
+        out["decomposition"] = np.asarray(decomposition)  # [K, 4]
+        return out
+
+
+def _uturn(instrument, snapshot):
+    """U-turn ratios model / exact BP, [K, R] on own training and on held-out sequences."""
+    transitions = jnp.asarray(instrument.grammar.transitions, jnp.float32)
+    a = instrument.a
+    heldout = instrument.heldout[: a.uturn_items]
+    stacked = _twin_params(snapshot)
+    train_ratio, heldout_ratio = [], []
+    for k in range(instrument.train.shape[0]):
+        fn = jax.tree_util.Partial(instrument.apply_fn, jax.tree.map(lambda x: x[k], stacked))
+        for items, out in (
+            (instrument.train[k][: a.uturn_items], train_ratio),
+            (heldout, heldout_ratio),
+        ):
+            out.append(
+                controlled.uturn_overlap(
+                    fn, transitions, instrument.schedule, items, a.uturn_ratios, instrument.stat_key
+                )["ratio"]
+            )
+    return dict(train=np.asarray(train_ratio), heldout=np.asarray(heldout_ratio))
+
+
+def _cached(path, compute):
+    """compute() -> dict of arrays, saved at `path`; read back on later calls."""
+    result = _load_cached(path) if os.path.exists(path) else None
+    if result is None:
+        result = compute()
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **result)
+        os.replace(tmp, path)
+    return result
+
+
+def _load_cached(path):
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError) as err:
+        logging.warning("Cached statistics %s are unreadable (%s); recomputing.", path, err)
+        return None
+
+
+def analyze(workdir, overrides=None):
+    """Computes the statistics of every snapshot of `workdir`, with a verdict.
+
+    Args:
+        workdir: a run's folder (config.json and snapshots/ inside).
+        overrides: dict of analysis fields that replace the run's.
+
+    Returns:
+        The statistics dict, also written to workdir/analysis/statistics.json.
+    """
+    config = analysis_config(workdir, overrides)
+    out_dir = os.path.join(workdir, "analysis")
+    cache_dir = os.path.join(out_dir, "cache")
+    os.makedirs(cache_dir, exist_ok=True)
+    ckpts = checkpoints.TwinCheckpoints(workdir)
+    steps = ckpts.snapshot_steps()
+    if not steps:
+        raise ValueError(f"{workdir} holds no snapshots: train it first (launch.train)")
+    instrument = None
+
+    def get_instrument():
+        nonlocal instrument
+        instrument = instrument or _Instrument(config, workdir)
+        return instrument
+
+    per_step = []
+    start = time.time()
+    # Cached files are valid for one analysis config: its fingerprint names them.
+    fingerprint = json.dumps(config.analysis.to_dict(), sort_keys=True).encode()
+    tag = hashlib.sha256(fingerprint).hexdigest()[:10]
+    for i, step in enumerate(steps):
+        path = os.path.join(cache_dir, f"step_{step}_{tag}.npz")
+        per_step.append(_cached(path, lambda: get_instrument().compute(ckpts.read_snapshot(step))))
+        logging.info(
+            "analysed snapshot %d/%d (step %d)  %.0f s elapsed",
+            i + 1,
+            len(steps),
+            step,
+            time.time() - start,
+        )
+    stats = summarize(config, steps, per_step)
+    if stats["setting"] == "tokens":
+        # The U-turn is costly: run it where Fig. 5 looks, at the onset and the minimum.
+        v = stats["verdict"]
+        epochs = sorted(
+            {e for e in (v.get("bias_onset_epoch"), v.get("test_loss_min_epoch")) if e is not None}
+            or {stats["checkpoints"][-1]}
+        )
+        uturns = []
+        for epoch in epochs:
+            step = steps[stats["checkpoints"].index(epoch)]
+            path = os.path.join(cache_dir, f"uturn_{step}_{tag}.npz")
+            uturns.append(
+                _cached(path, lambda: _uturn(get_instrument(), ckpts.read_snapshot(step)))
+            )
+            logging.info("U-turn at epoch %g done  %.0f s elapsed", epoch, time.time() - start)
+        stats["uturn"] = dict(
+            ratios=list(config.analysis.uturn_ratios),
+            epochs=epochs,
+            train=[u["train"].mean(0).tolist() for u in uturns],
+            heldout=[u["heldout"].mean(0).tolist() for u in uturns],
+        )
+    ckpts.close()
+    with open(os.path.join(out_dir, "statistics.json"), "w") as f:
+        json.dump(stats, f, indent=1)
+    return stats
+
+
+def summarize(config, steps, per_step):
+    """statistics.json from the per-snapshot arrays (see STATISTICS_SCHEMA)."""
+    a = config.analysis
+    spe = config.splits.split_size // config.training.batch_size
+    epochs = [s / spe for s in steps]
+    kind = "tokens" if config.diffusion.schedule == "token" else "images"
+    col = lambda name: np.stack([r[name] for r in per_step])  # [C, ...]
+    test = col("test_losses").mean(axis=1)  # [C, m]: mean over twins
+    sim = col("similarity")  # [C, P, N]
+    bins = np.linspace(0, 1, 21) if kind == "tokens" else np.linspace(-1, 1, 41)
+    split_summaries = [sample_split.summarize(s, bins) for s in sim]
+    own_d1 = col("own_d1")
+    stats = dict(
+        setting=kind,
+        checkpoints=epochs,
+        steps=[int(s) for s in steps],
+        test_loss=test.mean(axis=1).tolist(),
+        test_loss_sem=(test.std(axis=1, ddof=1) / np.sqrt(test.shape[1])).tolist(),
+        train_loss=col("train_losses").mean(axis=(1, 2)).tolist(),
+        sample_split=dict(
+            mean=[s["mean"] for s in split_summaries],
+            sem=[s["sem"] for s in split_summaries],
+            hist=[s["hist"] for s in split_summaries],
+            edges=split_summaries[0]["edges"],
+        ),
+        nearest=dict(
+            own_d1=own_d1.mean(axis=(1, 2)).tolist(),
+            other_d1=col("other_d1").mean(axis=(1, 2)).tolist(),
+            heldout_d1=col("heldout_d1").mean(axis=(1, 2)).tolist(),
+            closer_to_own=[
+                nearest.closer_to_own_share(r["own_d1"], r["other_d1"]) for r in per_step
+            ],
+            memorized_fraction=[
+                nearest.memorized_fraction(r["own_d1"], r["own_d2"]) for r in per_step
+            ],
+            heldout_memorized_fraction=[
+                nearest.memorized_fraction(r["heldout_d1"], r["heldout_d2"]) for r in per_step
+            ],
+        ),
+        membership_auc=[
+            float(
+                np.mean(
+                    [
+                        losses.membership_auc(tr, te)
+                        for tr, te in zip(r["train_losses"], r["test_losses"])
+                    ]
+                )
+            )
+            for r in per_step
+        ],
+    )
+    rng = np.random.default_rng(a.seed)
+    loss_boot = verdict.bootstrap_mean_curves(test, rng, a.bootstrap)
+    if kind == "images":
+        stats["score_cosine"] = dict(
+            t=list(a.score_times),
+            heldout=col("score_cosine_heldout").mean(axis=1).tolist(),
+            train=col("score_cosine_train").mean(axis=1).tolist(),
+        )
+        per_item = sim.mean(axis=1)  # [C, N]: mean over twin pairs
+        bias = per_item.mean(axis=1)
+        bias_boot = verdict.bootstrap_mean_curves(per_item, rng, a.bootstrap)
+        decision = verdict.decide(
+            epochs,
+            bias,
+            bias_boot,
+            test.mean(axis=1),
+            loss_boot,
+            "max",
+            bias_name="sample-split similarity",
+        )
+        decision["bias_statistic"] = "sample_split similarity (peak)"
+        onset = epochs.index(decision["bias_onset_epoch"])
+        stats["examples"] = dict(
+            epoch=epochs[onset],
+            samples=per_step[onset]["example_samples"][..., 0].tolist(),
+            nearest=per_step[onset]["example_nearest"][..., 0].tolist(),
+        )
+    else:
+        length = 2**config.data.depth
+        gen_hist = np.stack([nearest.nn_histogram(r["own_d1"], length) for r in per_step])
+        held_hist = nearest.nn_histogram(per_step[0]["heldout_d1"], length)
+        divergence = np.array([nearest.histogram_kl(h, held_hist) for h in gen_hist])
+        grammatical = col("grammatical").mean(axis=1)
+        stats.update(
+            grammatical_fraction=grammatical.tolist(),
+            nn_divergence=divergence.tolist(),
+            nn_hist=dict(generated=gen_hist.tolist(), heldout=held_hist.tolist()),
+            twin_kl=col("twin_kl").mean(axis=1).tolist(),
+            kl_bp=dict(
+                k=list(range(col("kl_bp").shape[-1])), values=col("kl_bp").mean(axis=1).tolist()
+            ),
+        )
+        dec = col("decomposition").mean(axis=1)  # [C, 4]
+        stats["loss_decomposition"] = dict(
+            t_ratio=0.3,
+            l_star_train=dec[:, 0].tolist(),
+            l_tilde_train=dec[:, 1].tolist(),
+            l_star_heldout=dec[:, 2].tolist(),
+            l_tilde_heldout=dec[:, 3].tolist(),
+        )
+        bias_boot = verdict.bootstrap_kl_curves(
+            gen_hist, held_hist, nearest.histogram_kl, rng, a.bootstrap
+        )
+        decision = verdict.decide(
+            epochs,
+            divergence,
+            bias_boot,
+            test.mean(axis=1),
+            loss_boot,
+            "min",
+            valid=grammatical >= a.min_grammatical,
+            bias_name="NN divergence",
+        )
+        decision["bias_statistic"] = "nn_divergence (minimum)"
+    stats["verdict"] = decision
+    onset_index = (
+        epochs.index(decision["bias_onset_epoch"])
+        if decision.get("bias_onset_epoch") is not None
+        else None
+    )
+    loss_index = (
+        epochs.index(decision["test_loss_min_epoch"])
+        if decision.get("test_loss_min_epoch") is not None
+        else None
+    )
+    stats["at_onset_and_test_min"] = {
+        name: [stats[name][i] if i is not None else None for i in (onset_index, loss_index)]
+        for name in ("membership_auc",)
+    }
+    stats["at_onset_and_test_min"]["memorized_fraction"] = [
+        stats["nearest"]["memorized_fraction"][i] if i is not None else None
+        for i in (onset_index, loss_index)
+    ]
+    return stats
+
+
+def verdict_line(stats):
+    """One sentence for the console: the verdict of a statistics dict."""
+    v = stats["verdict"]
+    if v.get("bias_onset_epoch") is None:
+        return "Inconclusive: " + "; ".join(v["reasons"])
+    head = (
+        f"Bias onset ({v['bias_statistic']}) at epoch {v['bias_onset_epoch']:g}, "
+        f"test-loss minimum at epoch {v['test_loss_min_epoch']:g}, gap "
+        f"{v['gap_epochs']:g} epochs (95% interval {v['gap_interval'][0]:g} to "
+        f"{v['gap_interval'][1]:g})."
+    )
+    if v["conclusive"]:
+        return head + " Conclusive."
+    return head + " Inconclusive: " + "; ".join(v["reasons"]) + "."

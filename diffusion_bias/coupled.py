@@ -1,0 +1,117 @@
+"""Coupled sampling: every twin starts from the same x_T and sees the same noise.
+
+While twins generalise, they map the same noise to nearly the same sample;
+bias makes them drift apart, each toward its own training set. Item j's start
+and step noise come from keys folded with j, so a sample does not depend on
+the chunk it was drawn in, and sample j of one checkpoint is coupled to sample
+j of every other checkpoint too.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_bias.diffusion import samplers
+
+
+def denoiser(model, kind):
+    """fn(params, x_t, t) -> the model's E[x0 | x_t] (tokens) or predicted noise.
+
+    Args:
+        model: a linen module of `diffusion_bias.models`.
+        kind: "tokens" (x0-logits, returned as probabilities) or "images" (eps).
+    """
+
+    def fn(params, x_t, t):
+        out = model.apply({"params": params}, x_t, t, train=False)
+        return jax.nn.softmax(out, axis=-1) if kind == "tokens" else out
+
+    return fn
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("apply_fn", "item_shape", "parametrization", "clip_x0", "twin_strategy"),
+)
+def _chunk(
+    stacked_params,
+    item_ids,
+    key,
+    schedule,
+    *,
+    apply_fn,
+    item_shape,
+    parametrization,
+    clip_x0,
+    twin_strategy,
+):
+    """[K, B, *item_shape] final x0 of the items `item_ids` for every twin."""
+    x_T = samplers.item_normal(jax.random.fold_in(key, 0), item_ids, item_shape)
+
+    def one(params):
+        return samplers.sample(
+            functools.partial(apply_fn, params),
+            schedule,
+            x_T,
+            jax.random.fold_in(key, 1),
+            parametrization,
+            clip_x0=clip_x0,
+            item_ids=item_ids,
+        )
+
+    if twin_strategy == "vmap":
+        return jax.vmap(one)(stacked_params)
+    return jax.lax.map(one, stacked_params)
+
+
+def coupled_samples(
+    apply_fn,
+    stacked_params,
+    schedule,
+    item_shape,
+    num_samples,
+    key,
+    *,
+    kind,
+    twin_strategy="vmap",
+    chunk_size=1000,
+    clip_x0=None,
+):
+    """Draws `num_samples` coupled samples from each of K twins.
+
+    Args:
+        apply_fn: fn(params, x_t, t) from `denoiser` (hashable: build it once).
+        stacked_params: the twins' parameters, leading axis [K].
+        schedule: the (respaced) sampling schedule.
+        item_shape: shape of one sample, e.g. (L, q) or (H, W, C).
+        num_samples: N.
+        key: the coupling key; the same key couples samples across checkpoints.
+        kind: "tokens" (returns argmax tokens) or "images".
+        twin_strategy: "vmap" or "map".
+        chunk_size: samples per compiled call.
+        clip_x0: clip the predicted x0 of eps models to [-clip_x0, clip_x0].
+
+    Returns:
+        numpy [K, N, L] int32 tokens or [K, N, H, W, C] float32 images.
+    """
+    parametrization = "x0" if kind == "tokens" else "eps"
+    chunk_size = min(chunk_size, num_samples)
+    chunks = []
+    for start in range(0, num_samples, chunk_size):
+        # A fixed chunk shape (the last one runs past N and is cut) compiles once.
+        ids = jnp.arange(start, start + chunk_size, dtype=jnp.int32)
+        x0 = _chunk(
+            stacked_params,
+            ids,
+            key,
+            schedule,
+            apply_fn=apply_fn,
+            item_shape=tuple(item_shape),
+            parametrization=parametrization,
+            clip_x0=clip_x0,
+            twin_strategy=twin_strategy,
+        )
+        chunks.append(x0.argmax(-1).astype(jnp.int32) if kind == "tokens" else x0)
+    return np.asarray(jax.device_get(jnp.concatenate(chunks, axis=1)[:, :num_samples]))

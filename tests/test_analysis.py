@@ -1,0 +1,55 @@
+"""launch.analyze end to end on smoke workdirs (digits images and grammar tokens)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import smoke
+from diffusion_bias import analysis
+from diffusion_bias import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module", params=["digits", "grammar"])
+def trained(request, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp(f"smoke_{request.param}"))
+    train.train_and_evaluate(smoke.get_config(request.param), workdir)
+    return request.param, workdir
+
+
+def test_analyze_writes_statistics_figures_and_verdict(trained):
+    setting, workdir = trained
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.analyze", f"--workdir={workdir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Bias onset" in proc.stdout or "Inconclusive" in proc.stdout
+    with open(os.path.join(workdir, "analysis", "statistics.json")) as f:
+        stats = json.load(f)
+    num = len(stats["checkpoints"])
+    assert num == len(train.snapshot_steps(smoke.get_config(setting)))
+    for key in ("test_loss", "train_loss", "membership_auc"):
+        assert len(stats[key]) == num
+    assert len(stats["sample_split"]["mean"]) == num
+    assert set(stats["verdict"]) >= {"bias_onset_epoch", "test_loss_min_epoch", "conclusive",
+                                     "reasons"}
+    if setting == "grammar":
+        assert len(stats["nn_divergence"]) == num and len(stats["kl_bp"]["values"][0]) == 4
+    else:
+        assert len(stats["score_cosine"]["heldout"][0]) == 2
+    pngs = [p for p in proc.stdout.split() if p.endswith(".png")]
+    assert pngs and all(os.path.getsize(p) > 1000 for p in pngs)
+
+
+def test_rerun_reads_the_cache_and_gives_the_same_statistics(trained):
+    _, workdir = trained
+    first = analysis.analyze(workdir)
+    cache = os.path.join(workdir, "analysis", "cache")
+    mtimes = {f: os.path.getmtime(os.path.join(cache, f)) for f in os.listdir(cache)}
+    second = analysis.analyze(workdir)
+    assert first == second
+    assert mtimes == {f: os.path.getmtime(os.path.join(cache, f)) for f in os.listdir(cache)}

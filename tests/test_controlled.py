@@ -1,0 +1,188 @@
+"""Tests of the controlled-setting statistics against the reference denoisers.
+
+Compiling belief propagation dominates the run time (seconds per kernel on CPU),
+so the exact and prior-only denoisers are one function of a traced weight,
+sharing each compiled kernel, and references come from enumeration, not BP.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_bias import grammar
+from diffusion_bias.diffusion import denoisers
+from diffusion_bias.diffusion import schedules
+from diffusion_bias.statistics import controlled
+from tests import enumeration
+
+_GRAMMAR = grammar.random_grammar(q=4, depth=3, q_eff=2, seed=0)
+_TRANSITIONS = jnp.asarray(_GRAMMAR.transitions, jnp.float32)
+_SCHEDULE = schedules.token_schedule(100)
+_N = 64
+
+
+# The support of the grammar: every sequence with positive probability.
+_SEQS, _PROBS = enumeration.sequence_distribution(_GRAMMAR.transitions, _GRAMMAR.depth)
+_SUPPORT, _SUPPORT_PROBS = _SEQS[_PROBS > 0], _PROBS[_PROBS > 0]
+
+
+def _blend(weight, transitions, schedule, x_t, t):
+    # weight 1 gives the exact denoiser bit for bit (1*e + 0*p == e), weight 0
+    # the prior-only one.
+    exact = denoisers.exact_denoiser(transitions, schedule, x_t, t)
+    return weight * exact + (1.0 - weight) * denoisers.prior_denoiser(schedule, x_t, t)
+
+
+def _exact(transitions=_TRANSITIONS):
+    return jax.tree_util.Partial(_blend, 1.0, transitions, _SCHEDULE)
+
+
+def _prior():
+    return jax.tree_util.Partial(_blend, 0.0, _TRANSITIONS, _SCHEDULE)
+
+
+def _enumerated_marginals(x_t, t):
+    """E[x_0 | x_t] by summing over the grammar's support, float64.  # [N, L, q]"""
+    ab = np.cumprod(1.0 - np.asarray(_SCHEDULE.betas, np.float64))[t]
+    fields = np.sqrt(ab) / (1.0 - ab) * np.asarray(x_t, np.float64)  # [N, L, q]
+    positions = np.arange(_GRAMMAR.length)
+    log_w = np.log(_SUPPORT_PROBS) + fields[:, positions, _SUPPORT].sum(-1)  # [N, S]
+    weights = np.exp(log_w - log_w.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("ns,slq->nlq", weights, np.eye(_GRAMMAR.q)[_SUPPORT])
+
+
+def _samples(n, seed):
+    return grammar.sample(_GRAMMAR, n, seed=seed)
+
+
+def test_uturn_with_the_exact_denoiser_matches_bp_exactly():
+    x0 = _samples(_N, seed=1)
+    exact = controlled.exact_token_denoiser(_GRAMMAR.transitions, _SCHEDULE)
+    out = controlled.uturn_overlap(
+        exact, _GRAMMAR.transitions, _SCHEDULE, x0, [0.05, 0.2], jax.random.key(0)
+    )
+    np.testing.assert_array_equal(out["t"], [5, 20])
+    assert out["model"].shape == out["bp"].shape == (2, _N)
+    # Same x_t, same chain noise, same denoiser: identical trajectories.
+    np.testing.assert_array_equal(out["model"], out["bp"])
+    np.testing.assert_array_equal(out["ratio"], [1.0, 1.0])
+    # At r = 0.2 the noise destroys tokens: the comparison is not vacuous.
+    assert out["bp"][1].mean() < 0.95
+
+    # New arrays (new "params") for the same function reuse the compiled chains.
+    before = controlled._uturn_overlap._cache_size()
+    other = controlled.exact_token_denoiser(_TRANSITIONS + 0.0, _SCHEDULE)
+    controlled.uturn_overlap(other, _TRANSITIONS, _SCHEDULE, x0, [0.05], jax.random.key(1))
+    assert controlled._uturn_overlap._cache_size() == before
+
+
+def test_uturn_of_a_memorising_denoiser_favours_its_training_set():
+    pool = np.unique(_samples(1000, seed=2), axis=0)
+    assert len(pool) >= 2 * _N
+    pool = np.random.default_rng(0).permutation(pool)
+    train, held_out = pool[:_N], pool[_N : 2 * _N]
+    memorizer = jax.tree_util.Partial(
+        denoisers.memorizing_denoiser, jax.nn.one_hot(train, _GRAMMAR.q), _SCHEDULE
+    )
+
+    def run(x0):
+        return controlled.uturn_overlap(
+            memorizer, _GRAMMAR.transitions, _SCHEDULE, x0, [0.2], jax.random.key(2), repeats=2
+        )
+
+    on_train, on_test = run(train), run(held_out)
+    assert on_train["model"].mean() >= on_train["bp"].mean()
+    assert on_train["ratio"][0] > 1.0
+    assert on_test["model"].mean() < on_train["model"].mean()
+
+
+def test_loss_decomposition_of_the_exact_and_prior_denoisers():
+    x0, t_values, key = _samples(256, seed=3), [10, 30, 60], jax.random.key(3)
+    exact = controlled.loss_decomposition(
+        _exact(), _GRAMMAR.transitions, _SCHEDULE, x0, t_values, key
+    )
+    np.testing.assert_array_equal(exact["t"], t_values)
+    np.testing.assert_allclose(exact["ce"], exact["l_star"] + exact["l_tilde"], atol=1e-6)
+    # On fresh grammar samples the excess term vanishes in expectation.
+    assert np.all(np.abs(exact["l_tilde"]) < 3 * exact["l_tilde_sem"])
+
+    # With p = x0_BP, l* is the mean per-token entropy of the posterior
+    # marginals on the same noisy inputs.
+    for i, t in enumerate(t_values):
+        x_t = controlled.noisy_inputs(_GRAMMAR.transitions, _SCHEDULE, x0, t, key)
+        marginals = _enumerated_marginals(x_t, t)
+        entropy = -np.sum(marginals * np.log(np.maximum(marginals, 1e-12)), -1).mean()
+        np.testing.assert_allclose(exact["l_star"][i], entropy, rtol=1e-4, atol=1e-6)
+
+    prior = controlled.loss_decomposition(
+        _prior(), _GRAMMAR.transitions, _SCHEDULE, x0, t_values, key
+    )
+    np.testing.assert_allclose(prior["ce"], prior["l_star"] + prior["l_tilde"], atol=1e-6)
+    # Same x_t: l*(prior) - l*(BP) = E KL(x0_BP || prior) > 0.
+    assert np.all(prior["l_star"] > exact["l_star"])
+
+
+def test_kl_between_bp_k_and_the_exact_and_prior_denoisers():
+    x0, t_values = _samples(_N, seed=4), [30, 60]
+    exact = controlled.kl_bp_model(
+        _exact(), _GRAMMAR.transitions, _SCHEDULE, x0, t_values, jax.random.key(4)
+    )
+    np.testing.assert_array_equal(exact["k"], [0, 1, 2, 3])
+    assert exact["kl"].shape == (4, 2)
+    assert np.all(exact["kl"][0] < 1e-5)
+    assert np.all(exact["kl"][1:] >= 0)
+    # BP_depth keeps only root-to-leaf channels: it must differ from the exact tree.
+    assert np.all(exact["kl"][-1] > 1e-4)
+
+    prior = controlled.kl_bp_model(
+        _prior(), _GRAMMAR.transitions, _SCHEDULE, x0, t_values, jax.random.key(4)
+    )
+    assert np.all(prior["kl"] > 0)
+
+
+def test_twin_token_kl_matches_numpy():
+    rng = np.random.default_rng(5)
+    a = rng.dirichlet(np.ones(4), size=(3, 8))
+    b = rng.dirichlet(np.ones(4), size=(3, 8))
+    a[0, 0] = [0.0, 0.5, 0.5, 0.0]  # zeros in a contribute nothing
+    b[1, 1] = [0.0, 1.0, 0.0, 0.0]  # zeros in b are clipped at 1e-12
+    a32, b32 = (jnp.asarray(x, jnp.float32) for x in (a, b))
+    assert float(controlled.twin_token_kl(a32, a32)) == 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(a > 0, a * (np.log(a) - np.log(np.maximum(b, 1e-12))), 0.0)
+    expected = terms.sum(-1).mean()
+    assert expected > 0
+    np.testing.assert_allclose(float(controlled.twin_token_kl(a32, b32)), expected, rtol=1e-5)
+
+
+def test_grammatical_fraction():
+    samples = _samples(30, seed=6)
+    assert controlled.grammatical_fraction(_GRAMMAR.transitions, samples, chunk_size=24) == 1.0
+    uniform = np.random.default_rng(6).integers(_GRAMMAR.q, size=(30, _GRAMMAR.length))
+    fraction = controlled.grammatical_fraction(_GRAMMAR.transitions, uniform, chunk_size=24)
+    # _SEQS is lexicographic: a sequence's index is its base-q number.
+    index = uniform @ _GRAMMAR.q ** np.arange(_GRAMMAR.length)[::-1]
+    assert fraction == pytest.approx(np.mean(_PROBS[index] > 0))
+    assert fraction < 1.0
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: controlled.uturn_steps(_SCHEDULE, [0.0]),
+        lambda: controlled.uturn_steps(_SCHEDULE, [1.5]),
+        lambda: controlled.loss_decomposition(
+            _prior(), _TRANSITIONS, _SCHEDULE, np.zeros((2, 8), int), [0], jax.random.key(0)
+        ),
+        lambda: controlled.kl_bp_model(
+            _prior(), _TRANSITIONS, _SCHEDULE, np.zeros((2, 8), int), [5], jax.random.key(0), [4]
+        ),
+        lambda: controlled.grammatical_fraction(_TRANSITIONS, np.full((2, 8), 4)),
+        lambda: controlled.grammatical_fraction(_TRANSITIONS, np.zeros((2, 6), int)),
+    ],
+)
+def test_malformed_arguments_raise(call):
+    with pytest.raises(ValueError):
+        call()

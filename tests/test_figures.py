@@ -1,0 +1,206 @@
+"""Figures from synthetic statistics dicts that follow `analysis.STATISTICS_SCHEMA`."""
+
+import json
+import os
+
+from matplotlib import image as mpimg
+import numpy as np
+import pytest
+
+from diffusion_bias import figures
+
+IMAGE_FIGURES = {
+    "fig_bias_vs_test_loss",
+    "fig_similarity_histograms",
+    "fig_score_cosine",
+    "fig_nearest",
+    "fig_examples",
+}
+TOKEN_FIGURES = {
+    "fig_bias_vs_test_loss",
+    "fig_similarity_histograms",
+    "fig_nearest",
+    "fig_nn_histograms",
+    "fig_sequential_learning",
+    "fig_loss_decomposition",
+    "fig_uturn",
+}
+
+
+def _verdict(epochs, conclusive):
+    if not conclusive:
+        # What verdict.decide returns when no checkpoint is valid: no epochs, no intervals.
+        return dict(
+            conclusive=False,
+            reasons=["no checkpoint is valid for the NN divergence"],
+            bias_onset_epoch=None,
+            test_loss_min_epoch=None,
+            gap_epochs=None,
+            bias_statistic="nn_divergence (minimum)",
+        )
+    onset, test_min = epochs[len(epochs) // 3], epochs[(2 * len(epochs)) // 3]
+    return dict(
+        bias_onset_epoch=onset,
+        bias_onset_interval=[epochs[0], epochs[len(epochs) // 2]],
+        test_loss_min_epoch=test_min,
+        test_loss_min_interval=[onset, epochs[-1]],
+        gap_epochs=test_min - onset,
+        gap_interval=[0.5 * (test_min - onset), test_min - onset],
+        conclusive=len(epochs) > 2,
+        reasons=[] if len(epochs) > 2 else ["the test loss is lowest at the first snapshot"],
+        bias_statistic="sample_split similarity (peak)",
+    )
+
+
+def synthetic_stats(setting, num_checkpoints=8, num_twins=3, conclusive=True, seed=0):
+    """A statistics dict shaped like `analysis.summarize`'s, with plausible curves."""
+    rng = np.random.default_rng(seed)
+    c = num_checkpoints
+    epochs = np.geomspace(10, 2000, c) if c > 1 else np.array([100.0])
+    s = np.linspace(0, 1, c)
+    bump = np.exp(-(((s - 0.35) / 0.25) ** 2))
+    bins = 20 if setting == "tokens" else 40
+    edges = np.linspace(0, 1, bins + 1) if setting == "tokens" else np.linspace(-1, 1, bins + 1)
+    stats = dict(
+        setting=setting,
+        checkpoints=epochs.tolist(),
+        steps=[int(2 * e) for e in epochs],
+        test_loss=(1.0 - 0.5 * s + 0.6 * s**2).tolist(),
+        test_loss_sem=(0.01 + 0.0 * s).tolist(),
+        train_loss=(1.0 - 0.7 * s).tolist(),
+        sample_split=dict(
+            mean=(0.3 + 0.5 * bump).tolist(),
+            sem=(0.02 + 0.0 * s).tolist(),
+            hist=rng.integers(0, 50, (c, bins)).tolist(),
+            edges=edges.tolist(),
+        ),
+        nearest=dict(
+            own_d1=(5 - 3 * s).tolist(),
+            other_d1=(5 - s).tolist(),
+            heldout_d1=(5 - s).tolist(),
+            closer_to_own=(0.5 + 0.4 * s).tolist(),
+            memorized_fraction=(0.5 * s**2).tolist(),
+            heldout_memorized_fraction=(0.05 * s).tolist(),
+        ),
+        membership_auc=(0.5 + 0.3 * s).tolist(),
+    )
+    stats["verdict"] = _verdict(epochs.tolist(), conclusive)
+    if setting == "images":
+        times = [50, 100, 150, 200]
+        stats["score_cosine"] = dict(
+            t=times,
+            heldout=(0.9 - 0.1 * s[:, None] * np.arange(1, 5)).tolist(),
+            train=(0.9 - 0.2 * s[:, None] * np.arange(1, 5)).tolist(),
+        )
+        stats["examples"] = dict(
+            epoch=stats["verdict"]["bias_onset_epoch"] or epochs[0],
+            samples=rng.normal(size=(num_twins, 4, 8, 8)).tolist(),
+            nearest=rng.normal(size=(num_twins, 4, 8, 8)).tolist(),
+        )
+        return stats
+    ratios = [0.01, 0.03, 0.06, 0.09, 0.12]
+    stats.update(
+        grammatical_fraction=(0.2 + 0.7 * s).tolist(),
+        nn_divergence=(1.0 - 0.8 * bump).tolist(),
+        nn_hist=dict(
+            generated=rng.integers(0, 100, (c, 20)).tolist(),
+            heldout=rng.integers(0, 100, 20).tolist(),
+        ),
+        twin_kl=(0.5 - 0.4 * bump).tolist(),
+        kl_bp=dict(
+            k=list(range(5)), values=(0.1 + np.outer(1 - 0.5 * s, np.arange(1, 6))).tolist()
+        ),
+        uturn=dict(
+            ratios=ratios,
+            epochs=[float(epochs[c // 3]), float(epochs[(2 * c) // 3])],
+            train=(1.0 - 0.1 * np.outer(1 - s[[c // 3, (2 * c) // 3]], ratios)).tolist(),
+            heldout=(1.0 - 0.2 * np.outer(1 - s[[c // 3, (2 * c) // 3]], ratios)).tolist(),
+        ),
+        loss_decomposition=dict(
+            t_ratio=0.3,
+            l_star_train=(1 - 0.5 * s).tolist(),
+            l_tilde_train=(-0.1 * s).tolist(),
+            l_star_heldout=(1 - 0.4 * s).tolist(),
+            l_tilde_heldout=(0.01 * s).tolist(),
+        ),
+    )
+    return stats
+
+
+@pytest.fixture
+def low_dpi(monkeypatch):
+    """Robustness tests need a PNG, not a sharp one: half the pixels, faster."""
+    monkeypatch.setattr(figures, "DPI", 60)
+
+
+def _check_pngs(paths, expected, out_dir):
+    names = {os.path.splitext(os.path.basename(p))[0] for p in paths}
+    assert names == expected
+    for path in paths:
+        assert os.path.dirname(path) == str(out_dir)
+        assert os.path.getsize(path) > 5000
+        pixels = mpimg.imread(path)
+        assert pixels.ndim == 3 and min(pixels.shape[:2]) > 150
+        # Something was drawn: not a blank canvas.
+        assert pixels[..., :3].std() > 0.01
+
+
+@pytest.mark.parametrize("setting", ["images", "tokens"])
+def test_draws_the_setting_figures_only(setting, tmp_path):
+    stats = synthetic_stats(setting)
+    out = tmp_path / "analysis"
+    paths = figures.draw_all(stats, str(out), strict=True)
+    expected = IMAGE_FIGURES if setting == "images" else TOKEN_FIGURES
+    _check_pngs(paths, expected, out)
+    other = TOKEN_FIGURES - IMAGE_FIGURES if setting == "images" else IMAGE_FIGURES - TOKEN_FIGURES
+    assert not other & {os.path.splitext(os.path.basename(p))[0] for p in paths}
+
+
+def test_inconclusive_verdict_nan_and_none_entries(tmp_path, low_dpi):
+    stats = synthetic_stats("tokens", conclusive=False)
+    stats["nn_divergence"][2] = None
+    stats["test_loss"][3] = float("nan")
+    stats["kl_bp"]["values"][1] = None
+    stats["nn_hist"]["generated"][0] = None
+    stats["uturn"]["heldout"][-1][1] = None
+    stats["loss_decomposition"]["l_tilde_heldout"] = None
+    stats["sample_split"]["hist"] = [None] * len(stats["checkpoints"])
+    stats["uturn"]["train"][1] = stats["uturn"]["train"][1][:2]  # a short row
+    # NaN survives the JSON round trip the figures are drawn from.
+    stats = json.loads(json.dumps(stats))
+    paths = figures.draw_all(stats, str(tmp_path), strict=True)
+    _check_pngs(paths, TOKEN_FIGURES, tmp_path)
+
+
+def test_one_checkpoint_and_no_verdict(tmp_path, low_dpi):
+    stats = synthetic_stats("images", num_checkpoints=1)
+    del stats["verdict"]
+    paths = figures.draw_all(stats, str(tmp_path), strict=True)
+    _check_pngs(paths, IMAGE_FIGURES, tmp_path)
+
+
+def test_snapshot_at_epoch_zero(tmp_path, low_dpi):
+    stats = synthetic_stats("images", num_checkpoints=5)
+    stats["checkpoints"][0] = 0.0  # no log axis: symlog instead
+    figures.fig_bias_vs_test_loss(stats, str(tmp_path / "fig.png"))
+    assert mpimg.imread(tmp_path / "fig.png").shape[0] > 150
+
+
+@pytest.mark.parametrize("num_twins", [2, 15])
+def test_twin_counts(num_twins, tmp_path, low_dpi):
+    stats = synthetic_stats("images", num_checkpoints=4, num_twins=num_twins)
+    path = tmp_path / "examples.png"
+    figures.fig_examples(stats, str(path))
+    pixels = mpimg.imread(path)
+    assert pixels.shape[0] > pixels.shape[1] * (1.5 if num_twins == 15 else 0.2)
+
+
+def test_missing_keys_skip_figures_and_failures_are_contained(tmp_path):
+    stats = synthetic_stats("images")
+    for key in ("score_cosine", "examples", "sample_split"):
+        del stats[key]
+    stats["nearest"] = "broken"  # present, but not the schema's dict
+    paths = figures.draw_all(stats, str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == []
+    with pytest.raises(AttributeError):
+        figures.draw_all(stats, str(tmp_path), strict=True)

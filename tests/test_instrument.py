@@ -1,0 +1,86 @@
+"""The bias instrument on reference "models" whose answer is known.
+
+A memorising denoiser (the posterior over its own training set) is biased from
+the start: its samples copy its training set. The exact BP denoiser, shared by
+both "twins", generalises without bias: twins agree, samples are no closer to
+one training set than to held-out data.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_bias import coupled
+from diffusion_bias import grammar as grammar_lib
+from diffusion_bias.diffusion import denoisers
+from diffusion_bias.diffusion import schedules
+from diffusion_bias.statistics import nearest
+from diffusion_bias.statistics import sample_split
+
+Q, DEPTH, N_TRAIN, N_SAMPLES = 4, 3, 60, 200
+SCHEDULE = schedules.token_schedule(500)
+SAMPLING = schedules.respace(SCHEDULE, 50)
+GRAMMAR = grammar_lib.random_grammar(q=Q, depth=DEPTH, q_eff=2, seed=1)
+POOL = grammar_lib.sample(GRAMMAR, 2 * N_TRAIN + 400, seed=2)
+TRAIN = POOL[: 2 * N_TRAIN].reshape(2, N_TRAIN, -1)
+HELDOUT = POOL[2 * N_TRAIN :]
+
+
+def _memorising(params, x_t, t):
+    return denoisers.memorizing_denoiser(params, SCHEDULE, x_t, t, chunk_size=64)
+
+
+def _exact(params, x_t, t):
+    del params  # the same exact denoiser for every twin
+    return denoisers.exact_denoiser(GRAMMAR.transitions, SCHEDULE, x_t, t)
+
+
+def _samples(apply_fn, params, key=0):
+    return coupled.coupled_samples(
+        apply_fn, params, SAMPLING, (2**DEPTH, Q), N_SAMPLES, jax.random.key(key),
+        kind="tokens")
+
+
+def test_coupled_sampling_is_identical_for_identical_parameters_and_not_otherwise():
+    same = jnp.stack([jax.nn.one_hot(TRAIN[0], Q)] * 2)
+    samples = _samples(_memorising, same)
+    np.testing.assert_array_equal(samples[0], samples[1])
+    different = jnp.asarray(jax.nn.one_hot(TRAIN, Q))
+    samples = _samples(_memorising, different)
+    assert np.mean(np.all(samples[0] == samples[1], axis=-1)) < 0.5
+    np.testing.assert_array_equal(samples, _samples(_memorising, different))
+    assert not np.array_equal(samples, _samples(_memorising, different, key=1))
+
+
+def test_memorising_twins_copy_their_own_training_sets():
+    samples = _samples(_memorising, jnp.asarray(jax.nn.one_hot(TRAIN, Q)))
+    stats = nearest.nearest_statistics(samples, TRAIN, HELDOUT, "tokens")
+    assert np.all(stats["own_d1"] == 0)  # every sample is a training sequence
+    assert nearest.memorized_fraction(stats["own_d1"], stats["own_d2"]) == 1.0
+    assert nearest.closer_to_own_share(stats["own_d1"], stats["other_d1"]) > 0.8
+    length = 2**DEPTH
+    for k in range(2):
+        div = nearest.nn_divergence(stats["own_d1"][k], stats["heldout_d1"][k], length)
+        assert div > 0.5
+    similarity = sample_split.pair_similarity(samples, "tokens")
+    assert similarity.mean() < 0.9
+
+
+def test_exact_denoiser_twins_agree_and_are_not_closer_to_either_training_set():
+    params = jnp.zeros((2, 1))
+    samples = _samples(_exact, params)
+    np.testing.assert_array_equal(samples[0], samples[1])
+    assert sample_split.pair_similarity(samples, "tokens").mean() == 1.0
+    stats = nearest.nearest_statistics(samples, TRAIN, HELDOUT, "tokens")
+    # Identical samples: their distances to the two sets are exchangeable.
+    assert 0.3 < nearest.closer_to_own_share(stats["own_d1"], stats["other_d1"]) < 0.7
+    # Generated and held-out sequences sit at the same distances from a training set.
+    for k in range(2):
+        gen = nearest.nn_histogram(stats["own_d1"][k], 2**DEPTH)
+        held = nearest.nn_histogram(stats["heldout_d1"][k], 2**DEPTH)
+        assert nearest.histogram_kl(gen, held) < 0.1
+        assert abs(stats["own_d1"][k].mean() - stats["heldout_d1"][k].mean()) < 0.3
+    # And the memorised-copy rate is the held-out one, not 1.
+    copies = nearest.memorized_fraction(stats["own_d1"], stats["own_d2"])
+    held_copies = nearest.memorized_fraction(stats["heldout_d1"], stats["heldout_d2"])
+    assert abs(copies - held_copies) < 0.15
