@@ -413,7 +413,17 @@ def _float_top2(queries, refs, ref_sq, pad, *, metric):
     dist = jnp.where(jnp.arange(dist.shape[1]) == i1[:, None], jnp.inf, dist)
     i2 = jnp.argmin(dist, axis=-1)
     d2 = jnp.take_along_axis(dist, i2[:, None], axis=-1)[:, 0]
-    i2 = jnp.where(jnp.isfinite(d2), i2, -1)
+    found2 = jnp.isfinite(d2)
+    if metric == "l2":
+        # The expansion cancels near zero (a copy lands at ~1e-3 |q|, not 0):
+        # recompute the two winners directly, and reorder them if that flips.
+        e1 = jnp.sqrt(jnp.sum((q - refs[i1]) ** 2, axis=-1))
+        e2 = jnp.sqrt(jnp.sum((q - refs[i2]) ** 2, axis=-1))
+        e2 = jnp.where(found2, e2, jnp.inf)
+        swap = (e2 < e1) | ((e2 == e1) & (i2 < i1))
+        d1, d2 = jnp.where(swap, e2, e1), jnp.where(swap, e1, e2)
+        i1, i2 = jnp.where(swap, i2, i1), jnp.where(swap, i1, i2)
+    i2 = jnp.where(found2, i2, -1)
     return d1, i1.astype(jnp.int32), d2, i2.astype(jnp.int32)
 
 
@@ -556,8 +566,10 @@ def nearest_neighbours(queries, refs, metric, chunk_size=256, ref_chunk_size=Non
         refs: [R, ...] items of the same shape, R >= 2.
         metric: "hamming" (number of differing tokens), "cosine" (1 - cosine
             similarity of standardised images, see `standardize_images`) or
-            "l2" (Euclidean distance of the flattened items, through the
-            expansion |q|^2 + |r|^2 - 2 q.r, so ~1e-3 relative near zero).
+            "l2" (Euclidean distance of the flattened items; candidates
+            are ranked through the expansion |q|^2 + |r|^2 - 2 q.r, the two
+            winners' distances then recomputed directly, so a copy is at 0;
+            references within ~1e-3 |q| of each other may rank out of order).
         chunk_size: queries per kernel call; the kernels compile once per
             chunk size and reference-chunk shape.
         ref_chunk_size: at most this many references per kernel call (None:

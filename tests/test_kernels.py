@@ -150,6 +150,18 @@ def test_float_neighbours_match_brute_force(metric, chunk_size, ref_chunk_size):
         np.testing.assert_allclose(got.d1[0], 1.0, atol=1e-6)
 
 
+def test_l2_copies_are_at_distance_zero():
+    """Large pixel values make |q|^2 + |r|^2 - 2 q.r cancel; the winners are exact."""
+    rng = np.random.default_rng(8)
+    refs = 100.0 + rng.normal(size=(20, 8, 8, 1)).astype(np.float32)
+    refs[9] = refs[4]
+    got = kernels.nearest_neighbours(refs[[4, 5]], refs, "l2")
+    np.testing.assert_array_equal(got.d1, [0.0, 0.0])
+    np.testing.assert_array_equal(got.i1, [4, 5])
+    np.testing.assert_array_equal(got.d2[0], 0.0)
+    assert got.i2[0] == 9 and got.d2[1] > 1.0
+
+
 def test_nearest_in_each_matches_loops():
     rng = np.random.default_rng(6)
     queries = rng.integers(0, 4, (3, 11, 8))
