@@ -27,6 +27,6 @@ setuptools.setup(
     ],
     extras_require={
         "tfds": ["tensorflow-datasets>=4.9.10,<5", "array_record>=0.8"],
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "ipython>=8"],
     },
 )

@@ -32,18 +32,26 @@ _NUM_SPLITS = flags.DEFINE_integer(
 )
 
 
-def run(workdir, settings, num_splits=None):
-    """Trains, analyses and reports every setting; returns the report path."""
+def setting_configs(settings, num_splits=None):
+    """{name: config} of the embedded settings, with `num_splits` twins if given."""
     unknown = sorted(set(settings) - set(SETTINGS))
     if unknown:
         raise app.UsageError(f"Unknown settings {unknown}; choose among {list(SETTINGS)}")
-    sections, timings = [], {}
-    stages = len(settings) * 2
-    for i, name in enumerate(settings):
+    configs = {}
+    for name in settings:
         config = importlib.import_module(SETTINGS[name]).get_config()
         if num_splits is not None:
             with config.unlocked():
                 config.splits.num_splits = num_splits
+        configs[name] = config
+    return configs
+
+
+def run(workdir, configs):
+    """Trains, analyses and reports every {name: config}; returns the report path."""
+    sections, timings = [], {}
+    stages = len(configs) * 2
+    for i, (name, config) in enumerate(configs.items()):
         run_dir = os.path.join(workdir, name)
         logging.info("[%d/%d] training the %s twins in %s", 2 * i + 1, stages, name, run_dir)
         start = time.time()
@@ -65,7 +73,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.setup_logging()
-    path = common.exit_on_config_error(run, _WORKDIR.value, _SETTINGS.value, _NUM_SPLITS.value)
+    configs = setting_configs(_SETTINGS.value, _NUM_SPLITS.value)
+    path = common.exit_on_config_error(run, _WORKDIR.value, configs)
     print(path)
 
 
