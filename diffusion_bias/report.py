@@ -46,6 +46,22 @@ def setting_section(name, stats, figure_paths, report_dir):
         f"{_interval(v.get('gap_interval'))} | | |",
         "",
     ]
+    others = v.get("other_statistics", {})
+    if others:
+        lines += [
+            "Other onset statistics of the paper:",
+            "",
+            "| statistic | onset epoch | 95% interval | gap to the test-loss minimum | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        for name, o in others.items():
+            state = "conclusive" if o.get("conclusive") else "inconclusive"
+            lines.append(
+                f"| {name} | {_fmt(o.get('bias_onset_epoch'))} | "
+                f"{_interval(o.get('bias_onset_interval'))} | {_fmt(o.get('gap_epochs'))} "
+                f"{_interval(o.get('gap_interval'))} | {state} |"
+            )
+        lines.append("")
     if v.get("conclusive"):
         lines.append("**Verdict: conclusive.** Bias sets in before the test-loss minimum.")
     else:
