@@ -47,7 +47,8 @@ def snapshot_plan(total_steps, num_snapshots, first_step, multiple_of=1):
 def save_config(workdir, config):
     """Writes `config.json`, or checks that a resumed run has the same config.
 
-    Fields under `analysis` are not compared: they do not change training.
+    Fields under `analysis` are not compared: they do not change training. In a
+    multi-process run every process checks, and process 0 alone writes.
 
     Raises:
         ValueError: the workdir holds a run with a different config; the
@@ -67,6 +68,9 @@ def save_config(workdir, config):
             )
         return
     os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() != 0:
+        # One writer: processes sharing the workdir would race on the same temp file.
+        return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(current, f, indent=2, sort_keys=True)
@@ -87,6 +91,17 @@ def _diff(a, b, prefix=""):
         yield prefix.rstrip(".")
 
 
+def _barrier_prefix(name):
+    """Multi-process options giving one manager's cross-process barriers their own names.
+
+    With several processes, a manager syncs them at named barriers, some named
+    alike in every manager; two managers saving at once (a snapshot while the
+    latest still finishes in the background) then collide: "Barrier
+    ThreadSaveMultiHostValueHolder:set_value_start is already ongoing".
+    """
+    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
+
+
 class TwinCheckpoints:
     """The snapshot and latest managers of one run."""
 
@@ -94,13 +109,20 @@ class TwinCheckpoints:
         self.snapshots = ocp.CheckpointManager(
             os.path.join(os.path.abspath(workdir), "snapshots"),
             item_handlers=ocp.StandardCheckpointHandler(),
-            options=ocp.CheckpointManagerOptions(create=True, cleanup_tmp_directories=True),
+            options=ocp.CheckpointManagerOptions(
+                create=True,
+                cleanup_tmp_directories=True,
+                multiprocessing_options=_barrier_prefix("snapshots"),
+            ),
         )
         self.latest = ocp.CheckpointManager(
             os.path.join(os.path.abspath(workdir), "latest"),
             item_handlers=ocp.StandardCheckpointHandler(),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, create=True, cleanup_tmp_directories=True
+                max_to_keep=1,
+                create=True,
+                cleanup_tmp_directories=True,
+                multiprocessing_options=_barrier_prefix("latest"),
             ),
         )
 

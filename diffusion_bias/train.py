@@ -11,6 +11,11 @@ split k at step s is slice s % E of the permutation of epoch s // E (E steps per
 epoch), and its diffusion times, noise and dropout come from
 fold_in(fold_in(key, k), s). A resumed run therefore replays exactly the same
 stream, and ends with the same parameters as an uninterrupted one.
+
+Several processes (after `jax.distributed.initialize`) run the same program on
+one global mesh: each holds the full replicated data, all of them save the
+checkpoints into the shared workdir, and process 0 alone writes the other files
+and logs progress.
 """
 
 import dataclasses
@@ -22,6 +27,7 @@ import time
 from absl import logging
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
@@ -331,7 +337,12 @@ class _MetricWriter:
 
 
 def _place(tree, mesh, twin_axis):
-    """Puts arrays on the mesh: twin axis over "twins", the rest replicated."""
+    """Puts arrays on the mesh: twin axis over "twins", the rest replicated.
+
+    With several processes the mesh spans them all; `device_put` then takes each
+    process's shards from its own copy of `tree`, which must be the same
+    everywhere (it is: init and data are functions of the config alone).
+    """
 
     def put(x):
         spec = P("twins") if twin_axis and np.ndim(x) > 0 else P()
@@ -384,6 +395,7 @@ def train_and_evaluate(config, workdir):
     """
     check_config(config)
     checkpoints.save_config(workdir, config)
+    primary = jax.process_index() == 0
     run = prepare(config, workdir)
     twin_data, kind, model, schedule = (
         run["twin_data"],
@@ -391,11 +403,12 @@ def train_and_evaluate(config, workdir):
         run["model"],
         run["schedule"],
     )
-    np.savez(
-        os.path.join(workdir, "splits.npz"),
-        train=twin_data.splits.train,
-        heldout=twin_data.splits.heldout,
-    )
+    if primary:
+        np.savez(
+            os.path.join(workdir, "splits.npz"),
+            train=twin_data.splits.train,
+            heldout=twin_data.splits.heldout,
+        )
 
     mesh = make_mesh(config)
     tx = get_optimizer(config)
@@ -410,7 +423,8 @@ def train_and_evaluate(config, workdir):
     start, restored = ckpts.restore_newest(checkpoints.abstract(state))
     if restored is not None:
         state = restored
-        logging.info("Resuming from step %d.", start)
+        if primary:
+            logging.info("Resuming from step %d.", start)
 
     spe = steps_per_epoch(config)
     per_call = config.training.steps_per_call
@@ -419,23 +433,27 @@ def train_and_evaluate(config, workdir):
     latest_every = -(-config.snapshots.latest_every_steps // per_call) * per_call
     chunk = make_train_chunk(config, model, schedule, kind, mesh)
     writer = _MetricWriter(workdir)
-    logging.info(
-        "Training %d twins of %s for %d steps (%d epochs of %d steps) on %d "
-        "device(s); %d snapshots planned.",
-        config.splits.num_splits,
-        type(model).__name__,
-        total,
-        config.training.num_epochs,
-        spe,
-        jax.device_count(),
-        len(plan),
-    )
+    if primary:
+        logging.info(
+            "Training %d twins of %s for %d steps (%d epochs of %d steps) on %d "
+            "device(s); %d snapshots planned.",
+            config.splits.num_splits,
+            type(model).__name__,
+            total,
+            config.training.num_epochs,
+            spe,
+            jax.device_count(),
+            len(plan),
+        )
 
     step, window_start, window_losses = start, time.time(), []
     window_step = start
     try:
         while step < total:
             state, losses = chunk(state, data)
+            if not (losses.is_fully_addressable or losses.is_fully_replicated):
+                # Twins sharded over processes: every process needs all losses.
+                losses = multihost_utils.process_allgather(losses, tiled=True)
             losses = np.asarray(jax.device_get(losses))  # [S, K]
             bad = ~np.isfinite(losses)
             if bad.any():
@@ -450,19 +468,22 @@ def train_and_evaluate(config, workdir):
             if step in plan or step % latest_every == 0 or step == total:
                 ckpts.save(step, state, snapshot=step in plan, latest=True)
             if step % config.training.log_every_steps < per_call or step == total:
-                elapsed = time.time() - window_start
-                rate = (step - window_step) / max(elapsed, 1e-9)
-                mean = np.concatenate(window_losses).mean(0)
-                writer.write(step, epoch=step / spe, train_loss=mean.tolist(), steps_per_sec=rate)
-                logging.info(
-                    "step %d/%d (epoch %d) train_loss %s  %.1f steps/s  ETA %s",
-                    step,
-                    total,
-                    step // spe,
-                    np.array2string(mean, precision=4),
-                    rate,
-                    _eta((total - step) / max(rate, 1e-9)),
-                )
+                if primary:
+                    elapsed = time.time() - window_start
+                    rate = (step - window_step) / max(elapsed, 1e-9)
+                    mean = np.concatenate(window_losses).mean(0)
+                    writer.write(
+                        step, epoch=step / spe, train_loss=mean.tolist(), steps_per_sec=rate
+                    )
+                    logging.info(
+                        "step %d/%d (epoch %d) train_loss %s  %.1f steps/s  ETA %s",
+                        step,
+                        total,
+                        step // spe,
+                        np.array2string(mean, precision=4),
+                        rate,
+                        _eta((total - step) / max(rate, 1e-9)),
+                    )
                 window_start, window_step, window_losses = time.time(), step, []
     finally:
         ckpts.wait_until_finished()

@@ -23,6 +23,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.setup_logging()
+    common.refuse_distributed("launch.analyze")
     overrides = {
         name: flag.value
         for name, flag in (("num_samples", _NUM_SAMPLES), ("sampling_steps", _SAMPLING_STEPS))

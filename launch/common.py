@@ -1,9 +1,34 @@
-"""What every entry point shares: quiet library logs, clear config errors."""
+"""What every entry point shares: quiet logs, clear config errors, multi-process runs."""
 
 import logging as std_logging
+import os
 import sys
 
+from absl import app
+from absl import flags
 from absl import logging
+import jax
+
+# A multi-process run starts the same command once per process. These flags, or
+# the JAX_* variables of the same names, say where process 0 listens and who is who.
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0, which all processes of a multi-process run connect to "
+    "(default: $JAX_COORDINATOR_ADDRESS).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes of a multi-process run (default: $JAX_NUM_PROCESSES)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index in 0..num_processes-1 (default: $JAX_PROCESS_ID)."
+)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-process run, letting JAX detect from the cluster (Slurm, Open MPI, "
+    "Cloud TPU, ...) whatever the three flags above and their variables leave unset.",
+)
 
 
 class _DropLibraryInfo(std_logging.Filter):
@@ -27,3 +52,76 @@ def exit_on_config_error(fn, *args):
     except ConfigError as err:
         print(f"Config error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def _from_env(name):
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def maybe_initialize_distributed():
+    """Calls `jax.distributed.initialize` when a multi-process run is asked for.
+
+    Asked for means --distributed, or any of --coordinator_address,
+    --num_processes, --process_id or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES,
+    $JAX_PROCESS_ID (a flag wins over its variable). Must run before any JAX
+    computation. Cross-process collectives on CPU use Gloo, jax 0.10's default
+    for `jax_cpu_collectives_implementation`.
+
+    Returns:
+        Whether jax.distributed was initialised.
+
+    Raises:
+        app.UsageError: some but not all of the three settings are given, without
+            --distributed to detect the rest.
+    """
+    address = _COORDINATOR_ADDRESS.value or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+    num_processes = _NUM_PROCESSES.value
+    if num_processes is None:
+        num_processes = _from_env("JAX_NUM_PROCESSES")
+    process_id = _PROCESS_ID.value
+    if process_id is None:
+        process_id = _from_env("JAX_PROCESS_ID")
+    settings = dict(coordinator_address=address, num_processes=num_processes, process_id=process_id)
+    missing = [name for name, value in settings.items() if value is None]
+    if not _DISTRIBUTED.value:
+        if len(missing) == len(settings):
+            return False
+        if missing:
+            # Without a cluster to detect them from, a partial setting would only
+            # fail later inside JAX, or hang waiting for processes that never come.
+            raise app.UsageError(
+                f"A multi-process run needs --{', --'.join(missing)} (or the JAX_* "
+                "variables), or --distributed to detect them from the cluster."
+            )
+    jax.distributed.initialize(**settings)
+    logging.info(
+        "Process %d of %d: %d local of %d devices.",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True
+
+
+def refuse_distributed(program):
+    """Ends a single-process program that was given the multi-process flags.
+
+    The analysis reads snapshots and writes its files from one process; the
+    JAX_* variables alone are left alone, so that a job script exporting them
+    for launch.train can run the analysis after it.
+
+    Raises:
+        app.UsageError: naming the flags given.
+    """
+    given = [
+        f"--{flag.name}"
+        for flag in (_COORDINATOR_ADDRESS, _NUM_PROCESSES, _PROCESS_ID)
+        if flag.value is not None
+    ] + (["--distributed"] if _DISTRIBUTED.value else [])
+    if given:
+        raise app.UsageError(
+            f"{program} runs as one process and takes no {', '.join(given)}; "
+            "train with several (launch.train), then run it once."
+        )

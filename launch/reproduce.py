@@ -73,6 +73,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.setup_logging()
+    common.refuse_distributed("launch.reproduce")
     configs = setting_configs(_SETTINGS.value, _NUM_SPLITS.value)
     path = common.exit_on_config_error(run, _WORKDIR.value, configs)
     print(path)

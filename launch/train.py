@@ -5,6 +5,15 @@
 
 Run from the repository root. Intentionally kept short: everything happens in
 `diffusion_bias.train.train_and_evaluate`.
+
+Several processes (hosts, or local CPU processes) train one run data-parallel:
+start the same command once per process, adding
+
+    --coordinator_address=HOST0:PORT --num_processes=N --process_id=I
+
+(or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID), or just
+--distributed under Slurm, Open MPI or on Cloud TPU. The workdir must be one
+folder that all processes share.
 """
 
 from absl import app
@@ -23,6 +32,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.setup_logging()
+    common.maybe_initialize_distributed()
     common.exit_on_config_error(train.train_and_evaluate, _CONFIG.value, _WORKDIR.value)
 
 
