@@ -1,8 +1,11 @@
 """Embedded real-image default: twin MLP denoisers on the UCI digits (8x8).
 
-K=2 twins of 848 digits each, 100 held out, eps-prediction MLP (width 256,
-depth 3), Adam 1e-3, batch 256, 6000 steps, 15 log-spaced snapshots from
-step 90. About 5 minutes of training on 2 CPU cores.
+K=2 twins of 300 digits each and 300 held out (scikit-learn's 1797 real
+images), eps-prediction MLP (width 256, depth 3), Adam 1e-3, batch 100, 3000
+epochs (9000 steps), parameters averaged (EMA 0.995), 25 log-spaced snapshots
+from epoch 100. The sample-split similarity peaks at epoch ~270 while the
+held-out loss falls until epoch ~630. Training and analysis took 2 min 40 s on
+the 2-core development machine (under load from other jobs).
 
     python -m launch.train --config=configs/digits_cpu.py --workdir=workdirs/digits
 """
@@ -12,5 +15,8 @@ from diffusion_bias import default_config
 
 def get_config():
     config = default_config.get_config()
+    config.splits.update(split_size=300, heldout_size=300)
+    config.training.update(batch_size=100, num_epochs=3000, ema_decay=0.995, log_every_steps=3000)
+    config.snapshots.update(num_snapshots=25, first_epoch=100, latest_every_steps=3000)
     config.lock()
     return config
