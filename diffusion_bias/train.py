@@ -415,9 +415,12 @@ def train_and_evaluate(config, workdir):
     example = twin_data.train[0, :1]
     if kind == "tokens":
         example = jax.nn.one_hot(example, model.num_symbols)
-    state = _place(init_state(config, model, example, tx), mesh, twin_axis=True)
+    # With one twin device the twin axis stays unsharded: the step returns P()
+    # shardings, and inputs sharded P("twins") would make its second call retrace.
+    twin_axis = config.training.twin_devices > 1
+    state = _place(init_state(config, model, example, tx), mesh, twin_axis=twin_axis)
     state["step"] = jax.device_put(state["step"], NamedSharding(mesh, P()))
-    data = _place(jnp.asarray(twin_data.train), mesh, twin_axis=True)
+    data = _place(jnp.asarray(twin_data.train), mesh, twin_axis=twin_axis)
 
     ckpts = checkpoints.TwinCheckpoints(workdir)
     start, restored = ckpts.restore_newest(checkpoints.abstract(state))

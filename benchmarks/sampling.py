@@ -1,0 +1,177 @@
+"""Throughput of coupled sampling, against one twin and one reverse step at a time.
+
+Run from the repository root:  python -m benchmarks.sampling
+
+`coupled.coupled_samples` draws N samples from K=2 twins in one compiled call
+(the reverse chain is a `lax.scan`, the twins a `vmap`). The baseline runs the
+same chain for one twin at a time as a Python loop over the reverse steps: one
+jitted step per call, its result brought back to the host before the next one.
+Both use the same start, noise and model, and their samples are compared.
+Each figure is a ratio measured in this process, the timed runs of the two
+sides interleaved, so that machine load cancels out (as far as it can);
+compilation is excluded from the rates and reported separately. Every line ends
+with the 1-minute load average.
+
+The twins are freshly initialised (untrained): the cost does not depend on the
+parameters' values.
+"""
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_bias import coupled
+from diffusion_bias import models
+from diffusion_bias.diffusion import process
+from diffusion_bias.diffusion import samplers
+from diffusion_bias.diffusion import schedules
+
+
+def _best_time(fn, repeats=3):
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _best_times(fns, repeats=3):
+    """Best time of each fn, their runs interleaved so that a change of load hits all alike."""
+    best = [np.inf] * len(fns)
+    for _ in range(repeats):
+        for j, fn in enumerate(fns):
+            best[j] = min(best[j], _best_time(fn, 1))
+    return best
+
+
+def _load():
+    return f"[load {os.getloadavg()[0]:.2f}]"
+
+
+@functools.partial(jax.jit, static_argnames=("apply_fn", "parametrization", "clip_x0"))
+def _reverse_step(params, schedule, x_t, i, key, item_ids, *, apply_fn, parametrization, clip_x0):
+    """x_t -> x_{t-1} at step i: the body of `samplers.sample`, for one twin."""
+    batch = x_t.shape[0]
+    t = jnp.full((batch,), i, jnp.int32)
+    t_model = jnp.broadcast_to(schedule.timesteps[i], (batch,)).astype(jnp.int32)
+    output = apply_fn(params, x_t, t_model)
+    if parametrization == "eps":
+        x0_hat = process.predict_x0_from_eps(schedule, x_t, t, output)
+    else:
+        x0_hat = output
+    if clip_x0 is not None:
+        x0_hat = jnp.clip(x0_hat, -clip_x0, clip_x0)
+    noise = samplers.item_normal(jax.random.fold_in(key, i), item_ids, x_t.shape[1:], x_t.dtype)
+    return process.ddpm_step(schedule, x_t, t, x0_hat.astype(x_t.dtype), noise)
+
+
+def loop_samples(
+    apply_fn, stacked_params, schedule, item_shape, num_samples, key, *, kind, clip_x0
+):
+    """Baseline: one twin at a time, one jitted reverse step per Python iteration."""
+    parametrization = "x0" if kind == "tokens" else "eps"
+    ids = jnp.arange(num_samples, dtype=jnp.int32)
+    x_T = np.asarray(samplers.item_normal(jax.random.fold_in(key, 0), ids, item_shape))
+    step_key = jax.random.fold_in(key, 1)
+    out = []
+    for k in range(jax.tree.leaves(stacked_params)[0].shape[0]):
+        params = jax.tree.map(lambda p, k=k: p[k], stacked_params)
+        x = x_T
+        for i in range(schedule.num_steps, 0, -1):
+            x = _reverse_step(
+                params,
+                schedule,
+                x,
+                np.int32(i),
+                step_key,
+                ids,
+                apply_fn=apply_fn,
+                parametrization=parametrization,
+                clip_x0=clip_x0,
+            )
+            x = np.asarray(x)  # the per-step round trip to the host
+        out.append(x.argmax(-1).astype(np.int32) if kind == "tokens" else x)
+    return np.stack(out)
+
+
+def compare(
+    name, model, kind, schedule, item_shape, num_samples=512, clip_x0=None, twins=2, repeats=3
+):
+    """Prints samples/s of coupled sampling and of the per-twin, per-step loop."""
+    example = jnp.zeros((1, *item_shape), jnp.float32)
+    t = jnp.ones((1,), jnp.int32)
+    keys = jax.random.split(jax.random.key(0), twins)
+    stacked = jax.jit(jax.vmap(lambda k: model.init(k, example, t, train=False)["params"]))(keys)
+    apply_fn = coupled.denoiser(model, kind)
+    key = jax.random.key(1)
+    run = functools.partial(
+        coupled.coupled_samples,
+        apply_fn,
+        stacked,
+        schedule,
+        item_shape,
+        num_samples,
+        key,
+        kind=kind,
+        clip_x0=clip_x0,
+    )
+    start = time.perf_counter()
+    fast_samples = run()
+    compile_fast = time.perf_counter() - start
+
+    loop = functools.partial(
+        loop_samples,
+        apply_fn,
+        stacked,
+        schedule,
+        item_shape,
+        num_samples,
+        key,
+        kind=kind,
+        clip_x0=clip_x0,
+    )
+    start = time.perf_counter()
+    loop_out = loop()
+    compile_loop = time.perf_counter() - start
+    fast, base = _best_times([run, loop], repeats)
+    if kind == "tokens":
+        agree = f"tokens equal: {np.mean(fast_samples == loop_out):.4f}"
+    else:
+        agree = f"max |difference|: {np.abs(fast_samples - loop_out).max():.1e}"
+    n = twins * num_samples
+    print(
+        f"{name} (K={twins}, N={num_samples} per twin, {schedule.num_steps} steps): coupled "
+        f"{n / fast:,.0f} samples/s; per-twin per-step loop {n / base:,.0f} samples/s; ratio "
+        f"{base / fast:.1f}x; {agree}; first call {compile_fast:.1f} s vs {compile_loop:.1f} s "
+        f"{_load()}"
+    )
+
+
+def main():
+    print(
+        f"devices: {jax.devices()}; jax_threefry_partitionable: "
+        f"{jax.config.jax_threefry_partitionable}"
+    )
+    steps = 100
+
+    # Setting 1, embedded: eps-MLP on 8x8 digits, as configs/digits_cpu.py.
+    mlp = models.MLPDenoiser(width=256, depth=3)
+    image = schedules.respace(schedules.image_schedule(1000), steps)
+    compare("digits MLP 256 x 3", mlp, "images", image, (8, 8, 1), clip_x0=1.0, repeats=5)
+
+    # Setting 2, embedded: the transformer of configs/grammar_cpu.py (L=8, q=6).
+    small = models.TokenTransformer(num_symbols=6, length=8, width=64, num_layers=2, num_heads=4)
+    token = schedules.respace(schedules.token_schedule(500), steps)
+    compare("transformer 64 x 2 layers (L=8, q=6)", small, "tokens", token, (8, 6))
+
+    size = coupled._chunk._cache_size()
+    print(f"coupled sampler: {size} compiled chunk(s) for the 2 models")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Throughput of the twin training step, against one model at a time.
+
+Run from the repository root:  python -m benchmarks.train_step
+
+1. K twins stacked in one compiled step (`train.make_train_chunk`) against the
+   same engine with num_splits=1, called once per twin, for the digits MLP
+   (configs/digits_cpu.py) and the small grammar transformer
+   (configs/grammar_cpu.py), each with the "vmap" and the "map" twin strategy.
+   Both sides run the same steps_per_call; the ratio is measured in this
+   process, the timed runs of the two sides interleaved, so that machine load
+   cancels out (as far as it can).
+2. The transformer step at the paper's size (512 x 8 layers x 4 heads, L=16,
+   q=6, batch 512; K=1, one step per call) and at 128 x 4 layers: samples/s
+   and achieved GFLOP/s, against a float32 matmul peak (jnp.dot of 2048x2048)
+   measured in this process just before. FLOPs are XLA's cost analysis of the
+   compiled step; a hand count of the matmuls (forward + backward = 3 x forward)
+   is printed beside it. At the paper's size one step takes about 30 s on a
+   2-core CPU, so only two single steps are timed there.
+
+The data are synthetic items of each config's shape (the step's cost does not
+depend on their values), placed on the mesh as `train.train_and_evaluate` does.
+Compilation is excluded from the rates (reported separately); every line ends
+with the 1-minute load average.
+"""
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import ml_collections
+import numpy as np
+
+from configs import digits_cpu, grammar_cpu, grammar_paper
+from diffusion_bias import models
+from diffusion_bias import train
+
+# Quoted, not measured here: the authors' torch code on this machine (steps/s).
+TORCH_PAPER_SIZE = 0.04  # 512 x 8 layers, batch 512
+TORCH_SMALL_SIZE = 1.1  # 128 x 4 layers, one thread
+
+
+def _best_time(fn, repeats=3):
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _best_times(fns, repeats=3):
+    """Best time of each fn, their runs interleaved so that a change of load hits all alike."""
+    best = [np.inf] * len(fns)
+    for _ in range(repeats):
+        for j, fn in enumerate(fns):
+            best[j] = min(best[j], _best_time(fn, 1))
+    return best
+
+
+def _load():
+    return f"[load {os.getloadavg()[0]:.2f}]"
+
+
+class _Engine:
+    """A compiled chunk with its state and synthetic data; calling it runs one chunk."""
+
+    def __init__(self, config, kind, item_shape, num_symbols=None, chunk=None):
+        model_config = ml_collections.ConfigDict(config.model)
+        if kind == "tokens":
+            with model_config.unlocked():
+                model_config.num_symbols = num_symbols
+                model_config.length = item_shape[0]
+        model = models.get_model(model_config)
+        k, n = config.splits.num_splits, config.splits.split_size
+        rng = np.random.default_rng(0)
+        if kind == "tokens":
+            data = rng.integers(0, num_symbols, (k, n, *item_shape), dtype=np.int32)
+            example = jax.nn.one_hot(data[0, :1], num_symbols)
+        else:
+            data = rng.normal(size=(k, n, *item_shape)).astype(np.float32)
+            example = data[0, :1]
+        mesh = train.make_mesh(config)
+        tx = train.get_optimizer(config)
+        self.state = train._place(train.init_state(config, model, example, tx), mesh, True)
+        self.state["step"] = jax.device_put(self.state["step"], NamedSharding(mesh, P()))
+        self.data = train._place(jnp.asarray(data), mesh, twin_axis=True)
+        if chunk is None:
+            chunk = train.make_train_chunk(config, model, train.get_schedule(config), kind, mesh)
+        self.chunk = chunk
+
+    def __call__(self):
+        self.state, losses = self.chunk(self.state, self.data)
+        jax.block_until_ready((self.state, losses))
+        return losses
+
+
+def _first_calls(engine):
+    """Seconds of the first call (compile + one run) and of the second call."""
+    start = time.perf_counter()
+    engine()
+    first = time.perf_counter() - start
+    engine()
+    return first, time.perf_counter() - start - first
+
+
+def twins_against_singles(
+    name, config_fn, kind, item_shape, num_symbols=None, calls=10, repeats=3, **training
+):
+    """Prints steps/s of K stacked twins and of K single-model engines run in turn."""
+    config = config_fn()
+    config.training.update(training)
+    num_twins = config.splits.num_splits
+    twins = _Engine(config, kind, item_shape, num_symbols)
+    compile_twins, second_twins = _first_calls(twins)
+
+    single_config = config_fn()
+    single_config.training.update(training)
+    single_config.splits.num_splits = 1
+    singles = [_Engine(single_config, kind, item_shape, num_symbols)]
+    # One jitted chunk (same shapes) for every single model: it compiles once.
+    singles += [
+        _Engine(single_config, kind, item_shape, num_symbols, chunk=singles[0].chunk)
+        for _ in range(num_twins - 1)
+    ]
+    compile_single, _ = _first_calls(singles[0])
+    for engine in singles[1:]:
+        engine()
+
+    fast, base = _best_times(
+        [
+            lambda: [twins() for _ in range(calls)],
+            lambda: [[engine() for engine in singles] for _ in range(calls)],
+        ],
+        repeats,
+    )
+    steps = calls * config.training.steps_per_call
+    # A second jit cache entry means the second call re-traced (see the report).
+    retraced = twins.chunk._cache_size() - 1
+    print(
+        f"{name} (K={num_twins}, batch {config.training.batch_size}, "
+        f"{config.training.steps_per_call} steps/call): twins {steps / fast:,.1f} steps/s; "
+        f"{num_twins} single-model calls {steps / base:,.1f} steps/s; ratio {base / fast:.2f}x; "
+        f"compile {compile_twins:.0f} s vs {compile_single:.0f} s; "
+        f"{retraced} re-trace(s), 2nd call {second_twins:.2f} s {_load()}"
+    )
+
+
+def _matmul_peak(size=2048, calls=5):
+    """float32 GFLOP/s of a jitted jnp.dot of two size x size matrices."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+
+    def run():
+        for _ in range(calls):
+            dot(a, b).block_until_ready()
+
+    return 2 * size**3 * calls / _best_time(run) / 1e9
+
+
+def hand_flops(width, num_layers, length, num_symbols, batch, time_embed_dim=32):
+    """Matmul FLOPs of one training step: 3 x the forward (backward ~ 2 x forward).
+
+    Per sample and layer: Q, K, V and output projections 4 * 2LH^2, the
+    feed-forward 2 * 2L(2H)H, scores and weighted values 2 * 2L^2H; plus the
+    token, time and output embeddings.
+    """
+    layer = 16 * length * width**2 + 4 * length**2 * width
+    forward = num_layers * layer + 4 * length * num_symbols * width + 2 * time_embed_dim * width
+    return 3 * forward * batch
+
+
+def transformer_step(width, num_layers, batch, calls, repeats, reference):
+    """Prints samples/s and GFLOP/s of one transformer at L=16, q=6, K=1, one step a call.
+
+    One step per call: XLA's cost analysis counts the body of a loop once.
+    """
+    config = grammar_paper.get_config()
+    config.splits.update(num_splits=1, split_size=10 * batch)
+    config.model.update(width=width, num_layers=num_layers)
+    config.training.update(batch_size=batch, steps_per_call=1)
+    length, q = 16, 6
+    engine = _Engine(config, "tokens", (length,), q)
+    start = time.perf_counter()
+    compiled = engine.chunk.lower(engine.state, engine.data).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    xla = cost.get("flops", float("nan")) if cost else float("nan")
+    hand = hand_flops(width, num_layers, length, q, batch)
+    engine.chunk = compiled
+    peak = _matmul_peak()
+    step = _best_time(lambda: [engine() for _ in range(calls)], repeats) / calls
+    print(
+        f"transformer {width} x {num_layers} layers, batch {batch}: {1 / step:.3f} steps/s, "
+        f"{batch / step:,.0f} samples/s; {xla / step / 1e9:.1f} GFLOP/s by XLA's count "
+        f"({xla / 1e9:.1f} GFLOP/step), {hand / step / 1e9:.1f} by the hand count "
+        f"({hand / 1e9:.1f} GFLOP/step); matmul peak just before {peak:.1f} GFLOP/s: "
+        f"{xla / step / 1e9 / peak:.0%} of it (XLA count); compile {compile_s:.0f} s {_load()}"
+    )
+    print(f"  quoted, not measured here: the authors' torch code did {reference} steps/s")
+
+
+def main():
+    print(
+        f"devices: {jax.devices()}; jax_threefry_partitionable: "
+        f"{jax.config.jax_threefry_partitionable}"
+    )
+    print(f"float32 matmul peak (2048x2048 jnp.dot): {_matmul_peak():.1f} GFLOP/s {_load()}")
+
+    # 1. K twins in one step against K single-model engines, same steps per call.
+    digits = (digits_cpu.get_config, "images", (8, 8, 1))
+    twins_against_singles("digits MLP, vmap", *digits, calls=10)
+    twins_against_singles("digits MLP, map", *digits, calls=10, twin_strategy="map")
+    grammar = (grammar_cpu.get_config, "tokens", (8,), 6)
+    twins_against_singles("grammar_cpu transformer, vmap", *grammar, calls=2)
+    twins_against_singles("grammar_cpu transformer, map", *grammar, calls=2, twin_strategy="map")
+
+    # 2. The transformer step at a small size and at the paper's size (about 30 s a step).
+    transformer_step(128, 4, 512, calls=4, repeats=2, reference=TORCH_SMALL_SIZE)
+    transformer_step(512, 8, 512, calls=1, repeats=2, reference=TORCH_PAPER_SIZE)
+
+
+if __name__ == "__main__":
+    main()
