@@ -6,23 +6,13 @@ Each figure is a ratio measured in this process against a straightforward
 baseline (one sequence at a time), so that machine load cancels out.
 """
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from diffusion_bias import bp
 from diffusion_bias import grammar as grammar_lib
-
-
-def _best_time(fn, repeats=3):
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from benchmarks import timing
 
 
 def loop_leaf_marginals(transitions, log_evidence):
@@ -80,14 +70,14 @@ def main():
     x0 = jax.nn.one_hot(grammar_lib.sample(g, n, seed=1), g.q)
     fields = 2.0 * x0 + jax.random.normal(jax.random.key(0), x0.shape)
     marg = bp.leaf_marginals(g.transitions, fields).block_until_ready()
-    fast = _best_time(lambda: bp.leaf_marginals(g.transitions, fields).block_until_ready())
+    fast = timing.best_time(lambda: bp.leaf_marginals(g.transitions, fields).block_until_ready())
     fe = bp.free_energy(g.transitions, jnp.argmax(x0, -1)).block_until_ready()
-    fast_fe = _best_time(
+    fast_fe = timing.best_time(
         lambda: bp.free_energy(g.transitions, jnp.argmax(x0, -1)).block_until_ready()
     )
     m = 300
     np_fields = np.asarray(fields[:m], np.float64)
-    base = _best_time(lambda: [loop_leaf_marginals(g.transitions, f) for f in np_fields], 1)
+    base = timing.best_time(lambda: [loop_leaf_marginals(g.transitions, f) for f in np_fields], 1)
     np.testing.assert_allclose(
         np.stack([loop_leaf_marginals(g.transitions, f) for f in np_fields[:20]]),
         marg[:20],
@@ -106,16 +96,16 @@ def main():
     noise = jax.nn.one_hot(np.random.default_rng(0).integers(0, 6, (10_000, 16)), 6)
     extreme = 5000.0 * noise
     bp.leaf_marginals(g.transitions, extreme).block_until_ready()
-    slow = _best_time(lambda: bp.leaf_marginals(g.transitions, extreme).block_until_ready())
+    slow = timing.best_time(lambda: bp.leaf_marginals(g.transitions, extreme).block_until_ready())
     print(
         f"BP on ungrammatical inputs with fields 5e3 (log-space path): {10_000 / slow:,.0f} seq/s"
     )
 
     # Grammar sampler.
     n = 1_000_000
-    fast = _best_time(lambda: grammar_lib.sample(g, n, seed=0), 2)
+    fast = timing.best_time(lambda: grammar_lib.sample(g, n, seed=0), 2)
     m = 5_000
-    base = _best_time(lambda: loop_sample(g, m, seed=0), 1)
+    base = timing.best_time(lambda: loop_sample(g, m, seed=0), 1)
     print(
         f"grammar sampler: {n / fast:,.0f} seq/s (10^6 in {fast:.2f} s); per-tree loop "
         f"{m / base:,.0f} seq/s; ratio {base / m * n / fast:,.0f}x"

@@ -7,21 +7,11 @@ baseline (one query at a time, on a subset, extrapolated per query), so that
 machine load cancels out. Compilation is excluded (one warm-up call).
 """
 
-import time
-
 import jax
 import numpy as np
 
 from diffusion_bias import kernels
-
-
-def _best_time(fn, repeats=3):
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from benchmarks import timing
 
 
 def loop_hamming(queries, refs):
@@ -74,9 +64,9 @@ def main():
     queries = rng.integers(0, q, (n, length), dtype=np.int32)
     refs = rng.integers(0, q, (r, length), dtype=np.int32)
     neighbours = kernels.nearest_neighbours(queries, refs, "hamming")
-    fast = _best_time(lambda: kernels.nearest_neighbours(queries, refs, "hamming"))
+    fast = timing.best_time(lambda: kernels.nearest_neighbours(queries, refs, "hamming"))
     m = 300
-    base = _best_time(lambda: loop_hamming(queries[:m], refs), 1)
+    base = timing.best_time(lambda: loop_hamming(queries[:m], refs), 1)
     _check(neighbours, loop_hamming(queries[:m], refs), atol=0)
     _report(f"hamming NN {n}x{r} (L={length}, q={q})", n, fast, m, base)
 
@@ -85,9 +75,9 @@ def main():
     queries = rng.normal(size=(n, 8, 8, 1)).astype(np.float32)
     refs = rng.normal(size=(r, 8, 8, 1)).astype(np.float32)
     neighbours = kernels.nearest_neighbours(queries, refs, "cosine")
-    fast = _best_time(lambda: kernels.nearest_neighbours(queries, refs, "cosine"))
+    fast = timing.best_time(lambda: kernels.nearest_neighbours(queries, refs, "cosine"))
     m = 500
-    base = _best_time(lambda: loop_cosine(queries[:m], refs), 1)
+    base = timing.best_time(lambda: loop_cosine(queries[:m], refs), 1)
     _check(neighbours, loop_cosine(queries[:m], refs), atol=1e-5)
     _report(f"cosine NN {n}x{r} (8x8x1)", n, fast, m, base)
 

@@ -17,7 +17,6 @@ parameters' values.
 """
 
 import functools
-import os
 import time
 
 import jax
@@ -29,28 +28,7 @@ from diffusion_bias import models
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion import schedules
-
-
-def _best_time(fn, repeats=3):
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _best_times(fns, repeats=3):
-    """Best time of each fn, their runs interleaved so that a change of load hits all alike."""
-    best = [np.inf] * len(fns)
-    for _ in range(repeats):
-        for j, fn in enumerate(fns):
-            best[j] = min(best[j], _best_time(fn, 1))
-    return best
-
-
-def _load():
-    return f"[load {os.getloadavg()[0]:.2f}]"
+from benchmarks import timing
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "parametrization", "clip_x0"))
@@ -138,7 +116,7 @@ def compare(
     start = time.perf_counter()
     loop_out = loop()
     compile_loop = time.perf_counter() - start
-    fast, base = _best_times([run, loop], repeats)
+    fast, base = timing.best_times([run, loop], repeats)
     if kind == "tokens":
         agree = f"tokens equal: {np.mean(fast_samples == loop_out):.4f}"
     else:
@@ -148,7 +126,7 @@ def compare(
         f"{name} (K={twins}, N={num_samples} per twin, {schedule.num_steps} steps): coupled "
         f"{n / fast:,.0f} samples/s; per-twin per-step loop {n / base:,.0f} samples/s; ratio "
         f"{base / fast:.1f}x; {agree}; first call {compile_fast:.1f} s vs {compile_loop:.1f} s "
-        f"{_load()}"
+        f"{timing.load()}"
     )
 
 

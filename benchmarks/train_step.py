@@ -23,7 +23,6 @@ Compilation is excluded from the rates (reported separately); every line ends
 with the 1-minute load average.
 """
 
-import os
 import time
 
 import jax
@@ -35,32 +34,11 @@ import numpy as np
 from configs import digits_cpu, grammar_cpu, grammar_paper
 from diffusion_bias import models
 from diffusion_bias import train
+from benchmarks import timing
 
 # Quoted, not measured here: the authors' torch code on this machine (steps/s).
 TORCH_PAPER_SIZE = 0.04  # 512 x 8 layers, batch 512
 TORCH_SMALL_SIZE = 1.1  # 128 x 4 layers, one thread
-
-
-def _best_time(fn, repeats=3):
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def _best_times(fns, repeats=3):
-    """Best time of each fn, their runs interleaved so that a change of load hits all alike."""
-    best = [np.inf] * len(fns)
-    for _ in range(repeats):
-        for j, fn in enumerate(fns):
-            best[j] = min(best[j], _best_time(fn, 1))
-    return best
-
-
-def _load():
-    return f"[load {os.getloadavg()[0]:.2f}]"
 
 
 class _Engine:
@@ -128,7 +106,7 @@ def twins_against_singles(
     for engine in singles[1:]:
         engine()
 
-    fast, base = _best_times(
+    fast, base = timing.best_times(
         [
             lambda: [twins() for _ in range(calls)],
             lambda: [[engine() for engine in singles] for _ in range(calls)],
@@ -143,7 +121,7 @@ def twins_against_singles(
         f"{config.training.steps_per_call} steps/call): twins {steps / fast:,.1f} steps/s; "
         f"{num_twins} single-model calls {steps / base:,.1f} steps/s; ratio {base / fast:.2f}x; "
         f"compile {compile_twins:.0f} s vs {compile_single:.0f} s; "
-        f"{retraced} re-trace(s), 2nd call {second_twins:.2f} s {_load()}"
+        f"{retraced} re-trace(s), 2nd call {second_twins:.2f} s {timing.load()}"
     )
 
 
@@ -158,7 +136,7 @@ def _matmul_peak(size=2048, calls=5):
         for _ in range(calls):
             dot(a, b).block_until_ready()
 
-    return 2 * size**3 * calls / _best_time(run) / 1e9
+    return 2 * size**3 * calls / timing.best_time(run) / 1e9
 
 
 def hand_flops(width, num_layers, length, num_symbols, batch, time_embed_dim=32):
@@ -193,13 +171,13 @@ def transformer_step(width, num_layers, batch, calls, repeats, reference):
     hand = hand_flops(width, num_layers, length, q, batch)
     engine.chunk = compiled
     peak = _matmul_peak()
-    step = _best_time(lambda: [engine() for _ in range(calls)], repeats) / calls
+    step = timing.best_time(lambda: [engine() for _ in range(calls)], repeats) / calls
     print(
         f"transformer {width} x {num_layers} layers, batch {batch}: {1 / step:.3f} steps/s, "
         f"{batch / step:,.0f} samples/s; {xla / step / 1e9:.1f} GFLOP/s by XLA's count "
         f"({xla / 1e9:.1f} GFLOP/step), {hand / step / 1e9:.1f} by the hand count "
         f"({hand / 1e9:.1f} GFLOP/step); matmul peak just before {peak:.1f} GFLOP/s: "
-        f"{xla / step / 1e9 / peak:.0%} of it (XLA count); compile {compile_s:.0f} s {_load()}"
+        f"{xla / step / 1e9 / peak:.0%} of it (XLA count); compile {compile_s:.0f} s {timing.load()}"
     )
     print(f"  quoted, not measured here: the authors' torch code did {reference} steps/s")
 
@@ -209,7 +187,7 @@ def main():
         f"devices: {jax.devices()}; jax_threefry_partitionable: "
         f"{jax.config.jax_threefry_partitionable}"
     )
-    print(f"float32 matmul peak (2048x2048 jnp.dot): {_matmul_peak():.1f} GFLOP/s {_load()}")
+    print(f"float32 matmul peak (2048x2048 jnp.dot): {_matmul_peak():.1f} GFLOP/s {timing.load()}")
 
     # 1. K twins in one step against K single-model engines, same steps per call.
     digits = (digits_cpu.get_config, "images", (8, 8, 1))
