@@ -178,40 +178,29 @@ class _Instrument:
     def _score_cosines(self, params):
         """[P, T] twin-pair cosine of predicted noise, held-out and own-train inputs."""
         pairs = sample_split.twin_pairs(len(params))
+
+        def noisy(items, t):
+            items = jnp.asarray(items)
+            tt = jnp.full((len(items),), t)
+            noise = samplers.item_normal(
+                jax.random.fold_in(self.score_key, t), jnp.arange(len(items)), items.shape[1:]
+            )
+            return process.q_sample(self.schedule, items, tt, noise), tt
+
         heldout, train_ = [], []
         for t in self.a.score_times:
-            tt = jnp.full((len(self.heldout),), t)
-            noise = samplers.item_normal(
-                jax.random.fold_in(self.score_key, t),
-                jnp.arange(len(self.heldout)),
-                self.heldout.shape[1:],
-            )
-            x_t = process.q_sample(self.schedule, jnp.asarray(self.heldout), tt, noise)
+            x_t, tt = noisy(self.heldout, t)
             eps = [self.apply_jit(p, x_t, tt) for p in params]
             heldout.append([np.mean(_cosine(eps[a], eps[b])) for a, b in pairs])
-            per_pair = []
-            for a, b in pairs:
-                # Each twin's own training images, seen by both twins.
-                vals = []
-                for own in (a, b):
-                    items = jnp.asarray(self.train_items[own])
-                    tt_own = jnp.full((len(items),), t)
-                    noise = samplers.item_normal(
-                        jax.random.fold_in(self.score_key, t),
-                        jnp.arange(len(items)),
-                        items.shape[1:],
-                    )
-                    x_own = process.q_sample(self.schedule, items, tt_own, noise)
-                    vals.append(
-                        np.mean(
-                            _cosine(
-                                self.apply_fn(params[a], x_own, tt_own),
-                                self.apply_fn(params[b], x_own, tt_own),
-                            )
-                        )
-                    )
-                per_pair.append(np.mean(vals))
-            train_.append(per_pair)
+            # eps[own][k]: twin k on twin `own`'s training images, each computed once.
+            own_inputs = [noisy(items, t) for items in self.train_items]
+            eps = [[self.apply_jit(p, x, tt) for p in params] for x, tt in own_inputs]
+            train_.append(
+                [
+                    np.mean([np.mean(_cosine(eps[own][a], eps[own][b])) for own in (a, b)])
+                    for a, b in pairs
+                ]
+            )
         return np.asarray(heldout).T, np.asarray(train_).T
 
     def _token_statistics(self, params, samples):
