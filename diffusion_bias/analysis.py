@@ -31,7 +31,7 @@ from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import sample_split
 
 # Bumped whenever the per-snapshot arrays change meaning, so old caches are not reused.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 STATISTICS_SCHEMA = """\
 statistics.json: one entry per snapshot (checkpoint) in every list.
@@ -47,26 +47,46 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      samples to their own set, to the closest other set, and of
                      held-out items to the training sets), closer_to_own (share of
                      samples nearer their own set), memorized_fraction and
-                     heldout_memorized_fraction (d1/d2 < 1/3)
+                     heldout_memorized_fraction (strict ratio test d1/d2 < 1/3:
+                     d1 = d2 = 0 is 0/0, not counted), copy_fraction and
+                     heldout_copy_fraction (d1 = 0, exact copies)
   membership_auc     [C] ROC AUC of "lower loss = training member", mean over twins
   score_cosine       images: {t: [T], heldout: [C][T], train: [C][T]} cosine of the
                      twins' predicted noise on the same noisy inputs
   tokens only:
-  grammatical_fraction [C]; nn_divergence [C] KL(generated || held-out) of the NN
-                     Hamming histograms (20 bins on [0, L]), mean over twins;
-                     nn_hist {generated: [C][20], heldout: [20]}
+  grammatical_fraction [C]; nn_divergence_per_model [C][K]: per twin k,
+                     KL(hist of its samples' NN Hamming distances to its own
+                     training set || hist of the held-out distances to that set),
+                     20 bins on [0, L], histograms normalised then clipped to
+                     [1e-8, 1] (the paper's code); nn_divergence [C] their mean
+                     over twins; nn_hist {generated: [C][20], heldout: [20]}
+                     counts summed over twins (for display)
+  KL divergences between token sequences are summed over the L positions (per sequence):
   twin_kl            [C] KL(model_a || model_b) of x0 distributions at t/T =
                      critical_ratio on held-out inputs, mean over pairs and sequences
   kl_bp              {k: [K], values: [C][K]} KL(BP_k || model) at critical_ratio
+  kl_bp_along_t      {ratios: [R], steps: [R], k: [K], epochs: [E], values: [E][K][R],
+                     peak_ratio: [E][K]} KL(BP_k || model) along t at the test-loss
+                     minimum and the onset, mean over twins; peak_ratio the t/T of
+                     each curve's maximum (the critical time)
   uturn              {ratios: [R], epochs: [U], train: [U][R], heldout: [U][R]}
                      overlap ratio model / exact BP, at the onset and test-loss minimum
   loss_decomposition {l_star_train, l_tilde_train, l_star_heldout, l_tilde_heldout:
-                     [C]} at t/T = 0.3
+                     [C]} at t/T = t_ratio = 0.3, per token; the same names with
+                     suffix _mean_t: averaged over t uniform in 1..T, estimated on
+                     the midpoint grid mean_t_steps [G]
   verdict            {bias_onset_epoch, bias_onset_interval, test_loss_min_epoch,
                      test_loss_min_interval, gap_epochs, gap_interval, conclusive,
-                     reasons, bias_statistic, other_statistics: {name: the same
+                     reasons, bias_statistic, grammaticality_gate (tokens: the
+                     share of grammatical samples a snapshot needs to hold the
+                     onset, 0 = off as in the paper), ungated (tokens, when the
+                     gate is on: the verdict without it), other_statistics: {name: the same
                      fields for the other onset statistics (tokens: similarity peak,
                      sample-split KL minimum)}}
+  protocol           {num_steps: T, chain_steps: steps of the sampling chain (T = the
+                     full chain), num_samples, twins; tokens: uturn_items,
+                     uturn_repeats, uturn_ratios, min_grammatical; images: clip_x0,
+                     image_sampler}
   examples           images: {samples: [K][E][H][W], nearest: [K][E][H][W]} for the
                      snapshot at the bias onset
 """
@@ -91,6 +111,28 @@ def _cosine(a, b):
     )
 
 
+def sampling_schedule(schedule, sampling_steps):
+    """The schedule the coupled samples run on.
+
+    Args:
+        schedule: the training schedule (T steps).
+        sampling_steps: 0 or None for the full chain of T steps (the paper's
+            protocol); else a respacing to min(sampling_steps, T) steps.
+    """
+    if sampling_steps is None or sampling_steps == 0:
+        return schedule
+    if (
+        isinstance(sampling_steps, bool)
+        or not isinstance(sampling_steps, int)
+        or sampling_steps < 0
+    ):
+        raise train.ConfigError(
+            "config.analysis.sampling_steps must be 0 (full chain) or a positive integer, "
+            f"got {sampling_steps!r}"
+        )
+    return schedules.respace(schedule, min(sampling_steps, schedule.num_steps))
+
+
 def _twin_params(snapshot):
     ema = snapshot.get("ema_params")
     return ema if ema is not None and jax.tree.leaves(ema) else snapshot["params"]
@@ -108,9 +150,7 @@ class _Instrument:
         self.grammar = run["pool"].grammar
         self.apply_fn = coupled.denoiser(self.model, self.kind)
         self.apply_jit = jax.jit(self.apply_fn)
-        self.sampling = schedules.respace(
-            self.schedule, min(self.a.sampling_steps, self.schedule.num_steps)
-        )
+        self.sampling = sampling_schedule(self.schedule, self.a.sampling_steps)
         key = jax.random.key(self.a.seed)
         self.sample_key = jax.random.fold_in(key, 0)
         n_items = min(self.a.loss_items, self.train.shape[1])
@@ -216,17 +256,20 @@ class _Instrument:
         tt = jnp.full((len(heldout),), t_crit)
         x_t = process.q_sample(self.schedule, x0, tt, noise)
         probs = [self.apply_jit(p, x_t, tt) for p in params]
-        # Per sequence: KL(a || b) of the twins' x0 distributions, mean over tokens.
+        # Per sequence: KL(a || b) of the twins' factorised x0 distributions,
+        # summed over the L tokens (a KL between sequence distributions, as the paper).
         log_p = [np.log(np.clip(np.asarray(p, np.float64), 1e-12, None)) for p in probs]
         out["twin_kl"] = np.stack(
             [
-                np.maximum((np.exp(log_p[a]) * (log_p[a] - log_p[b])).sum(-1).mean(-1), 0.0)
+                np.maximum((np.exp(log_p[a]) * (log_p[a] - log_p[b])).sum((-1, -2)), 0.0)
                 for a, b in sample_split.twin_pairs(len(params))
             ]
         )  # [P, N]
         depth = self.grammar.depth
-        kl_bp, decomposition = [], []
-        t_dec = [max(1, int(round(0.3 * self.schedule.num_steps)))]
+        kl_bp, decomposition, decomposition_t = [], [], []
+        # t/T = 0.3 (the paper's panel), then the grid whose mean is the average over t.
+        grid = decomposition_steps(self.schedule.num_steps, self.a.get("decomposition_times", 20))
+        t_dec = [max(1, int(round(0.3 * self.schedule.num_steps)))] + grid
         for k, p in enumerate(params):
             # A Partial keeps the parameters traced: one compilation for all snapshots.
             fn = jax.tree_util.Partial(self.apply_fn, p)
@@ -241,23 +284,34 @@ class _Instrument:
             )
             kl_bp.append(np.asarray(kl["kl"])[:, 0])
             own = self.train[k][: self.a.uturn_items]
-            dec_train = controlled.loss_decomposition(
-                fn, transitions, self.schedule, own, t_dec, self.stat_key
-            )
-            dec_held = controlled.loss_decomposition(
-                fn, transitions, self.schedule, heldout, t_dec, self.stat_key
-            )
-            decomposition.append(
-                [
-                    dec_train["l_star"][0],
-                    dec_train["l_tilde"][0],
-                    dec_held["l_star"][0],
-                    dec_held["l_tilde"][0],
-                ]
-            )
+            parts = [
+                controlled.loss_decomposition(
+                    fn, transitions, self.schedule, items, t_dec, self.stat_key
+                )
+                for items in (own, heldout)
+            ]
+            values = np.array([d[n] for d in parts for n in ("l_star", "l_tilde")])  # [4, S]
+            decomposition.append(values[:, 0])
+            decomposition_t.append(values[:, 1:].mean(-1))
         out["kl_bp"] = np.asarray(kl_bp)  # [K, depth + 1]
-        out["decomposition"] = np.asarray(decomposition)  # [K, 4]
+        out["decomposition"] = np.asarray(decomposition)  # [K, 4] at t/T = 0.3
+        out["decomposition_mean_t"] = np.asarray(decomposition_t)  # [K, 4] mean over t
+        out["decomposition_steps"] = np.asarray(grid)
         return out
+
+
+def decomposition_steps(num_steps, num_points):
+    """[G] steps whose mean of f(t) is the midpoint estimate of the mean of f over t in 1..T.
+
+    t_g = ceil((g + 1/2) T / G), g = 0..G-1: the midpoints of G equal slices of
+    1..T, so uniform t in 1..T is approximated by a fixed, deterministic grid.
+    """
+    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
+        raise train.ConfigError(
+            f"config.analysis.decomposition_times must be a positive integer, got {num_points!r}"
+        )
+    g = np.arange(min(num_points, num_steps))
+    return [int(t) for t in np.ceil((g + 0.5) * num_steps / len(g))]
 
 
 def _uturn(instrument, snapshot):
@@ -275,10 +329,48 @@ def _uturn(instrument, snapshot):
         ):
             out.append(
                 controlled.uturn_overlap(
-                    fn, transitions, instrument.schedule, items, a.uturn_ratios, instrument.stat_key
+                    fn,
+                    transitions,
+                    instrument.schedule,
+                    items,
+                    a.uturn_ratios,
+                    instrument.stat_key,
+                    repeats=a.get("uturn_repeats", 1),
                 )["ratio"]
             )
     return dict(train=np.asarray(train_ratio), heldout=np.asarray(heldout_ratio))
+
+
+def kl_along_t_ratios(num_points):
+    """[R] t/T = 1/R, 2/R, ..., 1: where Fig. 3b reads KL(BP_k || model) along time."""
+    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
+        raise train.ConfigError(
+            f"config.analysis.kl_along_t_points must be an integer >= 2, got {num_points!r}"
+        )
+    return np.arange(1, num_points + 1) / num_points
+
+
+def _kl_along_t(instrument, snapshot):
+    """KL(BP_k || model) per sequence along t on held-out sequences: [twins, k, R]."""
+    transitions = jnp.asarray(instrument.grammar.transitions, jnp.float32)
+    a = instrument.a
+    ratios = kl_along_t_ratios(a.get("kl_along_t_points", 25))
+    steps = controlled.uturn_steps(instrument.schedule, ratios)
+    stacked = _twin_params(snapshot)
+    values = []
+    for k in range(instrument.train.shape[0]):
+        fn = jax.tree_util.Partial(instrument.apply_fn, jax.tree.map(lambda x: x[k], stacked))
+        kl = controlled.kl_bp_model(
+            fn,
+            transitions,
+            instrument.schedule,
+            instrument.heldout[: a.uturn_items],
+            steps,
+            instrument.stat_key,
+            factorized_layers=tuple(range(instrument.grammar.depth + 1)),
+        )
+        values.append(kl["kl"])
+    return dict(values=np.asarray(values), steps=np.asarray(steps), ratios=ratios)
 
 
 def _cached(path, compute):
@@ -349,7 +441,7 @@ def analyze(workdir, overrides=None):
             {e for e in (v.get("bias_onset_epoch"), v.get("test_loss_min_epoch")) if e is not None}
             or {stats["checkpoints"][-1]}
         )
-        uturns = []
+        uturns, kl_curves = [], []
         for epoch in epochs:
             step = steps[stats["checkpoints"].index(epoch)]
             path = os.path.join(cache_dir, f"uturn_{step}_{tag}.npz")
@@ -357,16 +449,60 @@ def analyze(workdir, overrides=None):
                 _cached(path, lambda: _uturn(get_instrument(), ckpts.read_snapshot(step)))
             )
             logging.info("U-turn at epoch %g done  %.0f s elapsed", epoch, time.time() - start)
+            path = os.path.join(cache_dir, f"kl_along_t_{step}_{tag}.npz")
+            kl_curves.append(
+                _cached(path, lambda: _kl_along_t(get_instrument(), ckpts.read_snapshot(step)))
+            )
+            logging.info("KL along t at epoch %g done  %.0f s elapsed", epoch, time.time() - start)
         stats["uturn"] = dict(
             ratios=list(config.analysis.uturn_ratios),
             epochs=epochs,
+            repeats=config.analysis.get("uturn_repeats", 1),
+            items=int(config.analysis.uturn_items),
             train=[u["train"].mean(0).tolist() for u in uturns],
             heldout=[u["heldout"].mean(0).tolist() for u in uturns],
         )
+        stats["kl_bp_along_t"] = summarize_kl_along_t(kl_curves, epochs)
     ckpts.close()
     with open(os.path.join(out_dir, "statistics.json"), "w") as f:
         json.dump(stats, f, indent=1)
     return stats
+
+
+def protocol(config):
+    """What the statistics of a run were computed with (the report states it)."""
+    a = config.analysis
+    total = config.diffusion.num_steps
+    out = dict(
+        num_steps=total,
+        chain_steps=total if not a.sampling_steps else min(a.sampling_steps, total),
+        num_samples=a.num_samples,
+        twins=config.splits.num_splits,
+    )
+    if config.diffusion.schedule == "token":
+        out.update(
+            uturn_items=a.uturn_items,
+            uturn_repeats=a.get("uturn_repeats", 1),
+            uturn_ratios=list(a.uturn_ratios),
+            min_grammatical=_grammaticality_gate(a),
+        )
+    else:
+        out.update(clip_x0=a.clip_x0 or None, image_sampler=a.get("image_sampler"))
+    return out
+
+
+def summarize_kl_along_t(curves, epochs):
+    """The kl_bp_along_t entry of statistics.json from `_kl_along_t` results at `epochs`."""
+    values = np.stack([c["values"].mean(0) for c in curves])  # [E, k, R]: mean over twins
+    ratios = curves[0]["ratios"]
+    return dict(
+        ratios=ratios.tolist(),
+        steps=curves[0]["steps"].tolist(),
+        k=list(range(values.shape[1])),
+        epochs=list(epochs),
+        values=values.tolist(),
+        peak_ratio=ratios[values.argmax(-1)].tolist(),
+    )
 
 
 def summarize(config, steps, per_step):
@@ -407,6 +543,8 @@ def summarize(config, steps, per_step):
             heldout_memorized_fraction=[
                 nearest.memorized_fraction(r["heldout_d1"], r["heldout_d2"]) for r in per_step
             ],
+            copy_fraction=[nearest.exact_copy_fraction(r["own_d1"]) for r in per_step],
+            heldout_copy_fraction=[nearest.exact_copy_fraction(r["heldout_d1"]) for r in per_step],
         ),
         membership_auc=[
             float(
@@ -449,14 +587,18 @@ def summarize(config, steps, per_step):
         )
     else:
         length = 2**config.data.depth
+        # The paper's NN divergence: one KL per model (its samples against the
+        # held-out sequences, both in its own training set), then the mean.
         gen_hist = np.stack([nearest.nn_histogram(r["own_d1"], length) for r in per_step])
-        held_hist = nearest.nn_histogram(per_step[0]["heldout_d1"], length)
-        divergence = np.array([nearest.histogram_kl(h, held_hist) for h in gen_hist])
+        held_hist = nearest.nn_histogram(per_step[0]["heldout_d1"], length)  # [K, bins]
+        per_model = nearest.histogram_kl(gen_hist, held_hist[None])  # [C, K]
+        divergence = per_model.mean(axis=1)
         grammatical = col("grammatical").mean(axis=1)
         stats.update(
             grammatical_fraction=grammatical.tolist(),
             nn_divergence=divergence.tolist(),
-            nn_hist=dict(generated=gen_hist.tolist(), heldout=held_hist.tolist()),
+            nn_divergence_per_model=per_model.tolist(),
+            nn_hist=dict(generated=gen_hist.sum(1).tolist(), heldout=held_hist.sum(0).tolist()),
             twin_kl=col("twin_kl").mean(axis=(1, 2)).tolist(),
             kl_bp=dict(
                 k=list(range(col("kl_bp").shape[-1])), values=col("kl_bp").mean(axis=1).tolist()
@@ -470,9 +612,19 @@ def summarize(config, steps, per_step):
             l_star_heldout=dec[:, 2].tolist(),
             l_tilde_heldout=dec[:, 3].tolist(),
         )
+        if "decomposition_mean_t" in per_step[0]:
+            dec_t = col("decomposition_mean_t").mean(axis=1)  # [C, 4]
+            stats["loss_decomposition"].update(
+                mean_t_steps=per_step[0]["decomposition_steps"].tolist(),
+                l_star_train_mean_t=dec_t[:, 0].tolist(),
+                l_tilde_train_mean_t=dec_t[:, 1].tolist(),
+                l_star_heldout_mean_t=dec_t[:, 2].tolist(),
+                l_tilde_heldout_mean_t=dec_t[:, 3].tolist(),
+            )
         bias_boot = verdict.bootstrap_kl_curves(
             gen_hist, held_hist, nearest.histogram_kl, rng, a.bootstrap
         )
+        gate = _grammaticality_gate(a)
         decision = verdict.decide(
             epochs,
             divergence,
@@ -480,10 +632,23 @@ def summarize(config, steps, per_step):
             test.mean(axis=1),
             loss_boot,
             "min",
-            valid=grammatical >= a.min_grammatical,
+            valid=grammatical >= gate if gate else None,
             bias_name="NN divergence",
         )
         decision["bias_statistic"] = "nn_divergence (minimum)"
+        decision["grammaticality_gate"] = gate
+        if gate:
+            # The paper searches every snapshot; the gated onset is this
+            # package's option, so the paper's one is reported beside it.
+            decision["ungated"] = verdict.decide(
+                epochs,
+                divergence,
+                bias_boot,
+                test.mean(axis=1),
+                loss_boot,
+                "min",
+                bias_name="NN divergence",
+            )
         # The other onset statistics of the paper, reported beside the primary one.
         # They compare the twins with each other, so ungrammatical early samples
         # give no false extrema: every snapshot is searched.
@@ -502,6 +667,7 @@ def summarize(config, steps, per_step):
             )
             decision.setdefault("other_statistics", {})[name] = other
     stats["verdict"] = decision
+    stats["protocol"] = protocol(config)
     onset_index = (
         epochs.index(decision["bias_onset_epoch"])
         if decision.get("bias_onset_epoch") is not None
@@ -516,11 +682,21 @@ def summarize(config, steps, per_step):
         name: [stats[name][i] if i is not None else None for i in (onset_index, loss_index)]
         for name in ("membership_auc",)
     }
-    stats["at_onset_and_test_min"]["memorized_fraction"] = [
-        stats["nearest"]["memorized_fraction"][i] if i is not None else None
-        for i in (onset_index, loss_index)
-    ]
+    for name in ("memorized_fraction", "copy_fraction"):
+        stats["at_onset_and_test_min"][name] = [
+            stats["nearest"][name][i] if i is not None else None for i in (onset_index, loss_index)
+        ]
     return stats
+
+
+def _grammaticality_gate(a):
+    """The share of grammatical samples a snapshot needs to hold the onset; 0 is off."""
+    gate = float(a.get("min_grammatical", 0) or 0)
+    if not 0 <= gate <= 1:
+        raise train.ConfigError(
+            f"config.analysis.min_grammatical must lie in [0, 1] (0: off), got {gate}"
+        )
+    return gate
 
 
 def verdict_line(stats):

@@ -60,15 +60,18 @@ def get_config():
         dict(
             seed=0,  # coupling noise, loss grid
             num_samples=512,  # coupled samples per twin
-            sampling_steps=100,  # respaced reverse chain
+            sampling_steps=100,  # respaced reverse chain; 0 = the full chain of T steps
             clip_x0=1.0,  # images: clip the predicted x0 to [-c, c]; 0 = no clipping
             loss_items=256,  # training items per twin on the loss grid (held-out: all)
             loss_repeats=16,  # (t, noise) draws per item on the loss grid
             score_times=(50, 100, 150, 200),  # images: t of the twin score cosine
             critical_ratio=0.15,  # tokens: t/T of the twin and BP_k divergences
             uturn_ratios=(0.01, 0.03, 0.05, 0.07, 0.09, 0.12),  # tokens: U-turn depths t/T
-            uturn_items=500,  # tokens: sequences per U-turn set
-            min_grammatical=0.5,  # tokens: onset sought where this share is grammatical
+            uturn_items=500,  # tokens: sequences per U-turn set (and for the KLs, decomposition)
+            uturn_repeats=1,  # tokens: noisings per sequence the U-turn averages over
+            kl_along_t_points=25,  # tokens: t/T = 1/R..1 of KL(BP_k || model) along t
+            decomposition_times=20,  # tokens: grid of the loss decomposition's mean over t
+            min_grammatical=0.5,  # tokens: onset sought where this share is grammatical; 0 = off
             bootstrap=1000,  # resamples of the verdict's intervals
         )
     )

@@ -125,6 +125,13 @@ def _verdict_text(stats):
         f"gap: {_fmt(verdict.get('gap_epochs'))} epochs"
         + _fmt_interval(verdict.get("gap_interval"))
     )
+    gate, ungated = verdict.get("grammaticality_gate"), verdict.get("ungated")
+    if gate:
+        lines.append(
+            f"onset searched where >= {gate:g} of samples are grammatical; without that gate "
+            f"(the paper): epoch {_fmt((ungated or {}).get('bias_onset_epoch'))}"
+            + _fmt_interval((ungated or {}).get("bias_onset_interval"))
+        )
     if verdict.get("conclusive"):
         lines.append("verdict: CONCLUSIVE (bias sets in before the test-loss minimum)")
     else:
@@ -250,7 +257,7 @@ def fig_bias_vs_test_loss(stats, path):
     ax, text_ax = fig.subplots(2, 1, height_ratios=[5.2, text_height])
     _epoch_axis(ax, epochs)
     if tokens:
-        bias_label = "NN divergence KL(generated || held-out)"
+        bias_label = "NN divergence KL(generated || held-out), mean over models"
         bias = _line(
             ax, epochs, _vector(stats["nn_divergence"]), color=_BIAS_COLOR, label=bias_label
         )
@@ -435,6 +442,7 @@ def fig_nearest(stats, path):
         (near.get("closer_to_own"), "samples closer to own set", "C0"),
         (near.get("memorized_fraction"), "memorised samples (d1/d2 < 1/3)", "C4"),
         (near.get("heldout_memorized_fraction"), "held-out with d1/d2 < 1/3", "C2"),
+        (near.get("copy_fraction"), "exact copies (d1 = 0)", "C5"),
         (stats.get("membership_auc"), "membership ROC AUC (loss)", "C3"),
     ):
         if values is not None:
@@ -522,9 +530,47 @@ def fig_sequential_learning(stats, path):
     if len(finite) and (finite > 0).all():
         ax.set_yscale("log")
     _epoch_axis(ax, epochs)
-    ax.set_ylabel("KL divergence at the critical time")
+    ax.set_ylabel("KL divergence per sequence (summed over tokens) at the critical time")
     ax.set_title("Sequential learning: exact factorised scores BP_k vs the model (BP_0 is exact)")
     _legend(ax, loc="best")
+    _save(fig, path)
+
+
+def fig_kl_along_t(stats, path):
+    """Fig. 3b: KL(BP_k || model) per sequence along t/T, at the onset and test-loss minimum.
+
+    The peak of each curve (dotted) is the critical time, where the model
+    departs most from the k-factorised exact score.
+    """
+    along = stats["kl_bp_along_t"]
+    ratios = _vector(along["ratios"])
+    ks = list(along.get("k") or [])
+    epochs = along.get("epochs") or []
+    verdict = stats.get("verdict") or {}
+    fig = _new_figure(4.8 * max(1, len(epochs)) + 1, 4.5)
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(epochs)), sharey=True, squeeze=False)[0])
+    for i, (ax, epoch) in enumerate(zip(axes, epochs)):
+        values = _matrix(along["values"][i], len(ratios)) if along["values"][i] else None
+        for j, (k, color) in enumerate(zip(ks, _colors(len(ks)))):
+            if values is None or j >= len(values):
+                continue
+            _line(ax, ratios, values[j], color=color, label=f"KL(BP_{k} || model)")
+            peak = (along.get("peak_ratio") or [[]])[i]
+            if j < len(peak or []) and peak[j] is not None:
+                ax.axvline(peak[j], color=color, linestyle=":", linewidth=0.8)
+        names = [
+            name
+            for key, name in (
+                ("bias_onset_epoch", "bias onset"),
+                ("test_loss_min_epoch", "test-loss min"),
+            )
+            if verdict.get(key) is not None and abs(verdict[key] - epoch) < 1e-6
+        ]
+        ax.set_title(f"{' = '.join(names) or 'snapshot'}: epoch {_fmt(epoch)}")
+        ax.set_xlabel("t/T")
+        _legend(ax, loc="best")
+    axes[0].set_ylabel("KL divergence per sequence (summed over tokens)")
+    fig.suptitle("Score divergence along time (dotted: peak of each curve, the critical time)")
     _save(fig, path)
 
 
@@ -534,17 +580,22 @@ def fig_loss_decomposition(stats, path):
     dec = stats["loss_decomposition"]
     fig = _new_figure(11, 4.5)
     left, right = fig.subplots(1, 2)
+    ratio = dec.get("t_ratio")
+    at = f"t/T = {ratio:g}" if ratio is not None else "fixed t"
     for ax, part, symbol in ((left, "l_star", "l*"), (right, "l_tilde", "l~")):
         for where, color in (("train", "C0"), ("heldout", "C1")):
-            values = dec.get(f"{part}_{where}")
-            if values is not None:
-                _line(
-                    ax,
-                    epochs,
-                    _vector(values),
-                    color=color,
-                    label=f"{symbol} on {'training' if where == 'train' else 'held-out'} data",
-                )
+            data = "training" if where == "train" else "held-out"
+            for suffix, style, when in (("", "-", at), ("_mean_t", "-.", "mean over t")):
+                values = dec.get(f"{part}_{where}{suffix}")
+                if values is not None:
+                    _line(
+                        ax,
+                        epochs,
+                        _vector(values),
+                        color=color,
+                        linestyle=style,
+                        label=f"{symbol} on {data} data, {when}",
+                    )
         _mark_snapshots(ax, stats, labels=False)
         _epoch_axis(ax, epochs)
         _legend(ax, loc="best")
@@ -553,11 +604,8 @@ def fig_loss_decomposition(stats, path):
     left.set_title("Exact-distillation part")
     right.set_ylabel("l~ = -(x0 - x0_BP) . log p_model")
     right.set_title("Excess, data-dependent part")
-    ratio = dec.get("t_ratio")
     fig.suptitle(
-        "Loss decomposition"
-        + (f" at t/T = {ratio:g}" if ratio is not None else "")
-        + " (dashed: onset, test-loss minimum)"
+        "Loss decomposition per token (solid: at one t; dash-dot: mean over t uniform in 1..T; dashed: onset, test-loss min)"
     )
     _save(fig, path)
 
@@ -676,6 +724,7 @@ FIGURES = (
     (fig_nearest, ("nearest",)),
     (fig_nn_histograms, ("nn_hist.generated",)),
     (fig_sequential_learning, ("kl_bp.values",)),
+    (fig_kl_along_t, ("kl_bp_along_t.values",)),
     (fig_loss_decomposition, ("loss_decomposition",)),
     (fig_uturn, ("uturn.ratios",)),
     (fig_examples, ("examples.samples", "examples.nearest")),

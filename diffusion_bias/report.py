@@ -23,11 +23,47 @@ def _interval(pair):
     return "n/a" if not pair else f"[{_fmt(pair[0])}, {_fmt(pair[1])}]"
 
 
+def protocol_text(protocol):
+    """One paragraph: the chain, sample counts, U-turn, sampler and onset gate used."""
+    if not protocol:
+        return "Protocol: not recorded in these statistics."
+    total, chain = protocol.get("num_steps"), protocol.get("chain_steps")
+    parts = [
+        (
+            f"full reverse chain of T = {total} steps"
+            if chain == total
+            else f"reverse chain respaced to {chain} of T = {total} steps"
+        ),
+        f"{protocol.get('num_samples')} coupled samples per twin, {protocol.get('twins')} twins",
+    ]
+    if "uturn_items" in protocol:
+        ratios = ", ".join(f"{r:g}" for r in protocol.get("uturn_ratios", []))
+        parts.append(
+            f"U-turn on {protocol['uturn_items']} sequences x {protocol.get('uturn_repeats', 1)} "
+            f"noise repetitions at t/T = {ratios}"
+        )
+        gate = protocol.get("min_grammatical")
+        parts.append(
+            f"onset searched where >= {gate:g} of the samples are grammatical (the paper: no gate)"
+            if gate
+            else "onset searched at every snapshot (no grammaticality gate, as the paper)"
+        )
+    else:
+        sampler = protocol.get("image_sampler") or "the package's DDPM sampler"
+        clip = protocol.get("clip_x0")
+        parts.append(
+            f"sampler: {sampler}, "
+            + (f"predicted x0 clipped to [-{clip:g}, {clip:g}]" if clip else "no clipping")
+        )
+    return "Protocol: " + "; ".join(parts) + "."
+
+
 def setting_section(name, stats, figure_paths, report_dir):
     """Markdown of one setting: its verdict table and its figures."""
     v = stats["verdict"]
     at = stats.get("at_onset_and_test_min", {})
     mem = at.get("memorized_fraction", [None, None])
+    copies = at.get("copy_fraction", [None, None])
     auc = at.get("membership_auc", [None, None])
     lines = [
         f"## {name}",
@@ -36,16 +72,40 @@ def setting_section(name, stats, figure_paths, report_dir):
         f"snapshots from epoch {_fmt(stats['checkpoints'][0])} to "
         f"{_fmt(stats['checkpoints'][-1])}.",
         "",
-        "| | epoch | 95% interval | memorised fraction | membership AUC |",
-        "|---|---|---|---|---|",
+        protocol_text(stats.get("protocol")),
+        "",
+        "| | epoch | 95% interval | memorised fraction (d1/d2 < 1/3) | exact copies "
+        "(d1 = 0) | membership AUC |",
+        "|---|---|---|---|---|---|",
         f"| bias onset | {_fmt(v.get('bias_onset_epoch'))} | "
-        f"{_interval(v.get('bias_onset_interval'))} | {_fmt(mem[0])} | {_fmt(auc[0])} |",
+        f"{_interval(v.get('bias_onset_interval'))} | {_fmt(mem[0])} | {_fmt(copies[0])} | "
+        f"{_fmt(auc[0])} |",
         f"| test-loss minimum | {_fmt(v.get('test_loss_min_epoch'))} | "
-        f"{_interval(v.get('test_loss_min_interval'))} | {_fmt(mem[1])} | {_fmt(auc[1])} |",
+        f"{_interval(v.get('test_loss_min_interval'))} | {_fmt(mem[1])} | {_fmt(copies[1])} | "
+        f"{_fmt(auc[1])} |",
         f"| gap (test-loss minimum - onset) | {_fmt(v.get('gap_epochs'))} | "
-        f"{_interval(v.get('gap_interval'))} | | |",
+        f"{_interval(v.get('gap_interval'))} | | | |",
         "",
     ]
+    ungated = v.get("ungated")
+    if v.get("grammaticality_gate") and ungated:
+        lines += [
+            f"The onset above is searched where at least {_fmt(v['grammaticality_gate'])} of the "
+            "samples are grammatical. Without that gate (the paper's definition): onset at epoch "
+            f"{_fmt(ungated.get('bias_onset_epoch'))} "
+            f"{_interval(ungated.get('bias_onset_interval'))}, gap "
+            f"{_fmt(ungated.get('gap_epochs'))} {_interval(ungated.get('gap_interval'))}, "
+            + ("conclusive." if ungated.get("conclusive") else "inconclusive."),
+            "",
+        ]
+    along_t = stats.get("kl_bp_along_t")
+    if along_t:
+        peaks = "; ".join(
+            f"epoch {_fmt(e)}: "
+            + ", ".join(f"k={k} at {_fmt(p)}" for k, p in zip(along_t["k"], row))
+            for e, row in zip(along_t["epochs"], along_t["peak_ratio"])
+        )
+        lines += [f"Critical time (t/T of the peak of KL(BP_k || model)): {peaks}.", ""]
     others = v.get("other_statistics", {})
     if others:
         lines += [

@@ -28,19 +28,32 @@ def bootstrap_mean_curves(values, rng, num_resamples=1000):
 
 
 def bootstrap_kl_curves(sample_counts, reference_counts, kl_fn, rng, num_resamples=1000):
-    """[B, C] KL(sample || reference) of multinomially resampled histograms.
+    """[B, C] mean over models of KL(sample || reference) of resampled histograms.
 
-    Resampling a histogram's counts is resampling the items it counts.
+    Resampling a histogram's counts (multinomially) is resampling the items it
+    counts. Each model has its own reference (the held-out distances to its
+    own training set), resampled once per replicate and shared by all
+    checkpoints, as the held-out items are.
+
+    Args:
+        sample_counts: [C, K, bins] counts of model k at checkpoint c ([C, bins]
+            is one model).
+        reference_counts: [K, bins] the models' references ([bins] for one).
+        kl_fn: kl_fn(p [..., bins], q [..., bins]) -> [...], broadcasting.
     """
-    sample_counts = np.asarray(sample_counts)
-    reference_counts = np.asarray(reference_counts)
-    out = np.empty((num_resamples, len(sample_counts)))
-    for b in range(num_resamples):
-        ref = rng.multinomial(reference_counts.sum(), reference_counts / reference_counts.sum())
-        for c, counts in enumerate(sample_counts):
-            resampled = rng.multinomial(counts.sum(), counts / counts.sum())
-            out[b, c] = kl_fn(resampled, ref)
-    return out
+    sample_counts = np.asarray(sample_counts, np.int64)
+    reference_counts = np.asarray(reference_counts, np.int64)
+    if sample_counts.ndim == 2:
+        sample_counts, reference_counts = sample_counts[:, None], reference_counts[None]
+
+    def resample(counts, size):
+        total = counts.sum(-1)
+        probs = counts / np.maximum(total, 1)[..., None]
+        return rng.multinomial(total, probs, size=size)
+
+    ref = resample(reference_counts, (num_resamples,) + reference_counts.shape[:-1])
+    samples = resample(sample_counts, (num_resamples,) + sample_counts.shape[:-1])
+    return np.asarray(kl_fn(samples, ref[:, None])).mean(-1)  # [B, C, K] -> [B, C]
 
 
 def _arg_extremum(curves, mode, valid):

@@ -78,6 +78,31 @@ def test_uturn_with_the_exact_denoiser_matches_bp_exactly():
     assert controlled._uturn_overlap._cache_size() == before
 
 
+def test_uturn_ratio_averages_overlaps_over_repetitions_before_dividing():
+    """Paper: per sequence, (mean over repeats of model overlap) / (mean of BP's), then mean."""
+    x0, key, r = _samples(_N, seed=8), jax.random.key(8), [0.3]
+
+    def run(repeats):
+        return controlled.uturn_overlap(
+            _prior(), _GRAMMAR.transitions, _SCHEDULE, x0, r, key, repeats=repeats, chunk_size=40
+        )
+
+    one, three = run(1), run(3)
+    length = x0.shape[1]
+    # Repeat 0 is the same noise with 1 or 3 repeats; the others are new draws, so
+    # the 3-repeat means are overlaps summed over three chains, in steps of 1/(3L).
+    for name in ("model", "bp"):
+        counts = three[name] * 3 * length
+        np.testing.assert_allclose(counts, np.round(counts), atol=1e-4)
+        rest = three[name] * 3 - one[name]
+        assert np.all((rest >= -1e-6) & (rest <= 2 + 1e-6))
+    keep = three["bp"][0] > 0
+    expected = np.mean(three["model"][0, keep] / three["bp"][0, keep])
+    np.testing.assert_allclose(three["ratio"][0], expected, rtol=1e-6)
+    sem = np.std(three["model"][0, keep] / three["bp"][0, keep], ddof=1) / np.sqrt(keep.sum())
+    np.testing.assert_allclose(three["ratio_sem"][0], sem, rtol=1e-6)
+
+
 def test_uturn_of_a_memorising_denoiser_favours_its_training_set():
     pool = np.unique(_samples(1000, seed=2), axis=0)
     assert len(pool) >= 2 * _N
@@ -152,9 +177,38 @@ def test_twin_token_kl_matches_numpy():
     assert float(controlled.twin_token_kl(a32, a32)) == 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(a > 0, a * (np.log(a) - np.log(np.maximum(b, 1e-12))), 0.0)
-    expected = terms.sum(-1).mean()
+    expected = terms.sum((-1, -2)).mean()  # summed over q and the L = 8 positions
     assert expected > 0
     np.testing.assert_allclose(float(controlled.twin_token_kl(a32, b32)), expected, rtol=1e-5)
+
+
+def test_kl_bp_k_along_t_matches_enumeration_on_a_depth_2_tree():
+    """KL(BP_k || model) at every t, per sequence, against brute force over q**4 sequences."""
+    rng = np.random.default_rng(7)
+    q, depth, schedule = 3, 2, schedules.token_schedule(40)
+    transitions = enumeration.random_transitions(rng, q, zero_fraction=0.3)
+    seqs, probs = enumeration.sequence_distribution(transitions, depth)
+    x0 = seqs[rng.choice(len(seqs), size=24, p=probs)]
+    t_values, key = [1, 4, 10, 20, 30, 40], jax.random.key(7)
+    model = jax.tree_util.Partial(denoisers.prior_denoiser, schedule)
+    out = controlled.kl_bp_model(model, transitions, schedule, x0, t_values, key)
+    ab = np.cumprod(1.0 - np.asarray(schedule.betas, np.float64))
+    for j, t in enumerate(t_values):
+        x_t = controlled.noisy_inputs(transitions, schedule, x0, t, key).astype(np.float64)
+        model_probs = np.asarray(model(jnp.asarray(x_t, jnp.float32), jnp.full(len(x0), t)))
+        fields = np.sqrt(ab[t]) / (1.0 - ab[t]) * x_t  # [N, L, q]
+        for k in range(depth + 1):
+            seqs_k, probs_k = enumeration.sequence_distribution(transitions, depth, k)
+            keep = probs_k > 0
+            log_w = np.log(probs_k[keep]) + fields[:, np.arange(4), seqs_k[keep]].sum(-1)
+            w = np.exp(log_w - log_w.max(-1, keepdims=True))
+            w /= w.sum(-1, keepdims=True)
+            marg = np.einsum("ns,slq->nlq", w, np.eye(q)[seqs_k[keep]])  # BP_k marginals
+            terms = marg * (
+                np.log(np.maximum(marg, 1e-12)) - np.log(np.maximum(model_probs, 1e-12))
+            )
+            expected = np.maximum(terms.sum(-1), 0).sum(-1).mean()  # per sequence
+            np.testing.assert_allclose(out["kl"][k, j], expected, rtol=2e-4, atol=1e-5)
 
 
 def test_grammatical_fraction():

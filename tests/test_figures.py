@@ -22,6 +22,7 @@ TOKEN_FIGURES = {
     "fig_nearest",
     "fig_nn_histograms",
     "fig_sequential_learning",
+    "fig_kl_along_t",
     "fig_loss_decomposition",
     "fig_uturn",
 }
@@ -116,8 +117,26 @@ def synthetic_stats(setting, num_checkpoints=8, num_twins=3, conclusive=True, se
             train=(1.0 - 0.1 * np.outer(1 - s[[c // 3, (2 * c) // 3]], ratios)).tolist(),
             heldout=(1.0 - 0.2 * np.outer(1 - s[[c // 3, (2 * c) // 3]], ratios)).tolist(),
         ),
+        kl_bp_along_t=dict(
+            ratios=(np.arange(1, 26) / 25).tolist(),
+            steps=list(range(20, 501, 20)),
+            k=list(range(5)),
+            epochs=[float(epochs[c // 3]), float(epochs[(2 * c) // 3])],
+            values=[
+                [
+                    ((k + 1) * np.exp(-(((np.arange(1, 26) / 25 - 0.15) / 0.1) ** 2))).tolist()
+                    for k in range(5)
+                ]
+                for _ in range(2)
+            ],
+            peak_ratio=[[0.16] * 5, [0.16] * 5],
+        ),
         loss_decomposition=dict(
             t_ratio=0.3,
+            l_star_train_mean_t=(1.2 - 0.5 * s).tolist(),
+            l_tilde_train_mean_t=(-0.2 * s).tolist(),
+            l_star_heldout_mean_t=(1.2 - 0.4 * s).tolist(),
+            l_tilde_heldout_mean_t=(0.02 * s).tolist(),
             l_star_train=(1 - 0.5 * s).tolist(),
             l_tilde_train=(-0.1 * s).tolist(),
             l_star_heldout=(1 - 0.4 * s).tolist(),
@@ -164,6 +183,7 @@ def test_inconclusive_verdict_nan_and_none_entries(tmp_path, low_dpi):
     stats["nn_hist"]["generated"][0] = None
     stats["uturn"]["heldout"][-1][1] = None
     stats["loss_decomposition"]["l_tilde_heldout"] = None
+    stats["kl_bp_along_t"]["values"][1][2] = [None] * 25
     stats["sample_split"]["hist"] = [None] * len(stats["checkpoints"])
     stats["uturn"]["train"][1] = stats["uturn"]["train"][1][:2]  # a short row
     # NaN survives the JSON round trip the figures are drawn from.

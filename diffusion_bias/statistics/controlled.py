@@ -3,7 +3,8 @@
 PAPER.md, Setting 2: the U-turn (Fig. 5), the loss decomposition CE = l* + l~
 (Fig. 4b), the score divergence KL(BP_k || model) along t and over training
 (Fig. 3b, 1b, 6), the sample-split KL between twins, and the fraction of
-sequences the grammar allows.
+sequences the grammar allows. KL divergences are between sequence
+distributions: summed over the L positions, as in the paper.
 
 The denoiser contract. A token denoiser is a callable
 `denoise_fn(x_t [B, L, q] float, t_model [B] int) -> probs [B, L, q]`, the
@@ -168,12 +169,12 @@ def _loss_kernel(denoise_fn, transitions, schedule, x0, key, t, chunk):
 
 @functools.partial(jax.jit, static_argnames=("factorized_layers",))
 def _kl_kernel(denoise_fn, transitions, schedule, x0, key, t, chunk, factorized_layers):
-    """Per-sequence KL(BP_k || model) of one chunk at step t: [K, C]."""
+    """Per-sequence KL(BP_k || model), summed over tokens, of one chunk at step t: [K, C]."""
     _, x_t, t_batch = _noisy(schedule, x0, key, t, chunk, transitions.shape[0])
     probs = denoise_fn(x_t, schedule.timesteps[t_batch])
     fields = denoisers.token_fields(schedule, x_t, t_batch)
     kls = [
-        _token_kl(bp.leaf_marginals(transitions, fields, factorized_layers=k), probs).mean(-1)
+        _token_kl(bp.leaf_marginals(transitions, fields, factorized_layers=k), probs).sum(-1)
         for k in factorized_layers
     ]
     return jnp.stack(kls)
@@ -446,8 +447,10 @@ def kl_bp_model(
     """Score divergence KL(BP_k || model) (PAPER.md Fig. 3b, 1b, 6).
 
     At each step t, x_t ~ q(x_t | x_0) is drawn once and shared by every k; the
-    per-token categorical KL is summed over q and averaged over tokens and
-    sequences. t is traced: one compile per tuple of k.
+    per-token categorical KL is summed over q and over the L tokens (the KL
+    between the factorised sequence distributions, the paper's unit: "per
+    sequence") and averaged over sequences. t is traced: one compile per tuple
+    of k.
 
     Args:
         denoise_fn: the token denoiser (module docstring).
@@ -494,8 +497,10 @@ def kl_bp_model(
 
 @jax.jit
 def twin_token_kl(probs_a: jax.Array, probs_b: jax.Array) -> jax.Array:
-    """Mean per-token KL(a || b): the sample-split KL of twins on the same x_t.
+    """Per-sequence KL(a || b): the sample-split KL of twins on the same x_t.
 
+    The KL between the factorised sequence distributions, i.e. the per-token KL
+    summed over the L positions (the paper's unit), averaged over sequences.
     Probabilities are clipped at 1e-12 before the log, so zeros give a large
     finite value, and a == b gives exactly 0. Jittable and vmappable (e.g. over
     pairs of twins).
@@ -505,9 +510,9 @@ def twin_token_kl(probs_a: jax.Array, probs_b: jax.Array) -> jax.Array:
         probs_b: the second model's, on the same inputs.  # [..., L, q]
 
     Returns:
-        sum_q a (log a - log b), averaged over every other axis.  # [] float32
+        sum over L and q of a (log a - log b), averaged over the leading axes.  # []
     """
-    return jnp.mean(_token_kl(probs_a, probs_b))
+    return jnp.mean(jnp.sum(_token_kl(probs_a, probs_b), axis=-1))
 
 
 def grammatical_fraction(transitions, tokens, chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:

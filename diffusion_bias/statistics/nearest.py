@@ -50,11 +50,17 @@ def nearest_statistics(samples, train, heldout, kind):
 def memorized_fraction(d1, d2):
     """Share of items whose nearest neighbour is 3x closer than the second one.
 
-    The standard copy criterion d1 / d2 < 1/3; an item with d1 = d2 = 0 (a copy
-    of a duplicated training item) counts as memorised.
+    The copy criterion of Bonnaire et al., d1 / d2 < 1/3, as a strict ratio test:
+    an item with d1 = d2 = 0 (a copy of a training item present twice) has the
+    undefined ratio 0/0 and is not counted; `exact_copy_fraction` counts copies.
     """
     d1, d2 = np.asarray(d1, np.float64), np.asarray(d2, np.float64)
-    return float(np.mean((d1 < d2 / 3) | ((d1 == 0) & (d2 == 0))))
+    return float(np.mean(d1 < d2 / 3))
+
+
+def exact_copy_fraction(d1):
+    """Share of items at distance 0 from the training set (exact copies)."""
+    return float(np.mean(np.asarray(d1) == 0))
 
 
 def closer_to_own_share(own_d1, other_d1):
@@ -62,26 +68,54 @@ def closer_to_own_share(own_d1, other_d1):
     return float(np.mean((own_d1 < other_d1) + 0.5 * (own_d1 == other_d1)))
 
 
-def histogram_kl(p_counts, q_counts, eps=1e-10):
-    """KL(p || q) of two count histograms, both smoothed by `eps`."""
-    p = np.asarray(p_counts, np.float64) + eps
-    q = np.asarray(q_counts, np.float64) + eps
-    p, q = p / p.sum(), q / q.sum()
-    return float(np.sum(p * np.log(p / q)))
+def histogram_kl(p_counts, q_counts, floor=1e-8):
+    """KL(p || q) of two count histograms, smoothed as the paper's code does.
+
+    Each histogram is normalised to probabilities, then clipped to [floor, 1]
+    without renormalising, and the KL is sum p log(p / q): an empty bin of p
+    adds ~floor log(floor / q), an empty bin of q a large finite term. A
+    histogram with no counts is all zeros before clipping.
+
+    Args:
+        p_counts, q_counts: [..., bins] counts; leading axes broadcast.
+
+    Returns:
+        [...] KL values (a float for 1-d inputs).
+    """
+    p, q = (np.asarray(c, np.float64) for c in (p_counts, q_counts))
+    p, q = (c / np.maximum(c.sum(-1, keepdims=True), 1e-300) for c in (p, q))
+    p, q = np.clip(p, floor, 1.0), np.clip(q, floor, 1.0)
+    kl = np.sum(p * np.log(p / q), axis=-1)
+    return float(kl) if kl.ndim == 0 else kl
 
 
 def nn_histogram(distances, length, bins=20):
-    """Counts of Hamming NN distances in `bins` equal bins on [0, length]."""
-    return np.histogram(distances, bins=bins, range=(0, length))[0]
+    """Counts of Hamming NN distances in `bins` equal bins on [0, length]: [..., bins].
+
+    Args:
+        distances: [..., N] distances; one histogram per leading index.
+    """
+    distances = np.asarray(distances)
+    flat = distances.reshape(-1, distances.shape[-1])
+    counts = [np.histogram(d, bins=bins, range=(0, length))[0] for d in flat]
+    return np.asarray(counts).reshape(distances.shape[:-1] + (bins,))
 
 
 def nn_divergence(sample_d1, heldout_d1, length, bins=20):
     """KL(generated || held-out) of the NN-distance histograms (PAPER.md, Fig. 4a).
 
+    One KL per model, as in the paper: model k's samples against the held-out
+    sequences, both measured in model k's own training set. The paper's curve
+    is the mean of these over models.
+
     Args:
-        sample_d1: [N] NN distances of generated samples to a training set.
-        heldout_d1: [m] NN distances of held-out sequences to the same set.
+        sample_d1: [..., N] NN distances of generated samples to a training set
+            (e.g. [K, N]: twin k's samples in training set k).
+        heldout_d1: [..., m] NN distances of held-out sequences to the same set.
         length: sequence length L (the histogram range).
+
+    Returns:
+        [...] one KL per leading index (a float for 1-d inputs).
     """
     return histogram_kl(
         nn_histogram(sample_d1, length, bins), nn_histogram(heldout_d1, length, bins)

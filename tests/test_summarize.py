@@ -1,0 +1,201 @@
+"""statistics.json of the token setting from synthetic per-snapshot arrays.
+
+Each paper definition is recomputed here in plain numpy (PAPER.md, "Protocol
+details") and compared with what `analysis.summarize` writes.
+"""
+
+import numpy as np
+import pytest
+
+from configs import smoke
+from diffusion_bias import analysis
+from diffusion_bias import report
+from diffusion_bias import train
+from diffusion_bias import verdict
+from diffusion_bias.diffusion import schedules
+from diffusion_bias.statistics import nearest
+
+K, N, M, C, L = 3, 300, 200, 5, 8  # smoke grammar: depth 3, L = 8
+
+
+def _paper_histogram_kl(p_counts, q_counts):
+    """The authors' smoothing: normalise, clip to [1e-8, 1], no renormalisation."""
+    p = np.clip(p_counts / p_counts.sum(), 1e-8, 1)
+    q = np.clip(q_counts / q_counts.sum(), 1e-8, 1)
+    return np.sum(p * np.log(p / q))
+
+
+def _per_step(seed=0):
+    rng = np.random.default_rng(seed)
+    heldout_d1 = rng.integers(0, L + 1, (K, M)).astype(float)
+    heldout_d2 = heldout_d1 + rng.integers(0, 3, (K, M))
+    out = []
+    for c in range(C):
+        # Each model drifts toward its training set at its own pace.
+        shift = rng.integers(0, 4, (K, 1))
+        own_d1 = np.clip(rng.integers(0, L + 1, (K, N)) - shift, 0, L).astype(float)
+        own_d2 = own_d1 + rng.integers(0, 3, (K, N))
+        out.append(
+            dict(
+                similarity=rng.random((K * (K - 1) // 2, N)),
+                own_d1=own_d1,
+                own_d2=own_d2,
+                other_d1=own_d1 + 1,
+                heldout_d1=heldout_d1,
+                heldout_d2=heldout_d2,
+                test_losses=rng.random((K, M)) + np.abs(c - 3),
+                train_losses=rng.random((K, 32)),
+                grammatical=np.full(K, [0.1, 0.3, 0.8, 0.9, 0.9][c]),
+                twin_kl=rng.random((K * (K - 1) // 2, M)),
+                kl_bp=rng.random((K, 4)),
+                decomposition=rng.random((K, 4)),
+                decomposition_mean_t=rng.random((K, 4)),
+                decomposition_steps=np.arange(1, 100, 10),
+            )
+        )
+    return out
+
+
+def _config(**analysis_fields):
+    config = smoke.get_config("grammar")
+    with config.unlocked():
+        config.analysis.update(num_samples=N, bootstrap=40, **analysis_fields)
+    return config
+
+
+def _summarize(config, per_step):
+    spe = config.splits.split_size // config.training.batch_size
+    return analysis.summarize(config, [spe * (c + 1) for c in range(C)], per_step)
+
+
+def test_nn_divergence_is_the_mean_over_models_of_each_models_kl():
+    per_step = _per_step()
+    stats = _summarize(_config(), per_step)
+    expected = np.zeros((C, K))
+    for c, r in enumerate(per_step):
+        for k in range(K):
+            gen = np.histogram(r["own_d1"][k], bins=20, range=(0, L))[0]
+            held = np.histogram(r["heldout_d1"][k], bins=20, range=(0, L))[0]
+            expected[c, k] = _paper_histogram_kl(gen, held)
+    np.testing.assert_allclose(stats["nn_divergence_per_model"], expected, rtol=1e-12)
+    np.testing.assert_allclose(stats["nn_divergence"], expected.mean(1), rtol=1e-12)
+    # Pooling all models into one histogram is a different number.
+    pooled = [
+        _paper_histogram_kl(
+            np.histogram(r["own_d1"], bins=20, range=(0, L))[0],
+            np.histogram(r["heldout_d1"], bins=20, range=(0, L))[0],
+        )
+        for r in per_step
+    ]
+    assert not np.allclose(stats["nn_divergence"], pooled)
+
+
+def test_histogram_kl_does_not_renormalise_after_clipping():
+    p, q = np.array([0, 3, 5, 2]), np.array([4, 0, 4, 2])
+    assert nearest.histogram_kl(p, q) == pytest.approx(_paper_histogram_kl(p, q), rel=1e-12)
+    # Renormalising the clipped q would give a (slightly) different value.
+    qc = np.clip(q / q.sum(), 1e-8, 1)
+    pc = np.clip(p / p.sum(), 1e-8, 1)
+    renorm = np.sum(pc / pc.sum() * np.log((pc / pc.sum()) / (qc / qc.sum())))
+    assert nearest.histogram_kl(p, q) != renorm
+
+
+def test_kl_bootstrap_resamples_each_model_against_its_own_reference():
+    per_step = _per_step(1)
+    gen = np.stack([nearest.nn_histogram(r["own_d1"], L) for r in per_step])  # [C, K, 20]
+    held = nearest.nn_histogram(per_step[0]["heldout_d1"], L)  # [K, 20]
+    boot = verdict.bootstrap_kl_curves(
+        gen, held, nearest.histogram_kl, np.random.default_rng(0), 400
+    )
+    assert boot.shape == (400, C)
+    point = np.mean(
+        [[_paper_histogram_kl(gen[c, k], held[k]) for k in range(K)] for c in range(C)], axis=1
+    )
+    # Replicates scatter around the per-model-mean curve (plug-in bias is small at n=300).
+    assert np.all(np.abs(np.median(boot, axis=0) - point) < 0.1)
+    # With the same generator state, one model alone reproduces the single-model call.
+    one = verdict.bootstrap_kl_curves(
+        gen[:, :1], held[:1], nearest.histogram_kl, np.random.default_rng(3), 5
+    )
+    single = verdict.bootstrap_kl_curves(
+        gen[:, 0], held[0], nearest.histogram_kl, np.random.default_rng(3), 5
+    )
+    np.testing.assert_array_equal(one, single)
+
+
+def test_memorised_fraction_is_the_strict_ratio_test_and_copies_are_counted_apart():
+    d1 = np.array([0, 0, 0, 1, 2, 3, 0])
+    d2 = np.array([0, 1, 5, 4, 6, 9, 0])
+    # Ratio test d1/d2 < 1/3: 0/1, 0/5, 1/4 pass; 0/0 is undefined and does not.
+    assert nearest.memorized_fraction(d1, d2) == pytest.approx(3 / 7)
+    assert nearest.exact_copy_fraction(d1) == pytest.approx(4 / 7)
+    per_step = _per_step(2)
+    stats = _summarize(_config(), per_step)
+    for c, r in enumerate(per_step):
+        d1, d2 = r["own_d1"].ravel(), r["own_d2"].ravel()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = d1 / d2
+        assert stats["nearest"]["memorized_fraction"][c] == pytest.approx(np.mean(ratio < 1 / 3))
+        assert stats["nearest"]["copy_fraction"][c] == pytest.approx(np.mean(d1 == 0))
+    assert set(stats["at_onset_and_test_min"]) >= {"memorized_fraction", "copy_fraction"}
+
+
+def test_grammaticality_gate_is_optional_and_the_ungated_onset_is_reported_beside_it():
+    per_step = _per_step(3)
+    gated = _summarize(_config(min_grammatical=0.5), per_step)["verdict"]
+    free = _summarize(_config(min_grammatical=0.0), per_step)["verdict"]
+    assert free["grammaticality_gate"] == 0 and "ungated" not in free
+    assert gated["grammaticality_gate"] == 0.5
+    for key in ("bias_onset_epoch", "test_loss_min_epoch", "gap_epochs", "conclusive"):
+        assert gated["ungated"][key] == free[key]
+    divergence = np.asarray(_summarize(_config(), per_step)["nn_divergence"])
+    epochs = _summarize(_config(), per_step)["checkpoints"]
+    assert free["bias_onset_epoch"] == epochs[int(np.argmin(divergence))]
+    assert gated["bias_onset_epoch"] == epochs[2 + int(np.argmin(divergence[2:]))]
+    with pytest.raises(train.ConfigError, match="min_grammatical"):
+        _summarize(_config(min_grammatical=1.5), per_step)
+
+
+def test_loss_decomposition_averaged_over_t_is_reported_beside_t_ratio_0_3():
+    per_step = _per_step(4)
+    dec = _summarize(_config(), per_step)["loss_decomposition"]
+    mean_t = np.stack([r["decomposition_mean_t"].mean(0) for r in per_step])
+    at_03 = np.stack([r["decomposition"].mean(0) for r in per_step])
+    names = ("l_star_train", "l_tilde_train", "l_star_heldout", "l_tilde_heldout")
+    for i, name in enumerate(names):
+        np.testing.assert_allclose(dec[name + "_mean_t"], mean_t[:, i])
+        np.testing.assert_allclose(dec[name], at_03[:, i])
+
+
+def test_decomposition_steps_are_the_midpoints_of_equal_slices_of_1_to_T():
+    steps = analysis.decomposition_steps(500, 20)
+    assert len(steps) == 20 and steps[0] == 13 and steps[-1] == 488
+    # The grid mean of a linear function of t is its mean over t uniform in 1..T.
+    assert np.mean(steps) == pytest.approx(np.mean(np.arange(1, 501)), abs=0.5)
+    assert analysis.decomposition_steps(10, 20) == list(range(1, 11))
+    with pytest.raises(train.ConfigError):
+        analysis.decomposition_steps(500, 0)
+
+
+def test_report_states_the_protocol_and_the_ungated_onset(tmp_path):
+    config = _config(min_grammatical=0.5, sampling_steps=0, uturn_repeats=7)
+    stats = _summarize(config, _per_step(5))
+    assert stats["protocol"]["chain_steps"] == config.diffusion.num_steps
+    text = report.setting_section("grammar", stats, [], str(tmp_path))
+    assert f"full reverse chain of T = {config.diffusion.num_steps} steps" in text
+    assert f"U-turn on {config.analysis.uturn_items} sequences x 7 noise repetitions" in text
+    assert "Without that gate (the paper's definition): onset at epoch" in text
+    assert "exact copies" in text
+    stats = _summarize(_config(min_grammatical=0.0, sampling_steps=20), _per_step(5))
+    text = report.setting_section("grammar", stats, [], str(tmp_path))
+    assert "respaced to 20 of T" in text and "no grammaticality gate" in text
+
+
+def test_sampling_steps_0_is_the_full_chain_and_others_respace():
+    schedule = schedules.token_schedule(100)
+    assert analysis.sampling_schedule(schedule, 0) is schedule
+    assert analysis.sampling_schedule(schedule, None) is schedule
+    assert analysis.sampling_schedule(schedule, 20).num_steps == 20
+    assert analysis.sampling_schedule(schedule, 500).num_steps == 100
+    with pytest.raises(train.ConfigError, match="sampling_steps"):
+        analysis.sampling_schedule(schedule, -3)
