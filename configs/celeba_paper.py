@@ -7,6 +7,17 @@ T=1000; U-Net base 32, multiples (1, 2, 4), attention at the two lower
 resolutions, dropout 0.1; Adam 1e-4, batch 512, 5000 epochs; snapshots at
 epochs linspace(10, 4999, 50)[1:21] (about every 100 epochs up to ~2050).
 
+Analysis: the paper's protocol: 512 coupled samples per model on the full
+reverse chain (T=1000, `sampling_steps=0`).
+
+Cost of one snapshot's analysis (an ESTIMATE, not a measurement on an
+accelerator): the U-Net costs 1.13 GFLOP per image and forward pass (XLA's
+count), so the 15 x 512 x 1000 sampling forward passes are 8.7e15 FLOP, the loss
+grid and score cosines ~1e15 more. At a sustained 50 TFLOP/s (convolutions on
+batches of 512) that is ~3.5 min per snapshot (20 snapshots: ~1.1 h). Measured
+on this project's 2-core CPU: 25 GFLOP/s for this model, i.e. ~4.5 days per
+snapshot.
+
     python -m launch.train --config=configs/celeba_paper.py --workdir=W
 """
 
@@ -43,5 +54,6 @@ def get_config():
     )
     epochs = np.round(np.linspace(10, 4999, 50)[1:21]).astype(int)
     config.snapshots.update(epochs=tuple(int(e) for e in epochs), latest_every_steps=1000)
+    config.analysis.update(sampling_steps=0, num_samples=512)  # full chain of T = 1000
     config.lock()
     return config

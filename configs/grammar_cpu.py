@@ -6,6 +6,11 @@ a width-64, 2-layer, 4-head post-LN transformer, token diffusion with T=500.
 The held-out pool keeps fresh draws of the grammar (no overlap dropping): its
 sequences may also occur in a training split, as new samples would.
 
+Analysis (CPU-sized, not the paper's protocol): the reverse chain respaced to
+100 of T=500 steps, 512 coupled samples per twin, a U-turn on 500 sequences with
+one noise draw each; the onset is sought where >= 50% of samples are grammatical,
+and the paper's ungated onset is reported beside it.
+
     python -m launch.train --config=configs/grammar_cpu.py --workdir=workdirs/grammar
 """
 

@@ -1,0 +1,38 @@
+"""The paper configs carry the paper's analysis protocol (PAPER.md, "Protocol details")."""
+
+from configs import celeba_paper
+from configs import digits_cpu
+from configs import grammar_cpu
+from configs import grammar_paper
+from diffusion_bias import analysis
+from diffusion_bias.diffusion import schedules
+from diffusion_bias.statistics import controlled
+
+
+def test_grammar_paper_analysis_is_the_papers_protocol():
+    for n in ("5000", "12000", "70000"):
+        config = grammar_paper.get_config(n)
+        a = config.analysis
+        schedule = schedules.token_schedule(config.diffusion.num_steps)
+        # Full reverse chain of T = 500 steps, not a respacing.
+        assert analysis.sampling_schedule(schedule, a.sampling_steps) is schedule
+        assert schedule.num_steps == 500
+        assert a.num_samples == 50_000
+        assert (a.uturn_items, a.uturn_repeats) == (1000, 100)
+        assert controlled.uturn_steps(schedule, a.uturn_ratios) == [5, 15, 25, 43, 60]
+        assert a.min_grammatical == 0
+        proto = analysis.protocol(config)
+        assert proto["chain_steps"] == 500 and proto["min_grammatical"] == 0
+
+
+def test_celeba_paper_samples_512_per_model_on_the_full_chain():
+    config = celeba_paper.get_config()
+    schedule = schedules.image_schedule(config.diffusion.num_steps)
+    assert analysis.sampling_schedule(schedule, config.analysis.sampling_steps) is schedule
+    assert schedule.num_steps == 1000 and config.analysis.num_samples == 512
+
+
+def test_cpu_configs_keep_the_respaced_chain_and_the_gate():
+    for config in (digits_cpu.get_config(), grammar_cpu.get_config()):
+        assert analysis.protocol(config)["chain_steps"] == 100
+    assert analysis.protocol(grammar_cpu.get_config())["min_grammatical"] == 0.5
