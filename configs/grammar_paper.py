@@ -17,7 +17,7 @@ accelerator): the transformer costs 0.54 GFLOP per sequence and forward pass
 (XLA's count), so the 15 x 50,000 x 500 sampling forward passes are 2.0e17 FLOP
 and the rest of a snapshot (loss grid, KLs, decomposition) under 1%. At a
 sustained 100 TFLOP/s that is ~35 min per snapshot (25 snapshots: ~15 h); the
-U-turn adds 15 x 2 x 1,000 x 100 x 148 forward passes (2.4e17 FLOP, ~40 min) at
+U-turn adds 15 x 2 x 1,000 x 100 x 147 forward passes (2.4e17 FLOP, ~40 min) at
 each of the two snapshots it runs at. Measured on this project's 2-core CPU: 29
 GFLOP/s for this model (43 for a width-64 one), i.e. ~80 days per snapshot.
 

@@ -258,10 +258,9 @@ class _Instrument:
         probs = [self.apply_jit(p, x_t, tt) for p in params]
         # Per sequence: KL(a || b) of the twins' factorised x0 distributions,
         # summed over the L tokens (a KL between sequence distributions, as the paper).
-        log_p = [np.log(np.clip(np.asarray(p, np.float64), 1e-12, None)) for p in probs]
         out["twin_kl"] = np.stack(
             [
-                np.maximum((np.exp(log_p[a]) * (log_p[a] - log_p[b])).sum((-1, -2)), 0.0)
+                np.asarray(controlled.sequence_kl(probs[a], probs[b]), np.float64)
                 for a, b in sample_split.twin_pairs(len(params))
             ]
         )  # [P, N]

@@ -78,6 +78,16 @@ def test_uturn_with_the_exact_denoiser_matches_bp_exactly():
     assert controlled._uturn_overlap._cache_size() == before
 
 
+def test_uturn_steps_truncate_like_the_papers_code():
+    schedule = schedules.token_schedule(500)
+    ratios = [0.01, 0.03, 0.05, 0.085, 0.12, 0.999, 0.0001]
+    expected = [max(1, int(r * 500)) for r in ratios]  # the paper's int(r * T_final)
+    assert expected == [5, 15, 25, 42, 60, 499, 1]
+    assert controlled.uturn_steps(schedule, ratios) == expected
+    # A float product just under an integer stays on it.
+    assert controlled.uturn_steps(_SCHEDULE, [0.29]) == [29]
+
+
 def test_uturn_ratio_averages_overlaps_over_repetitions_before_dividing():
     """Paper: per sequence, (mean over repeats of model overlap) / (mean of BP's), then mean."""
     x0, key, r = _samples(_N, seed=8), jax.random.key(8), [0.3]
@@ -171,15 +181,18 @@ def test_twin_token_kl_matches_numpy():
     rng = np.random.default_rng(5)
     a = rng.dirichlet(np.ones(4), size=(3, 8))
     b = rng.dirichlet(np.ones(4), size=(3, 8))
-    a[0, 0] = [0.0, 0.5, 0.5, 0.0]  # zeros in a contribute nothing
-    b[1, 1] = [0.0, 1.0, 0.0, 0.0]  # zeros in b are clipped at 1e-12
+    a[0, 0] = [0.0, 0.5, 0.5, 0.0]  # zeros in a are clipped at 1e-8
+    b[1, 1] = [0.0, 1.0, 0.0, 0.0]  # zeros in b are clipped at 1e-8
     a32, b32 = (jnp.asarray(x, jnp.float32) for x in (a, b))
     assert float(controlled.twin_token_kl(a32, a32)) == 0.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(a > 0, a * (np.log(a) - np.log(np.maximum(b, 1e-12))), 0.0)
-    expected = terms.sum((-1, -2)).mean()  # summed over q and the L = 8 positions
-    assert expected > 0
-    np.testing.assert_allclose(float(controlled.twin_token_kl(a32, b32)), expected, rtol=1e-5)
+    # The paper's kl_divergence_batch: clip both at 1e-8, sum over q and the L = 8 positions.
+    pa, pb = np.clip(a, 1e-8, None), np.clip(b, 1e-8, None)
+    per_sequence = (pa * np.log(pa / pb)).sum((-1, -2))
+    assert per_sequence.mean() > 0
+    np.testing.assert_allclose(controlled.sequence_kl(a32, b32), per_sequence, rtol=1e-5)
+    np.testing.assert_allclose(
+        float(controlled.twin_token_kl(a32, b32)), per_sequence.mean(), rtol=1e-5
+    )
 
 
 def test_kl_bp_k_along_t_matches_enumeration_on_a_depth_2_tree():
@@ -204,10 +217,8 @@ def test_kl_bp_k_along_t_matches_enumeration_on_a_depth_2_tree():
             w = np.exp(log_w - log_w.max(-1, keepdims=True))
             w /= w.sum(-1, keepdims=True)
             marg = np.einsum("ns,slq->nlq", w, np.eye(q)[seqs_k[keep]])  # BP_k marginals
-            terms = marg * (
-                np.log(np.maximum(marg, 1e-12)) - np.log(np.maximum(model_probs, 1e-12))
-            )
-            expected = np.maximum(terms.sum(-1), 0).sum(-1).mean()  # per sequence
+            pm, pq = np.maximum(marg, 1e-8), np.maximum(model_probs, 1e-8)  # the paper's clip
+            expected = np.maximum((pm * np.log(pm / pq)).sum(-1), 0).sum(-1).mean()
             np.testing.assert_allclose(out["kl"][k, j], expected, rtol=2e-4, atol=1e-5)
 
 

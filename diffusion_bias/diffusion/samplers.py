@@ -45,9 +45,7 @@ def item_normal(key: jax.Array, item_ids: jax.Array, shape, dtype=jnp.float32) -
     An item's noise then depends on its id only, not on the batch it is drawn
     in, so results do not change with the chunk size of a long sampling job.
     """
-    return jax.vmap(lambda i: standard_normal(jax.random.fold_in(key, i), shape, dtype))(
-        item_ids
-    )
+    return jax.vmap(lambda i: standard_normal(jax.random.fold_in(key, i), shape, dtype))(item_ids)
 
 
 def sample(

@@ -4,6 +4,7 @@ Every model is called as `model.apply(params, x_t, t, train, rngs=...)` with
 `rngs={"dropout": key}` when train=True, so K twins can share one module and be
 vmapped over stacked params.
 """
+
 import dataclasses
 from typing import Any, Mapping
 
@@ -44,8 +45,10 @@ def get_model(config: Mapping[str, Any]) -> nn.Module:
     known = {f.name for f in dataclasses.fields(cls)} - _MODULE_FIELDS
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"Fields {unknown} are not hyper-parameters of {cls.__name__} "
-                         f"({name!r}); valid fields: {sorted(known)}")
+        raise ValueError(
+            f"Fields {unknown} are not hyper-parameters of {cls.__name__} "
+            f"({name!r}); valid fields: {sorted(known)}"
+        )
     # Lists (e.g. from a command-line override) become tuples: module fields must hash.
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**values)

@@ -1,12 +1,12 @@
 """Sinusoidal embedding of the diffusion step, shared by every denoiser."""
+
 import math
 
 import jax
 import jax.numpy as jnp
 
 
-def sinusoidal_embedding(t: jax.Array, dim: int,
-                         max_period: float = 10000.0) -> jax.Array:
+def sinusoidal_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
     """Transformer/DDPM sinusoidal embedding of (integer or real) time steps.
 
     Channel j < dim/2 is sin(t * w_j) and channel dim/2 + j is cos(t * w_j),

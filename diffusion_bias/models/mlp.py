@@ -8,6 +8,7 @@ deep stack trainable from the start; adding (not concatenating) the shared time
 embedding costs no parameters per layer. Width 256, depth 3 on 8x8x1 has about
 0.25M parameters.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ class MLPDenoiser(nn.Module):
         dropout_rate: dropout on each hidden layer's branch (0 disables it).
         time_embed_dim: channels of the sinusoidal time embedding.
     """
+
     width: int = 256
     depth: int = 3
     dropout_rate: float = 0.0
@@ -44,8 +46,9 @@ class MLPDenoiser(nn.Module):
         """
         batch, features = x_t.shape[0], int(np.prod(x_t.shape[1:]))
         t = jnp.broadcast_to(t, (batch,))
-        temb = nn.silu(nn.Dense(self.width, name="time")(
-            sinusoidal_embedding(t, self.time_embed_dim)))  # [B, W]
+        temb = nn.silu(
+            nn.Dense(self.width, name="time")(sinusoidal_embedding(t, self.time_embed_dim))
+        )  # [B, W]
         h = nn.Dense(self.width, name="input")(x_t.reshape(batch, features))  # [B, W]
         for i in range(self.depth):
             branch = nn.LayerNorm(name=f"norm_{i}")(h + temb)

@@ -5,6 +5,7 @@ stack of torch.nn.TransformerEncoderLayer(d_model=H, nhead, dim_feedforward=2H,
 dropout=0.1, activation="relu", norm_first=False), so torch's LayerNorm epsilon
 (1e-5) and its dropout on the attention weights are kept as well.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ class EncoderLayer(nn.Module):
         dropout_rate: dropout on attention weights, on each residual branch and
             inside the feed-forward.
     """
+
     width: int
     num_heads: int
     dropout_rate: float = 0.1
@@ -41,8 +43,8 @@ class EncoderLayer(nn.Module):
         """
         deterministic = not train
         h = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, dropout_rate=self.dropout_rate,
-            name="attention")(x, x, deterministic=deterministic)
+            num_heads=self.num_heads, dropout_rate=self.dropout_rate, name="attention"
+        )(x, x, deterministic=deterministic)
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
         x = nn.LayerNorm(epsilon=_LN_EPSILON, name="norm_attention")(x + h)
         h = nn.Dense(2 * self.width, name="ff_in")(x)  # [B, L, 2H]
@@ -68,6 +70,7 @@ class TokenTransformer(nn.Module):
         dropout_rate: dropout everywhere in the encoder layers (paper: 0.1).
         time_embed_dim: channels of the sinusoidal time embedding (paper: 32).
     """
+
     num_symbols: int
     length: int
     width: int
@@ -94,15 +97,20 @@ class TokenTransformer(nn.Module):
         if x_t.ndim != 3 or x_t.shape[1:] != (self.length, self.num_symbols):
             raise ValueError(
                 f"TokenTransformer expects x_t of shape [B, {self.length}, "
-                f"{self.num_symbols}], got {x_t.shape}")
+                f"{self.num_symbols}], got {x_t.shape}"
+            )
         t = jnp.broadcast_to(t, x_t.shape[:1])
-        pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
-                         (self.length, self.width))  # [L, H]
+        pos = self.param(
+            "pos_embedding", nn.initializers.normal(stddev=0.02), (self.length, self.width)
+        )  # [L, H]
         temb = nn.Dense(self.width, name="embed_time")(
-            sinusoidal_embedding(t, self.time_embed_dim))  # [B, H]
-        h = (nn.Dense(self.width, name="embed_tokens")(x_t)
-             + pos[None] + temb[:, None, :])  # [B, L, H]
+            sinusoidal_embedding(t, self.time_embed_dim)
+        )  # [B, H]
+        h = (
+            nn.Dense(self.width, name="embed_tokens")(x_t) + pos[None] + temb[:, None, :]
+        )  # [B, L, H]
         for i in range(self.num_layers):
-            h = EncoderLayer(self.width, self.num_heads, self.dropout_rate,
-                             name=f"layer_{i}")(h, train)
+            h = EncoderLayer(self.width, self.num_heads, self.dropout_rate, name=f"layer_{i}")(
+                h, train
+            )
         return nn.Dense(self.num_symbols, name="output")(h)

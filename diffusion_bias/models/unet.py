@@ -8,6 +8,7 @@ level in reverse `num_res_blocks + 1` ResBlocks on the concatenated skip feature
 and a nearest+conv upsample except at level 0; GroupNorm, SiLU, zero-initialised
 conv_out. Module names carry the level (`down_1_attn_0`, `up_2_res_1`, ...).
 """
+
 from typing import Sequence
 
 import flax.linen as nn
@@ -25,6 +26,7 @@ def _group_norm(channels: int, name: str | None = None) -> nn.GroupNorm:
 
 class ResBlock(nn.Module):
     """GN-SiLU-conv, + time projection, GN-SiLU-dropout-conv, residual."""
+
     channels: int
     dropout_rate: float
 
@@ -63,6 +65,7 @@ class UNet(nn.Module):
             the lowest level is listed. Paper: (1, 2), never full resolution.
         dropout_rate: dropout inside every ResBlock.
     """
+
     base_channels: int = 32
     channel_mults: Sequence[int] = (1, 2, 4)
     num_res_blocks: int = 2
@@ -84,11 +87,14 @@ class UNet(nn.Module):
         num_levels = len(self.channel_mults)
         factor = 2 ** (num_levels - 1)
         if x_t.ndim != 4 or x_t.shape[1] % factor or x_t.shape[2] % factor:
-            raise ValueError(f"UNet with {num_levels} levels needs [B, H, W, C] with H, W "
-                             f"divisible by {factor}, got {x_t.shape}")
+            raise ValueError(
+                f"UNet with {num_levels} levels needs [B, H, W, C] with H, W "
+                f"divisible by {factor}, got {x_t.shape}"
+            )
         if any(not 0 <= level < num_levels for level in self.attention_levels):
-            raise ValueError(f"attention_levels {self.attention_levels} outside "
-                             f"0..{num_levels - 1}")
+            raise ValueError(
+                f"attention_levels {self.attention_levels} outside 0..{num_levels - 1}"
+            )
         t = jnp.broadcast_to(t, x_t.shape[:1])
         temb_dim = 4 * self.base_channels
         temb = sinusoidal_embedding(t, self.base_channels)
@@ -96,8 +102,9 @@ class UNet(nn.Module):
         temb = nn.Dense(temb_dim, name="time_1")(nn.silu(temb))  # [B, 4*base]
 
         def res(h, level, name):
-            return ResBlock(self.base_channels * self.channel_mults[level],
-                            self.dropout_rate, name=name)(h, temb, train)
+            return ResBlock(
+                self.base_channels * self.channel_mults[level], self.dropout_rate, name=name
+            )(h, temb, train)
 
         h = nn.Conv(self.base_channels, (3, 3), name="conv_in")(x_t)
         skips = [h]
@@ -108,8 +115,7 @@ class UNet(nn.Module):
                     h = AttnBlock(name=f"down_{level}_attn_{i}")(h)
                 skips.append(h)
             if level != num_levels - 1:
-                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2),
-                            name=f"down_{level}_downsample")(h)
+                h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), name=f"down_{level}_downsample")(h)
                 skips.append(h)
 
         h = res(h, num_levels - 1, "mid_res_0")
@@ -128,5 +134,4 @@ class UNet(nn.Module):
 
         h = nn.silu(_group_norm(h.shape[-1], name="norm_out")(h))
         # Zero init: the untrained model predicts eps = 0, as in DDPM.
-        return nn.Conv(x_t.shape[-1], (3, 3), kernel_init=nn.initializers.zeros,
-                       name="conv_out")(h)
+        return nn.Conv(x_t.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, name="conv_out")(h)

@@ -53,6 +53,9 @@ DEFAULT_CHUNK_SIZE = 1024
 # marginal) with zero mass on a symbol gives a large finite loss, not inf/NaN.
 _PROB_FLOOR = 1e-12
 
+# The KLs clip both distributions at this floor, as the paper's code does.
+_KL_FLOOR = 1e-8
+
 
 def _as_pytree(denoise_fn: TokenDenoiser) -> jax.tree_util.Partial:
     # A Partial is a valid jit argument; wrapping a plain callable puts it in the
@@ -70,7 +73,10 @@ def _log_probs(probs: jax.Array) -> jax.Array:
 
 
 def _token_kl(probs_a: jax.Array, probs_b: jax.Array) -> jax.Array:
-    """Per-token KL(a || b) = sum_q a (log a - log b), zeros clipped.
+    """Per-token KL(a || b) = sum_q a (log a - log b), both clipped at 1e-8 first.
+
+    The paper's code clips both distributions at 1e-8 (no renormalisation), so
+    a zero in `a` adds 1e-8 log(1e-8 / b) and a zero in `b` a large finite term.
 
     Args:
         probs_a: probabilities.  # [..., q]
@@ -79,8 +85,9 @@ def _token_kl(probs_a: jax.Array, probs_b: jax.Array) -> jax.Array:
     Returns:
         The KL of each token, clamped at 0; exactly 0 where a == b.  # [...]
     """
-    probs_a = probs_a.astype(jnp.float32)
-    kl = jnp.sum(probs_a * (_log_probs(probs_a) - _log_probs(probs_b)), axis=-1)
+    probs_a = jnp.maximum(probs_a.astype(jnp.float32), _KL_FLOOR)
+    probs_b = jnp.maximum(probs_b.astype(jnp.float32), _KL_FLOOR)
+    kl = jnp.sum(probs_a * (jnp.log(probs_a) - jnp.log(probs_b)), axis=-1)
     # Float32 rounding leaves ~-1e-9 where a and b nearly agree; the KL is >= 0.
     return jnp.maximum(kl, 0.0)
 
@@ -277,7 +284,10 @@ def noisy_inputs(
 
 
 def uturn_steps(schedule: Schedule, ratios) -> list[int]:
-    """The U-turn steps t = max(1, round(r T)), rounding halves up.
+    """The U-turn steps t = max(1, floor(r T)), truncated as the paper's code (int(r T)).
+
+    E.g. r = 0.085 of T = 500 is step 42. A 1e-9 guard keeps a float product
+    that should be an integer (0.29 * 100 = 28.999...) on that integer.
 
     Args:
         schedule: the noise schedule (T = `schedule.num_steps`).
@@ -292,7 +302,7 @@ def uturn_steps(schedule: Schedule, ratios) -> list[int]:
     ratios = np.atleast_1d(np.asarray(ratios, np.float64))
     if ratios.size == 0 or np.any(~(ratios > 0)) or np.any(ratios > 1):
         raise ValueError(f"ratios must lie in (0, 1], got {ratios}.")
-    return [max(1, int(np.floor(r * schedule.num_steps + 0.5))) for r in ratios]
+    return [max(1, int(np.floor(r * schedule.num_steps + 1e-9))) for r in ratios]
 
 
 def uturn_overlap(
@@ -496,23 +506,37 @@ def kl_bp_model(
 
 
 @jax.jit
-def twin_token_kl(probs_a: jax.Array, probs_b: jax.Array) -> jax.Array:
-    """Per-sequence KL(a || b): the sample-split KL of twins on the same x_t.
+def sequence_kl(probs_a: jax.Array, probs_b: jax.Array) -> jax.Array:
+    """KL(a || b) of each sequence's factorised distributions: per-token KLs summed over L.
 
-    The KL between the factorised sequence distributions, i.e. the per-token KL
-    summed over the L positions (the paper's unit), averaged over sequences.
-    Probabilities are clipped at 1e-12 before the log, so zeros give a large
-    finite value, and a == b gives exactly 0. Jittable and vmappable (e.g. over
-    pairs of twins).
+    Both are clipped at 1e-8 (the paper's code), so zeros give a large finite
+    value, and a == b gives exactly 0.
 
     Args:
         probs_a: the first model's probabilities.  # [..., L, q]
         probs_b: the second model's, on the same inputs.  # [..., L, q]
 
     Returns:
-        sum over L and q of a (log a - log b), averaged over the leading axes.  # []
+        sum over L and q of a (log a - log b).  # [...]
     """
-    return jnp.mean(jnp.sum(_token_kl(probs_a, probs_b), axis=-1))
+    return jnp.sum(_token_kl(probs_a, probs_b), axis=-1)
+
+
+@jax.jit
+def twin_token_kl(probs_a: jax.Array, probs_b: jax.Array) -> jax.Array:
+    """Mean per-sequence KL(a || b): the sample-split KL of twins on the same x_t.
+
+    `sequence_kl` (the paper's unit, summed over the L positions) averaged
+    over sequences. Jittable and vmappable (e.g. over pairs of twins).
+
+    Args:
+        probs_a: the first model's probabilities.  # [..., L, q]
+        probs_b: the second model's, on the same inputs.  # [..., L, q]
+
+    Returns:
+        The mean of `sequence_kl` over the leading axes.  # []
+    """
+    return jnp.mean(sequence_kl(probs_a, probs_b))
 
 
 def grammatical_fraction(transitions, tokens, chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:
