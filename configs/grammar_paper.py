@@ -10,7 +10,9 @@ n and the number of epochs: 5000 (20000 epochs, default), 12000 (30000), 70000
 Analysis: the paper's protocol. Coupled samples run the full reverse chain
 (T=500, `sampling_steps=0`), N=50,000 per model; the NN divergence is searched at
 every snapshot (no grammaticality gate); the U-turn takes 1,000 sequences with
-100 noise repetitions each at t/T in (0.01, 0.03, 0.05, 0.085, 0.12).
+100 noise repetitions each at t/T in (0.01, 0.03, 0.05, 0.085, 0.12) (steps
+5, 15, 25, 42, 60: truncated, as the paper's code); KL(BP_k || model) along t
+(Fig. 3b) every 0.02 of t/T on 1,000 held-out sequences.
 
 Cost of one snapshot's analysis (an ESTIMATE, not a measurement on an
 accelerator): the transformer costs 0.54 GFLOP per sequence and forward pass
@@ -68,6 +70,7 @@ def get_config(arg="5000"):
         uturn_repeats=100,
         uturn_ratios=(0.01, 0.03, 0.05, 0.085, 0.12),
         min_grammatical=0.0,  # the paper searches every snapshot
+        kl_along_t_points=50,  # Fig. 3b: KL(BP_k || model) every 0.02 of t/T
     )
     config.lock()
     return config

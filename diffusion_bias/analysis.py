@@ -69,8 +69,10 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      peak_ratio: [E][K]} KL(BP_k || model) along t at the test-loss
                      minimum and the onset, mean over twins; peak_ratio the t/T of
                      each curve's maximum (the critical time)
-  uturn              {ratios: [R], epochs: [U], train: [U][R], heldout: [U][R]}
-                     overlap ratio model / exact BP, at the onset and test-loss minimum
+  uturn              {ratios: [R], epochs: [U], repeats, items, train: [U][R],
+                     heldout: [U][R]} overlap ratio model / exact BP at the onset and
+                     test-loss minimum: per sequence, mean model overlap over the
+                     repeats / mean BP overlap, then the mean over sequences and twins
   loss_decomposition {l_star_train, l_tilde_train, l_star_heldout, l_tilde_heldout:
                      [C]} at t/T = t_ratio = 0.3, per token; the same names with
                      suffix _mean_t: averaged over t uniform in 1..T, estimated on

@@ -472,7 +472,7 @@ def fig_nn_histograms(stats, path):
             _fraction(heldout),
             width=0.9,
             color="lightgrey",
-            label="held-out sequences",
+            label="held-out sequences (pooled over twins)",
         )
     keys = _key_snapshots(stats)
     for (i, label), color in zip(keys, _colors(len(keys), "plasma")):
@@ -482,7 +482,7 @@ def fig_nn_histograms(stats, path):
                 _fraction(generated[i]),
                 where="mid",
                 color=color,
-                label=f"generated, epoch {_fmt(epochs[i])} ({label})",
+                label=f"generated (pooled over twins), epoch {_fmt(epochs[i])} ({label})",
             )
     left.set_xlabel(f"NN Hamming distance bin ({len(bins)} equal bins on [0, L])")
     left.set_ylabel("fraction of sequences")
