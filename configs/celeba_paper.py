@@ -41,7 +41,8 @@ def get_config():
         twin_strategy="map",
         log_every_steps=1000,
     )
-    epochs = np.round(np.linspace(10, 4999, 50)[1:21]).astype(int)
+    # The authors truncate (astype(int)), not round.
+    epochs = np.linspace(10, 4999, 50)[1:21].astype(int)
     config.snapshots.update(epochs=tuple(int(e) for e in epochs), latest_every_steps=1000)
     config.lock()
     return config

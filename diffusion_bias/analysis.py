@@ -372,7 +372,7 @@ def analyze(workdir, overrides=None):
 def summarize(config, steps, per_step):
     """statistics.json from the per-snapshot arrays (see STATISTICS_SCHEMA)."""
     a = config.analysis
-    spe = config.splits.split_size // config.training.batch_size
+    spe = train.steps_per_epoch(config)
     epochs = [s / spe for s in steps]
     kind = "tokens" if config.diffusion.schedule == "token" else "images"
     col = lambda name: np.stack([r[name] for r in per_step])  # [C, ...]

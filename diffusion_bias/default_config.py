@@ -40,7 +40,7 @@ def get_config():
     config.training = ml_collections.ConfigDict(
         dict(
             batch_size=256,
-            num_epochs=2000,  # steps = num_epochs * (split_size // batch_size)
+            num_epochs=2000,  # steps = num_epochs * ceil(split_size / batch_size)
             steps_per_call=10,  # steps fused in one compiled call (lax.scan)
             twin_strategy="vmap",  # "vmap" (dense models) or "map" (convolutions on CPU)
             twin_devices=1,  # devices the twin axis is sharded over (vmap only)

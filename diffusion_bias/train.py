@@ -7,8 +7,9 @@ grouped convolutions on CPU). The batch axis is sharded over the devices
 present ("data"); with `vmap`, the twin axis can be sharded too ("twins").
 
 Everything random is a function of (config.seed, split, step): the batch of
-split k at step s is slice s % E of the permutation of epoch s // E (E steps per
-epoch), and its diffusion times, noise and dropout come from
+split k at step s is slice s % E of the permutation of epoch s // E (E =
+ceil(n / B) steps per epoch, the last batch partial as in a torch DataLoader),
+and its diffusion times, noise and dropout come from
 fold_in(fold_in(key, k), s). A resumed run therefore replays exactly the same
 stream, and ends with the same parameters as an uninterrupted one.
 
@@ -104,11 +105,11 @@ def check_config(config, pool_size=None):
         raise ConfigError(
             f"config.training.batch_size = {batch} exceeds config.splits.split_size = {n}"
         )
-    total = config.training.num_epochs * (n // batch)
+    total = config.training.num_epochs * steps_per_epoch(config)
     if total % config.training.steps_per_call:
         raise ConfigError(
             f"config.training.steps_per_call = {config.training.steps_per_call} must divide "
-            f"the {total} training steps (num_epochs * (split_size // batch_size))"
+            f"the {total} training steps (num_epochs * ceil(split_size / batch_size))"
         )
     if config.snapshots.first_epoch > config.training.num_epochs:
         raise ConfigError(
@@ -153,7 +154,8 @@ def get_schedule(config):
 
 
 def steps_per_epoch(config):
-    return config.splits.split_size // config.training.batch_size
+    """ceil(n / batch): an epoch visits every item once, its last batch partial."""
+    return -(-config.splits.split_size // config.training.batch_size)
 
 
 def snapshot_steps(config):
@@ -193,7 +195,7 @@ def get_optimizer(config):
     return optax.adam(schedule, b1=config.optimizer.b1, b2=config.optimizer.b2)
 
 
-def denoising_loss(params, x0, key, *, model, schedule, kind, train):
+def denoising_loss(params, x0, key, weights=None, *, model, schedule, kind, train):
     """Mean denoising loss of one model on a batch, t uniform in 1..T.
 
     Args:
@@ -201,6 +203,8 @@ def denoising_loss(params, x0, key, *, model, schedule, kind, train):
         x0: int [B, L] tokens (kind "tokens": cross-entropy of x0-logits) or
             float [B, H, W, C] images (kind "images": MSE of predicted noise).
         key: draws t, the noise and dropout.
+        weights: optional float [B], 1 for the items of a partial last batch and
+            0 for its padding; the loss is then the mean over the weighted items.
 
     Returns:
         [] the loss.
@@ -212,8 +216,14 @@ def denoising_loss(params, x0, key, *, model, schedule, kind, train):
     x_t = process.q_sample(schedule, clean, t, noise)
     out = model.apply({"params": params}, x_t, t, train=train, rngs={"dropout": key_dropout})
     if kind == "tokens":
-        return optax.softmax_cross_entropy_with_integer_labels(out, x0).mean()
-    return jnp.mean((out - noise) ** 2)
+        per_item = optax.softmax_cross_entropy_with_integer_labels(out, x0)  # [B, L]
+    else:
+        per_item = (out - noise) ** 2  # [B, H, W, C]
+    if weights is None:
+        # Full batches keep the plain mean (bit-identical to the unweighted loss).
+        return per_item.mean()
+    per_item = per_item.reshape(per_item.shape[0], -1).mean(axis=1)  # [B]
+    return jnp.sum(weights * per_item) / jnp.sum(weights)
 
 
 def _twin_step(
@@ -233,16 +243,25 @@ def _twin_step(
 ):
     """One optimizer step of one twin. `data` is its split [n, ...]."""
     n = data.shape[0]
-    per_epoch = n // batch_size
+    per_epoch = -(-n // batch_size)
     perm = jax.random.permutation(
         jax.random.fold_in(jax.random.fold_in(keys["data"], split), step // per_epoch), n
     )
-    index = jax.lax.dynamic_slice(perm, ((step % per_epoch) * batch_size,), (batch_size,))
+    start = (step % per_epoch) * batch_size
+    pad = per_epoch * batch_size - n  # static, < batch_size
+    weights = None
+    if pad:
+        # The last batch of an epoch holds the n - (E-1)B remaining items; static
+        # shapes inside the scan: the order is padded to E*B with items the
+        # weights drop, so the loss is the mean over the valid items alone.
+        perm = jnp.concatenate([perm, perm[:pad]])
+        weights = (start + jnp.arange(batch_size) < n).astype(jnp.float32)
+    index = jax.lax.dynamic_slice(perm, (start,), (batch_size,))
     x0 = data[index]
     if batch_sharding is not None:
         x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
     key = jax.random.fold_in(jax.random.fold_in(keys["noise"], split), step)
-    loss, grads = jax.value_and_grad(loss_fn)(params, x0, key)
+    loss, grads = jax.value_and_grad(loss_fn)(params, x0, key, weights)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     if ema is not None:
