@@ -19,7 +19,6 @@ checkpoints into the shared workdir, and process 0 alone writes the other files
 and logs progress.
 """
 
-import dataclasses
 import functools
 import json
 import os
@@ -70,6 +69,11 @@ def _choice(config, path, choices):
     return value
 
 
+def _centering(config):
+    # Runs saved before `centering` existed had a boolean `center` (pooled mean).
+    return config.get("centering", "pooled" if config.get("center") else "none")
+
+
 def check_config(config, pool_size=None):
     """Raises ValueError naming the first invalid field of `config`."""
     for path in (
@@ -88,6 +92,12 @@ def check_config(config, pool_size=None):
     _choice(config, "diffusion.schedule", {"image", "token"})
     _choice(config, "training.twin_strategy", {"vmap", "map"})
     _choice(config, "optimizer.schedule", {"constant", "paper"})
+    _choice(config, "analysis.image_sampler", set(samplers.STEP_RULES))
+    if _centering(config) not in sources.CENTERINGS:
+        raise ConfigError(
+            f"config.centering must be one of {list(sources.CENTERINGS)}, got "
+            f"{_centering(config)!r}"
+        )
     if not config.optimizer.learning_rate > 0:
         raise ConfigError(
             f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}"
@@ -374,8 +384,10 @@ def prepare(config, workdir):
     """Data, model and schedule of a run (shared with the analysis).
 
     Returns:
-        dict with "twin_data" (sources.TwinData), "pool", "kind", "model",
-        "schedule".
+        dict with "twin_data" (sources.TwinData, the items as drawn), "train"
+        ([K, n, ...] what each twin trains on: its split minus its offset),
+        "offsets" ([K, C] each twin's centring shift, images; None for tokens),
+        "pool", "kind", "model", "schedule".
     """
     pool = sources.load_pool(config.data, cache_dir=workdir)
     check_config(config, pool_size=pool.items.shape[0])
@@ -387,11 +399,17 @@ def prepare(config, workdir):
         config.splits.seed,
         config.splits.drop_overlap,
     )
-    if config.center:
-        if pool.kind != "images":
-            raise ConfigError("config.center applies to images only")
-        (train, heldout), _ = sources.center(twin_data.train, twin_data.heldout)
-        twin_data = dataclasses.replace(twin_data, train=train, heldout=heldout)
+    centering = _centering(config)
+    train_items, offsets = twin_data.train, None
+    if pool.kind == "images":
+        # Twin k lives in its own space: its items minus offsets[k] (the paper's
+        # authors centre each split, and its test set, by that split's mean).
+        offsets = sources.twin_means(twin_data.train, centering)  # [K, C]
+        if centering != "none":
+            shift = offsets.reshape(offsets.shape[:1] + (1,) * (train_items.ndim - 2) + (-1,))
+            train_items = (train_items - shift).astype(train_items.dtype)
+    elif centering != "none":
+        raise ConfigError("config.centering applies to images only; use 'none'")
     model_config = ml_collections.ConfigDict(config.model)
     if pool.kind == "tokens":
         with model_config.unlocked():
@@ -400,6 +418,8 @@ def prepare(config, workdir):
     return dict(
         pool=pool,
         twin_data=twin_data,
+        train=train_items,
+        offsets=offsets,
         kind=pool.kind,
         model=models.get_model(model_config),
         schedule=get_schedule(config),
@@ -431,7 +451,7 @@ def train_and_evaluate(config, workdir):
 
     mesh = make_mesh(config)
     tx = get_optimizer(config)
-    example = twin_data.train[0, :1]
+    example = run["train"][0, :1]
     if kind == "tokens":
         example = jax.nn.one_hot(example, model.num_symbols)
     # With one twin device the twin axis stays unsharded: the step returns P()
@@ -439,7 +459,7 @@ def train_and_evaluate(config, workdir):
     twin_axis = config.training.twin_devices > 1
     state = _place(init_state(config, model, example, tx), mesh, twin_axis=twin_axis)
     state["step"] = jax.device_put(state["step"], NamedSharding(mesh, P()))
-    data = _place(jnp.asarray(twin_data.train), mesh, twin_axis=twin_axis)
+    data = _place(jnp.asarray(run["train"]), mesh, twin_axis=twin_axis)
 
     ckpts = checkpoints.TwinCheckpoints(workdir)
     start, restored = ckpts.restore_newest(checkpoints.abstract(state))
