@@ -60,7 +60,10 @@ def get_config(arg="5000"):
     )
     config.optimizer.update(learning_rate=3e-4, schedule="paper")
     config.training.update(
-        batch_size=512, num_epochs=_EPOCHS[n], steps_per_call=n // 512, log_every_steps=5000
+        batch_size=512,
+        num_epochs=_EPOCHS[n],
+        steps_per_call=-(-n // 512),  # one epoch per call: ceil(n / batch) steps
+        log_every_steps=5000,
     )
     config.snapshots.update(num_snapshots=25, first_epoch=100, latest_every_steps=5000)
     config.analysis.update(

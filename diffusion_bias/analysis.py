@@ -141,14 +141,23 @@ def _twin_params(snapshot):
 
 
 class _Instrument:
-    """What stays fixed across snapshots: data, grids, compiled functions."""
+    """What stays fixed across snapshots: data, grids, compiled functions.
+
+    Images: twin k lives in its own space, the items minus `offsets[k]` (its
+    centring shift). Its losses are taken there (held-out items shifted by the
+    same offset, as the paper's authors transform a split's test set); samples
+    are mapped back (plus their twin's offset) so that they, the training sets
+    `train` and the held-out items `heldout` compare in one common space, the
+    items as drawn.
+    """
 
     def __init__(self, config, workdir):
         run = train.prepare(config, workdir)
         self.config, self.a = config, config.analysis
         self.kind, self.model, self.schedule = run["kind"], run["model"], run["schedule"]
-        self.train = np.asarray(run["twin_data"].train)
-        self.heldout = np.asarray(run["twin_data"].heldout)
+        self.train = np.asarray(run["twin_data"].train)  # [K, n, ...] common space
+        self.heldout = np.asarray(run["twin_data"].heldout)  # [m, ...] common space
+        self.offsets = run["offsets"]  # [K, C] images, None for tokens
         self.grammar = run["pool"].grammar
         self.apply_fn = coupled.denoiser(self.model, self.kind)
         self.apply_jit = jax.jit(self.apply_fn)
@@ -156,7 +165,7 @@ class _Instrument:
         key = jax.random.key(self.a.seed)
         self.sample_key = jax.random.fold_in(key, 0)
         n_items = min(self.a.loss_items, self.train.shape[1])
-        self.train_items = self.train[:, :n_items]
+        self.train_items = np.asarray(run["train"])[:, :n_items]  # each twin's own space
         largest = max(n_items, len(self.heldout))
         self.loss_t, self.loss_noise = losses.loss_grid(
             jax.random.fold_in(key, 1), largest, self.schedule.num_steps, self.a.loss_repeats
@@ -171,7 +180,24 @@ class _Instrument:
             self.q = None
             self.item_shape = self.train.shape[2:]
 
+    def in_twin_space(self, items, k, scale=1.0):
+        """Items of the common space as twin k sees them: minus scale * offsets[k].
+
+        `scale` = sqrt(alpha_bar_t) shifts noisy items x_t (the offset scales with x_0).
+        """
+        if self.offsets is None or not np.any(self.offsets[k]):
+            return items
+        return items - scale * jnp.asarray(self.offsets[k], items.dtype)
+
+    def to_common_space(self, samples):
+        """[K, N, ...] samples of each twin's space plus that twin's offset."""
+        if self.offsets is None or not np.any(self.offsets):
+            return samples
+        shift = self.offsets.reshape(self.offsets.shape[:1] + (1,) * (samples.ndim - 2) + (-1,))
+        return (samples + shift).astype(samples.dtype)
+
     def losses_of(self, params, items):
+        """Per-item losses of one twin on items of its own space ([B] numpy)."""
         return losses.item_losses(
             self.apply_fn,
             params,
@@ -188,7 +214,8 @@ class _Instrument:
         stacked = _twin_params(snapshot)
         num_twins = self.train.shape[0]
         params = [jax.tree.map(lambda x, k=k: x[k], stacked) for k in range(num_twins)]
-        clip = self.a.clip_x0 or None
+        paper_step = self.kind == "images" and self.a.image_sampler == "paper"
+        clip = None if paper_step else self.a.clip_x0 or None
         samples = coupled.coupled_samples(
             self.apply_fn,
             stacked,
@@ -199,10 +226,18 @@ class _Instrument:
             kind=self.kind,
             twin_strategy=self.config.training.twin_strategy,
             clip_x0=clip if self.kind == "images" else None,
+            step_rule="paper" if paper_step else "posterior",
         )
+        if self.kind == "images":
+            samples = self.to_common_space(samples)
         out = dict(similarity=sample_split.pair_similarity(samples, self.kind))
         out.update(nearest.nearest_statistics(samples, self.train, self.heldout, self.kind))
-        out["test_losses"] = np.stack([self.losses_of(p, self.heldout) for p in params])
+        out["test_losses"] = np.stack(
+            [
+                self.losses_of(p, np.asarray(self.in_twin_space(self.heldout, k)))
+                for k, p in enumerate(params)
+            ]
+        )
         out["train_losses"] = np.stack(
             [self.losses_of(p, self.train_items[k]) for k, p in enumerate(params)]
         )
@@ -230,13 +265,25 @@ class _Instrument:
             return process.q_sample(self.schedule, items, tt, noise), tt
 
         heldout, train_ = [], []
+        n_items = self.train_items.shape[1]
         for t in self.a.score_times:
+            # Noised in the common space, then shifted into each twin's space.
+            scale = float(np.sqrt(self.schedule.alpha_bars[t]))
             x_t, tt = noisy(self.heldout, t)
-            eps = [self.apply_jit(p, x_t, tt) for p in params]
+            eps = [
+                self.apply_jit(p, self.in_twin_space(x_t, k, scale), tt)
+                for k, p in enumerate(params)
+            ]
             heldout.append([np.mean(_cosine(eps[a], eps[b])) for a, b in pairs])
             # eps[own][k]: twin k on twin `own`'s training images, each computed once.
-            own_inputs = [noisy(items, t) for items in self.train_items]
-            eps = [[self.apply_jit(p, x, tt) for p in params] for x, tt in own_inputs]
+            own_inputs = [noisy(items[:n_items], t) for items in self.train]
+            eps = [
+                [
+                    self.apply_jit(p, self.in_twin_space(x, k, scale), tt)
+                    for k, p in enumerate(params)
+                ]
+                for x, tt in own_inputs
+            ]
             train_.append(
                 [
                     np.mean([np.mean(_cosine(eps[own][a], eps[own][b])) for own in (a, b)])
@@ -509,7 +556,7 @@ def summarize_kl_along_t(curves, epochs):
 def summarize(config, steps, per_step):
     """statistics.json from the per-snapshot arrays (see STATISTICS_SCHEMA)."""
     a = config.analysis
-    spe = config.splits.split_size // config.training.batch_size
+    spe = train.steps_per_epoch(config)
     epochs = [s / spe for s in steps]
     kind = "tokens" if config.diffusion.schedule == "token" else "images"
     col = lambda name: np.stack([r[name] for r in per_step])  # [C, ...]

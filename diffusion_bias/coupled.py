@@ -33,7 +33,14 @@ def denoiser(model, kind):
 
 @functools.partial(
     jax.jit,
-    static_argnames=("apply_fn", "item_shape", "parametrization", "clip_x0", "twin_strategy"),
+    static_argnames=(
+        "apply_fn",
+        "item_shape",
+        "parametrization",
+        "clip_x0",
+        "twin_strategy",
+        "step_rule",
+    ),
 )
 def _chunk(
     stacked_params,
@@ -46,6 +53,7 @@ def _chunk(
     parametrization,
     clip_x0,
     twin_strategy,
+    step_rule,
 ):
     """[K, B, *item_shape] final x0 of the items `item_ids` for every twin."""
     x_T = samplers.item_normal(jax.random.fold_in(key, 0), item_ids, item_shape)
@@ -59,6 +67,7 @@ def _chunk(
             parametrization,
             clip_x0=clip_x0,
             item_ids=item_ids,
+            step_rule=step_rule,
         )
 
     if twin_strategy == "vmap":
@@ -78,6 +87,7 @@ def coupled_samples(
     twin_strategy="vmap",
     chunk_size=1000,
     clip_x0=None,
+    step_rule="posterior",
 ):
     """Draws `num_samples` coupled samples from each of K twins.
 
@@ -92,6 +102,8 @@ def coupled_samples(
         twin_strategy: "vmap" or "map".
         chunk_size: samples per compiled call.
         clip_x0: clip the predicted x0 of eps models to [-clip_x0, clip_x0].
+        step_rule: the reverse step, "posterior" or "paper" (images; see
+            `samplers.sample`).
 
     Returns:
         numpy [K, N, L] int32 tokens or [K, N, H, W, C] float32 images.
@@ -112,6 +124,7 @@ def coupled_samples(
             parametrization=parametrization,
             clip_x0=clip_x0,
             twin_strategy=twin_strategy,
+            step_rule=step_rule,
         )
         chunks.append(x0.argmax(-1).astype(jnp.int32) if kind == "tokens" else x0)
     return np.asarray(jax.device_get(jnp.concatenate(chunks, axis=1)[:, :num_samples]))

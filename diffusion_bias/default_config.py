@@ -17,8 +17,10 @@ def get_config():
     # The pool the splits are drawn from; `name` picks the source and its fields.
     config.data = ml_collections.ConfigDict(dict(name="digits"))
 
-    # Subtract the per-channel mean of the training splits (images only).
-    config.center = False
+    # Images: subtract a per-channel mean from each twin's items: "none",
+    # "pooled" (the mean of all training splits) or "per_split" (each twin its
+    # own split's mean, the paper's CelebA); the analysis maps samples back.
+    config.centering = "none"
 
     config.splits = ml_collections.ConfigDict(
         dict(num_splits=2, split_size=848, heldout_size=100, seed=0, drop_overlap=True)
@@ -40,7 +42,7 @@ def get_config():
     config.training = ml_collections.ConfigDict(
         dict(
             batch_size=256,
-            num_epochs=2000,  # steps = num_epochs * (split_size // batch_size)
+            num_epochs=2000,  # steps = num_epochs * ceil(split_size / batch_size)
             steps_per_call=10,  # steps fused in one compiled call (lax.scan)
             twin_strategy="vmap",  # "vmap" (dense models) or "map" (convolutions on CPU)
             twin_devices=1,  # devices the twin axis is sharded over (vmap only)
@@ -62,6 +64,9 @@ def get_config():
             num_samples=512,  # coupled samples per twin
             sampling_steps=100,  # respaced reverse chain; 0 = the full chain of T steps
             clip_x0=1.0,  # images: clip the predicted x0 to [-c, c]; 0 = no clipping
+            # images: "posterior" (q(x_{t-1} | x_t, x0_hat), clipped by clip_x0) or
+            # "paper" (the authors' eps step, unclipped, no noise on the last two steps)
+            image_sampler="posterior",
             loss_items=256,  # training items per twin on the loss grid (held-out: all)
             loss_repeats=16,  # (t, noise) draws per item on the loss grid
             score_times=(50, 100, 150, 200),  # images: t of the twin score cosine

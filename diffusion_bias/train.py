@@ -7,8 +7,9 @@ grouped convolutions on CPU). The batch axis is sharded over the devices
 present ("data"); with `vmap`, the twin axis can be sharded too ("twins").
 
 Everything random is a function of (config.seed, split, step): the batch of
-split k at step s is slice s % E of the permutation of epoch s // E (E steps per
-epoch), and its diffusion times, noise and dropout come from
+split k at step s is slice s % E of the permutation of epoch s // E (E =
+ceil(n / B) steps per epoch, the last batch partial as in a torch DataLoader),
+and its diffusion times, noise and dropout come from
 fold_in(fold_in(key, k), s). A resumed run therefore replays exactly the same
 stream, and ends with the same parameters as an uninterrupted one.
 
@@ -18,7 +19,6 @@ checkpoints into the shared workdir, and process 0 alone writes the other files
 and logs progress.
 """
 
-import dataclasses
 import functools
 import json
 import os
@@ -69,6 +69,11 @@ def _choice(config, path, choices):
     return value
 
 
+def _centering(config):
+    # Runs saved before `centering` existed had a boolean `center` (pooled mean).
+    return config.get("centering", "pooled" if config.get("center") else "none")
+
+
 def check_config(config, pool_size=None):
     """Raises ValueError naming the first invalid field of `config`."""
     for path in (
@@ -87,6 +92,12 @@ def check_config(config, pool_size=None):
     _choice(config, "diffusion.schedule", {"image", "token"})
     _choice(config, "training.twin_strategy", {"vmap", "map"})
     _choice(config, "optimizer.schedule", {"constant", "paper"})
+    _choice(config, "analysis.image_sampler", set(samplers.STEP_RULES))
+    if _centering(config) not in sources.CENTERINGS:
+        raise ConfigError(
+            f"config.centering must be one of {list(sources.CENTERINGS)}, got "
+            f"{_centering(config)!r}"
+        )
     if not config.optimizer.learning_rate > 0:
         raise ConfigError(
             f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}"
@@ -104,11 +115,11 @@ def check_config(config, pool_size=None):
         raise ConfigError(
             f"config.training.batch_size = {batch} exceeds config.splits.split_size = {n}"
         )
-    total = config.training.num_epochs * (n // batch)
+    total = config.training.num_epochs * steps_per_epoch(config)
     if total % config.training.steps_per_call:
         raise ConfigError(
             f"config.training.steps_per_call = {config.training.steps_per_call} must divide "
-            f"the {total} training steps (num_epochs * (split_size // batch_size))"
+            f"the {total} training steps (num_epochs * ceil(split_size / batch_size))"
         )
     if config.snapshots.first_epoch > config.training.num_epochs:
         raise ConfigError(
@@ -153,7 +164,8 @@ def get_schedule(config):
 
 
 def steps_per_epoch(config):
-    return config.splits.split_size // config.training.batch_size
+    """ceil(n / batch): an epoch visits every item once, its last batch partial."""
+    return -(-config.splits.split_size // config.training.batch_size)
 
 
 def snapshot_steps(config):
@@ -193,7 +205,7 @@ def get_optimizer(config):
     return optax.adam(schedule, b1=config.optimizer.b1, b2=config.optimizer.b2)
 
 
-def denoising_loss(params, x0, key, *, model, schedule, kind, train):
+def denoising_loss(params, x0, key, weights=None, *, model, schedule, kind, train):
     """Mean denoising loss of one model on a batch, t uniform in 1..T.
 
     Args:
@@ -201,6 +213,8 @@ def denoising_loss(params, x0, key, *, model, schedule, kind, train):
         x0: int [B, L] tokens (kind "tokens": cross-entropy of x0-logits) or
             float [B, H, W, C] images (kind "images": MSE of predicted noise).
         key: draws t, the noise and dropout.
+        weights: optional float [B], 1 for the items of a partial last batch and
+            0 for its padding; the loss is then the mean over the weighted items.
 
     Returns:
         [] the loss.
@@ -212,8 +226,14 @@ def denoising_loss(params, x0, key, *, model, schedule, kind, train):
     x_t = process.q_sample(schedule, clean, t, noise)
     out = model.apply({"params": params}, x_t, t, train=train, rngs={"dropout": key_dropout})
     if kind == "tokens":
-        return optax.softmax_cross_entropy_with_integer_labels(out, x0).mean()
-    return jnp.mean((out - noise) ** 2)
+        per_item = optax.softmax_cross_entropy_with_integer_labels(out, x0)  # [B, L]
+    else:
+        per_item = (out - noise) ** 2  # [B, H, W, C]
+    if weights is None:
+        # Full batches keep the plain mean (bit-identical to the unweighted loss).
+        return per_item.mean()
+    per_item = per_item.reshape(per_item.shape[0], -1).mean(axis=1)  # [B]
+    return jnp.sum(weights * per_item) / jnp.sum(weights)
 
 
 def _twin_step(
@@ -233,16 +253,25 @@ def _twin_step(
 ):
     """One optimizer step of one twin. `data` is its split [n, ...]."""
     n = data.shape[0]
-    per_epoch = n // batch_size
+    per_epoch = -(-n // batch_size)
     perm = jax.random.permutation(
         jax.random.fold_in(jax.random.fold_in(keys["data"], split), step // per_epoch), n
     )
-    index = jax.lax.dynamic_slice(perm, ((step % per_epoch) * batch_size,), (batch_size,))
+    start = (step % per_epoch) * batch_size
+    pad = per_epoch * batch_size - n  # static, < batch_size
+    weights = None
+    if pad:
+        # The last batch of an epoch holds the n - (E-1)B remaining items; static
+        # shapes inside the scan: the order is padded to E*B with items the
+        # weights drop, so the loss is the mean over the valid items alone.
+        perm = jnp.concatenate([perm, perm[:pad]])
+        weights = (start + jnp.arange(batch_size) < n).astype(jnp.float32)
+    index = jax.lax.dynamic_slice(perm, (start,), (batch_size,))
     x0 = data[index]
     if batch_sharding is not None:
         x0 = jax.lax.with_sharding_constraint(x0, batch_sharding)
     key = jax.random.fold_in(jax.random.fold_in(keys["noise"], split), step)
-    loss, grads = jax.value_and_grad(loss_fn)(params, x0, key)
+    loss, grads = jax.value_and_grad(loss_fn)(params, x0, key, weights)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     if ema is not None:
@@ -355,8 +384,10 @@ def prepare(config, workdir):
     """Data, model and schedule of a run (shared with the analysis).
 
     Returns:
-        dict with "twin_data" (sources.TwinData), "pool", "kind", "model",
-        "schedule".
+        dict with "twin_data" (sources.TwinData, the items as drawn), "train"
+        ([K, n, ...] what each twin trains on: its split minus its offset),
+        "offsets" ([K, C] each twin's centring shift, images; None for tokens),
+        "pool", "kind", "model", "schedule".
     """
     pool = sources.load_pool(config.data, cache_dir=workdir)
     check_config(config, pool_size=pool.items.shape[0])
@@ -368,11 +399,17 @@ def prepare(config, workdir):
         config.splits.seed,
         config.splits.drop_overlap,
     )
-    if config.center:
-        if pool.kind != "images":
-            raise ConfigError("config.center applies to images only")
-        (train, heldout), _ = sources.center(twin_data.train, twin_data.heldout)
-        twin_data = dataclasses.replace(twin_data, train=train, heldout=heldout)
+    centering = _centering(config)
+    train_items, offsets = twin_data.train, None
+    if pool.kind == "images":
+        # Twin k lives in its own space: its items minus offsets[k] (the paper's
+        # authors centre each split, and its test set, by that split's mean).
+        offsets = sources.twin_means(twin_data.train, centering)  # [K, C]
+        if centering != "none":
+            shift = offsets.reshape(offsets.shape[:1] + (1,) * (train_items.ndim - 2) + (-1,))
+            train_items = (train_items - shift).astype(train_items.dtype)
+    elif centering != "none":
+        raise ConfigError("config.centering applies to images only; use 'none'")
     model_config = ml_collections.ConfigDict(config.model)
     if pool.kind == "tokens":
         with model_config.unlocked():
@@ -381,6 +418,8 @@ def prepare(config, workdir):
     return dict(
         pool=pool,
         twin_data=twin_data,
+        train=train_items,
+        offsets=offsets,
         kind=pool.kind,
         model=models.get_model(model_config),
         schedule=get_schedule(config),
@@ -412,7 +451,7 @@ def train_and_evaluate(config, workdir):
 
     mesh = make_mesh(config)
     tx = get_optimizer(config)
-    example = twin_data.train[0, :1]
+    example = run["train"][0, :1]
     if kind == "tokens":
         example = jax.nn.one_hot(example, model.num_symbols)
     # With one twin device the twin axis stays unsharded: the step returns P()
@@ -420,7 +459,7 @@ def train_and_evaluate(config, workdir):
     twin_axis = config.training.twin_devices > 1
     state = _place(init_state(config, model, example, tx), mesh, twin_axis=twin_axis)
     state["step"] = jax.device_put(state["step"], NamedSharding(mesh, P()))
-    data = _place(jnp.asarray(twin_data.train), mesh, twin_axis=twin_axis)
+    data = _place(jnp.asarray(run["train"]), mesh, twin_axis=twin_axis)
 
     ckpts = checkpoints.TwinCheckpoints(workdir)
     start, restored = ckpts.restore_newest(checkpoints.abstract(state))

@@ -7,9 +7,11 @@ Three sources (PAPER.md, "Setting 1", "Setting 2", "Data no one here wrote"):
 - `tfds_pool`: CelebA, MNIST, CIFAR-10, ... through tensorflow-datasets without
   TensorFlow (`tfds.data_source`), float32 images [N, S, S, C].
 
-Images are scaled to [-1, 1]. `center` subtracts the training per-channel mean,
-`make_twin_data` gathers the K disjoint splits and the held-out pool of a pool, and
-`load_pool` dispatches on `config.name`. Nothing here reads flags.
+Images are scaled to [-1, 1] ("symmetric") or to [0, 1] ("unit", torchvision's
+ToTensor, the paper's CelebA). `center` subtracts the training per-channel mean,
+`twin_means` gives the shift of each twin (none, pooled or per split),
+`make_twin_data` gathers the K disjoint splits and the held-out pool of a pool,
+and `load_pool` dispatches on `config.name`. Nothing here reads flags.
 """
 
 import dataclasses
@@ -35,6 +37,9 @@ KINDS = ("tokens", "images")
 # Bump when the sampling code changes the pool drawn for given parameters: the
 # version is hashed into the cache file name, so stale caches are never read.
 _CACHE_VERSION = 1
+
+PIXEL_RANGES = ("symmetric", "unit")
+CENTERINGS = ("none", "pooled", "per_split")
 
 # ITU-R BT.601 luma weights (R, G, B), as in PIL's "L" conversion.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -275,20 +280,28 @@ def grammar_pool(
 # ----------------------------------------------------------------------------
 
 
-def digits_pool() -> Pool:
+def _check_pixel_range(pixel_range):
+    if pixel_range not in PIXEL_RANGES:
+        raise ValueError(f"pixel_range must be one of {PIXEL_RANGES}, got {pixel_range!r}")
+
+
+def digits_pool(pixel_range: str = "symmetric") -> Pool:
     """The UCI handwritten digits shipped with scikit-learn (no download).
 
-    Values 0..16 map to x/8 - 1, exactly [-1, 1]. The 8x8 images are not padded:
-    zero padding inflates the cosine similarities the statistics rely on
-    (ENVIRONMENT.md, "Data facts").
+    Values 0..16 map to x/8 - 1, exactly [-1, 1] ("symmetric"), or to x/16 in
+    [0, 1] ("unit"). The 8x8 images are not padded: zero padding inflates the
+    cosine similarities the statistics rely on (ENVIRONMENT.md, "Data facts").
 
     Returns:
         Pool of kind "images": items float32 [1797, 8, 8, 1], labels int64 [1797].
     """
+    _check_pixel_range(pixel_range)
     digits = sk_datasets.load_digits()
-    items = (digits.images / 8.0 - 1.0).astype(np.float32)[..., None]  # [N, 8, 8, 1]
+    scaled = digits.images / 8.0 - 1.0 if pixel_range == "symmetric" else digits.images / 16.0
+    items = scaled.astype(np.float32)[..., None]  # [N, 8, 8, 1]
     info = {
         "name": "digits",
+        "pixel_range": pixel_range,
         "source": "sklearn.datasets.load_digits",
         "num_items": int(items.shape[0]),
         "image_shape": list(items.shape[1:]),
@@ -325,22 +338,27 @@ def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     return weights
 
 
-def preprocess_images(images, image_size: int, grayscale: bool) -> np.ndarray:
-    """Integer images of one shape to float32 squares in [-1, 1].
+def preprocess_images(
+    images, image_size: int, grayscale: bool, pixel_range: str = "symmetric"
+) -> np.ndarray:
+    """Integer images of one shape to float32 squares in [-1, 1] or [0, 1].
 
     Centre-crops to a square (CelebA is 218x178), converts to grey-scale with the
     ITU-R 601 luma weights when asked, resizes with antialiased bilinear
     interpolation (`resize_matrix`; no TensorFlow), and maps [0, max] to [-1, 1]
-    where max is the largest value of the integer dtype (255 for uint8).
+    ("symmetric") or to [0, 1] ("unit", as torchvision's ToTensor) where max is
+    the largest value of the integer dtype (255 for uint8).
 
     Args:
         images: unsigned integer [B, H, W, C] with C in {1, 3}.
         image_size: side S of the output.
         grayscale: reduce RGB to one luma channel; grey input stays one channel.
+        pixel_range: "symmetric" ([-1, 1]) or "unit" ([0, 1]).
 
     Returns:
-        float32 [B, S, S, C'], C' = 1 if grayscale or C == 1, else 3; in [-1, 1].
+        float32 [B, S, S, C'], C' = 1 if grayscale or C == 1, else 3.
     """
+    _check_pixel_range(pixel_range)
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"images must be [B, H, W, C] with C in {{1, 3}}, got {images.shape}")
@@ -360,9 +378,11 @@ def preprocess_images(images, image_size: int, grayscale: bool) -> np.ndarray:
         x = np.moveaxis(x, -1, 1)  # [B, C, s, s]
         x = weights @ x @ weights.T  # [B, C, S, S]
         x = np.moveaxis(x, 1, -1)  # [B, S, S, C]
-    half = np.iinfo(images.dtype).max / 2.0
     # The resize weights are non-negative and sum to one, so only float rounding
-    # can leave [-1, 1]; the clip removes it.
+    # can leave the range; the clip removes it.
+    if pixel_range == "unit":
+        return np.clip(x / float(np.iinfo(images.dtype).max), 0.0, 1.0).astype(np.float32)
+    half = np.iinfo(images.dtype).max / 2.0
     return np.clip(x / half - 1.0, -1.0, 1.0).astype(np.float32)
 
 
@@ -373,6 +393,7 @@ def tfds_pool(
     grayscale: bool = True,
     max_items: int | None = None,
     data_dir=None,
+    pixel_range: str = "symmetric",
 ) -> Pool:
     """Images of a tensorflow-datasets data set, read without TensorFlow.
 
@@ -388,9 +409,10 @@ def tfds_pool(
         grayscale: convert RGB to one luma channel (the paper's CelebA setting).
         max_items: keep only the first `max_items` items by index; None for all.
         data_dir: tfds data directory; None for the tfds default.
+        pixel_range: "symmetric" ([-1, 1]) or "unit" ([0, 1], the paper's CelebA).
 
     Returns:
-        Pool of kind "images": items float32 [N, S, S, C] in [-1, 1]; labels int64
+        Pool of kind "images": items float32 [N, S, S, C] in that range; labels int64
         [N] when the data set has a "label" feature.
 
     Raises:
@@ -408,6 +430,7 @@ def tfds_pool(
         raise ValueError(f"image_size must be an integer >= 1, got {image_size!r}")
     if max_items is not None and (not _is_int(max_items) or max_items < 1):
         raise ValueError(f"max_items must be None or an integer >= 1, got {max_items!r}")
+    _check_pixel_range(pixel_range)
     image_size = int(image_size)
 
     source = tfds.data_source(name, split=split, data_dir=data_dir)
@@ -428,10 +451,10 @@ def tfds_pool(
         examples = [source[i] for i in range(lo, min(lo + _TFDS_CHUNK, num_items))]
         images = [np.asarray(ex["image"]) for ex in examples]
         if len({im.shape for im in images}) == 1:
-            chunk = preprocess_images(np.stack(images), image_size, grayscale)
+            chunk = preprocess_images(np.stack(images), image_size, grayscale, pixel_range)
         else:  # data sets with images of varying sizes
             chunk = np.concatenate(
-                [preprocess_images(im[None], image_size, grayscale) for im in images]
+                [preprocess_images(im[None], image_size, grayscale, pixel_range) for im in images]
             )
         if items is None:
             items = np.empty((num_items,) + chunk.shape[1:], dtype=np.float32)
@@ -454,6 +477,7 @@ def tfds_pool(
         "split": split,
         "image_size": image_size,
         "grayscale": bool(grayscale),
+        "pixel_range": pixel_range,
         "num_items": int(num_items),
         "source_image_shape": list(np.shape(first["image"])),
         "data_dir": None if data_dir is None else os.fspath(data_dir),
@@ -498,6 +522,39 @@ def center(train_items, *others) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     mean = train_items.reshape(-1, channels).mean(axis=0, dtype=np.float64)
     mean = mean.astype(train_items.dtype)  # [C]
     return tuple((a - mean).astype(a.dtype) for a in arrays), mean
+
+
+def twin_means(train_items, centering: str) -> np.ndarray:
+    """The per-channel shift each twin's training items are centred by.
+
+    "none": no shift; "pooled": the mean over all K splits (every twin the same
+    shift, `center`); "per_split": each split's own mean, as the paper's authors
+    centre each training set (and its test set) by that set's mean.
+
+    Args:
+        train_items: float [K, n, ..., C] the twins' training items.
+        centering: one of CENTERINGS.
+
+    Returns:
+        [K, C] the means, in the dtype of `train_items` (zeros for "none").
+    """
+    train_items = np.asarray(train_items)
+    if centering not in CENTERINGS:
+        raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+    if train_items.dtype.kind != "f" or train_items.ndim < 3:
+        raise ValueError(
+            f"twin_means needs float [K, n, ..., C] items, got {train_items.dtype} "
+            f"{train_items.shape}"
+        )
+    num_twins, channels = train_items.shape[0], train_items.shape[-1]
+    if centering == "none":
+        return np.zeros((num_twins, channels), train_items.dtype)
+    if centering == "pooled":
+        _, mean = center(train_items)
+        return np.broadcast_to(mean, (num_twins, channels)).copy()
+    # Accumulate in float64, as `center`.
+    flat = train_items.reshape(num_twins, -1, channels)
+    return flat.mean(axis=1, dtype=np.float64).astype(train_items.dtype)
 
 
 # ----------------------------------------------------------------------------

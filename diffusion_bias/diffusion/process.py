@@ -144,3 +144,31 @@ def ddpm_step(
     # from reaching x_0 and makes the convention explicit.
     last = (t == 1).reshape(t.shape + (1,) * (x_t.ndim - t.ndim))
     return jnp.where(last, mean, mean + jnp.sqrt(variance) * noise)
+
+
+def ddpm_eps_step(
+    schedule: Schedule, x_t: jax.Array, t: jax.Array, eps: jax.Array, noise: jax.Array
+) -> jax.Array:
+    """The paper's image step (Ho et al. 2020, Algorithm 2, sigma_t^2 = beta_t).
+
+    x_{t-1} = (x_t - beta_t / sqrt(1 - ab_t) eps) / sqrt(alpha_t) + sqrt(beta_t) z,
+    with z = 0 on the last two steps (t <= 2), as in the authors' CelebA sampler;
+    the predicted noise is used as is (no clipping of an x_0 estimate).
+
+    Args:
+        schedule: the (possibly respaced) noise schedule.
+        x_t: current state.  # [B, ...]
+        t: step indices in 1..T.  # [] or [B]
+        eps: the predicted noise.  # [B, ...]
+        noise: standard normal noise z, unused where t <= 2.  # [B, ...]
+
+    Returns:
+        x_{t-1}.  # [B, ...]
+    """
+    t = jnp.asarray(t)
+    beta = extract(schedule.betas, t, x_t)
+    mean = (x_t - beta / jnp.sqrt(extract(schedule.one_minus_alpha_bars, t, x_t)) * eps) / jnp.sqrt(
+        extract(schedule.alphas, t, x_t)
+    )
+    quiet = (t <= 2).reshape(t.shape + (1,) * (x_t.ndim - t.ndim))
+    return jnp.where(quiet, mean, mean + jnp.sqrt(beta) * noise)

@@ -19,6 +19,10 @@ DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 PARAMETRIZATIONS = ("x0", "eps")
 
+# "posterior": x_{t-1} ~ q(x_{t-1} | x_t, x0_hat), x0_hat optionally clipped.
+# "paper": the authors' image step `process.ddpm_eps_step` (eps models, no clipping).
+STEP_RULES = ("posterior", "paper")
+
 
 def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
     """Equals `jax.random.normal(key, shape, dtype)`, drawn flat and reshaped.
@@ -57,6 +61,7 @@ def sample(
     clip_x0: float | None = None,
     start_step: int | None = None,
     item_ids: jax.Array | None = None,
+    step_rule: str = "posterior",
 ) -> jax.Array:
     """Runs the reverse chain from step `start_step` (default T) down to 0.
 
@@ -77,16 +82,29 @@ def sample(
             t by `noise_to` is denoised back with `start_step=t` (the U-turn).
         item_ids: optional int [B]: draw each item's step noise from its own key
             (see `item_normal`), independent of the batch composition.
+        step_rule: "posterior" (the posterior q(x_{t-1} | x_t, x0_hat)) or "paper"
+            (`process.ddpm_eps_step`: eps models only, no clipping, no noise on
+            the last two steps). With a respaced schedule "paper" uses the
+            respaced betas, a valid DDPM chain; the paper's own is the full one.
+            Static.
 
     Returns:
         x_0, the noise-free output of the last (t=1) step.  # [B, ...]
 
     Raises:
-        ValueError: on an unknown parametrization or start_step out of range.
+        ValueError: on an unknown parametrization or step rule, start_step out of
+            range, or the "paper" rule with x0 models or clipping.
     """
     if parametrization not in PARAMETRIZATIONS:
         raise ValueError(
             f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}."
+        )
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"step_rule must be one of {STEP_RULES}, got {step_rule!r}.")
+    if step_rule == "paper" and (parametrization != "eps" or clip_x0 is not None):
+        raise ValueError(
+            "step_rule 'paper' needs parametrization 'eps' and no clip_x0 (it never "
+            f"forms x0_hat), got {parametrization!r} and clip_x0={clip_x0!r}."
         )
     num_steps = schedule.num_steps
     start = num_steps if start_step is None else start_step
@@ -98,16 +116,18 @@ def sample(
         t = jnp.full((batch,), i, jnp.int32)
         t_model = jnp.broadcast_to(schedule.timesteps[i], (batch,)).astype(jnp.int32)
         output = denoise_fn(x_t, t_model)
+        if item_ids is None:
+            noise = standard_normal(jax.random.fold_in(key, i), x_t.shape, x_t.dtype)
+        else:
+            noise = item_normal(jax.random.fold_in(key, i), item_ids, x_t.shape[1:], x_t.dtype)
+        if step_rule == "paper":
+            return process.ddpm_eps_step(schedule, x_t, t, output.astype(x_t.dtype), noise), None
         if parametrization == "eps":
             x0_hat = process.predict_x0_from_eps(schedule, x_t, t, output)
         else:
             x0_hat = output
         if clip_x0 is not None:
             x0_hat = jnp.clip(x0_hat, -clip_x0, clip_x0)
-        if item_ids is None:
-            noise = standard_normal(jax.random.fold_in(key, i), x_t.shape, x_t.dtype)
-        else:
-            noise = item_normal(jax.random.fold_in(key, i), item_ids, x_t.shape[1:], x_t.dtype)
         return process.ddpm_step(schedule, x_t, t, x0_hat.astype(x_t.dtype), noise), None
 
     x0, _ = jax.lax.scan(step, x_T, jnp.arange(start, 0, -1, dtype=jnp.int32))
