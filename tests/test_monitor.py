@@ -1,0 +1,127 @@
+"""The bias monitor: statistics that tell memorising twins from generalising ones, and resume."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffusion_bias import monitor as monitor_lib
+from diffusion_bias.diffusion import denoisers
+from diffusion_bias.diffusion import process
+from diffusion_bias.diffusion import schedules
+
+SCHEDULE = schedules.image_schedule(50)
+SHAPE = (4, 4, 1)
+
+
+def _data(seed=0, n=24, m=24):
+    rng = np.random.default_rng(seed)
+    items = rng.standard_normal((2 * n + m,) + SHAPE).astype(np.float32)
+    return items[: 2 * n].reshape((2, n) + SHAPE), items[2 * n :]
+
+
+def _memorizing_eps(train_x0, x_t, t):
+    """Predicted noise of a model that has memorised `train_x0` (exact for that set)."""
+    x0 = denoisers.memorizing_denoiser(train_x0, SCHEDULE, x_t, t)
+    return process.predict_eps_from_x0(SCHEDULE, x_t, t, x0)
+
+
+def _monitor(train, heldout, **kwargs):
+    settings = dict(num_samples=32, sampling_steps=10, loss_items=24, loss_repeats=2, bootstrap=50)
+    settings.update(kwargs)
+    return monitor_lib.BiasMonitor(_memorizing_eps, SCHEDULE, train, heldout, "images", **settings)
+
+
+def test_memorising_twins_are_flagged_by_every_statistic():
+    train, heldout = _data()
+    # Each twin's "parameters" are its own training set: it generates copies of it.
+    row = _monitor(train, heldout)(jnp.asarray(train), epoch=1)
+    assert row["memorized_fraction"] > 0.9
+    assert row["closer_to_own"] > 0.9
+    assert row["membership_auc"] > 0.8
+    assert row["train_loss"] < row["test_loss"]
+    assert row["decision"] == "continue"
+
+
+def test_twins_sharing_one_distribution_are_not_flagged():
+    train, heldout = _data()
+    common = np.concatenate([train[0], train[1], heldout])  # both twins, one model
+    params = jnp.stack([common, common])
+    row = _monitor(train, heldout)(params, epoch=1)
+    assert row["similarity"] > 0.999  # identical models: identical coupled samples
+    assert 0.3 < row["closer_to_own"] < 0.7
+    assert abs(row["membership_auc"] - 0.5) < 0.2
+
+
+def test_privacy_budget_stops_and_stays_stopped_keeping_the_last_good_snapshot():
+    train, heldout = _data()
+    common = jnp.asarray(np.concatenate([train[0], train[1], heldout]))
+    good, leaky = jnp.stack([common, common]), jnp.asarray(train)
+    mon = _monitor(
+        train, heldout, stop="privacy_budget", auc_threshold=0.7, memorized_threshold=1.0
+    )
+    assert mon(good, epoch=10)["decision"] == "continue"
+    row = mon(leaky, epoch=20)
+    assert row["decision"] == "stop" and row["kept_epoch"] == 10.0
+    assert mon(good, epoch=30)["decision"] == "stop"
+    assert mon.kept_epoch == 10.0
+
+
+def test_rows_are_reproducible_and_a_restored_monitor_continues_identically():
+    train, heldout = _data()
+    common = jnp.asarray(np.concatenate([train[0], train[1], heldout]))
+    snapshots = [jnp.stack([common, common]), jnp.stack([common, common[::-1]]), train]
+    mon = _monitor(
+        train, heldout, stop="privacy_budget", auc_threshold=0.7, memorized_threshold=1.0
+    )
+    rows = [mon(p, epoch=e) for e, p in zip((1, 2, 3), snapshots)]
+    # A restart after the second snapshot: state up to epoch 2, then the third again.
+    resumed = _monitor(
+        train, heldout, stop="privacy_budget", auc_threshold=0.7, memorized_threshold=1.0
+    )
+    resumed.load_state_dict(mon.state_dict(), upto_epoch=2)
+    assert resumed.rows == rows[:2]
+    assert resumed(snapshots[2], epoch=3) == rows[2]
+
+
+def test_tokens_monitor_reports_nn_divergence_of_copies_as_far_from_held_out():
+    q, length = 3, 8
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, q, (2, 16, length)).astype(np.int32)
+    heldout = rng.integers(0, q, (16, length)).astype(np.int32)
+    schedule = schedules.token_schedule(40)
+
+    def memorizing_probs(x0_onehot, x_t, t):
+        return denoisers.memorizing_denoiser(x0_onehot, schedule, x_t, t)
+
+    mon = monitor_lib.BiasMonitor(
+        memorizing_probs,
+        schedule,
+        train,
+        heldout,
+        "tokens",
+        num_symbols=q,
+        num_samples=64,
+        sampling_steps=40,
+        bootstrap=20,
+    )
+    row = mon(jax.nn.one_hot(train, q), epoch=1)
+    # Copies sit at distance 0 from their own set; held-out sequences mostly do not.
+    assert row["memorized_fraction"] > 0.9  # a copy: d1 = 0 < d2 / 3
+    assert row["nn_divergence"] > 0.5
+
+
+def test_bad_arguments_are_refused_with_the_argument_named():
+    train, heldout = _data()
+    with pytest.raises(ValueError, match="kind"):
+        monitor_lib.BiasMonitor(_memorizing_eps, SCHEDULE, train, heldout, "audio")
+    with pytest.raises(ValueError, match="stop"):
+        _monitor(train, heldout, stop="early")
+    with pytest.raises(ValueError, match="train_sets"):
+        _monitor(train[:1], heldout)
+    with pytest.raises(ValueError, match="num_samples"):
+        _monitor(train, heldout, num_samples=0)
+    with pytest.raises(ValueError, match="epochs must increase"):
+        mon = _monitor(train, heldout)
+        mon(jnp.asarray(train), epoch=2)
+        mon(jnp.asarray(train), epoch=2)
