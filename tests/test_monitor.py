@@ -1,8 +1,12 @@
 """The bias monitor: statistics that tell memorising twins from generalising ones, and resume."""
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from diffusion_bias import monitor as monitor_lib
@@ -125,3 +129,95 @@ def test_bad_arguments_are_refused_with_the_argument_named():
         mon = _monitor(train, heldout)
         mon(jnp.asarray(train), epoch=2)
         mon(jnp.asarray(train), epoch=2)
+
+
+def _monitored_smoke(stop, **monitor):
+    from configs import smoke
+
+    config = smoke.get_config()
+    with config.unlocked():
+        config.monitor.update(enabled=True, stop=stop, num_samples=16, sampling_steps=5)
+        config.monitor.update(loss_items=16, loss_repeats=1, bootstrap=20, **monitor)
+    return config
+
+
+def _rows(workdir):
+    from diffusion_bias import monitor_run
+
+    with open(os.path.join(workdir, monitor_run.ROWS)) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory):
+    """An uninterrupted smoke run monitored at every snapshot, no rule."""
+    from diffusion_bias import train
+
+    workdir = tmp_path_factory.mktemp("monitored")
+    config = _monitored_smoke("none")
+    train.train_and_evaluate(config, str(workdir))
+    return config, _rows(workdir)
+
+
+def test_training_writes_one_monitor_row_per_snapshot(monitored):
+    from diffusion_bias import train
+
+    config, rows = monitored
+    spe = train.steps_per_epoch(config)
+    assert [r["epoch"] for r in rows] == [s / spe for s in train.snapshot_steps(config)]
+    assert all(r["decision"] == "continue" for r in rows)
+    assert {"test_loss", "membership_auc", "similarity", "memorized_fraction"} <= set(rows[0])
+
+
+def test_a_rule_that_fires_ends_training_and_saves_the_kept_parameters(monitored, tmp_path):
+    from diffusion_bias import checkpoints
+    from diffusion_bias import monitor_run
+    from diffusion_bias import train
+
+    # A privacy budget between the AUC of the snapshots before the first rise and
+    # that rise: the rule must stop there and keep the snapshot before it.
+    _, reference = monitored
+    auc = [r["membership_auc"] for r in reference]
+    rises = [j for j in range(1, len(auc)) if auc[j] > max(auc[:j])]
+    assert rises, f"the smoke run's AUC never rises: {auc}"
+    j = rises[0]
+    budget = (max(auc[:j]) + auc[j]) / 2
+    config = _monitored_smoke("privacy_budget", auc_threshold=budget, memorized_threshold=1.0)
+    state = train.train_and_evaluate(config, str(tmp_path))
+    rows = _rows(tmp_path)
+    result = monitor_run.stopped_result(str(tmp_path))
+    spe = train.steps_per_epoch(config)
+    assert len(rows) == j + 1 and rows[-1]["decision"] == "stop"
+    assert rows[-1]["kept_epoch"] == result["kept_epoch"] == reference[j - 1]["epoch"]
+    assert result["stopped_at_step"] == int(state["step"]) == round(reference[j]["epoch"] * spe)
+    kept = checkpoints.TwinCheckpoints(str(tmp_path))
+    expected = jax.device_get(kept.read_snapshot(result["kept_step"])["params"])
+    kept.close()
+    with ocp.StandardCheckpointer() as checkpointer:
+        saved = checkpointer.restore(os.path.join(tmp_path, monitor_run.RESULT_PARAMS))
+    for a, b in zip(jax.tree.leaves(saved["params"]), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(a, b)
+    # Rerunning a stopped run trains no further.
+    again = train.train_and_evaluate(config, str(tmp_path))
+    assert int(again["step"]) == result["stopped_at_step"]
+
+
+def test_an_interrupted_monitored_run_resumes_with_the_same_rows(monitored, tmp_path, monkeypatch):
+    from diffusion_bias import train
+
+    config, reference = monitored
+    calls = []
+    original = train._monitor_stops
+
+    def crash_at_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # a kill after the snapshot, before its row
+        return original(*args)
+
+    monkeypatch.setattr(train, "_monitor_stops", crash_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, str(tmp_path))
+    monkeypatch.setattr(train, "_monitor_stops", original)
+    train.train_and_evaluate(config, str(tmp_path))
+    assert _rows(tmp_path) == reference
