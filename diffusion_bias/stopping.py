@@ -175,3 +175,41 @@ def replay(rule, curves, **settings):
         if decision.stop:
             return c - 1, decision
     return None, decision
+
+
+def rule_costs(epochs, curves, quality=None, **settings):
+    """What stopping by each rule would have cost on a finished run's curves.
+
+    Each rule is replayed as it would have run online; the row describes the
+    snapshot it keeps (for "none": the last one).
+
+    Args:
+        epochs: [C] epochs of the snapshots.
+        curves: as `decide`, over the whole run, plus "closer_to_own" [C].
+        quality: optional [C] sample quality (higher is better).
+        settings: patience, auc_threshold, memorized_threshold, bias_mode.
+
+    Returns:
+        list of dicts, one per rule of `RULES`: rule, stop_epoch and kept_epoch
+        (None where the rule never fired; "none" keeps the last snapshot),
+        test_loss_excess (relative to the run's minimum), membership_auc,
+        memorized_fraction, closer_to_own, quality, reason.
+    """
+    epochs = np.asarray(epochs, np.float64)
+    test = np.asarray(curves["test_loss"], np.float64)
+    rows = []
+    for rule in RULES:
+        stop, decision = replay(rule, curves, **settings) if rule != "none" else (None, None)
+        kept = len(epochs) - 1 if rule == "none" else decision.kept_index
+        row = dict(
+            rule=rule,
+            stop_epoch=None if stop is None else float(epochs[stop]),
+            kept_epoch=None if kept is None else float(epochs[kept]),
+            reason="" if decision is None else decision.reason,
+        )
+        for name in ("membership_auc", "memorized_fraction", "closer_to_own"):
+            row[name] = None if kept is None else float(curves[name][kept])
+        row["test_loss_excess"] = None if kept is None else float(test[kept] / test.min() - 1)
+        row["quality"] = None if kept is None or quality is None else float(quality[kept])
+        rows.append(row)
+    return rows

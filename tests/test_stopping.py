@@ -90,3 +90,30 @@ def test_none_never_stops_and_unknown_rules_are_refused():
     assert stopping.replay("none", curves, **SETTINGS)[0] is None
     with pytest.raises(ValueError, match="rule must be one of"):
         stopping.decide("early", curves, **SETTINGS)
+
+
+def test_rule_costs_describe_the_snapshot_each_rule_keeps():
+    num = 12
+    bias, boot = _boot(_bump(num, 3), noise=0.02)
+    test_loss = 1.0 + 0.1 * (np.arange(num) - 8.0) ** 2 / 64  # minimum at 8
+    auc = np.linspace(0.5, 0.8, num)
+    curves = dict(
+        test_loss=test_loss,
+        bias=bias,
+        bias_boot=boot,
+        membership_auc=auc,
+        memorized_fraction=np.zeros(num),
+        closer_to_own=np.linspace(0.5, 0.7, num),
+    )
+    epochs = np.geomspace(10, 1000, num)
+    rows = {r["rule"]: r for r in stopping.rule_costs(epochs, curves, **SETTINGS)}
+    assert rows["none"]["kept_epoch"] == epochs[-1] and rows["none"]["stop_epoch"] is None
+    assert rows["test_loss"]["kept_epoch"] == epochs[8]
+    assert rows["test_loss"]["test_loss_excess"] == 0.0
+    assert rows["bias_onset"]["kept_epoch"] == epochs[3]
+    onset = rows["bias_onset"]
+    assert onset["test_loss_excess"] == pytest.approx(test_loss[3] / test_loss[8] - 1)
+    assert onset["membership_auc"] == pytest.approx(auc[3])
+    first_over = int(np.argmax(auc > SETTINGS["auc_threshold"]))
+    assert rows["privacy_budget"]["kept_epoch"] == epochs[first_over - 1]
+    assert rows["privacy_budget"]["stop_epoch"] == epochs[first_over]
