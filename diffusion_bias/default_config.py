@@ -80,4 +80,21 @@ def get_config():
             bootstrap=1000,  # resamples of the verdict's intervals
         )
     )
+    # The bias monitor (diffusion_bias/monitor.py): a cheap instrument at every
+    # snapshot during training, and a stopping rule (diffusion_bias/stopping.py).
+    config.monitor = ml_collections.ConfigDict(
+        dict(
+            enabled=False,
+            stop="none",  # "none", "test_loss", "bias_onset" or "privacy_budget"
+            num_samples=128,  # coupled samples per twin
+            sampling_steps=20,  # respaced reverse chain
+            loss_items=128,  # items per twin (and held out) on the loss grid
+            loss_repeats=4,  # (t, noise) draws per item
+            patience=2,  # snapshots confirming a stop
+            auc_threshold=0.6,  # privacy budget: membership AUC
+            memorized_threshold=0.0,  # privacy budget: memorised fraction
+            bootstrap=200,  # replicates for the bias-onset rule
+            seed=0,
+        )
+    )
     return config

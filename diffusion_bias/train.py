@@ -35,6 +35,7 @@ import optax
 
 from diffusion_bias import checkpoints
 from diffusion_bias import models
+from diffusion_bias import monitor_run
 from diffusion_bias.data import sources
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
@@ -144,6 +145,9 @@ def check_config(config, pool_size=None):
             f"config.training.batch_size = {batch} must be divisible by the "
             f"{data_devices} data-parallel devices"
         )
+    monitor_run.check(config.monitor, ConfigError)
+    if config.monitor.enabled and jax.process_count() > 1:
+        raise ConfigError("config.monitor.enabled runs in single-process training only")
     needed = config.splits.num_splits * n + config.splits.heldout_size
     if pool_size is not None and needed > pool_size:
         raise ConfigError(
@@ -475,6 +479,28 @@ def train_and_evaluate(config, workdir):
     latest_every = -(-config.snapshots.latest_every_steps // per_call) * per_call
     chunk = make_train_chunk(config, model, schedule, kind, mesh)
     writer = _MetricWriter(workdir)
+    monitor = None
+    if config.monitor.enabled:
+        done = monitor_run.stopped_result(workdir)
+        if done is not None:
+            logging.info("A %s rule already stopped this run: %s", done["rule"], done["reason"])
+            return state
+        monitor = monitor_run.build(
+            config,
+            twin_data.train,
+            twin_data.heldout,
+            model,
+            schedule,
+            kind,
+            getattr(model, "num_symbols", None),
+        )
+        monitor_run.restore(monitor, workdir, upto_epoch=start / spe)
+        # Snapshots saved before a crash that the monitor had not yet seen.
+        seen = monitor.rows[-1]["epoch"] * spe if monitor.rows else 0
+        for missed in [int(s) for s in plan if seen < s <= start]:
+            missed_state = state if missed == start else ckpts.read_snapshot(missed)
+            if _monitor_stops(monitor, missed_state, missed, spe, ckpts, workdir):
+                return state
     if primary:
         logging.info(
             "Training %d twins of %s for %d steps (%d epochs of %d steps) on %d "
@@ -509,6 +535,12 @@ def train_and_evaluate(config, workdir):
             window_losses.append(losses)
             if step in plan or step % latest_every == 0 or step == total:
                 ckpts.save(step, state, snapshot=step in plan, latest=True)
+            if (
+                monitor is not None
+                and step in plan
+                and _monitor_stops(monitor, state, step, spe, ckpts, workdir)
+            ):
+                break
             if step % config.training.log_every_steps < per_call or step == total:
                 if primary:
                     elapsed = time.time() - window_start
@@ -531,6 +563,36 @@ def train_and_evaluate(config, workdir):
         ckpts.wait_until_finished()
         ckpts.close()
     return state
+
+
+def _monitor_stops(monitor, state, step, spe, ckpts, workdir):
+    """Runs the monitor on the snapshot at `step`; on a stop, saves the result. Stop?"""
+    start = time.time()
+    ema = state.get("ema_params")
+    params = ema if ema is not None and jax.tree.leaves(ema) else state["params"]
+    row = monitor(params, epoch=step / spe)
+    monitor_run.record(monitor, workdir)
+    logging.info(
+        "monitor at epoch %g: %s  (%.1f s)",
+        row["epoch"],
+        "  ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "epoch"),
+        time.time() - start,
+    )
+    if row["decision"] != "stop":
+        return False
+    kept = monitor.kept_epoch
+    kept_step = int(round(kept * spe)) if np.isfinite(kept) else None
+    ckpts.wait_until_finished()
+    kept_state = ckpts.read_snapshot(kept_step) if kept_step is not None else {}
+    monitor_run.save_result(workdir, monitor, kept_step, step, kept_state)
+    logging.info(
+        "Stopping at epoch %g (rule %s): %s; kept the snapshot at epoch %g.",
+        row["epoch"],
+        monitor.stop,
+        monitor.reason,
+        kept,
+    )
+    return True
 
 
 def _eta(seconds):

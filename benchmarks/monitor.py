@@ -1,0 +1,86 @@
+"""Cost of the bias monitor as a share of training time, on the embedded defaults.
+
+Run from the repository root:  python -m benchmarks.monitor [digits] [grammar]
+
+For each setting (configs/digits_cpu.py, configs/grammar_cpu.py), on the run's
+real data: the twins' compiled training chunk (`train.make_train_chunk`) and
+the monitor that `launch.train` builds from `config.monitor`
+(`monitor_run.build`). One training step costs `step` seconds and one monitor
+call `call` seconds; a run of N steps with S snapshots spends N * step
+training and S * call monitoring, so the monitor's share is
+S * call / (N * step). The monitor is timed with a history of S snapshots
+already seen (its bootstrap grows with the history, so this is its most
+expensive call: the share is an upper bound). Timed runs of the two sides are
+interleaved, best of 3, compilation excluded; every line ends with the load.
+"""
+
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import timing
+from configs import digits_cpu, grammar_cpu
+from diffusion_bias import monitor_run
+from diffusion_bias import train
+
+SETTINGS = {"digits": digits_cpu, "grammar": grammar_cpu}
+
+
+def share(name):
+    config = SETTINGS[name].get_config()
+    with config.unlocked():
+        config.monitor.enabled = True
+    with tempfile.TemporaryDirectory() as workdir:
+        run = train.prepare(config, workdir)
+    twin_data, kind, model = run["twin_data"], run["kind"], run["model"]
+    mesh = train.make_mesh(config)
+    tx = train.get_optimizer(config)
+    example = twin_data.train[0, :1]
+    if kind == "tokens":
+        example = jax.nn.one_hot(example, model.num_symbols)
+    state = train.init_state(config, model, example, tx)
+    data = jnp.asarray(twin_data.train)
+    chunk = train.make_train_chunk(config, model, run["schedule"], kind, mesh)
+    holder = {"state": state}
+
+    def train_chunk():
+        holder["state"], losses = chunk(holder["state"], data)
+        jax.block_until_ready(losses)
+
+    monitor = monitor_run.build(
+        config,
+        twin_data.train,
+        twin_data.heldout,
+        model,
+        run["schedule"],
+        kind,
+        getattr(model, "num_symbols", None),
+    )
+    plan = train.snapshot_steps(config)
+    epoch = iter(range(1, 10**9))
+
+    def monitor_call():
+        params = holder["state"]["ema_params"] or holder["state"]["params"]
+        monitor(params, epoch=next(epoch))
+
+    train_chunk()  # compiles
+    for _ in range(len(plan) - 1):  # compiles, and fills the history
+        monitor_call()
+    chunk_time, call_time = timing.best_times([train_chunk, monitor_call])
+    step_time = chunk_time / config.training.steps_per_call
+    total = config.training.num_epochs * train.steps_per_epoch(config)
+    train_total, monitor_total = total * step_time, len(plan) * call_time
+    print(
+        f"{name}: training {total} steps x {step_time * 1e3:.2f} ms = {train_total:.0f} s; "
+        f"monitor {len(plan)} snapshots x {call_time:.2f} s = {monitor_total:.1f} s; "
+        f"share {monitor_total / train_total:.1%} of training {timing.load()}"
+    )
+    return monitor_total / train_total
+
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(SETTINGS)
+    for name in names:
+        share(name)

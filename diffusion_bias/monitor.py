@@ -1,0 +1,323 @@
+"""The bias monitor: the instrument at low cost, inside a training loop.
+
+Called with the twins' stacked parameters at each snapshot, it draws a few
+coupled samples with a short respaced chain, finds their nearest neighbours,
+evaluates the denoising loss on a fixed grid and the membership AUC, and lets
+a stopping rule (`diffusion_bias.stopping`) decide whether training should
+end, and which snapshot to keep. It needs no files and no config: any model
+with the denoiser contract of `coupled.coupled_samples` works,
+
+    monitor = BiasMonitor(apply_fn, schedule, train_sets, heldout, "images")
+    for epoch in ...:
+        ...  # train the stacked twins
+        row = monitor(stacked_params, epoch)
+        if row["decision"] == "stop":
+            break  # row["kept_epoch"] is the snapshot to keep
+
+and `launch.train` runs it at every snapshot when `config.monitor.enabled`.
+Everything random is fixed by `seed`: sample j is coupled across twins and
+across snapshots, the loss grid is the same at every call.
+"""
+
+import jax
+import numpy as np
+
+from diffusion_bias import coupled
+from diffusion_bias import stopping
+from diffusion_bias import verdict
+from diffusion_bias.diffusion import schedules
+from diffusion_bias.statistics import losses
+from diffusion_bias.statistics import nearest
+from diffusion_bias.statistics import sample_split
+
+KINDS = ("images", "tokens")
+_NN_BINS = 20
+
+
+class BiasMonitor:
+    """Cheap bias statistics per snapshot, and a stopping rule over them.
+
+    Attributes:
+        rows: one dict per snapshot seen (see `__call__`).
+        kept_epoch: the epoch the rule kept once it stopped, else None.
+    """
+
+    def __init__(
+        self,
+        apply_fn,
+        schedule,
+        train_sets,
+        heldout,
+        kind,
+        *,
+        stop="none",
+        num_samples=128,
+        sampling_steps=20,
+        loss_items=128,
+        loss_repeats=4,
+        patience=2,
+        auc_threshold=0.6,
+        memorized_threshold=0.0,
+        bootstrap=200,
+        seed=0,
+        num_symbols=None,
+        clip_x0=None,
+        twin_strategy="vmap",
+    ):
+        """Builds the monitor; nothing is compiled until the first call.
+
+        Args:
+            apply_fn: fn(params, x_t [B, ...], t [B]) -> predicted noise
+                (images) or x0 probabilities (tokens), for one twin's params.
+                Build it once: it is a static argument of the compiled sampler.
+            schedule: the training schedule (`diffusion.schedules`).
+            train_sets: [K, n, ...] the twins' training sets (images float
+                [K, n, H, W, C], tokens int [K, n, L]), K >= 2.
+            heldout: [m, ...] held-out items, disjoint from every split.
+            kind: "images" or "tokens".
+            stop: the stopping rule, one of `stopping.RULES`.
+            num_samples: coupled samples per twin and snapshot.
+            sampling_steps: steps of the respaced reverse chain.
+            loss_items: items per twin (and held out) on the loss grid.
+            loss_repeats: (t, noise) draws per item on the loss grid.
+            patience: snapshots a rule waits for confirmation.
+            auc_threshold, memorized_threshold: the privacy budget.
+            bootstrap: replicates for the bias rule's noise.
+            seed: fixes the coupling noise, the loss grid and the bootstrap.
+            num_symbols: q, for tokens.
+            clip_x0: images: clip the predicted x0 to [-c, c] while sampling.
+            twin_strategy: "vmap" or "map" over the twins while sampling.
+        """
+        train_sets, heldout = np.asarray(train_sets), np.asarray(heldout)
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if stop not in stopping.RULES:
+            raise ValueError(f"stop must be one of {stopping.RULES}, got {stop!r}")
+        if train_sets.ndim < 3 or len(train_sets) < 2:
+            raise ValueError(
+                f"train_sets must be [K >= 2, n, ...] (twins stacked), got {train_sets.shape}"
+            )
+        if heldout.shape[1:] != train_sets.shape[2:] or len(heldout) < 2:
+            raise ValueError(
+                f"heldout must be [m >= 2, {', '.join(map(str, train_sets.shape[2:]))}], "
+                f"got {heldout.shape}"
+            )
+        if kind == "tokens" and not num_symbols:
+            raise ValueError("tokens need num_symbols (the vocabulary size q)")
+        for name, value in (
+            ("num_samples", num_samples),
+            ("sampling_steps", sampling_steps),
+            ("loss_items", loss_items),
+            ("loss_repeats", loss_repeats),
+            ("patience", patience),
+            ("bootstrap", bootstrap),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.kind, self.stop, self.patience = kind, stop, patience
+        self.auc_threshold, self.memorized_threshold = auc_threshold, memorized_threshold
+        self.num_samples, self.bootstrap, self.seed = num_samples, bootstrap, seed
+        self._apply_fn, self._schedule = apply_fn, schedule
+        self._num_symbols, self._clip_x0, self._twin_strategy = num_symbols, clip_x0, twin_strategy
+        self._train = train_sets
+        n_items = min(loss_items, train_sets.shape[1], len(heldout))
+        self._train_items = train_sets[:, :n_items]
+        self._heldout = heldout[:n_items]
+        self._sampling = schedules.respace(schedule, min(sampling_steps, schedule.num_steps))
+        key = jax.random.key(seed)
+        self._sample_key = jax.random.fold_in(key, 0)
+        self._loss_t, self._loss_noise = losses.loss_grid(
+            jax.random.fold_in(key, 1), n_items, schedule.num_steps, loss_repeats
+        )
+        if kind == "tokens":
+            self._item_shape = (train_sets.shape[-1], num_symbols)
+        else:
+            self._item_shape = train_sets.shape[2:]
+        self.rows = []
+        self._history = {}  # name -> list of per-snapshot arrays
+        self.kept_epoch, self.reason = None, ""
+
+    @property
+    def bias_mode(self):
+        """The bias curve's extremum: similarity peak (images), NN-divergence minimum (tokens)."""
+        return "max" if self.kind == "images" else "min"
+
+    def statistics(self, stacked_params):
+        """The per-item arrays of one snapshot (numpy).
+
+        Returns:
+            dict: similarity [N] (mean over twin pairs), own_d1, own_d2,
+            other_d1 [K, N], heldout_d1 [K, m], test_losses, train_losses [K, m].
+        """
+        samples = coupled.coupled_samples(
+            self._apply_fn,
+            stacked_params,
+            self._sampling,
+            self._item_shape,
+            self.num_samples,
+            self._sample_key,
+            kind=self.kind,
+            twin_strategy=self._twin_strategy,
+            clip_x0=self._clip_x0 if self.kind == "images" else None,
+        )
+        out = dict(similarity=sample_split.pair_similarity(samples, self.kind).mean(axis=0))
+        nn = nearest.nearest_statistics(samples, self._train, self._heldout, self.kind)
+        out.update({k: nn[k] for k in ("own_d1", "own_d2", "other_d1", "heldout_d1")})
+        test, train = [], []
+        for k in range(len(self._train)):
+            params = jax.tree.map(lambda x, k=k: x[k], stacked_params)
+            test.append(self._losses(params, self._heldout))
+            train.append(self._losses(params, self._train_items[k]))
+        out["test_losses"], out["train_losses"] = np.stack(test), np.stack(train)
+        return out
+
+    def _losses(self, params, items):
+        return losses.item_losses(
+            self._apply_fn,
+            params,
+            items,
+            self._loss_t[: len(items)],
+            self._loss_noise,
+            self._schedule,
+            kind=self.kind,
+            num_symbols=self._num_symbols,
+        )
+
+    def __call__(self, stacked_params, epoch):
+        """Measures one snapshot and applies the stopping rule.
+
+        Args:
+            stacked_params: the K twins' parameters, stacked on a leading axis.
+            epoch: the snapshot's epoch (or step), increasing across calls.
+
+        Returns:
+            The row appended to `rows`: epoch, the scalar statistics,
+            "decision" ("continue" or "stop"), "reason", and "kept_epoch"
+            once the rule has stopped (it stays stopped).
+        """
+        if self.rows and epoch <= self.rows[-1]["epoch"]:
+            raise ValueError(f"epochs must increase: {epoch} after {self.rows[-1]['epoch']}")
+        stats = self.statistics(stacked_params)
+        for name, value in stats.items():
+            self._history.setdefault(name, []).append(value)
+        return self._decide(float(epoch), stats)
+
+    def _curves(self):
+        h = {name: np.stack(values) for name, values in self._history.items()}
+        test = h["test_losses"].mean(axis=1)  # [C, m]: mean over twins
+        rng = np.random.default_rng(self.seed)
+        if self.kind == "images":
+            bias = h["similarity"].mean(axis=1)
+            bias_boot = verdict.bootstrap_mean_curves(h["similarity"], rng, self.bootstrap)
+        else:
+            bias, bias_boot = _nn_divergence_curves(
+                h["own_d1"], h["heldout_d1"], self._train.shape[-1], rng, self.bootstrap
+            )
+        return dict(
+            test_loss=test.mean(axis=1),
+            train_loss=h["train_losses"].mean(axis=(1, 2)),
+            bias=bias,
+            bias_boot=bias_boot,
+            membership_auc=np.array(
+                [
+                    np.mean([losses.membership_auc(a, b) for a, b in zip(tr, te)])
+                    for tr, te in zip(h["train_losses"], h["test_losses"])
+                ]
+            ),
+            memorized_fraction=np.array(
+                [nearest.memorized_fraction(a, b) for a, b in zip(h["own_d1"], h["own_d2"])]
+            ),
+            closer_to_own=np.array(
+                [nearest.closer_to_own_share(a, b) for a, b in zip(h["own_d1"], h["other_d1"])]
+            ),
+        )
+
+    def _decide(self, epoch, stats):
+        curves = self._curves()
+        row = dict(epoch=epoch)
+        names = ["test_loss", "train_loss", "membership_auc", "memorized_fraction", "closer_to_own"]
+        row.update({name: float(curves[name][-1]) for name in names})
+        bias_name = "similarity" if self.kind == "images" else "nn_divergence"
+        row[bias_name] = float(curves["bias"][-1])
+        if self.kept_epoch is None:
+            decision = stopping.decide(
+                self.stop,
+                curves,
+                patience=self.patience,
+                auc_threshold=self.auc_threshold,
+                memorized_threshold=self.memorized_threshold,
+                bias_mode=self.bias_mode,
+            )
+            if decision.stop:
+                epochs = [r["epoch"] for r in self.rows] + [epoch]
+                kept = decision.kept_index
+                self.kept_epoch = epochs[kept] if kept is not None else float("nan")
+                self.reason = decision.reason
+            row["decision"] = "stop" if decision.stop else "continue"
+            row["reason"] = decision.reason
+        else:
+            row["decision"], row["reason"] = "stop", self.reason
+        if self.kept_epoch is not None:
+            row["kept_epoch"] = self.kept_epoch
+        self.rows.append(row)
+        return row
+
+    def state_dict(self):
+        """Everything needed to continue after a restart, as numpy arrays."""
+        state = {f"history/{k}": np.stack(v) for k, v in self._history.items()}
+        state["epochs"] = np.array([r["epoch"] for r in self.rows], np.float64)
+        return state
+
+    def load_state_dict(self, state, upto_epoch=None):
+        """Replays a saved state (up to `upto_epoch`), rebuilding rows and the rule's state.
+
+        Args:
+            state: from `state_dict`.
+            upto_epoch: keep the snapshots at or before this epoch (a resumed
+                run restarts from its latest checkpoint, which may predate the
+                monitor's last row).
+        """
+        epochs = np.asarray(state["epochs"], np.float64)
+        keep = len(epochs) if upto_epoch is None else int(np.sum(epochs <= upto_epoch))
+        self.rows, self._history, self.kept_epoch = [], {}, None
+        for c in range(keep):
+            stats = {k.split("/", 1)[1]: np.asarray(v[c]) for k, v in state.items() if "/" in k}
+            for name, value in stats.items():
+                self._history.setdefault(name, []).append(value)
+            self._decide(float(epochs[c]), stats)
+
+
+def _nn_divergence_curves(own_d1, heldout_d1, length, rng, num_resamples):
+    """NN divergence per snapshot, mean over twins, and its bootstrap replicates.
+
+    Samples are resampled jointly across twins and snapshots (sample j of every
+    twin and snapshot shares its noise), held-out items jointly across snapshots.
+
+    Args:
+        own_d1: [C, K, N] NN distances of twin k's samples to its training set.
+        heldout_d1: [C, K, m] the held-out items' distances to the same sets.
+        length: sequence length L (the histogram range).
+
+    Returns:
+        [C] curve and [B, C] replicates.
+    """
+    num, m = own_d1.shape[-1], heldout_d1.shape[-1]
+
+    def curve(sample_idx, heldout_idx):
+        return np.array(
+            [
+                np.mean(
+                    [
+                        nearest.nn_divergence(own[k, sample_idx], held[k, heldout_idx], length)
+                        for k in range(own.shape[0])
+                    ]
+                )
+                for own, held in zip(own_d1, heldout_d1)
+            ]
+        )
+
+    point = curve(np.arange(num), np.arange(m))
+    boot = np.stack(
+        [curve(rng.integers(0, num, num), rng.integers(0, m, m)) for _ in range(num_resamples)]
+    )
+    return point, boot

@@ -1,0 +1,135 @@
+"""The bias monitor inside `launch.train`: built from the config, resumable, rows on disk.
+
+With `config.monitor.enabled`, training calls the monitor at every snapshot and
+writes, in the workdir,
+
+    monitor.jsonl        one row per snapshot: epoch, statistics, the rule's
+                         decision ("continue" or "stop"), kept_epoch once stopped
+    monitor_state.npz    the monitor's per-item history, to continue after a restart
+    result.json          once a rule has stopped training: rule, reason, kept epoch/step
+    result/              the kept snapshot's parameters (Orbax), the run's result
+
+A resumed run reloads the history up to the step it resumes from, so the rule
+sees exactly the curves an uninterrupted run would have seen.
+"""
+
+import json
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from diffusion_bias import coupled
+from diffusion_bias import monitor as monitor_lib
+from diffusion_bias import stopping
+
+ROWS = "monitor.jsonl"
+STATE = "monitor_state.npz"
+RESULT = "result.json"
+RESULT_PARAMS = "result"
+
+
+def check(monitor_config, error):
+    """Raises `error(message)` naming the first invalid field of `config.monitor`."""
+    m = monitor_config
+    if m.stop not in stopping.RULES:
+        raise error(f"config.monitor.stop must be one of {list(stopping.RULES)}, got {m.stop!r}")
+    for name in (
+        "num_samples",
+        "sampling_steps",
+        "loss_items",
+        "loss_repeats",
+        "patience",
+        "bootstrap",
+    ):
+        value = m[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise error(f"config.monitor.{name} must be a positive integer, got {value!r}")
+    for name in ("auc_threshold", "memorized_threshold"):
+        if not 0 <= m[name] <= 1:
+            raise error(f"config.monitor.{name} must be in [0, 1], got {m[name]!r}")
+    if m.stop != "none" and not m.enabled:
+        raise error(f"config.monitor.stop = {m.stop!r} needs config.monitor.enabled = True")
+
+
+def build(config, train_sets, heldout, model, schedule, kind, num_symbols=None):
+    """The BiasMonitor of a run: its twins' data, model and schedule, `config.monitor` budget."""
+    m = config.monitor
+    clip = config.analysis.clip_x0 or None
+    return monitor_lib.BiasMonitor(
+        coupled.denoiser(model, kind),
+        schedule,
+        np.asarray(train_sets),
+        np.asarray(heldout),
+        kind,
+        stop=m.stop,
+        num_samples=m.num_samples,
+        sampling_steps=m.sampling_steps,
+        loss_items=m.loss_items,
+        loss_repeats=m.loss_repeats,
+        patience=m.patience,
+        auc_threshold=m.auc_threshold,
+        memorized_threshold=m.memorized_threshold,
+        bootstrap=m.bootstrap,
+        seed=m.seed,
+        num_symbols=num_symbols,
+        clip_x0=clip if kind == "images" else None,
+        twin_strategy=config.training.twin_strategy,
+    )
+
+
+def restore(monitor, workdir, upto_epoch):
+    """Reloads the monitor's history up to `upto_epoch` and rewrites its rows to match."""
+    path = os.path.join(workdir, STATE)
+    if not os.path.exists(path):
+        return
+    with np.load(path) as f:
+        monitor.load_state_dict({k: f[k] for k in f.files}, upto_epoch=upto_epoch)
+    _write_rows(monitor, workdir)
+
+
+def record(monitor, workdir):
+    """Saves the monitor's state and rows after a snapshot (process 0 only)."""
+    tmp = os.path.join(workdir, STATE + ".tmp.npz")
+    np.savez(tmp, **monitor.state_dict())
+    os.replace(tmp, os.path.join(workdir, STATE))
+    _write_rows(monitor, workdir)
+
+
+def _write_rows(monitor, workdir):
+    tmp = os.path.join(workdir, ROWS + ".tmp")
+    with open(tmp, "w") as f:
+        for row in monitor.rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, os.path.join(workdir, ROWS))
+
+
+def stopped_result(workdir):
+    """The saved result.json of a run a rule has stopped, else None."""
+    path = os.path.join(workdir, RESULT)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_result(workdir, monitor, kept_step, stop_step, kept_state):
+    """Writes result.json and the kept snapshot's parameters (result/)."""
+    params = {k: v for k, v in kept_state.items() if k in ("params", "ema_params") and v}
+    target = os.path.join(os.path.abspath(workdir), RESULT_PARAMS)
+    if kept_step is not None:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(target, params, force=True)
+    result = dict(
+        rule=monitor.stop,
+        reason=monitor.reason,
+        kept_epoch=monitor.kept_epoch,
+        kept_step=kept_step,
+        stopped_at_step=int(stop_step),
+        parameters=RESULT_PARAMS if kept_step is not None else None,
+    )
+    tmp = os.path.join(workdir, RESULT + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, os.path.join(workdir, RESULT))
+    return result

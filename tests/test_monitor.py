@@ -1,0 +1,223 @@
+"""The bias monitor: statistics that tell memorising twins from generalising ones, and resume."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from diffusion_bias import monitor as monitor_lib
+from diffusion_bias.diffusion import denoisers
+from diffusion_bias.diffusion import process
+from diffusion_bias.diffusion import schedules
+
+SCHEDULE = schedules.image_schedule(50)
+SHAPE = (4, 4, 1)
+
+
+def _data(seed=0, n=24, m=24):
+    rng = np.random.default_rng(seed)
+    items = rng.standard_normal((2 * n + m,) + SHAPE).astype(np.float32)
+    return items[: 2 * n].reshape((2, n) + SHAPE), items[2 * n :]
+
+
+def _memorizing_eps(train_x0, x_t, t):
+    """Predicted noise of a model that has memorised `train_x0` (exact for that set)."""
+    x0 = denoisers.memorizing_denoiser(train_x0, SCHEDULE, x_t, t)
+    return process.predict_eps_from_x0(SCHEDULE, x_t, t, x0)
+
+
+def _monitor(train, heldout, **kwargs):
+    settings = dict(num_samples=32, sampling_steps=10, loss_items=24, loss_repeats=2, bootstrap=50)
+    settings.update(kwargs)
+    return monitor_lib.BiasMonitor(_memorizing_eps, SCHEDULE, train, heldout, "images", **settings)
+
+
+def test_memorising_twins_are_flagged_by_every_statistic():
+    train, heldout = _data()
+    # Each twin's "parameters" are its own training set: it generates copies of it.
+    row = _monitor(train, heldout)(jnp.asarray(train), epoch=1)
+    assert row["memorized_fraction"] > 0.9
+    assert row["closer_to_own"] > 0.9
+    assert row["membership_auc"] > 0.8
+    assert row["train_loss"] < row["test_loss"]
+    assert row["decision"] == "continue"
+
+
+def test_twins_sharing_one_distribution_are_not_flagged():
+    train, heldout = _data()
+    common = np.concatenate([train[0], train[1], heldout])  # both twins, one model
+    params = jnp.stack([common, common])
+    row = _monitor(train, heldout)(params, epoch=1)
+    assert row["similarity"] > 0.999  # identical models: identical coupled samples
+    assert 0.3 < row["closer_to_own"] < 0.7
+    assert abs(row["membership_auc"] - 0.5) < 0.2
+
+
+def test_privacy_budget_stops_and_stays_stopped_keeping_the_last_good_snapshot():
+    train, heldout = _data()
+    common = jnp.asarray(np.concatenate([train[0], train[1], heldout]))
+    good, leaky = jnp.stack([common, common]), jnp.asarray(train)
+    mon = _monitor(
+        train, heldout, stop="privacy_budget", auc_threshold=0.7, memorized_threshold=1.0
+    )
+    assert mon(good, epoch=10)["decision"] == "continue"
+    row = mon(leaky, epoch=20)
+    assert row["decision"] == "stop" and row["kept_epoch"] == 10.0
+    assert mon(good, epoch=30)["decision"] == "stop"
+    assert mon.kept_epoch == 10.0
+
+
+def test_rows_are_reproducible_and_a_restored_monitor_continues_identically():
+    train, heldout = _data()
+    common = jnp.asarray(np.concatenate([train[0], train[1], heldout]))
+    snapshots = [jnp.stack([common, common]), jnp.stack([common, common[::-1]]), train]
+    mon = _monitor(
+        train, heldout, stop="privacy_budget", auc_threshold=0.7, memorized_threshold=1.0
+    )
+    rows = [mon(p, epoch=e) for e, p in zip((1, 2, 3), snapshots)]
+    # A restart after the second snapshot: state up to epoch 2, then the third again.
+    resumed = _monitor(
+        train, heldout, stop="privacy_budget", auc_threshold=0.7, memorized_threshold=1.0
+    )
+    resumed.load_state_dict(mon.state_dict(), upto_epoch=2)
+    assert resumed.rows == rows[:2]
+    assert resumed(snapshots[2], epoch=3) == rows[2]
+
+
+def test_tokens_monitor_reports_nn_divergence_of_copies_as_far_from_held_out():
+    q, length = 3, 8
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, q, (2, 16, length)).astype(np.int32)
+    heldout = rng.integers(0, q, (16, length)).astype(np.int32)
+    schedule = schedules.token_schedule(40)
+
+    def memorizing_probs(x0_onehot, x_t, t):
+        return denoisers.memorizing_denoiser(x0_onehot, schedule, x_t, t)
+
+    mon = monitor_lib.BiasMonitor(
+        memorizing_probs,
+        schedule,
+        train,
+        heldout,
+        "tokens",
+        num_symbols=q,
+        num_samples=64,
+        sampling_steps=40,
+        bootstrap=20,
+    )
+    row = mon(jax.nn.one_hot(train, q), epoch=1)
+    # Copies sit at distance 0 from their own set; held-out sequences mostly do not.
+    assert row["memorized_fraction"] > 0.9  # a copy: d1 = 0 < d2 / 3
+    assert row["nn_divergence"] > 0.5
+
+
+def test_bad_arguments_are_refused_with_the_argument_named():
+    train, heldout = _data()
+    with pytest.raises(ValueError, match="kind"):
+        monitor_lib.BiasMonitor(_memorizing_eps, SCHEDULE, train, heldout, "audio")
+    with pytest.raises(ValueError, match="stop"):
+        _monitor(train, heldout, stop="early")
+    with pytest.raises(ValueError, match="train_sets"):
+        _monitor(train[:1], heldout)
+    with pytest.raises(ValueError, match="num_samples"):
+        _monitor(train, heldout, num_samples=0)
+    with pytest.raises(ValueError, match="epochs must increase"):
+        mon = _monitor(train, heldout)
+        mon(jnp.asarray(train), epoch=2)
+        mon(jnp.asarray(train), epoch=2)
+
+
+def _monitored_smoke(stop, **monitor):
+    from configs import smoke
+
+    config = smoke.get_config()
+    with config.unlocked():
+        config.monitor.update(enabled=True, stop=stop, num_samples=16, sampling_steps=5)
+        config.monitor.update(loss_items=16, loss_repeats=1, bootstrap=20, **monitor)
+    return config
+
+
+def _rows(workdir):
+    from diffusion_bias import monitor_run
+
+    with open(os.path.join(workdir, monitor_run.ROWS)) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory):
+    """An uninterrupted smoke run monitored at every snapshot, no rule."""
+    from diffusion_bias import train
+
+    workdir = tmp_path_factory.mktemp("monitored")
+    config = _monitored_smoke("none")
+    train.train_and_evaluate(config, str(workdir))
+    return config, _rows(workdir)
+
+
+def test_training_writes_one_monitor_row_per_snapshot(monitored):
+    from diffusion_bias import train
+
+    config, rows = monitored
+    spe = train.steps_per_epoch(config)
+    assert [r["epoch"] for r in rows] == [s / spe for s in train.snapshot_steps(config)]
+    assert all(r["decision"] == "continue" for r in rows)
+    assert {"test_loss", "membership_auc", "similarity", "memorized_fraction"} <= set(rows[0])
+
+
+def test_a_rule_that_fires_ends_training_and_saves_the_kept_parameters(monitored, tmp_path):
+    from diffusion_bias import checkpoints
+    from diffusion_bias import monitor_run
+    from diffusion_bias import train
+
+    # A privacy budget between the AUC of the snapshots before the first rise and
+    # that rise: the rule must stop there and keep the snapshot before it.
+    _, reference = monitored
+    auc = [r["membership_auc"] for r in reference]
+    rises = [j for j in range(1, len(auc)) if auc[j] > max(auc[:j])]
+    assert rises, f"the smoke run's AUC never rises: {auc}"
+    j = rises[0]
+    budget = (max(auc[:j]) + auc[j]) / 2
+    config = _monitored_smoke("privacy_budget", auc_threshold=budget, memorized_threshold=1.0)
+    state = train.train_and_evaluate(config, str(tmp_path))
+    rows = _rows(tmp_path)
+    result = monitor_run.stopped_result(str(tmp_path))
+    spe = train.steps_per_epoch(config)
+    assert len(rows) == j + 1 and rows[-1]["decision"] == "stop"
+    assert rows[-1]["kept_epoch"] == result["kept_epoch"] == reference[j - 1]["epoch"]
+    assert result["stopped_at_step"] == int(state["step"]) == round(reference[j]["epoch"] * spe)
+    kept = checkpoints.TwinCheckpoints(str(tmp_path))
+    expected = jax.device_get(kept.read_snapshot(result["kept_step"])["params"])
+    kept.close()
+    with ocp.StandardCheckpointer() as checkpointer:
+        saved = checkpointer.restore(os.path.join(tmp_path, monitor_run.RESULT_PARAMS))
+    for a, b in zip(jax.tree.leaves(saved["params"]), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(a, b)
+    # Rerunning a stopped run trains no further.
+    again = train.train_and_evaluate(config, str(tmp_path))
+    assert int(again["step"]) == result["stopped_at_step"]
+
+
+def test_an_interrupted_monitored_run_resumes_with_the_same_rows(monitored, tmp_path, monkeypatch):
+    from diffusion_bias import train
+
+    config, reference = monitored
+    calls = []
+    original = train._monitor_stops
+
+    def crash_at_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # a kill after the snapshot, before its row
+        return original(*args)
+
+    monkeypatch.setattr(train, "_monitor_stops", crash_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, str(tmp_path))
+    monkeypatch.setattr(train, "_monitor_stops", original)
+    train.train_and_evaluate(config, str(tmp_path))
+    assert _rows(tmp_path) == reference
