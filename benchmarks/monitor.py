@@ -41,7 +41,7 @@ def share(name):
     if kind == "tokens":
         example = jax.nn.one_hot(example, model.num_symbols)
     state = train.init_state(config, model, example, tx)
-    data = jnp.asarray(twin_data.train)
+    data = jnp.asarray(run["train"])
     chunk = train.make_train_chunk(config, model, run["schedule"], kind, mesh)
     holder = {"state": state}
 
@@ -57,6 +57,7 @@ def share(name):
         run["schedule"],
         kind,
         getattr(model, "num_symbols", None),
+        run["offsets"],
     )
     plan = train.snapshot_steps(config)
     epoch = iter(range(1, 10**9))

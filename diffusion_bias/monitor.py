@@ -63,6 +63,7 @@ class BiasMonitor:
         num_symbols=None,
         clip_x0=None,
         twin_strategy="vmap",
+        offsets=None,
     ):
         """Builds the monitor; nothing is compiled until the first call.
 
@@ -87,6 +88,11 @@ class BiasMonitor:
             num_symbols: q, for tokens.
             clip_x0: images: clip the predicted x0 to [-c, c] while sampling.
             twin_strategy: "vmap" or "map" over the twins while sampling.
+            offsets: images: optional [K, C] per-channel shift of each twin's
+                space (per-split centring): twin k trains on items minus
+                offsets[k]; its losses are taken there and its samples mapped
+                back (plus offsets[k]) to compare with `train_sets`/`heldout`,
+                which are given un-shifted.
         """
         train_sets, heldout = np.asarray(train_sets), np.asarray(heldout)
         if kind not in KINDS:
@@ -120,6 +126,7 @@ class BiasMonitor:
         self._apply_fn, self._schedule = apply_fn, schedule
         self._num_symbols, self._clip_x0, self._twin_strategy = num_symbols, clip_x0, twin_strategy
         self._train = train_sets
+        self._offsets = None if offsets is None else np.asarray(offsets, np.float32)
         n_items = min(loss_items, train_sets.shape[1], len(heldout))
         self._train_items = train_sets[:, :n_items]
         self._heldout = heldout[:n_items]
@@ -160,16 +167,25 @@ class BiasMonitor:
             twin_strategy=self._twin_strategy,
             clip_x0=self._clip_x0 if self.kind == "images" else None,
         )
+        samples = samples + self._shift(np.arange(len(samples)), samples.ndim)
         out = dict(similarity=sample_split.pair_similarity(samples, self.kind).mean(axis=0))
         nn = nearest.nearest_statistics(samples, self._train, self._heldout, self.kind)
         out.update({k: nn[k] for k in ("own_d1", "own_d2", "other_d1", "heldout_d1")})
         test, train = [], []
         for k in range(len(self._train)):
             params = jax.tree.map(lambda x, k=k: x[k], stacked_params)
-            test.append(self._losses(params, self._heldout))
-            train.append(self._losses(params, self._train_items[k]))
+            shift = self._shift(k, self._heldout.ndim)
+            test.append(self._losses(params, self._heldout - shift))
+            train.append(self._losses(params, self._train_items[k] - shift))
         out["test_losses"], out["train_losses"] = np.stack(test), np.stack(train)
         return out
+
+    def _shift(self, twins, ndim):
+        """Offsets of `twins` (an int or [K]) broadcastable to items of rank `ndim`; 0 if none."""
+        if self._offsets is None:
+            return 0
+        offsets = self._offsets[twins]
+        return offsets.reshape(offsets.shape[:-1] + (1,) * (ndim - offsets.ndim) + (-1,))
 
     def _losses(self, params, items):
         return losses.item_losses(

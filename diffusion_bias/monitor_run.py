@@ -52,8 +52,12 @@ def check(monitor_config, error):
         raise error(f"config.monitor.stop = {m.stop!r} needs config.monitor.enabled = True")
 
 
-def build(config, train_sets, heldout, model, schedule, kind, num_symbols=None):
-    """The BiasMonitor of a run: its twins' data, model and schedule, `config.monitor` budget."""
+def build(config, train_sets, heldout, model, schedule, kind, num_symbols=None, offsets=None):
+    """The BiasMonitor of a run: its twins' data, model and schedule, `config.monitor` budget.
+
+    `train_sets` and `heldout` are the items as drawn; `offsets` [K, C] the
+    twins' centring shifts (images), see `BiasMonitor`.
+    """
     m = config.monitor
     clip = config.analysis.clip_x0 or None
     return monitor_lib.BiasMonitor(
@@ -75,6 +79,7 @@ def build(config, train_sets, heldout, model, schedule, kind, num_symbols=None):
         num_symbols=num_symbols,
         clip_x0=clip if kind == "images" else None,
         twin_strategy=config.training.twin_strategy,
+        offsets=offsets,
     )
 
 

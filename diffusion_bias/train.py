@@ -493,6 +493,7 @@ def train_and_evaluate(config, workdir):
             schedule,
             kind,
             getattr(model, "num_symbols", None),
+            run["offsets"],
         )
         monitor_run.restore(monitor, workdir, upto_epoch=start / spe)
         # Snapshots saved before a crash that the monitor had not yet seen.

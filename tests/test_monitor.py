@@ -221,3 +221,17 @@ def test_an_interrupted_monitored_run_resumes_with_the_same_rows(monitored, tmp_
     monkeypatch.setattr(train, "_monitor_stops", original)
     train.train_and_evaluate(config, str(tmp_path))
     assert _rows(tmp_path) == reference
+
+
+def test_twins_in_their_own_shifted_spaces_give_the_unshifted_statistics():
+    train, heldout = _data()
+    offsets = np.array([[0.7], [-0.4]], np.float32)  # [K, C]: per-split centring
+    shifted = train - offsets[:, None, None, None, :]
+    plain = _monitor(train, heldout)(jnp.asarray(train), epoch=1)
+    moved = _monitor(train, heldout, offsets=offsets)(jnp.asarray(shifted), epoch=1)
+    # Losses are taken in each twin's space: the same as unshifted.
+    for name in ("test_loss", "train_loss", "membership_auc"):
+        assert moved[name] == pytest.approx(plain[name], rel=1e-3, abs=1e-4), name
+    # Samples are mapped back: the copies land on their own (unshifted) training set.
+    # (The chain itself is not shift-equivariant, so the copies drawn may differ.)
+    assert moved["memorized_fraction"] > 0.9 and moved["closer_to_own"] > 0.9
