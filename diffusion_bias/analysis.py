@@ -669,8 +669,13 @@ def summarize(config, steps, per_step):
                 l_star_heldout_mean_t=dec_t[:, 2].tolist(),
                 l_tilde_heldout_mean_t=dec_t[:, 3].tolist(),
             )
-        bias_boot = verdict.bootstrap_kl_curves(
-            gen_hist, held_hist, nearest.histogram_kl, rng, a.bootstrap
+        bias_boot = verdict.bootstrap_binned_kl_curves(
+            nearest.nn_bins(col("own_d1"), length),
+            nearest.nn_bins(per_step[0]["heldout_d1"], length),
+            nearest.NN_BINS,
+            nearest.histogram_kl,
+            rng,
+            a.bootstrap,
         )
         gate = _grammaticality_gate(a)
         decision = verdict.decide(

@@ -31,7 +31,6 @@ from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import sample_split
 
 KINDS = ("images", "tokens")
-_NN_BINS = 20
 
 
 class BiasMonitor:
@@ -227,7 +226,7 @@ class BiasMonitor:
             bias_boot = verdict.bootstrap_mean_curves(h["similarity"], rng, self.bootstrap)
         else:
             bias, bias_boot = _nn_divergence_curves(
-                h["own_d1"], h["heldout_d1"], self._train.shape[-1], rng, self.bootstrap
+                h["own_d1"], h["heldout_d1"][0], self._train.shape[-1], rng, self.bootstrap
             )
         return dict(
             test_loss=test.mean(axis=1),
@@ -304,36 +303,23 @@ class BiasMonitor:
 
 
 def _nn_divergence_curves(own_d1, heldout_d1, length, rng, num_resamples):
-    """NN divergence per snapshot, mean over twins, and its bootstrap replicates.
-
-    Samples are resampled jointly across twins and snapshots (sample j of every
-    twin and snapshot shares its noise), held-out items jointly across snapshots.
+    """NN divergence per snapshot (mean over twins) and its bootstrap replicates.
 
     Args:
         own_d1: [C, K, N] NN distances of twin k's samples to its training set.
-        heldout_d1: [C, K, m] the held-out items' distances to the same sets.
+        heldout_d1: [K, m] the held-out items' distances to the same sets.
         length: sequence length L (the histogram range).
 
     Returns:
-        [C] curve and [B, C] replicates.
+        [C] curve and [B, C] replicates (`verdict.bootstrap_binned_kl_curves`).
     """
-    num, m = own_d1.shape[-1], heldout_d1.shape[-1]
-
-    def curve(sample_idx, heldout_idx):
-        return np.array(
-            [
-                np.mean(
-                    [
-                        nearest.nn_divergence(own[k, sample_idx], held[k, heldout_idx], length)
-                        for k in range(own.shape[0])
-                    ]
-                )
-                for own, held in zip(own_d1, heldout_d1)
-            ]
-        )
-
-    point = curve(np.arange(num), np.arange(m))
-    boot = np.stack(
-        [curve(rng.integers(0, num, num), rng.integers(0, m, m)) for _ in range(num_resamples)]
+    curve = nearest.nn_divergence(own_d1, heldout_d1[None], length).mean(axis=-1)
+    boot = verdict.bootstrap_binned_kl_curves(
+        nearest.nn_bins(own_d1, length),
+        nearest.nn_bins(heldout_d1, length),
+        nearest.NN_BINS,
+        nearest.histogram_kl,
+        rng,
+        num_resamples,
     )
-    return point, boot
+    return curve, boot

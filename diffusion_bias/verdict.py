@@ -27,33 +27,44 @@ def bootstrap_mean_curves(values, rng, num_resamples=1000):
     return np.stack([values[:, i].mean(axis=1) for i in idx])
 
 
-def bootstrap_kl_curves(sample_counts, reference_counts, kl_fn, rng, num_resamples=1000):
-    """[B, C] mean over models of KL(sample || reference) of resampled histograms.
+def bootstrap_binned_kl_curves(
+    sample_bins, reference_bins, num_bins, kl_fn, rng, num_resamples=1000
+):
+    """[B, C] mean over models of KL(samples || reference), items resampled jointly.
 
-    Resampling a histogram's counts (multinomially) is resampling the items it
-    counts. Each model has its own reference (the held-out distances to its
-    own training set), resampled once per replicate and shared by all
-    checkpoints, as the held-out items are.
+    Coupled sampling gives sample j of every model and every checkpoint the same
+    x_T and noise, and the held-out items are the same at every checkpoint: a
+    replicate draws one set of sample indices for all models and checkpoints,
+    and one set of held-out indices for all models (not independent
+    histograms per checkpoint, which would ignore that coupling and misstate
+    the noise of differences between checkpoints).
 
     Args:
-        sample_counts: [C, K, bins] counts of model k at checkpoint c ([C, bins]
-            is one model).
-        reference_counts: [K, bins] the models' references ([bins] for one).
-        kl_fn: kl_fn(p [..., bins], q [..., bins]) -> [...], broadcasting.
+        sample_bins: int [C, K, N] histogram bin of sample j of model k at
+            checkpoint c (e.g. `nearest.nn_bins` of its NN distance).
+        reference_bins: int [K, m] bin of held-out item i in model k's reference.
+        num_bins: the number of bins.
+        kl_fn: kl_fn(p [..., bins], q [..., bins]) -> [...] of count histograms.
+        rng: numpy Generator.
+
+    Returns:
+        [B, C] replicates of the mean over models of the KL curve.
     """
-    sample_counts = np.asarray(sample_counts, np.int64)
-    reference_counts = np.asarray(reference_counts, np.int64)
-    if sample_counts.ndim == 2:
-        sample_counts, reference_counts = sample_counts[:, None], reference_counts[None]
-
-    def resample(counts, size):
-        total = counts.sum(-1)
-        probs = counts / np.maximum(total, 1)[..., None]
-        return rng.multinomial(total, probs, size=size)
-
-    ref = resample(reference_counts, (num_resamples,) + reference_counts.shape[:-1])
-    samples = resample(sample_counts, (num_resamples,) + sample_counts.shape[:-1])
-    return np.asarray(kl_fn(samples, ref[:, None])).mean(-1)  # [B, C, K] -> [B, C]
+    sample_bins = np.asarray(sample_bins, np.int64)
+    reference_bins = np.asarray(reference_bins, np.int64)
+    num_c, num_k, num = sample_bins.shape
+    m = reference_bins.shape[-1]
+    # Offsets give every (checkpoint, model) its own range of bins in one bincount.
+    sample_keys = sample_bins + num_bins * np.arange(num_c * num_k).reshape(num_c, num_k, 1)
+    reference_keys = reference_bins + num_bins * np.arange(num_k)[:, None]
+    out = np.empty((num_resamples, num_c))
+    for b in range(num_resamples):
+        items, held = rng.integers(0, num, num), rng.integers(0, m, m)
+        counts = np.bincount(sample_keys[:, :, items].ravel(), minlength=num_c * num_k * num_bins)
+        reference = np.bincount(reference_keys[:, held].ravel(), minlength=num_k * num_bins)
+        counts = counts.reshape(num_c, num_k, num_bins)
+        out[b] = np.asarray(kl_fn(counts, reference.reshape(num_k, num_bins)[None])).mean(-1)
+    return out
 
 
 def _arg_extremum(curves, mode, valid):

@@ -100,27 +100,46 @@ def test_histogram_kl_does_not_renormalise_after_clipping():
     assert nearest.histogram_kl(p, q) != renorm
 
 
-def test_kl_bootstrap_resamples_each_model_against_its_own_reference():
+def test_kl_bootstrap_resamples_items_jointly_across_models_and_checkpoints():
     per_step = _per_step(1)
-    gen = np.stack([nearest.nn_histogram(r["own_d1"], L) for r in per_step])  # [C, K, 20]
-    held = nearest.nn_histogram(per_step[0]["heldout_d1"], L)  # [K, 20]
-    boot = verdict.bootstrap_kl_curves(
-        gen, held, nearest.histogram_kl, np.random.default_rng(0), 400
+    own = np.stack([r["own_d1"] for r in per_step])  # [C, K, N]
+    own[1] = own[0]  # two identical checkpoints
+    held = per_step[0]["heldout_d1"]  # [K, m]
+    boot = verdict.bootstrap_binned_kl_curves(
+        nearest.nn_bins(own, L),
+        nearest.nn_bins(held, L),
+        20,
+        nearest.histogram_kl,
+        np.random.default_rng(0),
+        50,
     )
-    assert boot.shape == (400, C)
-    point = np.mean(
-        [[_paper_histogram_kl(gen[c, k], held[k]) for k in range(K)] for c in range(C)], axis=1
-    )
-    # Replicates scatter around the per-model-mean curve (plug-in bias is small at n=300).
-    assert np.all(np.abs(np.median(boot, axis=0) - point) < 0.1)
-    # With the same generator state, one model alone reproduces the single-model call.
-    one = verdict.bootstrap_kl_curves(
-        gen[:, :1], held[:1], nearest.histogram_kl, np.random.default_rng(3), 5
-    )
-    single = verdict.bootstrap_kl_curves(
-        gen[:, 0], held[0], nearest.histogram_kl, np.random.default_rng(3), 5
-    )
-    np.testing.assert_array_equal(one, single)
+    assert boot.shape == (50, C)
+    # The same samples are drawn at every checkpoint: identical checkpoints stay identical.
+    np.testing.assert_array_equal(boot[:, 0], boot[:, 1])
+    # Replicate 0 recomputed from its definition: one draw of sample indices for all
+    # models and checkpoints, one of held-out indices, per-model KL, mean over models.
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, own.shape[-1], own.shape[-1])
+    rows = rng.integers(0, held.shape[-1], held.shape[-1])
+    expected = [
+        np.mean(
+            [
+                _paper_histogram_kl(
+                    np.histogram(own[c, k, items], bins=20, range=(0, L))[0],
+                    np.histogram(held[k, rows], bins=20, range=(0, L))[0],
+                )
+                for k in range(K)
+            ]
+        )
+        for c in range(C)
+    ]
+    np.testing.assert_allclose(boot[0], expected, rtol=1e-12)
+
+
+def test_nn_bins_agree_with_numpy_histogram_edges():
+    d = np.array([0, 0.79, 0.8, 1.6, 15.2, 15.99, 16, 7, 8, 0.8 * 3])
+    counts = np.bincount(nearest.nn_bins(d, 16), minlength=20)
+    np.testing.assert_array_equal(counts, np.histogram(d, bins=20, range=(0, 16))[0])
 
 
 def test_memorised_fraction_is_the_strict_ratio_test_and_copies_are_counted_apart():

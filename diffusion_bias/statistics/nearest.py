@@ -9,6 +9,9 @@ import numpy as np
 
 from diffusion_bias import kernels
 
+# The paper's NN-distance histograms: 20 equal bins on [0, L].
+NN_BINS = 20
+
 
 def _metric(kind):
     return "hamming" if kind == "tokens" else "l2"
@@ -89,19 +92,38 @@ def histogram_kl(p_counts, q_counts, floor=1e-8):
     return float(kl) if kl.ndim == 0 else kl
 
 
-def nn_histogram(distances, length, bins=20):
-    """Counts of Hamming NN distances in `bins` equal bins on [0, length]: [..., bins].
+def nn_bins(distances, length, bins=NN_BINS):
+    """Bin of each NN distance among `bins` equal bins on [0, length], as `np.histogram`.
+
+    A bin holds [lo, hi), the last one [lo, length]; distances outside [0, length]
+    get -1 (not counted).
+
+    Args:
+        distances: [...] distances.
+
+    Returns:
+        int64 [...] bin indices.
+    """
+    distances = np.asarray(distances, np.float64)
+    edges = np.linspace(0, length, bins + 1)
+    index = np.searchsorted(edges, distances, side="right") - 1
+    index = np.where(distances == length, bins - 1, index)
+    return np.where((distances < 0) | (distances > length), -1, index).astype(np.int64)
+
+
+def nn_histogram(distances, length, bins=NN_BINS):
+    """Counts of NN distances in `bins` equal bins on [0, length]: [..., bins].
 
     Args:
         distances: [..., N] distances; one histogram per leading index.
     """
-    distances = np.asarray(distances)
-    flat = distances.reshape(-1, distances.shape[-1])
-    counts = [np.histogram(d, bins=bins, range=(0, length))[0] for d in flat]
-    return np.asarray(counts).reshape(distances.shape[:-1] + (bins,))
+    index = nn_bins(distances, length, bins)
+    flat = index.reshape(-1, index.shape[-1])
+    counts = [np.bincount(row[row >= 0], minlength=bins) for row in flat]
+    return np.asarray(counts).reshape(index.shape[:-1] + (bins,))
 
 
-def nn_divergence(sample_d1, heldout_d1, length, bins=20):
+def nn_divergence(sample_d1, heldout_d1, length, bins=NN_BINS):
     """KL(generated || held-out) of the NN-distance histograms (PAPER.md, Fig. 4a).
 
     One KL per model, as in the paper: model k's samples against the held-out
