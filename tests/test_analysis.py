@@ -39,6 +39,12 @@ def test_analyze_writes_statistics_figures_and_verdict(trained):
                                      "reasons"}
     if setting == "grammar":
         assert len(stats["nn_divergence"]) == num and len(stats["kl_bp"]["values"][0]) == 4
+        assert len(stats["nn_divergence_per_model"][0]) == 2
+        along = stats["kl_bp_along_t"]
+        assert along["epochs"] == stats["uturn"]["epochs"]
+        assert [len(row) for row in along["values"][0]] == [len(along["ratios"])] * 4
+        assert len(stats["loss_decomposition"]["l_star_train_mean_t"]) == num
+        assert stats["protocol"]["min_grammatical"] == 0.5
     else:
         assert len(stats["score_cosine"]["heldout"][0]) == 2
     pngs = [p for p in proc.stdout.split() if p.endswith(".png")]

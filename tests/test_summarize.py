@@ -218,3 +218,21 @@ def test_sampling_steps_0_is_the_full_chain_and_others_respace():
     assert analysis.sampling_schedule(schedule, 500).num_steps == 100
     with pytest.raises(train.ConfigError, match="sampling_steps"):
         analysis.sampling_schedule(schedule, -3)
+
+
+def test_kl_along_t_summary_is_the_twin_mean_and_its_peak_is_the_critical_time():
+    rng = np.random.default_rng(6)
+    ratios = analysis.kl_along_t_ratios(25)
+    np.testing.assert_allclose(ratios, np.arange(1, 26) / 25)
+    curves = [
+        dict(values=rng.random((K, 4, 25)), steps=np.arange(4, 101, 4), ratios=ratios)
+        for _ in range(2)
+    ]
+    out = analysis.summarize_kl_along_t(curves, [10.0, 30.0])
+    for e, c in enumerate(curves):
+        mean = c["values"].mean(0)  # [k, R]
+        np.testing.assert_allclose(out["values"][e], mean)
+        assert out["peak_ratio"][e] == [ratios[np.argmax(row)] for row in mean]
+    assert out["epochs"] == [10.0, 30.0] and out["k"] == [0, 1, 2, 3]
+    with pytest.raises(train.ConfigError):
+        analysis.kl_along_t_ratios(1)
