@@ -3,7 +3,9 @@
 K=2 twins of 300 digits each and 300 held out (scikit-learn's 1797 real
 images), eps-prediction MLP (width 256, depth 3), Adam 1e-3, batch 100, 3000
 epochs (9000 steps), parameters averaged (EMA 0.995), 25 log-spaced snapshots
-from epoch 100. The sample-split similarity peaks at epoch ~270 while the
+from epoch 100. Pixels in [-1, 1], not centred, samples from the clipped
+posterior sampler (celeba_paper uses the paper's [0, 1], per-split centring and
+unclipped sampler). The sample-split similarity peaks at epoch ~270 while the
 held-out loss falls until epoch ~630. Training and analysis took 2 min 40 s on
 the 2-core development machine (under load from other jobs). Analysis
 (CPU-sized): 512 coupled samples per twin on the reverse chain respaced to 100

@@ -2,7 +2,9 @@
 
 A grammar small enough for a CPU to learn in minutes (q=6, depth 3, two allowed
 child pairs per symbol: 768 possible sequences), K=2 twins of n=200 sequences,
-a width-64, 2-layer, 4-head post-LN transformer, token diffusion with T=500.
+a width-64, 2-layer, 4-head post-LN transformer with Flax's default
+initialisation (grammar_paper uses the authors' torch one), token diffusion with
+T=500, epochs of 200 / 100 = 2 full batches.
 The held-out pool keeps fresh draws of the grammar (no overlap dropping): its
 sequences may also occur in a training split, as new samples would.
 

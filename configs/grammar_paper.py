@@ -2,10 +2,14 @@
 
 Grammar q=6, depth 4, sigma 1, q_eff 4; a pool of 10^6 sequences (larger when
 15 splits of n need it); 15 twins, split i for seed i; transformer 512 x 8
-layers x 4 heads, dropout 0.1; Adam 3e-4, batch 512, the paper's per-epoch
-learning-rate factor; 25 log-spaced snapshots from epoch 100. The argument picks
-n and the number of epochs: 5000 (20000 epochs, default), 12000 (30000), 70000
-(35000).
+layers x 4 heads, dropout 0.1, initialised as the authors' torch model
+(param_init="torch": Linear kaiming-uniform, positional embedding N(0, 1),
+attention in-projection xavier-uniform with zero biases, all encoder layers
+starting from the same parameters); Adam 3e-4, batch 512, epochs of
+ceil(n / 512) steps (the last batch partial, e.g. 10 for n=5000), one epoch per
+compiled call, the paper's per-epoch learning-rate factor; 25 log-spaced
+snapshots from epoch 100. The argument picks n and the number of epochs: 5000
+(20000 epochs, default), 12000 (30000), 70000 (35000).
 
 Analysis: the paper's protocol. Coupled samples run the full reverse chain
 (T=500, `sampling_steps=0`), N=50,000 per model; the NN divergence is searched at
@@ -56,7 +60,14 @@ def get_config(arg="5000"):
     )
     config.diffusion.update(schedule="token", num_steps=500)
     config.model = ml_collections.ConfigDict(
-        dict(name="transformer", width=512, num_layers=8, num_heads=4, dropout_rate=0.1)
+        dict(
+            name="transformer",
+            width=512,
+            num_layers=8,
+            num_heads=4,
+            dropout_rate=0.1,
+            param_init="torch",  # the authors' torch model (see models/transformer.py)
+        )
     )
     config.optimizer.update(learning_rate=3e-4, schedule="paper")
     config.training.update(
