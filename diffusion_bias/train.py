@@ -36,6 +36,7 @@ import optax
 
 from diffusion_bias import checkpoints
 from diffusion_bias import grammar as grammar_lib
+from diffusion_bias import metric_writers
 from diffusion_bias import models
 from diffusion_bias.data import sources
 from diffusion_bias.diffusion import process
@@ -370,8 +371,8 @@ def snapshot_steps(config):
     )
 
 
-def get_optimizer(config):
-    """Adam with the configured learning-rate schedule.
+def learning_rate_schedule(config):
+    """The learning rate: a float ("constant") or a function of the step.
 
     "paper": a factor applied per epoch, 1.0 -> 0.5 linearly over the first 50
     epochs, then a cosine from 0.5 to 0.1 over the remaining epochs.
@@ -391,6 +392,12 @@ def get_optimizer(config):
         )
         spe = steps_per_epoch(config)
         schedule = lambda step: by_epoch(step // spe)
+    return schedule
+
+
+def get_optimizer(config):
+    """Adam with the configured learning-rate schedule (`learning_rate_schedule`)."""
+    schedule = learning_rate_schedule(config)
     return optax.adam(schedule, b1=config.optimizer.b1, b2=config.optimizer.b2)
 
 
@@ -642,6 +649,10 @@ def train_and_evaluate(config, workdir):
     chunk = make_train_chunk(config, model, schedule, kind, mesh)
     writer = _MetricWriter(workdir)
     if primary:
+        board = metric_writers.Writer(os.path.join(workdir, "tensorboard", "train"))
+        board.hparams(config.to_dict())
+        lr_at = learning_rate_schedule(config)
+    if primary:
         logging.info(
             "Training %d twins of %s for %d steps (%d epochs of %d steps) on %d "
             "device(s); %d snapshots planned.",
@@ -680,9 +691,16 @@ def train_and_evaluate(config, workdir):
                     elapsed = time.time() - window_start
                     rate = (step - window_step) / max(elapsed, 1e-9)
                     mean = np.concatenate(window_losses).mean(0)
+                    # The rate of the window's last update (optax counts from 0).
+                    lr = float(lr_at(step - 1) if callable(lr_at) else lr_at)
                     writer.write(
-                        step, epoch=step / spe, train_loss=mean.tolist(), steps_per_sec=rate
+                        step,
+                        epoch=step / spe,
+                        train_loss=mean.tolist(),
+                        steps_per_sec=rate,
+                        learning_rate=lr,
                     )
+                    board.scalars(step, metric_writers.training_scalars(mean, lr, rate))
                     logging.info(
                         "step %d/%d (epoch %d) train_loss %s  %.1f steps/s  ETA %s",
                         step,
@@ -696,6 +714,8 @@ def train_and_evaluate(config, workdir):
     finally:
         ckpts.wait_until_finished()
         ckpts.close()
+        if primary:
+            board.close()
     return state
 
 
