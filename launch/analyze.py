@@ -11,6 +11,7 @@ Rerun after new snapshots: only new ones are computed.
 """
 
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -23,11 +24,15 @@ from diffusion_bias import train
 from launch import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of a run trained by launch.train.")
-_ANALYSIS = config_flags.DEFINE_config_dict(
-    "analysis",
-    default_config.get_config().analysis,
-    "Analysis fields; only those given on the command line replace the run's.",
-)
+try:
+    # Reads the --analysis.<field> overrides from sys.argv already, here.
+    _ANALYSIS = config_flags.DEFINE_config_dict(
+        "analysis",
+        default_config.get_config().analysis,
+        "Analysis fields; only those given on the command line replace the run's.",
+    )
+except (AttributeError, KeyError) as err:
+    common.unknown_field_exit(err, sys.argv)
 flags.mark_flag_as_required("workdir")
 
 
@@ -65,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

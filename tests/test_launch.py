@@ -66,6 +66,18 @@ CASES = {
         "smoke",
     ),
     "analyze_one_twin_run": (ANALYZE, [], "config.splits.num_splits", "one_twin"),
+    "mistyped_field": (
+        SMOKE,
+        ["--config.training.batchsize=3"],
+        "--config.training.batchsize",
+        None,
+    ),
+    "mistyped_analysis_field": (
+        ANALYZE,
+        ["--analysis.num_sample=3"],
+        "--analysis.num_sample",
+        "smoke",
+    ),
 }
 
 
