@@ -20,6 +20,7 @@ import numpy as np
 from diffusion_bias import checkpoints
 from diffusion_bias import coupled
 from diffusion_bias import default_config
+from diffusion_bias import metric_writers
 from diffusion_bias import train
 from diffusion_bias import verdict
 from diffusion_bias.diffusion import process
@@ -514,6 +515,7 @@ def analyze(workdir, overrides=None):
     ckpts.close()
     with open(os.path.join(out_dir, "statistics.json"), "w") as f:
         json.dump(stats, f, indent=1)
+    metric_writers.write_analysis(stats, workdir)
     return stats
 
 

@@ -19,7 +19,9 @@ checkpoints into the shared workdir, and process 0 alone writes the other files
 and logs progress.
 """
 
+import dataclasses
 import functools
+import inspect
 import json
 import os
 import time
@@ -34,6 +36,8 @@ import numpy as np
 import optax
 
 from diffusion_bias import checkpoints
+from diffusion_bias import grammar as grammar_lib
+from diffusion_bias import metric_writers
 from diffusion_bias import models
 from diffusion_bias import monitor_run
 from diffusion_bias.data import sources
@@ -75,8 +79,193 @@ def _centering(config):
     return config.get("centering", "pooled" if config.get("center") else "none")
 
 
+def _number_in(config, path, low, high, low_open=False, high_open=False):
+    """The float at `path`, checked to lie in the interval low..high."""
+    value = _get(config, path)
+    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)
+    bad = bad or value < low or value > high or (low_open and value == low)
+    bad = bad or (high_open and value == high)
+    if bad:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ConfigError(f"config.{path} must be a number in {interval}, got {value!r}")
+    return value
+
+
+def _check_data(config):
+    """Checks the source name and fields of `config.data`, and that the schedule fits it."""
+    data = config.data
+    name = data.get("name")
+    if name not in sources.SOURCES:
+        raise ConfigError(
+            f"config.data.name must be one of {sorted(sources.SOURCES)}, got {name!r}"
+        )
+    # The fields a source takes are its arguments (sources.load_pool reads them so).
+    params = inspect.signature(sources.SOURCES[name]).parameters
+    fields = {sources._FIELD_NAMES.get((name, p), p): p for p in params}  # noqa: SLF001
+    unknown = sorted(set(data.keys()) - set(fields) - {"name"})
+    if unknown:
+        raise ConfigError(
+            f"config.data.{unknown[0]} is not a field of data source {name!r}; "
+            f"its fields are {sorted(fields)}"
+        )
+    for field, param in fields.items():
+        if field not in data and params[param].default is inspect.Parameter.empty:
+            raise ConfigError(f"config.data.{field} is needed by data source {name!r}")
+    if name == "grammar":
+        try:
+            grammar_lib.random_grammar(
+                q=data.q,
+                depth=data.depth,
+                sigma=data.sigma,
+                q_eff=data.q_eff,
+                seed=data.grammar_seed,
+            )
+        except ValueError as err:
+            # The grammar's messages start with the argument's name; the seed is grammar_seed.
+            message = str(err)
+            message = "grammar_" + message if message.startswith("seed") else message
+            raise ConfigError(f"config.data.{message}") from None
+        _positive_int(config, "data.pool_size")
+        if (
+            isinstance(data.pool_seed, bool)
+            or not isinstance(data.pool_seed, int)
+            or (data.pool_seed < 0)
+        ):
+            raise ConfigError(
+                f"config.data.pool_seed must be an integer >= 0, got {data.pool_seed!r}"
+            )
+    # The analysis reads the kind of data from the schedule.
+    kind = {"grammar": "token", "digits": "image", "tfds": "image"}.get(name)
+    if kind is not None and config.diffusion.schedule != kind:
+        raise ConfigError(
+            f"config.diffusion.schedule = {config.diffusion.schedule!r} does not fit "
+            f"config.data.name = {name!r}; use {kind!r}"
+        )
+    if _centering(config) != "none" and config.diffusion.schedule == "token":
+        raise ConfigError("config.centering applies to images only; use 'none'")
+
+
+def _check_model(config):
+    """Checks the name, fields and sizes of `config.model`."""
+    name = config.model.get("name")
+    if name not in models.MODELS:
+        raise ConfigError(f"config.model.name must be one of {sorted(models.MODELS)}, got {name!r}")
+    if (name == "transformer") != (config.diffusion.schedule == "token"):
+        raise ConfigError(
+            f"config.model.name = {name!r} does not fit config.diffusion.schedule = "
+            f"{config.diffusion.schedule!r}: tokens take the transformer, images the others"
+        )
+    fields = {f.name: f for f in dataclasses.fields(models.MODELS[name])}
+    # Set from the data by `prepare`, not by the config.
+    from_data = {"num_symbols", "length"} if name == "transformer" else set()
+    known = set(fields) - {"parent", "name"} - from_data
+    unknown = sorted(set(config.model.keys()) - known - {"name"})
+    if unknown:
+        raise ConfigError(
+            f"config.model.{unknown[0]} is not a field of model {name!r}; "
+            f"its fields are {sorted(known)}"
+        )
+    for field in sorted(known):
+        required = fields[field].default is dataclasses.MISSING
+        if field not in config.model:
+            if required:
+                raise ConfigError(f"config.model.{field} is needed by model {name!r}")
+            continue
+        if field == "dropout_rate":
+            _number_in(config, "model.dropout_rate", 0.0, 1.0, high_open=True)
+        elif fields[field].type in (int, "int"):
+            _positive_int(config, f"model.{field}")
+    if name == "transformer" and config.model.width % config.model.num_heads:
+        raise ConfigError(
+            f"config.model.num_heads = {config.model.num_heads} must divide "
+            f"config.model.width = {config.model.width}"
+        )
+
+
+def check_analysis(config):
+    """Raises ConfigError naming the first invalid field of `config.analysis`."""
+    for path in (
+        "analysis.num_samples",
+        "analysis.loss_items",
+        "analysis.loss_repeats",
+        "analysis.uturn_items",
+        "analysis.uturn_repeats",
+        "analysis.kl_along_t_points",
+        "analysis.decomposition_times",
+        "analysis.bootstrap",
+    ):
+        _positive_int(config, path)
+    steps = config.analysis.sampling_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ConfigError(
+            "config.analysis.sampling_steps must be 0 (the full chain) or a positive "
+            f"integer, got {steps!r}"
+        )
+    seed = config.analysis.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"config.analysis.seed must be an integer >= 0, got {seed!r}")
+    _number_in(config, "analysis.clip_x0", 0.0, np.inf)
+    _number_in(config, "analysis.critical_ratio", 0.0, 1.0, low_open=True)
+    _number_in(config, "analysis.min_grammatical", 0.0, 1.0)
+    num_steps = config.diffusion.num_steps
+    for path, low, high in (("score_times", 1, num_steps), ("uturn_ratios", 0.0, 1.0)):
+        values = config.analysis[path]
+        ok = isinstance(values, (list, tuple)) and len(values) > 0
+        ok = ok and all(
+            not isinstance(v, bool)
+            and isinstance(v, int if path == "score_times" else (int, float))
+            and low <= v <= high
+            and v != 0
+            for v in values
+        )
+        if not ok:
+            raise ConfigError(
+                f"config.analysis.{path} must be a non-empty tuple of "
+                f"{'integers' if path == 'score_times' else 'numbers'} in "
+                f"{'[1' if path == 'score_times' else '(0'}, {high}], got {values!r}"
+            )
+
+
+def data_pool_size(data):
+    """Items of the pool `data` names, found without writing anything.
+
+    The grammar pool's size is a field (sampling and caching it come later, in
+    `prepare`); a tfds pool's is its data source's length; others are loaded
+    without a cache directory.
+    """
+    if data.name == "grammar":
+        return data.pool_size
+    if data.name == "tfds":
+        try:
+            import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+        except ImportError:
+            raise ConfigError(
+                "config.data.name = 'tfds' needs tensorflow-datasets: pip install -e '.[tfds]'"
+            ) from None
+        try:
+            source = tfds.data_source(
+                data.dataset, split=data.get("split", "train"), data_dir=data.get("data_dir")
+            )
+        except Exception as err:  # tfds raises many types for a missing data set.
+            raise ConfigError(
+                f"config.data.dataset = {data.dataset!r} cannot be read: {err}".splitlines()[0]
+            ) from None
+        max_items = data.get("max_items")
+        return len(source) if max_items is None else min(len(source), max_items)
+    try:
+        return len(sources.load_pool(data))
+    except ValueError as err:
+        raise ConfigError(f"config.data: {err}") from None
+
+
 def check_config(config, pool_size=None):
-    """Raises ValueError naming the first invalid field of `config`."""
+    """Raises ConfigError naming the first invalid field of `config`.
+
+    Every check needs only the config (and, for the pool size, a look at the
+    data that writes nothing), so that a launcher runs them all before it
+    touches the workdir. `pool_size` (when the pool is loaded already) skips
+    finding it.
+    """
     for path in (
         "splits.num_splits",
         "splits.split_size",
@@ -106,10 +295,6 @@ def check_config(config, pool_size=None):
     if not 0 <= config.training.ema_decay < 1:
         raise ConfigError(
             f"config.training.ema_decay must be in [0, 1), got {config.training.ema_decay}"
-        )
-    if config.splits.heldout_size < 0:
-        raise ConfigError(
-            f"config.splits.heldout_size must be >= 0, got {config.splits.heldout_size}"
         )
     n, batch = config.splits.split_size, config.training.batch_size
     if batch > n:
@@ -148,8 +333,34 @@ def check_config(config, pool_size=None):
     monitor_run.check(config.monitor, ConfigError)
     if config.monitor.enabled and jax.process_count() > 1:
         raise ConfigError("config.monitor.enabled runs in single-process training only")
+    if config.splits.num_splits < 2:
+        raise ConfigError(
+            f"config.splits.num_splits must be >= 2 (the statistics compare twins), "
+            f"got {config.splits.num_splits}"
+        )
+    if config.splits.heldout_size < 2:
+        raise ConfigError(
+            f"config.splits.heldout_size must be >= 2 (test loss and membership AUC), "
+            f"got {config.splits.heldout_size}"
+        )
+    epochs = config.snapshots.epochs
+    if not isinstance(epochs, (list, tuple)) or not all(
+        not isinstance(e, bool) and isinstance(e, int) and 1 <= e <= config.training.num_epochs
+        for e in epochs
+    ):
+        raise ConfigError(
+            f"config.snapshots.epochs must list epochs in [1, config.training.num_epochs = "
+            f"{config.training.num_epochs}], got {epochs!r}"
+        )
+    _number_in(config, "optimizer.b1", 0.0, 1.0, high_open=True)
+    _number_in(config, "optimizer.b2", 0.0, 1.0, high_open=True)
+    _check_data(config)
+    _check_model(config)
+    check_analysis(config)
+    if pool_size is None:
+        pool_size = data_pool_size(config.data)
     needed = config.splits.num_splits * n + config.splits.heldout_size
-    if pool_size is not None and needed > pool_size:
+    if needed > pool_size:
         raise ConfigError(
             f"config.splits: num_splits * split_size + heldout_size = {needed} exceeds "
             f"the {pool_size} items of the data pool"
@@ -185,8 +396,8 @@ def snapshot_steps(config):
     )
 
 
-def get_optimizer(config):
-    """Adam with the configured learning-rate schedule.
+def learning_rate_schedule(config):
+    """The learning rate: a float ("constant") or a function of the step.
 
     "paper": a factor applied per epoch, 1.0 -> 0.5 linearly over the first 50
     epochs, then a cosine from 0.5 to 0.1 over the remaining epochs.
@@ -206,6 +417,12 @@ def get_optimizer(config):
         )
         spe = steps_per_epoch(config)
         schedule = lambda step: by_epoch(step // spe)
+    return schedule
+
+
+def get_optimizer(config):
+    """Adam with the configured learning-rate schedule (`learning_rate_schedule`)."""
+    schedule = learning_rate_schedule(config)
     return optax.adam(schedule, b1=config.optimizer.b1, b2=config.optimizer.b2)
 
 
@@ -436,8 +653,12 @@ def train_and_evaluate(config, workdir):
     Returns:
         The final twin state (dict of arrays stacked over the K twins).
     """
+    # Every check, the pool size included, before the first write into the workdir.
     check_config(config)
-    checkpoints.save_config(workdir, config)
+    try:
+        checkpoints.save_config(workdir, config)
+    except ValueError as err:  # a resumed run with another config: the fields are named
+        raise ConfigError(str(err)) from None
     primary = jax.process_index() == 0
     run = prepare(config, workdir)
     twin_data, kind, model, schedule = (
@@ -503,6 +724,10 @@ def train_and_evaluate(config, workdir):
             if _monitor_stops(monitor, missed_state, missed, spe, ckpts, workdir):
                 return state
     if primary:
+        board = metric_writers.Writer(os.path.join(workdir, "tensorboard", "train"))
+        board.hparams(config.to_dict())
+        lr_at = learning_rate_schedule(config)
+    if primary:
         logging.info(
             "Training %d twins of %s for %d steps (%d epochs of %d steps) on %d "
             "device(s); %d snapshots planned.",
@@ -547,9 +772,16 @@ def train_and_evaluate(config, workdir):
                     elapsed = time.time() - window_start
                     rate = (step - window_step) / max(elapsed, 1e-9)
                     mean = np.concatenate(window_losses).mean(0)
+                    # The rate of the window's last update (optax counts from 0).
+                    lr = float(lr_at(step - 1) if callable(lr_at) else lr_at)
                     writer.write(
-                        step, epoch=step / spe, train_loss=mean.tolist(), steps_per_sec=rate
+                        step,
+                        epoch=step / spe,
+                        train_loss=mean.tolist(),
+                        steps_per_sec=rate,
+                        learning_rate=lr,
                     )
+                    board.scalars(step, metric_writers.training_scalars(mean, lr, rate))
                     logging.info(
                         "step %d/%d (epoch %d) train_loss %s  %.1f steps/s  ETA %s",
                         step,
@@ -563,6 +795,8 @@ def train_and_evaluate(config, workdir):
     finally:
         ckpts.wait_until_finished()
         ckpts.close()
+        if primary:
+            board.close()
     return state
 
 

@@ -1,22 +1,57 @@
 """Computes the bias statistics, verdict and figures of a trained run.
 
-    python -m launch.analyze --workdir=workdirs/digits [--num_samples=2048 ...]
+    python -m launch.analyze --workdir=workdirs/digits \
+        [--analysis.num_samples=2048 --analysis.score_times='(50,100)' ...]
 
-Reads the config saved in the workdir; writes workdir/analysis/statistics.json
-and the figures beside it. Rerun after new snapshots: only new ones are computed.
+Reads the config saved in the workdir; any field of its `analysis` section
+(diffusion_bias/default_config.py) can be overridden as --analysis.<field>=...,
+and is checked before anything is written. Writes workdir/analysis/statistics.json,
+the figures beside it and TensorBoard event files in workdir/analysis/tensorboard.
+Rerun after new snapshots: only new ones are computed.
 """
+
+import os
+import sys
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 from diffusion_bias import analysis
+from diffusion_bias import default_config
 from diffusion_bias import figures
+from diffusion_bias import train
 from launch import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of a run trained by launch.train.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Coupled samples per twin.")
-_SAMPLING_STEPS = flags.DEFINE_integer("sampling_steps", None, "Steps of the reverse chain.")
+try:
+    # Reads the --analysis.<field> overrides from sys.argv already, here.
+    _ANALYSIS = config_flags.DEFINE_config_dict(
+        "analysis",
+        default_config.get_config().analysis,
+        "Analysis fields; only those given on the command line replace the run's.",
+    )
+except (AttributeError, KeyError) as err:
+    common.unknown_field_exit(err, sys.argv)
 flags.mark_flag_as_required("workdir")
+
+
+def checked_config(workdir, overrides):
+    """The run's config with `overrides` in its analysis section, every field checked.
+
+    Raises:
+        ConfigError: the workdir holds no trained run, or a field is invalid.
+    """
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+        raise train.ConfigError(
+            f"--workdir={workdir} holds no config.json: train it first (launch.train)"
+        )
+    config = analysis.analysis_config(workdir, overrides)
+    train.check_config(config)
+    snapshots = os.path.join(workdir, "snapshots")
+    if not os.path.isdir(snapshots) or not any(s.isdigit() for s in os.listdir(snapshots)):
+        raise train.ConfigError(f"--workdir={workdir} holds no snapshots: train it first")
+    return config
 
 
 def main(argv):
@@ -24,11 +59,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.setup_logging()
     common.refuse_distributed("launch.analyze")
-    overrides = {
-        name: flag.value
-        for name, flag in (("num_samples", _NUM_SAMPLES), ("sampling_steps", _SAMPLING_STEPS))
-        if flag.value is not None
-    }
+    # Only the fields given on the command line: the others keep the run's values.
+    overrides = dict(config_flags.get_override_values(flags.FLAGS["analysis"]))
+    common.exit_on_config_error(checked_config, _WORKDIR.value, overrides)
     stats = common.exit_on_config_error(analysis.analyze, _WORKDIR.value, overrides)
     paths = figures.draw_all(stats, f"{_WORKDIR.value}/analysis")
     print(analysis.verdict_line(stats))
@@ -37,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

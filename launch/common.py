@@ -1,7 +1,9 @@
 """What every entry point shares: quiet logs, clear config errors, multi-process runs."""
 
+import ast
 import logging as std_logging
 import os
+import re
 import sys
 
 from absl import app
@@ -41,6 +43,57 @@ class _DropLibraryInfo(std_logging.Filter):
 def setup_logging():
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_DropLibraryInfo())
+
+
+def _config_error_exit(message):
+    print(f"Config error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def unknown_field_exit(err, argv):
+    """Ends the program on ml_collections' error for a field the locked config lacks.
+
+    Args:
+        err: the AttributeError or KeyError; its first line quotes the field,
+            the next ones hint at the closest field name.
+        argv: the command line, to name the flag that gave the field.
+    """
+    text = str(err)
+    # KeyError's str is the repr of its message, nested once per re-raise.
+    while text[:1] in "'\"":
+        try:
+            text = str(ast.literal_eval(text))
+        except (ValueError, SyntaxError):
+            break
+    lines = text.splitlines()
+    missing = lines[0].strip("'\"")
+    given = [
+        arg.split("=")[0]
+        for arg in argv[1:]
+        if re.match(r"--?(config|analysis)\.", arg) and missing in arg.split("=")[0]
+    ]
+    flag = given[0] if given else f"--config.{missing}"
+    _config_error_exit(f"{flag} names no field of the config. {' '.join(lines[1:])}".strip())
+
+
+def parse_flags(argv):
+    """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`), with one-line errors.
+
+    A --config.<field> or --analysis.<field> that the locked config lacks, or
+    whose value does not parse, ends the program like a ConfigError (one
+    line, status 2) instead of a traceback from ml_collections.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as err:
+        if re.search(r"(config|analysis)\.", str(err)):
+            _config_error_exit(str(err))
+        # What absl's own parser does with every other flag error.
+        print(f"FATAL Flags parsing error: {err}", file=sys.stderr)
+        print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
+        sys.exit(1)
+    except (AttributeError, KeyError) as err:
+        unknown_field_exit(err, argv)
 
 
 def exit_on_config_error(fn, *args):

@@ -75,9 +75,12 @@ def main(argv):
     common.setup_logging()
     common.refuse_distributed("launch.reproduce")
     configs = setting_configs(_SETTINGS.value, _NUM_SPLITS.value)
+    # Every setting's config is checked before the first one starts training.
+    for config in configs.values():
+        common.exit_on_config_error(train.check_config, config)
     path = common.exit_on_config_error(run, _WORKDIR.value, configs)
     print(path)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)
