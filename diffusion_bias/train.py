@@ -41,6 +41,7 @@ from diffusion_bias import metric_writers
 from diffusion_bias import models
 from diffusion_bias import monitor_run
 from diffusion_bias.data import sources
+from diffusion_bias.models import transformer
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion import schedules
@@ -175,6 +176,11 @@ def _check_model(config):
             _number_in(config, "model.dropout_rate", 0.0, 1.0, high_open=True)
         elif fields[field].type in (int, "int"):
             _positive_int(config, f"model.{field}")
+    if name == "transformer" and config.model.get("param_init", "flax") not in transformer.INITS:
+        raise ConfigError(
+            f"config.model.param_init must be one of {list(transformer.INITS)}, got "
+            f"{config.model.param_init!r}"
+        )
     if name == "transformer" and config.model.width % config.model.num_heads:
         raise ConfigError(
             f"config.model.num_heads = {config.model.num_heads} must divide "
