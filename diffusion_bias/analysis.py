@@ -20,6 +20,7 @@ import numpy as np
 from diffusion_bias import checkpoints
 from diffusion_bias import coupled
 from diffusion_bias import default_config
+from diffusion_bias import stopping
 from diffusion_bias import metric_writers
 from diffusion_bias import train
 from diffusion_bias import verdict
@@ -29,10 +30,11 @@ from diffusion_bias.diffusion import schedules
 from diffusion_bias.statistics import controlled
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
+from diffusion_bias.statistics import quality
 from diffusion_bias.statistics import sample_split
 
 # Bumped whenever the per-snapshot arrays change meaning, so old caches are not reused.
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 STATISTICS_SCHEMA = """\
 statistics.json: one entry per snapshot (checkpoint) in every list.
@@ -92,16 +94,26 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      image_sampler}
   examples           images: {samples: [K][E][H][W], nearest: [K][E][H][W]} for the
                      snapshot at the bias onset
+  sample_quality     images with class labels (digits): [C] mean confidence of a
+                     classifier fitted on the held-out items, over the samples
+  stopping_rules     one row per rule of diffusion_bias.stopping.RULES, replayed over
+                     the snapshots as online with the config.monitor settings: rule,
+                     stop_epoch, kept_epoch, test_loss_excess (relative to the
+                     minimum), membership_auc, memorized_fraction, closer_to_own,
+                     quality (sample_quality, or grammatical_fraction), reason
 """
 
 
 def analysis_config(workdir, overrides=None):
     """The run's config with its analysis section (defaults where absent)."""
     saved = checkpoints.load_config(workdir)
-    analysis = default_config.get_config().analysis.to_dict()
+    defaults = default_config.get_config()
+    analysis = defaults.analysis.to_dict()
     analysis.update(saved.get("analysis", {}))
     analysis.update(overrides or {})
     saved["analysis"] = analysis
+    # The stopping rules the report replays read the monitor's settings.
+    saved["monitor"] = {**defaults.monitor.to_dict(), **saved.get("monitor", {})}
     return ml_collections.ConfigDict(saved)
 
 
@@ -173,6 +185,12 @@ class _Instrument:
         )
         self.score_key = jax.random.fold_in(key, 2)
         self.stat_key = jax.random.fold_in(key, 3)
+        labels = run["pool"].labels
+        self.classifier = None
+        if self.kind == "images" and labels is not None:
+            # Sample quality: a classifier of the held-out items (never the training sets).
+            held_labels = labels[run["twin_data"].splits.heldout]
+            self.classifier = quality.fit_classifier(self.heldout, held_labels)
         if self.kind == "tokens":
             self.q = self.grammar.q
             self.length = self.train.shape[-1]
@@ -242,6 +260,10 @@ class _Instrument:
         out["train_losses"] = np.stack(
             [self.losses_of(p, self.train_items[k]) for k, p in enumerate(params)]
         )
+        if self.classifier is not None:
+            out["quality"] = np.stack(
+                [quality.classifier_confidence(self.classifier, x) for x in samples]
+            )  # [K, N]
         if self.kind == "images":
             out["score_cosine_heldout"], out["score_cosine_train"] = self._score_cosines(params)
             e = min(8, self.a.num_samples)
@@ -723,6 +745,27 @@ def summarize(config, steps, per_step):
             decision.setdefault("other_statistics", {})[name] = other
     stats["verdict"] = decision
     stats["protocol"] = protocol(config)
+    if "quality" in per_step[0]:
+        stats["sample_quality"] = col("quality").mean(axis=(1, 2)).tolist()
+    quality_curve = stats.get("sample_quality", stats.get("grammatical_fraction"))
+    bias_curve = bias if kind == "images" else divergence
+    m = config.monitor
+    stats["stopping_rules"] = stopping.rule_costs(
+        epochs,
+        dict(
+            test_loss=test.mean(axis=1),
+            bias=bias_curve,
+            bias_boot=bias_boot,
+            membership_auc=np.asarray(stats["membership_auc"]),
+            memorized_fraction=np.asarray(stats["nearest"]["memorized_fraction"]),
+            closer_to_own=np.asarray(stats["nearest"]["closer_to_own"]),
+        ),
+        quality=quality_curve,
+        patience=m.patience,
+        auc_threshold=m.auc_threshold,
+        memorized_threshold=m.memorized_threshold,
+        bias_mode="max" if kind == "images" else "min",
+    )
     onset_index = (
         epochs.index(decision["bias_onset_epoch"])
         if decision.get("bias_onset_epoch") is not None

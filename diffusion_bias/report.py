@@ -58,6 +58,38 @@ def protocol_text(protocol):
     return "Protocol: " + "; ".join(parts) + "."
 
 
+def stopping_rules_table(stats):
+    """Lines of the table: what stopping by each rule would have cost on this run."""
+    rows = stats.get("stopping_rules")
+    if not rows:
+        return []
+    quality = "grammatical share" if stats.get("setting") == "tokens" else "sample quality"
+    lines = [
+        "What each stopping rule would have cost (replayed over the snapshots as it would "
+        "run online, `config.monitor` settings; test loss relative to its minimum; "
+        f"{quality}: "
+        + (
+            "share of samples the grammar allows"
+            if stats.get("setting") == "tokens"
+            else "mean confidence of a classifier of the held-out items"
+        )
+        + "):",
+        "",
+        f"| rule | stops at epoch | keeps epoch | test loss over its minimum | membership AUC "
+        f"| memorised fraction | closer to own set | {quality} |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        excess = r.get("test_loss_excess")
+        lines.append(
+            f"| {r['rule']} | {_fmt(r.get('stop_epoch'))} | {_fmt(r.get('kept_epoch'))} | "
+            f"{'-' if excess is None else f'{100 * excess:+.1f}%'} | "
+            f"{_fmt(r.get('membership_auc'))} | {_fmt(r.get('memorized_fraction'))} | "
+            f"{_fmt(r.get('closer_to_own'))} | {_fmt(r.get('quality'))} |"
+        )
+    return lines + [""]
+
+
 def setting_section(name, stats, figure_paths, report_dir):
     """Markdown of one setting: its verdict table and its figures."""
     v = stats["verdict"]
@@ -133,6 +165,7 @@ def setting_section(name, stats, figure_paths, report_dir):
             f"{_fmt(max(g))} at best, {_fmt(g[-1])} at the last."
         )
     lines.append("")
+    lines += stopping_rules_table(stats)
     for path in figure_paths:
         rel = os.path.relpath(path, report_dir)
         title = os.path.splitext(os.path.basename(path))[0].replace("_", " ")

@@ -706,29 +706,7 @@ def train_and_evaluate(config, workdir):
     latest_every = -(-config.snapshots.latest_every_steps // per_call) * per_call
     chunk = make_train_chunk(config, model, schedule, kind, mesh)
     writer = _MetricWriter(workdir)
-    monitor = None
-    if config.monitor.enabled:
-        done = monitor_run.stopped_result(workdir)
-        if done is not None:
-            logging.info("A %s rule already stopped this run: %s", done["rule"], done["reason"])
-            return state
-        monitor = monitor_run.build(
-            config,
-            twin_data.train,
-            twin_data.heldout,
-            model,
-            schedule,
-            kind,
-            getattr(model, "num_symbols", None),
-            run["offsets"],
-        )
-        monitor_run.restore(monitor, workdir, upto_epoch=start / spe)
-        # Snapshots saved before a crash that the monitor had not yet seen.
-        seen = monitor.rows[-1]["epoch"] * spe if monitor.rows else 0
-        for missed in [int(s) for s in plan if seen < s <= start]:
-            missed_state = state if missed == start else ckpts.read_snapshot(missed)
-            if _monitor_stops(monitor, missed_state, missed, spe, ckpts, workdir):
-                return state
+    board = None
     if primary:
         board = metric_writers.Writer(os.path.join(workdir, "tensorboard", "train"))
         board.hparams(config.to_dict())
@@ -748,7 +726,30 @@ def train_and_evaluate(config, workdir):
 
     step, window_start, window_losses = start, time.time(), []
     window_step = start
+    monitor = None
     try:
+        if config.monitor.enabled:
+            done = monitor_run.stopped_result(workdir)
+            if done is not None:
+                logging.info("A %s rule already stopped this run: %s", done["rule"], done["reason"])
+                return state
+            monitor = monitor_run.build(
+                config,
+                twin_data.train,
+                twin_data.heldout,
+                model,
+                schedule,
+                kind,
+                getattr(model, "num_symbols", None),
+                run["offsets"],
+            )
+            monitor_run.restore(monitor, workdir, upto_epoch=start / spe)
+            # Snapshots saved before a crash that the monitor had not yet seen.
+            seen = monitor.rows[-1]["epoch"] * spe if monitor.rows else 0
+            for missed in [int(s) for s in plan if seen < s <= start]:
+                missed_state = state if missed == start else ckpts.read_snapshot(missed)
+                if _monitor_stops(monitor, missed_state, missed, spe, ckpts, workdir, board):
+                    return state
         while step < total:
             state, losses = chunk(state, data)
             if not (losses.is_fully_addressable or losses.is_fully_replicated):
@@ -770,7 +771,7 @@ def train_and_evaluate(config, workdir):
             if (
                 monitor is not None
                 and step in plan
-                and _monitor_stops(monitor, state, step, spe, ckpts, workdir)
+                and _monitor_stops(monitor, state, step, spe, ckpts, workdir, board)
             ):
                 break
             if step % config.training.log_every_steps < per_call or step == total:
@@ -806,17 +807,24 @@ def train_and_evaluate(config, workdir):
     return state
 
 
-def _monitor_stops(monitor, state, step, spe, ckpts, workdir):
-    """Runs the monitor on the snapshot at `step`; on a stop, saves the result. Stop?"""
+def _monitor_stops(monitor, state, step, spe, ckpts, workdir, board=None):
+    """Runs the monitor on the snapshot at `step`; on a stop, saves the result. Stop?
+
+    Its row goes to monitor.jsonl and, as monitor/<statistic> scalars at `step`,
+    to the training TensorBoard `board`, beside the train loss.
+    """
     start = time.time()
     ema = state.get("ema_params")
     params = ema if ema is not None and jax.tree.leaves(ema) else state["params"]
     row = monitor(params, epoch=step / spe)
     monitor_run.record(monitor, workdir)
+    scalars = {k: v for k, v in row.items() if isinstance(v, float) and k not in ("epoch",)}
+    if board is not None:
+        board.scalars(step, {f"monitor/{k}": v for k, v in scalars.items() if k != "kept_epoch"})
     logging.info(
         "monitor at epoch %g: %s  (%.1f s)",
         row["epoch"],
-        "  ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float) and k != "epoch"),
+        "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()),
         time.time() - start,
     )
     if row["decision"] != "stop":

@@ -47,6 +47,18 @@ def test_analyze_writes_statistics_figures_and_verdict(trained):
         assert stats["protocol"]["min_grammatical"] == 0.5
     else:
         assert len(stats["score_cosine"]["heldout"][0]) == 2
+    # Each stopping rule replayed over the run: it keeps one of the snapshots.
+    rules = {r["rule"]: r for r in stats["stopping_rules"]}
+    assert set(rules) == {"none", "test_loss", "bias_onset", "privacy_budget"}
+    assert rules["none"]["kept_epoch"] == stats["checkpoints"][-1]
+    for r in rules.values():
+        assert r["kept_epoch"] is None or r["kept_epoch"] in stats["checkpoints"]
+    if rules["test_loss"]["kept_epoch"] is not None:
+        best = stats["checkpoints"][stats["test_loss"].index(min(stats["test_loss"]))]
+        assert rules["test_loss"]["kept_epoch"] <= best
+    if setting == "digits":
+        assert len(stats["sample_quality"]) == num
+        assert all(0 < q <= 1 for q in stats["sample_quality"])
     pngs = [p for p in proc.stdout.split() if p.endswith(".png")]
     assert pngs and all(os.path.getsize(p) > 1000 for p in pngs)
 

@@ -156,17 +156,28 @@ def monitored(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("monitored")
     config = _monitored_smoke("none")
     train.train_and_evaluate(config, str(workdir))
-    return config, _rows(workdir)
+    return config, _rows(workdir), workdir
 
 
 def test_training_writes_one_monitor_row_per_snapshot(monitored):
     from diffusion_bias import train
 
-    config, rows = monitored
+    from tests.test_metric_writers import _event_scalars
+
+    config, rows, workdir = monitored
     spe = train.steps_per_epoch(config)
-    assert [r["epoch"] for r in rows] == [s / spe for s in train.snapshot_steps(config)]
+    steps = train.snapshot_steps(config)
+    assert [r["epoch"] for r in rows] == [s / spe for s in steps]
     assert all(r["decision"] == "continue" for r in rows)
     assert {"test_loss", "membership_auc", "similarity", "memorized_fraction"} <= set(rows[0])
+    # The same rows in TensorBoard, beside the training loss, at the snapshots' steps.
+    scalars, _ = _event_scalars(os.path.join(workdir, "tensorboard", "train"))
+    for name in ("test_loss", "similarity", "membership_auc"):
+        by_step = scalars[f"monitor/{name}"]
+        assert sorted(by_step) == [int(s) for s in steps]
+        np.testing.assert_allclose(
+            [by_step[int(s)] for s in steps], [r[name] for r in rows], rtol=1e-6
+        )
 
 
 def test_a_rule_that_fires_ends_training_and_saves_the_kept_parameters(monitored, tmp_path):
@@ -176,7 +187,7 @@ def test_a_rule_that_fires_ends_training_and_saves_the_kept_parameters(monitored
 
     # A privacy budget between the AUC of the snapshots before the first rise and
     # that rise: the rule must stop there and keep the snapshot before it.
-    _, reference = monitored
+    _, reference, _ = monitored
     auc = [r["membership_auc"] for r in reference]
     rises = [j for j in range(1, len(auc)) if auc[j] > max(auc[:j])]
     assert rises, f"the smoke run's AUC never rises: {auc}"
@@ -205,7 +216,7 @@ def test_a_rule_that_fires_ends_training_and_saves_the_kept_parameters(monitored
 def test_an_interrupted_monitored_run_resumes_with_the_same_rows(monitored, tmp_path, monkeypatch):
     from diffusion_bias import train
 
-    config, reference = monitored
+    config, reference, _ = monitored
     calls = []
     original = train._monitor_stops
 

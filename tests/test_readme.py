@@ -50,3 +50,17 @@ def test_readme_python_version_matches_setup():
     text = _readme()
     assert f"Python {minimum} or newer" in text
     assert not re.search(r"Python 3\.(\d+)\+", text)
+
+
+def test_bias_monitor_snippet_runs_in_a_users_own_loop_and_its_rule_decides():
+    names = {}
+    code = _section_code(_readme(), "## The bias monitor: decide while training")
+    exec(compile(code, "README.md", "exec"), names)
+    monitor, row = names["monitor"], names["row"]
+    assert monitor.rows and monitor.rows[-1] == row
+    assert [r["epoch"] for r in monitor.rows] == [25.0 * (i + 1) for i in range(len(monitor.rows))]
+    for r in monitor.rows:
+        assert 0.0 <= r["membership_auc"] <= 1.0 and -1.0 <= r["similarity"] <= 1.0
+    if row["decision"] == "stop":  # the rule kept an earlier snapshot: the similarity peak
+        peak = max(monitor.rows, key=lambda r: r["similarity"])
+        assert row["kept_epoch"] == peak["epoch"] < row["epoch"]

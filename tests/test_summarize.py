@@ -198,6 +198,8 @@ def test_decomposition_steps_are_the_midpoints_of_equal_slices_of_1_to_T():
 
 def test_report_states_the_protocol_and_the_ungated_onset(tmp_path):
     config = _config(min_grammatical=0.5, sampling_steps=0, uturn_repeats=7)
+    with config.unlocked():
+        config.monitor.patience = 1
     stats = _summarize(config, _per_step(5))
     assert stats["protocol"]["chain_steps"] == config.diffusion.num_steps
     text = report.setting_section("grammar", stats, [], str(tmp_path))
@@ -205,6 +207,14 @@ def test_report_states_the_protocol_and_the_ungated_onset(tmp_path):
     assert f"U-turn on {config.analysis.uturn_items} sequences x 7 noise repetitions" in text
     assert "Without that gate (the paper's definition): onset at epoch" in text
     assert "exact copies" in text
+    assert "What each stopping rule would have cost" in text
+    for rule in ("none", "test_loss", "bias_onset", "privacy_budget"):
+        assert f"| {rule} |" in text
+    # The test-loss rule (patience 1) keeps the held-out loss minimum (index 3 of 5).
+    rows = {r["rule"]: r for r in stats["stopping_rules"]}
+    assert rows["test_loss"]["kept_epoch"] == stats["checkpoints"][3]
+    assert rows["test_loss"]["test_loss_excess"] == 0.0
+    assert rows["none"]["quality"] == stats["grammatical_fraction"][-1]
     stats = _summarize(_config(min_grammatical=0.0, sampling_steps=20), _per_step(5))
     text = report.setting_section("grammar", stats, [], str(tmp_path))
     assert "respaced to 20 of T" in text and "no grammaticality gate" in text
