@@ -134,7 +134,7 @@ def _check_data(config):
             f"config.diffusion.schedule = {config.diffusion.schedule!r} does not fit "
             f"config.data.name = {name!r}; use {kind!r}"
         )
-    if config.center and config.diffusion.schedule == "token":
+    if config.get("center") and config.diffusion.schedule == "token":
         raise ConfigError("config.center applies to images only")
 
 
