@@ -48,7 +48,12 @@ def setting_configs(settings, num_splits=None):
 
 
 def run(workdir, configs):
-    """Trains, analyses and reports every {name: config}; returns the report path."""
+    """Trains, analyses and reports every {name: config}; returns the report path.
+
+    Shows progress wherever it is called from: a notebook has no `app.run` to
+    set up logging, so this does.
+    """
+    common.setup_logging()
     sections, timings = [], {}
     stages = len(configs) * 2
     for i, (name, config) in enumerate(configs.items()):
