@@ -151,3 +151,15 @@ def test_grammar_paper_epochs_have_ceil_steps_and_pass_the_checks(n, spe):
     total = config.training.num_epochs * spe
     assert total % config.training.steps_per_call == 0
     train.check_config(config)
+
+
+def test_steps_per_call_must_divide_the_ceil_based_total():
+    config = smoke.get_config()
+    with config.unlocked():
+        config.splits.split_size = 56  # 4 steps per epoch, 40 in all (n // batch: 30)
+        config.training.steps_per_call = 3  # divides 30, not 40
+    with pytest.raises(train.ConfigError, match="ceil"):
+        train.check_config(config)
+    with config.unlocked():
+        config.training.steps_per_call = 8
+    train.check_config(config)
