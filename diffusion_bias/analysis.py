@@ -468,7 +468,7 @@ def analyze(workdir, overrides=None):
     """Computes the statistics of every snapshot of `workdir`, with a verdict.
 
     Args:
-        workdir: a run's folder (config.json and snapshots/ inside).
+        workdir: a run's folder (config.json and checkpoints/ inside).
         overrides: dict of analysis fields that replace the run's.
 
     Returns:
@@ -478,7 +478,8 @@ def analyze(workdir, overrides=None):
     out_dir = os.path.join(workdir, "analysis")
     cache_dir = os.path.join(out_dir, "cache")
     os.makedirs(cache_dir, exist_ok=True)
-    ckpts = checkpoints.TwinCheckpoints(workdir)
+    # Read only: the training may still run and save; its complete snapshots are analysed.
+    ckpts = checkpoints.TwinCheckpoints(workdir, train.snapshot_steps(config), read_only=True)
     steps = ckpts.snapshot_steps()
     if not steps:
         raise ValueError(f"{workdir} holds no snapshots: train it first (launch.train)")

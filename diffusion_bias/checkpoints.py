@@ -1,23 +1,45 @@
-"""Snapshots of the twin state: a log-spaced plan kept forever, a rolling latest.
+"""Checkpoints of the twin state: log-spaced snapshots kept forever, the latest for resuming.
 
 A run's workdir holds
 
-    config.json      the resolved config the run was started with
-    snapshots/STEP/  Orbax checkpoints at the planned steps, never deleted
-    latest/STEP/     the newest state for resuming (Orbax keeps one)
+    config.json         the resolved config the run was started with
+    checkpoints/STEP/   Orbax checkpoints of one manager: the planned snapshot
+                        steps (`train.snapshot_steps`), never deleted, and the
+                        newest step, kept for resuming
+    damaged/STEP/       checkpoints found unreadable on resume, set aside
+
+Orbax's own policies decide what is written and what is kept: a save at the
+planned steps and every `latest_every` steps (SpecificStepsPolicy,
+FixedIntervalPolicy), and after each save the planned steps and the newest one
+stay (CustomSteps, LatestN(1)) while the others are deleted.
 
 Orbax writes each checkpoint into a temporary folder and renames it when
-complete, so a run killed mid-save leaves no half checkpoint behind; a
-checkpoint damaged afterwards is reported by name and skipped on resume.
+complete, so a reader only ever lists complete checkpoints, and a run killed
+mid-save leaves no half checkpoint behind (the next run's writer removes the
+temporary folder). Opened with `read_only=True`, a manager neither creates nor
+deletes anything: the analysis reads the snapshots complete so far while the
+training still runs and saves. A checkpoint damaged afterwards is reported by
+name, set aside and skipped on resume.
+
+SIGTERM (how schedulers announce a preemption) is caught while training runs:
+the loop saves the step it reached and exits with status 75 (EX_TEMPFAIL,
+"rerun to resume"); the same command then resumes from that step.
+
+This layout (one `checkpoints/` folder) replaced `snapshots/` and `latest/`;
+workdirs of the old layout are not read.
 """
 
 import json
 import os
+import signal
+import threading
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 
 
 def snapshot_plan(total_steps, num_snapshots, first_step, multiple_of=1):
@@ -91,59 +113,74 @@ def _diff(a, b, prefix=""):
         yield prefix.rstrip(".")
 
 
-def _barrier_prefix(name):
-    """Multi-process options giving one manager's cross-process barriers their own names.
-
-    With several processes, a manager syncs them at named barriers, some named
-    alike in every manager; two managers saving at once (a snapshot while the
-    latest still finishes in the background) then collide: "Barrier
-    ThreadSaveMultiHostValueHolder:set_value_start is already ongoing".
-    """
-    return ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=name)
-
-
 class TwinCheckpoints:
-    """The snapshot and latest managers of one run."""
+    """The checkpoints of one run, in `workdir/checkpoints`.
 
-    def __init__(self, workdir):
-        self.snapshots = ocp.CheckpointManager(
-            os.path.join(os.path.abspath(workdir), "snapshots"),
-            item_handlers=ocp.StandardCheckpointHandler(),
-            options=ocp.CheckpointManagerOptions(
+    Args:
+        workdir: the run's folder.
+        snapshot_steps: int [S] the planned snapshot steps of the run; they are
+            saved and never deleted, and they alone are `snapshot_steps()`.
+        latest_every: a writer also saves every this many steps, keeping only
+            the newest of those; None saves the planned steps alone.
+        read_only: open for reading only (the analysis, tests): nothing is
+            created, cleaned up or deleted, so a reader is safe beside a
+            training run that writes the same folder.
+    """
+
+    def __init__(self, workdir, snapshot_steps, latest_every=None, read_only=False):
+        self._workdir = os.path.abspath(workdir)
+        self._planned = sorted({int(s) for s in np.asarray(snapshot_steps).ravel()})
+        self._read_only = read_only
+        if read_only:
+            options = ocp.CheckpointManagerOptions(
+                read_only=True,
+                create=False,
+                # No per-step metadata read on opening: a step the training
+                # deletes meanwhile (an older latest) cannot fail the listing.
+                lightweight_initialize=True,
+                save_interval_steps=0,
+            )
+        else:
+            save = [policies.SpecificStepsPolicy(frozenset(self._planned))]
+            if latest_every:
+                save.append(policies.FixedIntervalPolicy(latest_every))
+            options = ocp.CheckpointManagerOptions(
                 create=True,
+                # Only a writer may remove the temporary folders of an
+                # interrupted save: a reader would delete a save in flight.
                 cleanup_tmp_directories=True,
-                multiprocessing_options=_barrier_prefix("snapshots"),
-            ),
-        )
-        self.latest = ocp.CheckpointManager(
-            os.path.join(os.path.abspath(workdir), "latest"),
+                save_decision_policy=policies.AnySavePolicy(save),
+                preservation_policy=policies.AnyPreservationPolicy(
+                    [policies.CustomSteps(self._planned), policies.LatestN(1)]
+                ),
+            )
+        self._manager = ocp.CheckpointManager(
+            os.path.join(self._workdir, "checkpoints"),
             item_handlers=ocp.StandardCheckpointHandler(),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=1,
-                create=True,
-                cleanup_tmp_directories=True,
-                multiprocessing_options=_barrier_prefix("latest"),
-            ),
+            options=options,
         )
 
-    def save(self, step, state, snapshot, latest):
-        """Saves `state` at `step` as a snapshot and/or as the latest state."""
-        if snapshot:
-            self.snapshots.save(step, args=ocp.args.StandardSave(state))
-        if latest and not snapshot:
-            self.latest.save(step, args=ocp.args.StandardSave(state))
+    def save(self, step, state, force=False):
+        """Saves `state` at `step` if the policies ask for it (or `force`).
+
+        Returns:
+            Whether a save started (it completes in the background).
+        """
+        return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+    def all_steps(self):
+        """Every complete checkpoint's step, planned or not, sorted."""
+        return sorted(self._manager.all_steps())
 
     def snapshot_steps(self):
-        return sorted(self.snapshots.all_steps())
-
-    def restore_snapshot(self, step, abstract_state):
-        """The state saved as snapshot `step`."""
-        return self.snapshots.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        """The complete planned snapshots, sorted (a running training adds more)."""
+        planned = set(self._planned)
+        return [s for s in self.all_steps() if s in planned]
 
     def read_snapshot(self, step):
-        """Snapshot `step` as saved, on this process's first device.
+        """Checkpoint `step` as saved, on this process's first device.
 
-        Needs no target state, and reads snapshots written on any number of
+        Needs no target state, and reads checkpoints written on any number of
         devices (the analysis may run elsewhere than the training).
 
         Returns:
@@ -152,43 +189,123 @@ class TwinCheckpoints:
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-            self.snapshots.item_metadata(step),
+            self._manager.item_metadata(step),
         )
-        return self.snapshots.restore(step, args=ocp.args.StandardRestore(target))
+        return self._manager.restore(step, args=ocp.args.StandardRestore(target))
 
     def restore_newest(self, abstract_state):
-        """The newest readable state, from either manager.
+        """The newest readable state; unreadable newer ones are set aside.
 
-        A checkpoint that fails to load is logged by name and skipped, so a
-        damaged latest falls back to the snapshot before it.
+        A checkpoint that fails to load is logged by name and moved to
+        workdir/damaged/, so that the resumed run saves that step again in its
+        place (Orbax saves no step at or below an existing one).
 
         Returns:
             (step, state), or (0, None) when nothing readable is saved.
         """
-        candidates = [(s, self.latest) for s in self.latest.all_steps()]
-        candidates += [(s, self.snapshots) for s in self.snapshots.all_steps()]
-        for step, manager in sorted(candidates, key=lambda c: -c[0]):
+        if self._read_only:
+            raise ValueError("restore_newest sets damaged checkpoints aside: open as a writer")
+        damaged, found = [], (0, None)
+        for step in reversed(self.all_steps()):
             try:
-                state = manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+                state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
             except Exception as err:  # Orbax raises many types for damaged files.
-                path = os.path.join(str(manager.directory), str(step))
                 logging.warning(
-                    "Checkpoint %s is unreadable (%s: %s); trying an older one.",
-                    path,
+                    "Checkpoint %s is unreadable (%s: %s); setting it aside in %s and "
+                    "trying an older one.",
+                    self._path(step),
                     type(err).__name__,
                     err,
+                    os.path.join(self._workdir, "damaged"),
                 )
+                damaged.append(step)
                 continue
-            return step, state
-        return 0, None
+            found = (step, state)
+            break
+        if damaged:
+            self._set_aside(damaged)
+        return found
+
+    def _path(self, step):
+        return os.path.join(str(self._manager.directory), str(step))
+
+    def _set_aside(self, steps):
+        """Moves checkpoints `steps` to workdir/damaged/STEP (or STEP.N if taken)."""
+        if jax.process_index() == 0:
+            os.makedirs(os.path.join(self._workdir, "damaged"), exist_ok=True)
+            for step in steps:
+                dest, n = os.path.join(self._workdir, "damaged", str(step)), 0
+                while os.path.exists(dest):
+                    n += 1
+                    dest = os.path.join(self._workdir, "damaged", f"{step}.{n}")
+                os.replace(self._path(step), dest)
+        if jax.process_count() > 1:
+            # The other processes list the folder only once process 0 has moved them.
+            multihost_utils.sync_global_devices("diffusion_bias: damaged checkpoints set aside")
+        self._manager.reload()
 
     def wait_until_finished(self):
-        self.snapshots.wait_until_finished()
-        self.latest.wait_until_finished()
+        self._manager.wait_until_finished()
 
     def close(self):
-        self.snapshots.close()
-        self.latest.close()
+        self._manager.close()
+
+
+# Exit status of a run stopped by SIGTERM after saving: EX_TEMPFAIL of
+# sysexits.h, "temporary failure, the user is invited to retry".
+PREEMPTED_EXIT_STATUS = 75
+
+
+class Preempted(SystemExit):
+    """Training stopped on SIGTERM after saving `step`; exits with status 75."""
+
+    def __init__(self, step):
+        super().__init__(PREEMPTED_EXIT_STATUS)
+        self.step = step
+
+
+class PreemptionNotice:
+    """Records SIGTERM from `install()` to `uninstall()`; the loop asks `received()`.
+
+    The handler only sets a flag (no logging or I/O inside a signal handler);
+    the training loop checks it between compiled calls, saves and stops. With
+    several processes, a SIGTERM to any of them counts for all: `received()`
+    gathers every process's flag, so all stop at the same step (each call of it
+    is a collective, made once per compiled call by every process). Outside the
+    main thread, where Python cannot set handlers, SIGTERM keeps its action.
+    """
+
+    def __init__(self):
+        self._flag = False
+        self._installed = False
+        self._previous = None
+
+    @classmethod
+    def install(cls):
+        """A notice whose handler now catches SIGTERM."""
+        notice = cls()
+        if threading.current_thread() is threading.main_thread():
+            notice._previous = signal.signal(signal.SIGTERM, notice._handle)
+            notice._installed = True
+        return notice
+
+    def uninstall(self):
+        """Gives SIGTERM back its previous action."""
+        if self._installed:
+            # None: a handler set outside Python (JAX's, after jax.distributed).
+            previous = signal.SIG_DFL if self._previous is None else self._previous
+            signal.signal(signal.SIGTERM, previous)
+            self._installed = False
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self._flag = True
+
+    def received(self):
+        """Whether any process got SIGTERM; the same answer on every process."""
+        if jax.process_count() == 1:
+            return self._flag
+        return bool(np.any(multihost_utils.process_allgather(np.int32(self._flag))))
 
 
 def abstract(state):

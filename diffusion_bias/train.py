@@ -17,6 +17,10 @@ Several processes (after `jax.distributed.initialize`) run the same program on
 one global mesh: each holds the full replicated data, all of them save the
 checkpoints into the shared workdir, and process 0 alone writes the other files
 and logs progress.
+
+SIGTERM (preemption) stops the run at the next call boundary, after saving that
+step: the process exits with status 75 (`checkpoints.PREEMPTED_EXIT_STATUS`) and
+the same command resumes, to the same parameters as an uninterrupted run.
 """
 
 import dataclasses
@@ -658,6 +662,10 @@ def train_and_evaluate(config, workdir):
 
     Returns:
         The final twin state (dict of arrays stacked over the K twins).
+
+    Raises:
+        checkpoints.Preempted: (a SystemExit, status 75) on SIGTERM, once the
+            step reached is saved; the same call resumes from it.
     """
     # Every check, the pool size included, before the first write into the workdir.
     check_config(config)
@@ -692,18 +700,18 @@ def train_and_evaluate(config, workdir):
     state["step"] = jax.device_put(state["step"], NamedSharding(mesh, P()))
     data = _place(jnp.asarray(run["train"]), mesh, twin_axis=twin_axis)
 
-    ckpts = checkpoints.TwinCheckpoints(workdir)
-    start, restored = ckpts.restore_newest(checkpoints.abstract(state))
-    if restored is not None:
-        state = restored
-        if primary:
-            logging.info("Resuming from step %d.", start)
-
     spe = steps_per_epoch(config)
     per_call = config.training.steps_per_call
     total = config.training.num_epochs * spe
     plan = snapshot_steps(config)
     latest_every = -(-config.snapshots.latest_every_steps // per_call) * per_call
+    # Saves at the planned steps (the last is `total`) and every `latest_every`.
+    ckpts = checkpoints.TwinCheckpoints(workdir, plan, latest_every=latest_every)
+    start, restored = ckpts.restore_newest(checkpoints.abstract(state))
+    if restored is not None:
+        state = restored
+        if primary:
+            logging.info("Resuming from step %d.", start)
     chunk = make_train_chunk(config, model, schedule, kind, mesh)
     writer = _MetricWriter(workdir)
     board = None
@@ -727,6 +735,8 @@ def train_and_evaluate(config, workdir):
     step, window_start, window_losses = start, time.time(), []
     window_step = start
     monitor = None
+    # SIGTERM from here on: save the step reached, then raise Preempted (exit 75).
+    preemption = checkpoints.PreemptionNotice.install()
     try:
         if config.monitor.enabled:
             done = monitor_run.stopped_result(workdir)
@@ -761,13 +771,14 @@ def train_and_evaluate(config, workdir):
                 s, k = np.argwhere(bad)[0]
                 raise FloatingPointError(
                     f"non-finite training loss in split {k} at step {step + s + 1}; "
-                    f"stopped without saving. The last good state is in {workdir} "
-                    f"(snapshots/ and latest/)."
+                    f"stopped without saving. The last good state is in "
+                    f"{os.path.join(workdir, 'checkpoints')}."
                 )
             step += per_call
             window_losses.append(losses)
-            if step in plan or step % latest_every == 0 or step == total:
-                ckpts.save(step, state, snapshot=step in plan, latest=True)
+            # Asked of every process at every call: with several, it is a collective.
+            preempted = preemption.received() and step < total
+            ckpts.save(step, state, force=preempted)
             if (
                 monitor is not None
                 and step in plan
@@ -799,7 +810,20 @@ def train_and_evaluate(config, workdir):
                         _eta((total - step) / max(rate, 1e-9)),
                     )
                 window_start, window_step, window_losses = time.time(), step, []
+            if preempted:
+                ckpts.wait_until_finished()
+                if primary:
+                    logging.warning(
+                        "SIGTERM: saved step %d/%d in %s; exiting with status %d. "
+                        "Rerun the same command to resume.",
+                        step,
+                        total,
+                        os.path.join(workdir, "checkpoints"),
+                        checkpoints.PREEMPTED_EXIT_STATUS,
+                    )
+                raise checkpoints.Preempted(step)
     finally:
+        preemption.uninstall()
         ckpts.wait_until_finished()
         ckpts.close()
         if primary:

@@ -201,7 +201,7 @@ def test_a_rule_that_fires_ends_training_and_saves_the_kept_parameters(monitored
     assert len(rows) == j + 1 and rows[-1]["decision"] == "stop"
     assert rows[-1]["kept_epoch"] == result["kept_epoch"] == reference[j - 1]["epoch"]
     assert result["stopped_at_step"] == int(state["step"]) == round(reference[j]["epoch"] * spe)
-    kept = checkpoints.TwinCheckpoints(str(tmp_path))
+    kept = checkpoints.TwinCheckpoints(str(tmp_path), train.snapshot_steps(config), read_only=True)
     expected = jax.device_get(kept.read_snapshot(result["kept_step"])["params"])
     kept.close()
     with ocp.StandardCheckpointer() as checkpointer:

@@ -1,6 +1,8 @@
 """Multi-process training: two local CPU processes against one process."""
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import time
 import pytest
 
 from configs import smoke
+from diffusion_bias import checkpoints
 from diffusion_bias import train
 from tests import test_train
 
@@ -129,6 +132,50 @@ def test_twins_split_over_two_processes_resume_to_the_one_process_result(tmp_pat
 
     assert "Resuming from step 20" in out[0]
     assert "on 4 device(s)" in out[0]
+    test_train._assert_trees_equal(
+        test_train._final_params(workdir)[0],
+        test_train._final_params(single)[0],
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_one_saved_step_and_the_rerun_resumes(tmp_path):
+    """Preemption of a two-process run: SIGTERM reaches process 1 alone."""
+    workdir = str(tmp_path / "two")
+    longer = "--config.training.num_epochs=40"
+    procs, logs = _launch_processes(workdir, str(tmp_path), longer)
+    try:
+        deadline = time.time() + 300
+        while not test_train._has_checkpoint(workdir):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), _read(logs)
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=300)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    # Both stop, after the save, with the preemption status.
+    assert [p.returncode for p in procs] == [checkpoints.PREEMPTED_EXIT_STATUS] * 2, _read(logs)
+    match = re.search(r"SIGTERM: saved step (\d+)/160", _read(logs[:1]))
+    assert match, _read(logs)
+    stopped = int(match[1])
+    ckpts = test_train._reader(workdir)
+    assert ckpts.all_steps()[-1] == stopped
+    ckpts.close()
+
+    procs, logs = _launch_processes(workdir, str(tmp_path), longer)
+    out = _wait_all(procs, logs, timeout=300)
+    assert f"Resuming from step {stopped}." in out[0]
+    config = smoke.get_config()
+    with config.unlocked():
+        config.training.num_epochs = 40
+    single = str(tmp_path / "one")
+    train.train_and_evaluate(config, single)
     test_train._assert_trees_equal(
         test_train._final_params(workdir)[0],
         test_train._final_params(single)[0],

@@ -1,12 +1,15 @@
-"""The twin training engine on the smoke config: determinism, resume, errors."""
+"""The twin training engine on the smoke config: determinism, resume, preemption, errors."""
 
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -17,13 +20,37 @@ from diffusion_bias import train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _plan(workdir):
+    """The planned snapshot steps of the run in `workdir`, from its config.json."""
+    return train.snapshot_steps(ml_collections.ConfigDict(checkpoints.load_config(workdir)))
+
+
+def _reader(workdir):
+    """The workdir's checkpoints opened as the analysis opens them."""
+    return checkpoints.TwinCheckpoints(workdir, _plan(workdir), read_only=True)
+
+
 def _final_params(workdir):
-    ckpts = checkpoints.TwinCheckpoints(workdir)
+    ckpts = _reader(workdir)
     try:
         last = ckpts.snapshot_steps()[-1]
         return jax.device_get(ckpts.read_snapshot(last)["params"]), last
     finally:
         ckpts.close()
+
+
+def _all_snapshot_params(workdir):
+    """{step: params} of every snapshot in `workdir`."""
+    ckpts = _reader(workdir)
+    try:
+        return {s: jax.device_get(ckpts.read_snapshot(s)["params"]) for s in ckpts.snapshot_steps()}
+    finally:
+        ckpts.close()
+
+
+def _has_checkpoint(workdir):
+    folder = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(folder) and any(d.isdigit() for d in os.listdir(folder))
 
 
 def _assert_trees_equal(a, b, **tol):
@@ -67,8 +94,10 @@ def test_run_writes_config_snapshot_plan_and_metrics(reference):
     workdir, state = reference
     config = smoke.get_config()
     assert checkpoints.load_config(workdir)["splits"]["split_size"] == 64
-    ckpts = checkpoints.TwinCheckpoints(workdir)
+    ckpts = _reader(workdir)
     assert ckpts.snapshot_steps() == list(train.snapshot_steps(config))
+    # The latest saves between snapshots (every 8 steps) were deleted as newer came.
+    assert ckpts.all_steps() == list(train.snapshot_steps(config))
     ckpts.close()
     assert int(state["step"]) == config.training.num_epochs * train.steps_per_epoch(config)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -97,52 +126,145 @@ def test_same_config_and_seed_give_identical_parameters(reference, tmp_path):
     _assert_trees_equal(_final_params(workdir), _final_params(str(tmp_path)))
 
 
-def test_kill_9_then_rerun_ends_with_the_uninterrupted_parameters(reference, tmp_path):
+# A slower run (more epochs) so that a signal lands mid-training, after a save.
+LONG = ["--config.training.num_epochs=40"]
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory):
+    """A 40-epoch run in a subprocess, its snapshots read as the analysis reads them meanwhile.
+
+    Every pass opens the checkpoints read only, lists the snapshots and reads
+    each new one, until the training exits.
+
+    Returns:
+        (workdir, training output, listings [each a list of steps], {step:
+        params read while training}, steps read while the training still ran).
+    """
+    workdir = str(tmp_path_factory.mktemp("long"))
+    proc = _launch(workdir, *LONG)
+    listings, seen, while_running = [], {}, []
+    # A reader that deleted saves in flight would leave the training waiting forever.
+    deadline = time.time() + 300
+    try:
+        while proc.poll() is None:
+            assert time.time() < deadline, f"training still running after 300 s; read {listings}"
+            if os.path.exists(os.path.join(workdir, "config.json")):
+                ckpts = _reader(workdir)
+                try:
+                    steps = ckpts.snapshot_steps()
+                    listings.append(steps)
+                    for step in steps:
+                        if step not in seen:
+                            seen[step] = jax.device_get(ckpts.read_snapshot(step)["params"])
+                            if proc.poll() is None:
+                                while_running.append(step)
+                finally:
+                    ckpts.close()
+            time.sleep(0.02)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    return workdir, out, listings, seen, while_running
+
+
+def test_analysis_reads_only_complete_snapshots_while_training_saves(long_run):
+    workdir, _, listings, seen, while_running = long_run
+    plan = list(_plan(workdir))
+    # Training finished with every snapshot, and no other checkpoint left.
+    ckpts = _reader(workdir)
+    assert ckpts.snapshot_steps() == ckpts.all_steps() == plan
+    ckpts.close()
+    # The reader saw snapshots appear in order while the run was going on...
+    assert len(while_running) >= 2, (listings, while_running)
+    for steps in listings:
+        assert steps == plan[: len(steps)]
+    # ...and what it read then is exactly what the finished run holds.
+    final = _all_snapshot_params(workdir)
+    assert set(seen) <= set(final)
+    for step, params in seen.items():
+        _assert_trees_equal(params, final[step])
+
+
+def test_kill_9_then_rerun_ends_with_the_uninterrupted_parameters(long_run, tmp_path):
     workdir = str(tmp_path)
-    # A slower run (more epochs) so the kill lands mid-training, after a save.
-    overrides = ["--config.training.num_epochs=40"]
-    proc = _launch(workdir, *overrides)
-    latest = os.path.join(workdir, "latest")
+    proc = _launch(workdir, *LONG)
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(latest) and any(d.isdigit() for d in os.listdir(latest)):
-            break
+    while time.time() < deadline and proc.poll() is None and not _has_checkpoint(workdir):
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    rerun = _launch(workdir, *overrides)
+    rerun = _launch(workdir, *LONG)
     out, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, out
     assert "Resuming from step" in out
-    uninterrupted = str(tmp_path / "uninterrupted")
-    done = _launch(uninterrupted, *overrides)
-    out, _ = done.communicate(timeout=300)
-    assert done.returncode == 0, out
-    _assert_trees_equal(_final_params(workdir), _final_params(uninterrupted))
+    _assert_trees_equal(_final_params(workdir), _final_params(long_run[0]))
 
 
-def test_corrupted_latest_is_named_and_training_resumes_from_the_snapshot_before(
+def test_sigterm_saves_the_step_reached_and_the_rerun_resumes_bit_identically(long_run, tmp_path):
+    workdir = str(tmp_path)
+    proc = _launch(workdir, *LONG)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not _has_checkpoint(workdir):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be signalled"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == checkpoints.PREEMPTED_EXIT_STATUS, out
+    assert "Traceback" not in out, out
+    match = re.search(r"SIGTERM: saved step (\d+)/160", out)
+    assert match, out
+    stopped = int(match[1])
+    assert 0 < stopped < 160
+    ckpts = _reader(workdir)
+    assert ckpts.all_steps()[-1] == stopped
+    ckpts.close()
+
+    rerun = _launch(workdir, *LONG)
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    assert f"Resuming from step {stopped}." in out
+    resumed, uninterrupted = _all_snapshot_params(workdir), _all_snapshot_params(long_run[0])
+    assert list(resumed) == list(uninterrupted) == list(_plan(workdir))
+    for step in resumed:
+        _assert_trees_equal(resumed[step], uninterrupted[step])
+
+
+def test_unreadable_checkpoint_is_named_set_aside_and_the_run_resumes_before_it(
     reference, tmp_path, caplog
 ):
     workdir, _ = reference
+    caplog.set_level(logging.INFO)
     config = smoke.get_config()
-    # Stop half way: a run of 5 epochs in its own workdir, then damage its latest.
+    # Stop half way: a run of 5 epochs in its own workdir, then damage its newest checkpoint.
     short = str(tmp_path / "short")
     with config.unlocked():
         config.training.num_epochs = 5
     train.train_and_evaluate(config, short)
-    latest = os.path.join(short, "latest")
-    (step,) = [d for d in os.listdir(latest) if d.isdigit()]
-    for root, _, files in os.walk(os.path.join(latest, step)):
+    ckpts = _reader(short)
+    *_, before, newest = ckpts.all_steps()
+    ckpts.close()
+    for root, _, files in os.walk(os.path.join(short, "checkpoints", str(newest))):
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"\0garbage")
     # Resuming the full-length run in that workdir needs the same config.
     os.remove(os.path.join(short, "config.json"))
     state = train.train_and_evaluate(smoke.get_config(), short)
-    assert any(os.path.join("latest", step) in r.getMessage() for r in caplog.records)
+    named = os.path.join("checkpoints", str(newest))
+    assert any(named in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
+    assert any(f"Resuming from step {before}." in r.getMessage() for r in caplog.records)
+    assert os.path.isdir(os.path.join(short, "damaged", str(newest)))
     _assert_trees_equal(jax.device_get(state["params"]), _final_params(workdir)[0])
+    # The damaged step was saved again in its place: every snapshot reads.
+    resumed, uninterrupted = _all_snapshot_params(short), _all_snapshot_params(workdir)
+    assert list(resumed) == list(uninterrupted)
+    for step in resumed:
+        _assert_trees_equal(resumed[step], uninterrupted[step])
 
 
 def test_rerun_with_a_different_config_names_the_differing_fields(reference):
@@ -173,7 +295,7 @@ def test_invalid_config_values_raise_before_any_work(tmp_path, field, value, mat
         config[section][name] = value
     with pytest.raises(train.ConfigError, match=match):
         train.train_and_evaluate(config, str(tmp_path))
-    assert not os.path.exists(tmp_path / "snapshots")
+    assert not os.path.exists(tmp_path / "checkpoints")
 
 
 def test_unknown_config_field_fails_loudly():
