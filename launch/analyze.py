@@ -18,6 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from diffusion_bias import analysis
+from diffusion_bias import checkpoints
 from diffusion_bias import default_config
 from diffusion_bias import figures
 from diffusion_bias import train
@@ -48,8 +49,13 @@ def checked_config(workdir, overrides):
         )
     config = analysis.analysis_config(workdir, overrides)
     train.check_config(config)
-    snapshots = os.path.join(workdir, "snapshots")
-    if not os.path.isdir(snapshots) or not any(s.isdigit() for s in os.listdir(snapshots)):
+    # Read only: nothing is created in the workdir, and a running training is safe.
+    found = []
+    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+        ckpts = checkpoints.TwinCheckpoints(workdir, train.snapshot_steps(config), read_only=True)
+        found = ckpts.snapshot_steps()
+        ckpts.close()
+    if not found:
         raise train.ConfigError(f"--workdir={workdir} holds no snapshots: train it first")
     return config
 

@@ -1,0 +1,83 @@
+"""Does the online bias-onset rule stop where the offline analysis places the onset?
+
+Run from the repository root:  python -m benchmarks.monitor_onset [--seeds=0,1,2,3]
+
+For each seed (`config.seed` and `config.splits.seed`), trains configs/digits_cpu.py
+to the end with the monitor on and no rule (`monitor.stop="none"`, so the run is
+the same as without the monitor), analyses it offline (`analysis.analyze`), and
+replays the "bias_onset" rule over the monitor's saved history exactly as it runs
+online (the rule reads only that history). Prints, per seed: the snapshot where
+the rule would have stopped, the snapshot it keeps, the offline onset and
+test-loss minimum, and whether the kept snapshot is within one snapshot of the
+offline onset. Workdirs go to workdirs/monitor_onset/seed_<s> (resumable).
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+
+from configs import digits_cpu
+from diffusion_bias import analysis
+from diffusion_bias import monitor_run
+from diffusion_bias import train
+
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3"], "Seeds to run.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/monitor_onset", "Folder of the runs.")
+
+
+def one_seed(seed, workdir):
+    config = digits_cpu.get_config()
+    with config.unlocked():
+        config.seed = seed
+        config.splits.seed = seed
+        config.monitor.update(enabled=True, stop="none")
+    train.train_and_evaluate(config, workdir)
+    stats = analysis.analyze(workdir)
+    epochs = stats["checkpoints"]
+    v = stats["verdict"]
+    run = train.prepare(config, workdir)
+    with config.unlocked():
+        config.monitor.stop = "bias_onset"
+    monitor = monitor_run.build(
+        config,
+        run["twin_data"].train,
+        run["twin_data"].heldout,
+        run["model"],
+        run["schedule"],
+        run["kind"],
+        None,
+        run["offsets"],
+    )
+    with np.load(os.path.join(workdir, monitor_run.STATE)) as f:
+        monitor.load_state_dict({k: f[k] for k in f.files})
+    stop = next((r for r in monitor.rows if r["decision"] == "stop"), None)
+    onset = v.get("bias_onset_epoch")
+    kept = None if stop is None else stop["kept_epoch"]
+    within = (
+        kept is not None
+        and onset is not None
+        and abs(epochs.index(kept) - epochs.index(onset)) <= 1
+    )
+    print(
+        f"seed {seed}: rule stops at epoch {None if stop is None else stop['epoch']:g} "
+        f"keeping epoch {kept}; offline onset {onset} (verdict "
+        f"{'conclusive' if v.get('conclusive') else 'inconclusive'}), test-loss minimum "
+        f"{v.get('test_loss_min_epoch')}; within one snapshot: {within}"
+        if stop is not None
+        else f"seed {seed}: the rule never fired; offline onset {onset}"
+    )
+    return within
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    results = [one_seed(int(s), os.path.join(_WORKDIR.value, f"seed_{s}")) for s in _SEEDS.value]
+    print(f"within one snapshot of the offline onset on {sum(results)} of {len(results)} seeds")
+
+
+if __name__ == "__main__":
+    app.run(main)
