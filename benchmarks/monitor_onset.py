@@ -3,10 +3,10 @@
 Run from the repository root:  python -m benchmarks.monitor_onset [--seeds=0,1,2,3]
 
 For each seed (`config.seed` and `config.splits.seed`), trains configs/digits_cpu.py
-to the end with the monitor on and no rule (`monitor.stop="none"`, so the run is
-the same as without the monitor), analyses it offline (`analysis.analyze`), and
-replays the "bias_onset" rule over the monitor's saved history exactly as it runs
-online (the rule reads only that history). Prints, per seed: the snapshot where
+to the end, analyses it offline (`analysis.analyze`), and runs the monitor that
+`launch.train` would build (`config.monitor` defaults, rule "bias_onset") over
+the saved snapshots in order: the same calls, on the same parameters, as
+during training (the monitor reads only the snapshot's EMA parameters). Prints, per seed: the snapshot where
 the rule would have stopped, the snapshot it keeps, the offline onset and
 test-loss minimum, and whether the kept snapshot is within one snapshot of the
 offline onset. Workdirs go to workdirs/monitor_onset/seed_<s> (resumable).
@@ -17,10 +17,10 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
 
 from configs import digits_cpu
 from diffusion_bias import analysis
+from diffusion_bias import checkpoints
 from diffusion_bias import monitor_run
 from diffusion_bias import train
 
@@ -33,14 +33,13 @@ def one_seed(seed, workdir):
     with config.unlocked():
         config.seed = seed
         config.splits.seed = seed
-        config.monitor.update(enabled=True, stop="none")
     train.train_and_evaluate(config, workdir)
     stats = analysis.analyze(workdir)
     epochs = stats["checkpoints"]
     v = stats["verdict"]
-    run = train.prepare(config, workdir)
     with config.unlocked():
-        config.monitor.stop = "bias_onset"
+        config.monitor.update(enabled=True, stop="bias_onset")
+    run = train.prepare(config, workdir)
     monitor = monitor_run.build(
         config,
         run["twin_data"].train,
@@ -51,9 +50,15 @@ def one_seed(seed, workdir):
         None,
         run["offsets"],
     )
-    with np.load(os.path.join(workdir, monitor_run.STATE)) as f:
-        monitor.load_state_dict({k: f[k] for k in f.files})
-    stop = next((r for r in monitor.rows if r["decision"] == "stop"), None)
+    ckpts = checkpoints.TwinCheckpoints(workdir, train.snapshot_steps(config), read_only=True)
+    spe = train.steps_per_epoch(config)
+    stop = None
+    for step in ckpts.snapshot_steps():
+        row = monitor(ckpts.read_snapshot(step)["ema_params"], epoch=step / spe)
+        if row["decision"] == "stop":
+            stop = row
+            break
+    ckpts.close()
     onset = v.get("bias_onset_epoch")
     kept = None if stop is None else stop["kept_epoch"]
     within = (

@@ -51,7 +51,7 @@ class BiasMonitor:
         *,
         stop="none",
         num_samples=128,
-        sampling_steps=20,
+        sampling_steps=100,
         loss_items=128,
         loss_repeats=4,
         patience=2,
