@@ -15,7 +15,8 @@ def _fmt(x, digits=3):
     if x is None:
         return "n/a"
     if isinstance(x, float):
-        return f"{x:.{digits}g}"
+        # Epochs and other large values in full (10000, not 1e+04).
+        return f"{x:.0f}" if 10**digits <= abs(x) < 1e9 else f"{x:.{digits}g}"
     return str(x)
 
 
