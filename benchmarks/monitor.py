@@ -1,6 +1,7 @@
 """Cost of the bias monitor as a share of training time, on the embedded defaults.
 
 Run from the repository root:  python -m benchmarks.monitor [digits] [grammar]
+[num_samples=N ...] (config.monitor overrides)
 
 For each setting (configs/digits_cpu.py, configs/grammar_cpu.py), on the run's
 real data: the twins' compiled training chunk (`train.make_train_chunk`) and
@@ -28,10 +29,11 @@ from diffusion_bias import train
 SETTINGS = {"digits": digits_cpu, "grammar": grammar_cpu}
 
 
-def share(name):
+def share(name, **overrides):
+    """The monitor's share of training time for setting `name`, `config.monitor` overridden."""
     config = SETTINGS[name].get_config()
     with config.unlocked():
-        config.monitor.enabled = True
+        config.monitor.update(enabled=True, **overrides)
     with tempfile.TemporaryDirectory() as workdir:
         run = train.prepare(config, workdir)
     twin_data, kind, model = run["twin_data"], run["kind"], run["model"]
@@ -74,7 +76,7 @@ def share(name):
     total = config.training.num_epochs * train.steps_per_epoch(config)
     train_total, monitor_total = total * step_time, len(plan) * call_time
     print(
-        f"{name}: training {total} steps x {step_time * 1e3:.2f} ms = {train_total:.0f} s; "
+        f"{name} {overrides or ''}: training {total} steps x {step_time * 1e3:.2f} ms = {train_total:.0f} s; "
         f"monitor {len(plan)} snapshots x {call_time:.2f} s = {monitor_total:.1f} s; "
         f"share {monitor_total / train_total:.1%} of training {timing.load()}"
     )
@@ -82,6 +84,7 @@ def share(name):
 
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or list(SETTINGS)
+    names = [a for a in sys.argv[1:] if "=" not in a] or list(SETTINGS)
+    overrides = dict(a.split("=") for a in sys.argv[1:] if "=" in a)
     for name in names:
-        share(name)
+        share(name, **{k: int(v) for k, v in overrides.items()})

@@ -26,6 +26,9 @@ from diffusion_bias import train
 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3"], "Seeds to run.")
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/monitor_onset", "Folder of the runs.")
+_NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples", None, "config.monitor.num_samples (default: the config's)."
+)
 
 
 def one_seed(seed, workdir):
@@ -39,6 +42,8 @@ def one_seed(seed, workdir):
     v = stats["verdict"]
     with config.unlocked():
         config.monitor.update(enabled=True, stop="bias_onset")
+        if _NUM_SAMPLES.value:
+            config.monitor.num_samples = _NUM_SAMPLES.value
     run = train.prepare(config, workdir)
     monitor = monitor_run.build(
         config,
