@@ -754,6 +754,10 @@ def train_and_evaluate(config, workdir):
                 run["offsets"],
             )
             monitor_run.restore(monitor, workdir, upto_epoch=start / spe)
+            if monitor.kept_epoch is not None:
+                # The rule had stopped, and the run ended before writing its result.
+                _save_monitor_result(monitor, start, spe, ckpts, workdir)
+                return state
             # Snapshots saved before a crash that the monitor had not yet seen.
             seen = monitor.rows[-1]["epoch"] * spe if monitor.rows else 0
             for missed in [int(s) for s in plan if seen < s <= start]:
@@ -853,6 +857,12 @@ def _monitor_stops(monitor, state, step, spe, ckpts, workdir, board=None):
     )
     if row["decision"] != "stop":
         return False
+    _save_monitor_result(monitor, step, spe, ckpts, workdir)
+    return True
+
+
+def _save_monitor_result(monitor, step, spe, ckpts, workdir):
+    """Writes the stopped monitor's result (kept parameters, result.json) at `step`."""
     kept = monitor.kept_epoch
     kept_step = int(round(kept * spe)) if np.isfinite(kept) else None
     ckpts.wait_until_finished()
@@ -860,12 +870,11 @@ def _monitor_stops(monitor, state, step, spe, ckpts, workdir, board=None):
     monitor_run.save_result(workdir, monitor, kept_step, step, kept_state)
     logging.info(
         "Stopping at epoch %g (rule %s): %s; kept the snapshot at epoch %g.",
-        row["epoch"],
+        step / spe,
         monitor.stop,
         monitor.reason,
         kept,
     )
-    return True
 
 
 def _eta(seconds):
