@@ -6,6 +6,7 @@ verdict, goes to `analysis/statistics.json` (schema in `STATISTICS_SCHEMA`);
 figures and report read only that file.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -20,10 +21,11 @@ import numpy as np
 from diffusion_bias import checkpoints
 from diffusion_bias import coupled
 from diffusion_bias import default_config
-from diffusion_bias import stopping
 from diffusion_bias import metric_writers
+from diffusion_bias import stopping
 from diffusion_bias import train
 from diffusion_bias import verdict
+from diffusion_bias.data import sources
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion import schedules
@@ -212,7 +214,7 @@ class _Instrument:
         """[K, N, ...] samples of each twin's space plus that twin's offset."""
         if self.offsets is None or not np.any(self.offsets):
             return samples
-        shift = self.offsets.reshape(self.offsets.shape[:1] + (1,) * (samples.ndim - 2) + (-1,))
+        shift = sources.twin_offsets(self.offsets, samples.ndim)
         return (samples + shift).astype(samples.dtype)
 
     def losses_of(self, params, items):
@@ -703,30 +705,23 @@ def summarize(config, steps, per_step):
             a.bootstrap,
         )
         gate = _grammaticality_gate(a)
-        decision = verdict.decide(
+        decide_nn = functools.partial(
+            verdict.decide,
             epochs,
             divergence,
             bias_boot,
             test.mean(axis=1),
             loss_boot,
             "min",
-            valid=grammatical >= gate if gate else None,
             bias_name="NN divergence",
         )
+        decision = decide_nn(valid=grammatical >= gate if gate else None)
         decision["bias_statistic"] = "nn_divergence (minimum)"
         decision["grammaticality_gate"] = gate
         if gate:
             # The paper searches every snapshot; the gated onset is this
             # package's option, so the paper's one is reported beside it.
-            decision["ungated"] = verdict.decide(
-                epochs,
-                divergence,
-                bias_boot,
-                test.mean(axis=1),
-                loss_boot,
-                "min",
-                bias_name="NN divergence",
-            )
+            decision["ungated"] = decide_nn()
         # The other onset statistics of the paper, reported beside the primary one.
         # They compare the twins with each other, so ungrammatical early samples
         # give no false extrema: every snapshot is searched.

@@ -25,6 +25,7 @@ import numpy as np
 from diffusion_bias import coupled
 from diffusion_bias import stopping
 from diffusion_bias import verdict
+from diffusion_bias.data import sources
 from diffusion_bias.diffusion import schedules
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
@@ -183,8 +184,7 @@ class BiasMonitor:
         """Offsets of `twins` (an int or [K]) broadcastable to items of rank `ndim`; 0 if none."""
         if self._offsets is None:
             return 0
-        offsets = self._offsets[twins]
-        return offsets.reshape(offsets.shape[:-1] + (1,) * (ndim - offsets.ndim) + (-1,))
+        return sources.twin_offsets(self._offsets[twins], ndim)
 
     def _losses(self, params, items):
         return losses.item_losses(

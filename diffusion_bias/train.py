@@ -637,7 +637,7 @@ def prepare(config, workdir):
         # authors centre each split, and its test set, by that split's mean).
         offsets = sources.twin_means(twin_data.train, centering)  # [K, C]
         if centering != "none":
-            shift = offsets.reshape(offsets.shape[:1] + (1,) * (train_items.ndim - 2) + (-1,))
+            shift = sources.twin_offsets(offsets, train_items.ndim)
             train_items = (train_items - shift).astype(train_items.dtype)
     elif centering != "none":
         raise ConfigError("config.centering applies to images only; use 'none'")

@@ -524,6 +524,16 @@ def center(train_items, *others) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     return tuple((a - mean).astype(a.dtype) for a in arrays), mean
 
 
+def twin_offsets(offsets, ndim: int) -> np.ndarray:
+    """Twin offsets [..., C] reshaped to broadcast over items of rank `ndim`.
+
+    [K, C] against twin-stacked items [K, N, ..., C] gives [K, 1, ..., 1, C];
+    one twin's [C] against [N, ..., C] gives [1, ..., 1, C].
+    """
+    offsets = np.asarray(offsets)
+    return offsets.reshape(offsets.shape[:-1] + (1,) * (ndim - offsets.ndim) + (-1,))
+
+
 def twin_means(train_items, centering: str) -> np.ndarray:
     """The per-channel shift each twin's training items are centred by.
 
