@@ -142,6 +142,7 @@ class BiasMonitor:
             self._item_shape = train_sets.shape[2:]
         self.rows = []
         self._history = {}  # name -> list of per-snapshot arrays
+        self._scalars = []  # per snapshot: {statistic: value}
         self.kept_epoch, self.reason = None, ""
 
     @property
@@ -213,13 +214,32 @@ class BiasMonitor:
         if self.rows and epoch <= self.rows[-1]["epoch"]:
             raise ValueError(f"epochs must increase: {epoch} after {self.rows[-1]['epoch']}")
         stats = self.statistics(stacked_params)
+        self._append(stats)
+        return self._decide(float(epoch))
+
+    def _append(self, stats):
+        """Adds one snapshot: its per-item arrays, and its scalars computed once."""
         for name, value in stats.items():
             self._history.setdefault(name, []).append(value)
-        return self._decide(float(epoch), stats)
+        self._scalars.append(
+            dict(
+                test_loss=stats["test_losses"].mean(),
+                train_loss=stats["train_losses"].mean(),
+                membership_auc=np.mean(
+                    [
+                        losses.membership_auc(tr, te)
+                        for tr, te in zip(stats["train_losses"], stats["test_losses"])
+                    ]
+                ),
+                memorized_fraction=nearest.memorized_fraction(stats["own_d1"], stats["own_d2"]),
+                closer_to_own=nearest.closer_to_own_share(stats["own_d1"], stats["other_d1"]),
+            )
+        )
 
     def _curves(self):
-        h = {name: np.stack(values) for name, values in self._history.items()}
-        test = h["test_losses"].mean(axis=1)  # [C, m]: mean over twins
+        """[C] scalar curves, and the bias curve with its bootstrap over the whole history."""
+        curves = {name: np.array([s[name] for s in self._scalars]) for name in self._scalars[0]}
+        h = {name: np.stack(self._history[name]) for name in ("similarity", "own_d1", "heldout_d1")}
         rng = np.random.default_rng(self.seed)
         if self.kind == "images":
             bias = h["similarity"].mean(axis=1)
@@ -228,26 +248,9 @@ class BiasMonitor:
             bias, bias_boot = _nn_divergence_curves(
                 h["own_d1"], h["heldout_d1"][0], self._train.shape[-1], rng, self.bootstrap
             )
-        return dict(
-            test_loss=test.mean(axis=1),
-            train_loss=h["train_losses"].mean(axis=(1, 2)),
-            bias=bias,
-            bias_boot=bias_boot,
-            membership_auc=np.array(
-                [
-                    np.mean([losses.membership_auc(a, b) for a, b in zip(tr, te)])
-                    for tr, te in zip(h["train_losses"], h["test_losses"])
-                ]
-            ),
-            memorized_fraction=np.array(
-                [nearest.memorized_fraction(a, b) for a, b in zip(h["own_d1"], h["own_d2"])]
-            ),
-            closer_to_own=np.array(
-                [nearest.closer_to_own_share(a, b) for a, b in zip(h["own_d1"], h["other_d1"])]
-            ),
-        )
+        return dict(curves, bias=bias, bias_boot=bias_boot)
 
-    def _decide(self, epoch, stats):
+    def _decide(self, epoch):
         curves = self._curves()
         row = dict(epoch=epoch)
         names = ["test_loss", "train_loss", "membership_auc", "memorized_fraction", "closer_to_own"]
@@ -294,12 +297,11 @@ class BiasMonitor:
         """
         epochs = np.asarray(state["epochs"], np.float64)
         keep = len(epochs) if upto_epoch is None else int(np.sum(epochs <= upto_epoch))
-        self.rows, self._history, self.kept_epoch = [], {}, None
+        self.rows, self._history, self._scalars, self.kept_epoch = [], {}, [], None
         for c in range(keep):
             stats = {k.split("/", 1)[1]: np.asarray(v[c]) for k, v in state.items() if "/" in k}
-            for name, value in stats.items():
-                self._history.setdefault(name, []).append(value)
-            self._decide(float(epochs[c]), stats)
+            self._append(stats)
+            self._decide(float(epochs[c]))
 
 
 def _nn_divergence_curves(own_d1, heldout_d1, length, rng, num_resamples):
