@@ -95,18 +95,20 @@ def restore(monitor, workdir, upto_epoch):
 
 def record(monitor, workdir):
     """Saves the monitor's state and rows after a snapshot (process 0 only)."""
-    tmp = os.path.join(workdir, STATE + ".tmp.npz")
-    np.savez(tmp, **monitor.state_dict())
-    os.replace(tmp, os.path.join(workdir, STATE))
+    _replace(workdir, STATE, lambda f: np.savez(f, **monitor.state_dict()), binary=True)
     _write_rows(monitor, workdir)
 
 
 def _write_rows(monitor, workdir):
-    tmp = os.path.join(workdir, ROWS + ".tmp")
-    with open(tmp, "w") as f:
-        for row in monitor.rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, os.path.join(workdir, ROWS))
+    _replace(workdir, ROWS, lambda f: f.writelines(json.dumps(r) + "\n" for r in monitor.rows))
+
+
+def _replace(workdir, name, write, binary=False):
+    """write(file) into a temporary file, then renamed to workdir/name: never half-written."""
+    tmp = os.path.join(workdir, name + ".tmp")
+    with open(tmp, "wb" if binary else "w") as f:
+        write(f)
+    os.replace(tmp, os.path.join(workdir, name))
 
 
 def stopped_result(workdir):
@@ -133,8 +135,5 @@ def save_result(workdir, monitor, kept_step, stop_step, kept_state):
         stopped_at_step=int(stop_step),
         parameters=RESULT_PARAMS if kept_step is not None else None,
     )
-    tmp = os.path.join(workdir, RESULT + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(tmp, os.path.join(workdir, RESULT))
+    _replace(workdir, RESULT, lambda f: json.dump(result, f, indent=1))
     return result
