@@ -10,6 +10,8 @@ import platform
 
 import jax
 
+from diffusion_bias import verdict
+
 
 def _fmt(x, digits=3):
     if x is None:
@@ -35,7 +37,12 @@ def protocol_text(protocol):
             if chain == total
             else f"reverse chain respaced to {chain} of T = {total} steps"
         ),
-        f"{protocol.get('num_samples')} coupled samples per twin, {protocol.get('twins')} twins",
+        f"{protocol.get('num_samples')} coupled samples per twin, {protocol.get('twins')} twins"
+        + (
+            " (intervals resample twins, or twin pairs, then samples)"
+            if (protocol.get("twins") or 0) >= verdict.MIN_RESAMPLED_UNITS
+            else ""
+        ),
     ]
     if "uturn_items" in protocol:
         ratios = ", ".join(f"{r:g}" for r in protocol.get("uturn_ratios", []))
