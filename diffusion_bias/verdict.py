@@ -21,7 +21,7 @@ Measured on synthetic twins whose own peaks scatter around the population's
 (60 runs each): the onset interval covered the population extremum in 0.92,
 0.97 and 1.0 of runs with 3, 4 and 6 twins, against 0.70-0.77 with items
 alone. The percentile interval of a curve's value over so few twins stays
-narrower than 95% (about 0.67, 0.80, 0.87 of runs with 3, 4, 6 twins): a
+narrower than 95% (0.67, 0.80, 0.87 of 100 runs with 3, 4, 6 twins): a
 bootstrap cannot know the spread of a handful of units.
 """
 
