@@ -56,6 +56,9 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      d1 = d2 = 0 is 0/0, not counted), copy_fraction and
                      heldout_copy_fraction (d1 = 0, exact copies)
   membership_auc     [C] ROC AUC of "lower loss = training member", mean over twins
+  with K >= 3 twins only (the bootstrap then resamples twins, or twin pairs, and
+  items; verdict.MIN_RESAMPLED_UNITS): test_loss_per_model [C][K];
+                     sample_split.mean_per_pair [C][P]; tokens: twin_kl_per_pair [C][P]
   score_cosine       images: {t: [T], heldout: [C][T], train: [C][T]} cosine of the
                      twins' predicted noise on the same noisy inputs
   tokens only:
@@ -633,17 +636,23 @@ def summarize(config, steps, per_step):
             for r in per_step
         ],
     )
+    resample_twins = col("test_losses").shape[1] >= verdict.MIN_RESAMPLED_UNITS
+    if resample_twins:
+        # Enough twins for their spread to be resampled: the curves of each twin
+        # and each pair are kept, so that one twin apart from the others shows.
+        stats["test_loss_per_model"] = col("test_losses").mean(axis=2).tolist()
+        stats["sample_split"]["mean_per_pair"] = sim.mean(axis=2).tolist()
     rng = np.random.default_rng(a.seed)
-    loss_boot = verdict.bootstrap_mean_curves(test, rng, a.bootstrap)
+    # [C, K, m]: twins resampled as well as items when there are enough of them.
+    loss_boot = verdict.bootstrap_mean_curves(col("test_losses"), rng, a.bootstrap)
     if kind == "images":
         stats["score_cosine"] = dict(
             t=list(a.score_times),
             heldout=col("score_cosine_heldout").mean(axis=1).tolist(),
             train=col("score_cosine_train").mean(axis=1).tolist(),
         )
-        per_item = sim.mean(axis=1)  # [C, N]: mean over twin pairs
-        bias = per_item.mean(axis=1)
-        bias_boot = verdict.bootstrap_mean_curves(per_item, rng, a.bootstrap)
+        bias = sim.mean(axis=1).mean(axis=1)  # mean over twin pairs, then samples
+        bias_boot = verdict.bootstrap_mean_curves(sim, rng, a.bootstrap)
         decision = verdict.decide(
             epochs,
             bias,
@@ -725,13 +734,16 @@ def summarize(config, steps, per_step):
         # The other onset statistics of the paper, reported beside the primary one.
         # They compare the twins with each other, so ungrammatical early samples
         # give no false extrema: every snapshot is searched.
+        twin_kl = col("twin_kl")  # [C, P, m]
+        if resample_twins:
+            stats["twin_kl_per_pair"] = twin_kl.mean(axis=2).tolist()
         for name, values, mode in (
-            ("sample_split similarity (peak)", sim.mean(axis=1), "max"),
-            ("sample_split KL at the critical time (minimum)", col("twin_kl").mean(axis=1), "min"),
+            ("sample_split similarity (peak)", sim, "max"),
+            ("sample_split KL at the critical time (minimum)", twin_kl, "min"),
         ):
             other = verdict.decide(
                 epochs,
-                values.mean(axis=1),
+                values.mean(axis=1).mean(axis=1),
                 verdict.bootstrap_mean_curves(values, rng, a.bootstrap),
                 test.mean(axis=1),
                 loss_boot,

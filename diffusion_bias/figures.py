@@ -170,6 +170,31 @@ def _epoch_axis(ax, epochs):
     ax.set_xlabel("epoch (log scale)")
 
 
+# A curve whose largest value is this many times its smallest is drawn on a log axis.
+LOG_AXIS_RATIO = 100.0
+
+
+def spans_decades(*curves):
+    """Whether the finite values of `curves` are all positive and max / min > LOG_AXIS_RATIO."""
+    values = [np.ravel(np.asarray(c, float)) for c in curves if c is not None]
+    values = np.concatenate(values) if values else np.array([])
+    values = values[np.isfinite(values)]
+    return bool(len(values) and (values > 0).all() and values.max() > LOG_AXIS_RATIO * values.min())
+
+
+def _value_axis(ax, label, *curves, **kwargs):
+    """Labels the y-axis; log scale when the curves span decades (returns whether).
+
+    A linear axis from 30 down to 0 flattens a minimum at 0.03 into the floor
+    (the NN divergence falls by three decades before its minimum).
+    """
+    log = spans_decades(*curves)
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(label + (" (log scale)" if log else ""), **kwargs)
+    return log
+
+
 def _line(ax, x, y, sem=None, **kwargs):
     """Plots y(x) over finite points only, with a +-sem band; returns the line or None."""
     x, y = np.asarray(x, float), np.asarray(y, float)
@@ -258,34 +283,40 @@ def fig_bias_vs_test_loss(stats, path):
     _epoch_axis(ax, epochs)
     if tokens:
         bias_label = "NN divergence KL(generated || held-out), mean over models"
-        bias = _line(
-            ax, epochs, _vector(stats["nn_divergence"]), color=_BIAS_COLOR, label=bias_label
+        curve = _vector(stats["nn_divergence"])
+        bias = _line(ax, epochs, curve, color=_BIAS_COLOR, label=bias_label)
+        _value_axis(
+            ax,
+            "NN divergence (lower = samples look like held-out data)",
+            curve,
+            color=_BIAS_COLOR,
         )
-        ax.set_ylabel("NN divergence (lower = samples look like held-out data)", color=_BIAS_COLOR)
     else:
         bias_label = "sample-split similarity (mean +- sem)"
+        curve = _vector(_get(stats, "sample_split.mean"))
         bias = _line(
             ax,
             epochs,
-            _vector(_get(stats, "sample_split.mean")),
+            curve,
             _vector(_get(stats, "sample_split.sem")),
             color=_BIAS_COLOR,
             label=bias_label,
         )
-        ax.set_ylabel("similarity of coupled twin samples", color=_BIAS_COLOR)
+        _value_axis(ax, "similarity of coupled twin samples", curve, color=_BIAS_COLOR)
     ax.tick_params(axis="y", colors=_BIAS_COLOR)
     handles = [bias] if bias is not None else []
 
     loss_ax = ax.twinx()
+    test_loss = _vector(stats["test_loss"])
     loss = _line(
         loss_ax,
         epochs,
-        _vector(stats["test_loss"]),
+        test_loss,
         _vector(stats.get("test_loss_sem")),
         color=_LOSS_COLOR,
         label="test loss (mean +- sem)",
     )
-    loss_ax.set_ylabel("held-out denoising loss", color=_LOSS_COLOR)
+    _value_axis(loss_ax, "held-out denoising loss", test_loss, color=_LOSS_COLOR)
     loss_ax.tick_params(axis="y", colors=_LOSS_COLOR)
     if loss is not None:
         handles.append(loss)
@@ -425,16 +456,18 @@ def fig_nearest(stats, path):
     near = stats["nearest"]
     fig = _new_figure(11, 4.5)
     left, right = fig.subplots(1, 2)
+    distances = []
     for key, label, color in (
         ("own_d1", "samples to own training set", "C0"),
         ("other_d1", "samples to closest other set", "C1"),
         ("heldout_d1", "held-out items to training sets", "C2"),
     ):
         if near.get(key) is not None:
-            _line(left, epochs, _vector(near[key]), color=color, label=label)
+            distances.append(_vector(near[key]))
+            _line(left, epochs, distances[-1], color=color, label=label)
     _mark_snapshots(left, stats, labels=False)
     _epoch_axis(left, epochs)
-    left.set_ylabel("mean NN distance")
+    _value_axis(left, "mean NN distance", *distances)
     left.set_title("Distance to the nearest training item")
     _legend(left, loc="best")
 
@@ -569,7 +602,12 @@ def fig_kl_along_t(stats, path):
         ax.set_title(f"{' = '.join(names) or 'snapshot'}: epoch {_fmt(epoch)}")
         ax.set_xlabel("t/T")
         _legend(ax, loc="best")
-    axes[0].set_ylabel("KL divergence per sequence (summed over tokens)")
+    # The panels share their y-axis: one scale for all of them.
+    _value_axis(
+        axes[0],
+        "KL divergence per sequence (summed over tokens)",
+        *[_matrix(v) for v in along["values"] if v],
+    )
     fig.suptitle("Score divergence along time (dotted: peak of each curve, the critical time)")
     _save(fig, path)
 
@@ -582,16 +620,19 @@ def fig_loss_decomposition(stats, path):
     left, right = fig.subplots(1, 2)
     ratio = dec.get("t_ratio")
     at = f"t/T = {ratio:g}" if ratio is not None else "fixed t"
+    log = {}
     for ax, part, symbol in ((left, "l_star", "l*"), (right, "l_tilde", "l~")):
+        plotted = []
         for where, color in (("train", "C0"), ("heldout", "C1")):
             data = "training" if where == "train" else "held-out"
             for suffix, style, when in (("", "-", at), ("_mean_t", "-.", "mean over t")):
                 values = dec.get(f"{part}_{where}{suffix}")
                 if values is not None:
+                    plotted.append(_vector(values))
                     _line(
                         ax,
                         epochs,
-                        _vector(values),
+                        plotted[-1],
                         color=color,
                         linestyle=style,
                         label=f"{symbol} on {data} data, {when}",
@@ -599,10 +640,14 @@ def fig_loss_decomposition(stats, path):
         _mark_snapshots(ax, stats, labels=False)
         _epoch_axis(ax, epochs)
         _legend(ax, loc="best")
-    right.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")
-    left.set_ylabel("l* = -x0_BP . log p_model")
+        log[part] = _value_axis(
+            ax,
+            "l* = -x0_BP . log p_model" if part == "l_star" else "l~ = -(x0 - x0_BP) . log p_model",
+            *plotted,
+        )
+    if not log["l_tilde"]:
+        right.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")
     left.set_title("Exact-distillation part")
-    right.set_ylabel("l~ = -(x0 - x0_BP) . log p_model")
     right.set_title("Excess, data-dependent part")
     fig.suptitle(
         "Loss decomposition per token (solid: at one t; dash-dot: mean over t uniform in 1..T; dashed: onset, test-loss min)"

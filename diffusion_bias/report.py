@@ -4,11 +4,20 @@ Reads only what `analysis` and `figures` wrote, so it can be rewritten without
 recomputing anything.
 """
 
+import collections
 import datetime
 import os
 import platform
 
 import jax
+import numpy as np
+
+from diffusion_bias import verdict
+
+
+# One run of one setting: `name` heads its section ("digits", or "digits, seed 1"
+# when a setting runs with several seeds); `seed` is what the seeds table shows.
+Section = collections.namedtuple("Section", "setting seed stats figure_paths name")
 
 
 def _fmt(x, digits=3):
@@ -35,7 +44,12 @@ def protocol_text(protocol):
             if chain == total
             else f"reverse chain respaced to {chain} of T = {total} steps"
         ),
-        f"{protocol.get('num_samples')} coupled samples per twin, {protocol.get('twins')} twins",
+        f"{protocol.get('num_samples')} coupled samples per twin, {protocol.get('twins')} twins"
+        + (
+            " (intervals resample twins, or twin pairs, then samples)"
+            if (protocol.get("twins") or 0) >= verdict.MIN_RESAMPLED_UNITS
+            else ""
+        ),
     ]
     if "uturn_items" in protocol:
         ratios = ", ".join(f"{r:g}" for r in protocol.get("uturn_ratios", []))
@@ -174,12 +188,63 @@ def setting_section(name, stats, figure_paths, report_dir):
     return "\n".join(lines)
 
 
+def _with_interval(value, interval):
+    return f"{_fmt(value)} {_interval(interval)}" if value is not None else "n/a"
+
+
+def _verdict_cell(v):
+    if v.get("conclusive"):
+        return "conclusive"
+    others = [name for name, o in v.get("other_statistics", {}).items() if o.get("conclusive")]
+    return "inconclusive" + (f" (conclusive by {'; '.join(others)})" if others else "")
+
+
+def seeds_table(sections):
+    """Lines: a row per setting and seed, then per setting how many seeds are conclusive.
+
+    Args:
+        sections: [Section]; their order within a setting is kept.
+
+    The gap's median is over the seeds that have one (an onset and a
+    test-loss minimum); the count says how many that is when some have none.
+    """
+    by_setting = collections.defaultdict(list)
+    for section in sections:
+        by_setting[section.setting].append(section)
+    lines = [
+        "| setting | seed | bias onset (95% interval) | test-loss minimum (95% interval) "
+        "| gap, epochs (95% interval) | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    summary = []
+    for setting, rows in by_setting.items():
+        for section in rows:
+            v = section.stats["verdict"]
+            lines.append(
+                f"| {setting} | {section.seed} | "
+                f"{_with_interval(v.get('bias_onset_epoch'), v.get('bias_onset_interval'))} | "
+                f"{_with_interval(v.get('test_loss_min_epoch'), v.get('test_loss_min_interval'))}"
+                f" | {_with_interval(v.get('gap_epochs'), v.get('gap_interval'))} | "
+                f"{_verdict_cell(v)} |"
+            )
+        verdicts = [section.stats["verdict"] for section in rows]
+        gaps = [v["gap_epochs"] for v in verdicts if v.get("gap_epochs") is not None]
+        conclusive = sum(bool(v.get("conclusive")) for v in verdicts)
+        line = f"**{setting}**: conclusive in {conclusive} of {len(rows)} seeds; median gap "
+        line += (f"{_fmt(float(np.median(gaps)))} epochs") if gaps else "n/a (no seed has an onset)"
+        if gaps and len(gaps) < len(rows):
+            line += f" (over the {len(gaps)} seeds with an onset)"
+        summary.append(line + ".")
+    return lines + [""] + [line for s in summary for line in (s, "")]
+
+
 def write_report(report_dir, sections, timings=None):
     """Writes report_dir/report.md.
 
     Args:
         report_dir: where report.md goes; figure links are relative to it.
-        sections: list of (name, stats, figure_paths).
+        sections: [Section], one per run: the table of seeds lists them all,
+            then each has its own section.
         timings: optional dict stage -> seconds, reported as measured.
 
     Returns:
@@ -199,9 +264,12 @@ def write_report(report_dir, sections, timings=None):
         "distribution of distances (NN-divergence minimum); the verdict compares it with the "
         "test-loss minimum, with bootstrap intervals.",
         "",
+        "## Verdicts per setting and seed",
+        "",
+        *seeds_table(sections),
     ]
-    for name, stats, paths in sections:
-        lines.append(setting_section(name, stats, paths, report_dir))
+    for section in sections:
+        lines.append(setting_section(section.name, section.stats, section.figure_paths, report_dir))
     if timings:
         lines += ["## Time taken (measured in this run)", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in timings.items()]

@@ -10,21 +10,54 @@ items the curves average, and the verdict is "conclusive" only when:
     bootstrap replicates (a flat or noisy curve has no onset);
   - the gap (test-loss minimum minus onset) is positive in 97.5% of them.
 Otherwise the reasons are listed and nothing is forced.
+
+With K >= 3 twins the bootstrap is hierarchical: a replicate first resamples
+the units (twins, or twin pairs) with replacement, then the items, so the
+intervals carry the spread between independently trained twins as well as the
+noise of the samples. With 2 twins (1 pair) a bootstrap over units is
+degenerate (two values say little about their spread), so only items are
+resampled, exactly as before: the same random draws, the same numbers.
+Measured on synthetic twins whose own peaks scatter around the population's
+(60 runs each): the onset interval covered the population extremum in 0.92,
+0.97 and 1.0 of runs with 3, 4 and 6 twins, against 0.70-0.77 with items
+alone. The percentile interval of a curve's value over so few twins stays
+narrower than 95% (0.67, 0.80, 0.87 of 100 runs with 3, 4, 6 twins): a
+bootstrap cannot know the spread of a handful of units.
 """
 
 import numpy as np
 
+# Fewer units than this are averaged, not resampled (see the module docstring).
+MIN_RESAMPLED_UNITS = 3
+
 
 def bootstrap_mean_curves(values, rng, num_resamples=1000):
-    """[B, C] means over items resampled with replacement, jointly for all checkpoints.
+    """[B, C] means over items (and units) resampled with replacement, jointly for all checkpoints.
 
     Args:
         values: [C, N] per-item values of C checkpoints (item j is the same item,
-            or the same coupled noise, at every checkpoint).
+            or the same coupled noise, at every checkpoint); or [C, U, N] per
+            unit u (twin or twin pair) and item, item j shared by all units.
+            With U >= MIN_RESAMPLED_UNITS a replicate draws U units, then N
+            items (the same for every unit and checkpoint), and averages the
+            U x N values; with fewer units their mean is taken first and only
+            items are drawn.
+        rng: numpy Generator.
     """
-    values = np.asarray(values, np.float64)
-    idx = rng.integers(0, values.shape[1], (num_resamples, values.shape[1]))
-    return np.stack([values[:, i].mean(axis=1) for i in idx])
+    values = np.asarray(values)
+    if values.ndim == 3 and values.shape[1] < MIN_RESAMPLED_UNITS:
+        # In the values' own precision: the mean a caller takes itself, bit for bit.
+        values = values.mean(axis=1)
+    values = values.astype(np.float64)
+    if values.ndim == 2:
+        idx = rng.integers(0, values.shape[1], (num_resamples, values.shape[1]))
+        return np.stack([values[:, i].mean(axis=1) for i in idx])
+    num_units, num = values.shape[1:]
+    out = np.empty((num_resamples, len(values)))
+    for b in range(num_resamples):
+        units, items = rng.integers(0, num_units, num_units), rng.integers(0, num, num)
+        out[b] = values[:, units][:, :, items].mean(axis=(1, 2))
+    return out
 
 
 def bootstrap_binned_kl_curves(
@@ -37,7 +70,9 @@ def bootstrap_binned_kl_curves(
     replicate draws one set of sample indices for all models and checkpoints,
     and one set of held-out indices for all models (not independent
     histograms per checkpoint, which would ignore that coupling and misstate
-    the noise of differences between checkpoints).
+    the noise of differences between checkpoints). With K >= MIN_RESAMPLED_UNITS
+    models a replicate first draws K models with replacement (the same for
+    every checkpoint) and averages their KLs; with fewer, every model counts once.
 
     Args:
         sample_bins: int [C, K, N] histogram bin of sample j of model k at
@@ -58,12 +93,15 @@ def bootstrap_binned_kl_curves(
     sample_keys = sample_bins + num_bins * np.arange(num_c * num_k).reshape(num_c, num_k, 1)
     reference_keys = reference_bins + num_bins * np.arange(num_k)[:, None]
     out = np.empty((num_resamples, num_c))
+    resample_models = num_k >= MIN_RESAMPLED_UNITS
     for b in range(num_resamples):
+        models = rng.integers(0, num_k, num_k) if resample_models else slice(None)
         items, held = rng.integers(0, num, num), rng.integers(0, m, m)
         counts = np.bincount(sample_keys[:, :, items].ravel(), minlength=num_c * num_k * num_bins)
         reference = np.bincount(reference_keys[:, held].ravel(), minlength=num_k * num_bins)
         counts = counts.reshape(num_c, num_k, num_bins)
-        out[b] = np.asarray(kl_fn(counts, reference.reshape(num_k, num_bins)[None])).mean(-1)
+        kl = np.asarray(kl_fn(counts, reference.reshape(num_k, num_bins)[None]))  # [C, K]
+        out[b] = kl[:, models].mean(-1)
     return out
 
 

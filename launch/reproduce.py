@@ -1,14 +1,24 @@
 """The main job: train and analyse the embedded settings, then write a report.
 
     python -m launch.reproduce [--workdir=workdirs/reproduce] [--settings=digits,grammar]
-        [--num_splits=2]
+        [--num_splits=2] [--seeds=0,1,2]
 
 Run from the repository root. Each setting trains its twins (configs/<name>_cpu.py),
 analyses every snapshot and draws its figures; then W/report.md gathers the
 verdicts, numbers and figures. Interrupted, the same command resumes: training
 from its latest checkpoint, analysis from its per-snapshot cache.
+
+Workdirs: without --seeds each setting runs once, with its config's seeds, in
+W/<setting> (W/digits, W/grammar). With --seeds=S1,S2,... each setting runs once
+per seed S, with both config.seed (initialisation, batches, training noise) and
+config.splits.seed (which items each twin gets) set to S, in W/<setting>/seed<S>
+(W/digits/seed0, W/digits/seed1, ...); the seeds run in the order given, every
+setting for one seed before the next seed. W/report.md opens with a table of
+every setting and seed, and says per setting in how many seeds the verdict is
+conclusive.
 """
 
+import copy
 import importlib
 import os
 import time
@@ -30,6 +40,51 @@ _SETTINGS = flags.DEFINE_list("settings", list(SETTINGS), f"Settings among {list
 _NUM_SPLITS = flags.DEFINE_integer(
     "num_splits", None, "Twins per setting (default: the config's); more gives tighter intervals."
 )
+_SEEDS = flags.DEFINE_list(
+    "seeds",
+    None,
+    "Seeds to run every setting with (config.seed and config.splits.seed), each in "
+    "W/<setting>/seed<S>; default: once with the config's seeds, in W/<setting>.",
+)
+
+
+def parse_seeds(values):
+    """[int] of the --seeds list, or None when not given.
+
+    Raises:
+        app.UsageError: a value that is not an integer, or a seed given twice
+            (its two runs would share one workdir).
+    """
+    if values is None:
+        return None
+    try:
+        seeds = [int(v) for v in values]
+    except ValueError:
+        raise app.UsageError(f"--seeds takes integers, got {','.join(values)}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise app.UsageError(f"--seeds takes distinct integers, got {','.join(values)}")
+    return seeds
+
+
+def runs(configs, seeds=None):
+    """[(setting, seed, config, relative workdir)] of every run, in the order they run.
+
+    Args:
+        configs: {setting: config}.
+        seeds: None for one run per setting with its config's seeds, in <setting>;
+            else [int]: one run per setting and seed, with config.seed and
+            config.splits.seed both set to the seed, in <setting>/seed<S>.
+    """
+    if seeds is None:
+        return [(name, config.seed, config, name) for name, config in configs.items()]
+    out = []
+    for seed in seeds:
+        for name, config in configs.items():
+            config = copy.deepcopy(config)
+            config.seed = seed
+            config.splits.seed = seed
+            out.append((name, seed, config, os.path.join(name, f"seed{seed}")))
+    return out
 
 
 def setting_configs(settings, num_splits=None):
@@ -47,17 +102,24 @@ def setting_configs(settings, num_splits=None):
     return configs
 
 
-def run(workdir, configs):
-    """Trains, analyses and reports every {name: config}; returns the report path.
+def run(workdir, configs, seeds=None):
+    """Trains, analyses and reports every {name: config}, once per seed; returns the report path.
 
     Shows progress wherever it is called from: a notebook has no `app.run` to
     set up logging, so this does.
+
+    Args:
+        workdir: the folder of all outputs (see the module docstring for its layout).
+        configs: {setting: config}.
+        seeds: None, or [int] (see `runs`).
     """
     common.setup_logging()
     sections, timings = [], {}
-    stages = len(configs) * 2
-    for i, (name, config) in enumerate(configs.items()):
-        run_dir = os.path.join(workdir, name)
+    todo = runs(configs, seeds)
+    stages = len(todo) * 2
+    for i, (setting, seed, config, rel_dir) in enumerate(todo):
+        run_dir = os.path.join(workdir, rel_dir)
+        name = setting if seeds is None else f"{setting}, seed {seed}"
         logging.info("[%d/%d] training the %s twins in %s", 2 * i + 1, stages, name, run_dir)
         start = time.time()
         train.train_and_evaluate(config, run_dir)
@@ -68,10 +130,17 @@ def run(workdir, configs):
         paths = figures.draw_all(stats, os.path.join(run_dir, "analysis"))
         timings[f"{name}: analysis"] = time.time() - start
         logging.info("%s: %s", name, analysis.verdict_line(stats))
-        sections.append((name, stats, paths))
+        sections.append(report.Section(setting, seed_label(config), stats, paths, name))
     path = report.write_report(workdir, sections, timings)
     logging.info("Report: %s", path)
     return path
+
+
+def seed_label(config):
+    """The seed a report row names: S, or "S (splits S')" when the two seeds differ."""
+    if config.seed == config.splits.seed:
+        return str(config.seed)
+    return f"{config.seed} (splits {config.splits.seed})"
 
 
 def main(argv):
@@ -79,11 +148,12 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.setup_logging()
     common.refuse_distributed("launch.reproduce")
+    seeds = parse_seeds(_SEEDS.value)
     configs = setting_configs(_SETTINGS.value, _NUM_SPLITS.value)
-    # Every setting's config is checked before the first one starts training.
-    for config in configs.values():
+    # Every run's config is checked before the first one starts training.
+    for _, _, config, _ in runs(configs, seeds):
         common.exit_on_config_error(train.check_config, config)
-    path = common.exit_on_config_error(run, _WORKDIR.value, configs)
+    path = common.exit_on_config_error(run, _WORKDIR.value, configs, seeds)
     print(path)
 
 

@@ -224,3 +224,47 @@ def test_missing_keys_skip_figures_and_failures_are_contained(tmp_path):
     assert [os.path.basename(p) for p in paths] == []
     with pytest.raises(AttributeError):
         figures.draw_all(stats, str(tmp_path), strict=True)
+
+
+def _drawn(monkeypatch, fig_fn, stats, path):
+    """The Figure that fig_fn draws (captured instead of saved)."""
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, _: drawn.append(fig))
+    fig_fn(stats, path)
+    return drawn[0]
+
+
+def test_nn_divergence_spanning_decades_is_drawn_on_a_log_axis(monkeypatch, tmp_path):
+    stats = synthetic_stats("tokens")
+    c = len(stats["checkpoints"])
+    # The grammar probe's shape: 27 at the start, a minimum of 0.032, then up to 0.17.
+    stats["nn_divergence"] = np.interp(np.arange(c), [0, c // 2, c - 1], [27, 0.032, 0.17]).tolist()
+    fig = _drawn(monkeypatch, figures.fig_bias_vs_test_loss, stats, str(tmp_path / "a.png"))
+    bias_ax, loss_ax = fig.axes[0], fig.axes[-1]
+    assert bias_ax.get_yscale() == "log" and "log scale" in bias_ax.get_ylabel()
+    lo, hi = bias_ax.get_ylim()
+    assert lo < 0.032 and hi > 27  # the minimum is inside the axis, not on its floor
+    assert loss_ax.get_yscale() == "linear"  # the test loss varies within a factor of 2
+
+
+def test_curves_within_two_decades_or_not_positive_stay_linear(monkeypatch, tmp_path):
+    assert figures.spans_decades([27, 0.032, 0.17])
+    assert not figures.spans_decades([1.0, 0.5, 0.02])  # max / min = 50
+    assert not figures.spans_decades([30, 0.0, 0.1])  # a zero: no log axis
+    assert not figures.spans_decades([30, -0.01, 0.1], None)
+    assert figures.spans_decades([np.nan, 1e-3], [1.0])  # NaN skipped, curves pooled
+    fig = _drawn(
+        monkeypatch, figures.fig_bias_vs_test_loss, synthetic_stats("tokens"), str(tmp_path / "b")
+    )
+    assert fig.axes[0].get_yscale() == "linear"
+
+
+def test_kl_along_t_and_decomposition_take_a_log_axis_from_their_range(monkeypatch, tmp_path):
+    stats = synthetic_stats("tokens")
+    along = stats["kl_bp_along_t"]
+    along["values"] = (1e-3 + np.asarray(along["values"])).tolist()  # 1e-3 .. 5: decades
+    fig = _drawn(monkeypatch, figures.fig_kl_along_t, stats, str(tmp_path / "c"))
+    assert fig.axes[0].get_yscale() == "log"
+    fig = _drawn(monkeypatch, figures.fig_loss_decomposition, stats, str(tmp_path / "d"))
+    # l* within a factor of 2, l~ crosses zero: both linear.
+    assert [ax.get_yscale() for ax in fig.axes] == ["linear", "linear"]

@@ -58,6 +58,12 @@ CASES = {
         "config.splits",
         None,
     ),
+    "reproduce_pool_per_seed": (
+        ("launch.reproduce", "--settings=digits", "--num_splits=5", "--seeds=0,1"),
+        [],
+        "config.splits",
+        None,
+    ),
     "analyze_num_samples": (ANALYZE, ["--analysis.num_samples=0"], "num_samples", "smoke"),
     "analyze_uturn_ratios": (
         ANALYZE,

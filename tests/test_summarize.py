@@ -116,9 +116,11 @@ def test_kl_bootstrap_resamples_items_jointly_across_models_and_checkpoints():
     assert boot.shape == (50, C)
     # The same samples are drawn at every checkpoint: identical checkpoints stay identical.
     np.testing.assert_array_equal(boot[:, 0], boot[:, 1])
-    # Replicate 0 recomputed from its definition: one draw of sample indices for all
-    # models and checkpoints, one of held-out indices, per-model KL, mean over models.
+    # Replicate 0 recomputed from its definition: K = 3 models drawn with replacement,
+    # one draw of sample indices for all models and checkpoints, one of held-out
+    # indices, per-model KL, mean over the drawn models.
     rng = np.random.default_rng(0)
+    models = rng.integers(0, K, K)
     items = rng.integers(0, own.shape[-1], own.shape[-1])
     rows = rng.integers(0, held.shape[-1], held.shape[-1])
     expected = [
@@ -128,7 +130,7 @@ def test_kl_bootstrap_resamples_items_jointly_across_models_and_checkpoints():
                     np.histogram(own[c, k, items], bins=20, range=(0, L))[0],
                     np.histogram(held[k, rows], bins=20, range=(0, L))[0],
                 )
-                for k in range(K)
+                for k in models
             ]
         )
         for c in range(C)
@@ -246,3 +248,22 @@ def test_kl_along_t_summary_is_the_twin_mean_and_its_peak_is_the_critical_time()
     assert out["epochs"] == [10.0, 30.0] and out["k"] == [0, 1, 2, 3]
     with pytest.raises(train.ConfigError):
         analysis.kl_along_t_ratios(1)
+
+
+def test_three_twins_keep_per_model_and_per_pair_curves_and_two_do_not():
+    per_step = _per_step()
+    stats = _summarize(_config(), per_step)  # K = 3: 3 models, 3 pairs
+    np.testing.assert_allclose(
+        stats["test_loss_per_model"], [r["test_losses"].mean(1) for r in per_step]
+    )
+    np.testing.assert_allclose(
+        stats["sample_split"]["mean_per_pair"], [r["similarity"].mean(1) for r in per_step]
+    )
+    np.testing.assert_allclose(stats["twin_kl_per_pair"], [r["twin_kl"].mean(1) for r in per_step])
+    two = [
+        {k: (v[:2] if k not in ("similarity", "twin_kl") else v[:1]) for k, v in r.items()}
+        for r in per_step
+    ]
+    stats = _summarize(_config(), two)
+    assert "test_loss_per_model" not in stats and "twin_kl_per_pair" not in stats
+    assert "mean_per_pair" not in stats["sample_split"]

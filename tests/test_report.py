@@ -1,0 +1,76 @@
+"""report.md from synthetic statistics dicts: the table of settings and seeds first."""
+
+import os
+
+from diffusion_bias import report
+
+
+def _stats(onset, test_min, conclusive, others=None):
+    """The parts of a statistics dict the report reads, for one run."""
+    verdict = dict(
+        bias_onset_epoch=onset,
+        test_loss_min_epoch=test_min,
+        gap_epochs=None if onset is None else test_min - onset,
+        conclusive=conclusive,
+        reasons=[] if conclusive else ["the test loss is lowest at the last snapshot"],
+        bias_statistic="sample_split similarity (peak)",
+        other_statistics=others or {},
+    )
+    if onset is not None:
+        verdict.update(
+            bias_onset_interval=[onset - 10, onset + 10],
+            test_loss_min_interval=[test_min - 20, test_min + 20],
+            gap_interval=[test_min - onset - 30, test_min - onset + 30],
+        )
+    return dict(checkpoints=[10.0, 100.0, 1000.0], verdict=verdict)
+
+
+def _sections():
+    kl = "sample_split KL at the critical time (minimum)"
+    return [
+        report.Section("digits", "0", _stats(270.0, 630.0, True), [], "digits, seed 0"),
+        report.Section("digits", "1", _stats(300.0, 500.0, True), [], "digits, seed 1"),
+        report.Section("digits", "2", _stats(400.0, 1000.0, False), [], "digits, seed 2"),
+        report.Section(
+            "grammar", "0", _stats(None, None, False, {kl: dict(conclusive=True)}), [], "g0"
+        ),
+        report.Section("grammar", "1", _stats(2200.0, 7750.0, True), [], "grammar, seed 1"),
+    ]
+
+
+def test_seeds_table_has_a_row_per_setting_and_seed_with_intervals_and_verdicts():
+    lines = report.seeds_table(_sections())
+    rows = [line for line in lines if line.startswith("| digits") or line.startswith("| grammar")]
+    assert len(rows) == 5
+    assert (
+        rows[0] == "| digits | 0 | 270 [260, 280] | 630 [610, 650] | 360 [330, 390] | conclusive |"
+    )
+    assert rows[2].endswith("| 600 [570, 630] | inconclusive |")
+    # No onset: n/a, and the other statistic that is conclusive is named.
+    assert rows[3].startswith("| grammar | 0 | n/a | n/a | n/a | inconclusive (conclusive by ")
+
+
+def test_seeds_table_says_in_how_many_seeds_each_setting_is_conclusive_and_the_median_gap():
+    text = "\n".join(report.seeds_table(_sections()))
+    assert "**digits**: conclusive in 2 of 3 seeds; median gap 360 epochs." in text
+    # The median is over the seeds that have a gap, and says so.
+    assert (
+        "**grammar**: conclusive in 1 of 2 seeds; median gap 5550 epochs "
+        "(over the 1 seeds with an onset)." in text
+    )
+
+
+def test_one_seed_per_setting_still_gets_the_table(tmp_path):
+    sections = [
+        report.Section("digits", "0", _stats(270.0, 630.0, True), [], "digits"),
+        report.Section("grammar", "0", _stats(None, None, False), [], "grammar"),
+    ]
+    path = report.write_report(str(tmp_path), sections, {"digits: training": 62.0})
+    assert path == os.path.join(str(tmp_path), "report.md")
+    text = open(path).read()
+    table = text.index("## Verdicts per setting and seed")
+    # The table comes before the first setting's section, one row per setting.
+    assert table < text.index("## digits") < text.index("## grammar")
+    assert text.count("| digits | 0 |") == 1 and text.count("| grammar | 0 |") == 1
+    assert "**digits**: conclusive in 1 of 1 seeds; median gap 360 epochs." in text
+    assert "**grammar**: conclusive in 0 of 1 seeds; median gap n/a (no seed has an onset)." in text
