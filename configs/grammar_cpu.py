@@ -27,7 +27,7 @@ def get_config():
         dict(
             name="grammar",
             q=6,
-            depth=3,
+            depth=4,
             sigma=1.0,
             q_eff=2,
             grammar_seed=0,
@@ -35,7 +35,7 @@ def get_config():
             pool_seed=0,
         )
     )
-    config.splits.update(num_splits=2, split_size=200, heldout_size=2000, drop_overlap=False)
+    config.splits.update(num_splits=2, split_size=100, heldout_size=2000, drop_overlap=True)
     config.diffusion.update(schedule="token", num_steps=500)
     config.model = ml_collections.ConfigDict(
         dict(name="transformer", width=64, num_layers=2, num_heads=4, dropout_rate=0.1)
@@ -43,11 +43,13 @@ def get_config():
     config.optimizer.update(learning_rate=1e-3, schedule="constant")
     config.training.update(
         batch_size=100,
-        num_epochs=10_000,
+        num_epochs=12_000,
         steps_per_call=50,
         ema_decay=0.999,
         log_every_steps=2000,
     )
-    config.snapshots.update(num_snapshots=20, first_epoch=50, latest_every_steps=2000)
+    config.snapshots.update(num_snapshots=20, first_epoch=100, latest_every_steps=2000)
+    # The paper searches every snapshot: no grammaticality gate (see the docstring).
+    config.analysis.min_grammatical = 0.0
     config.lock()
     return config
