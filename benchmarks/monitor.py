@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from benchmarks import timing
 from configs import digits_cpu, grammar_cpu
 from diffusion_bias import monitor_run
+from diffusion_bias import run as run_lib
 from diffusion_bias import train
 
 SETTINGS = {"digits": digits_cpu, "grammar": grammar_cpu}
@@ -35,45 +36,35 @@ def share(name, **overrides):
     with config.unlocked():
         config.monitor.update(enabled=True, **overrides)
     with tempfile.TemporaryDirectory() as workdir:
-        run = train.prepare(config, workdir)
-    twin_data, kind, model = run["twin_data"], run["kind"], run["model"]
+        run = run_lib.prepare(config, workdir)
+    twin_data, kind, model = run.twin_data, run.kind, run.model
     mesh = train.make_mesh(config)
     tx = train.get_optimizer(config)
     example = twin_data.train[0, :1]
     if kind == "tokens":
         example = jax.nn.one_hot(example, model.num_symbols)
     state = train.init_state(config, model, example, tx)
-    data = jnp.asarray(run["train"])
-    chunk = train.make_train_chunk(config, model, run["schedule"], kind, mesh)
+    data = jnp.asarray(run.train)
+    chunk = train.make_train_chunk(config, model, run.schedule, kind, mesh)
     holder = {"state": state}
 
     def train_chunk():
         holder["state"], losses = chunk(holder["state"], data)
         jax.block_until_ready(losses)
 
-    monitor = monitor_run.build(
-        config,
-        twin_data.train,
-        twin_data.heldout,
-        model,
-        run["schedule"],
-        kind,
-        getattr(model, "num_symbols", None),
-        run["offsets"],
-    )
-    plan = train.snapshot_steps(config)
+    monitor = monitor_run.build(config, run)
+    plan = run.snapshot_steps
     epoch = iter(range(1, 10**9))
 
     def monitor_call():
-        params = holder["state"]["ema_params"] or holder["state"]["params"]
-        monitor(params, epoch=next(epoch))
+        monitor(holder["state"].evaluated_params(), epoch=next(epoch))
 
     train_chunk()  # compiles
     for _ in range(len(plan) - 1):  # compiles, and fills the history
         monitor_call()
     chunk_time, call_time = timing.best_times([train_chunk, monitor_call])
     step_time = chunk_time / config.training.steps_per_call
-    total = config.training.num_epochs * train.steps_per_epoch(config)
+    total = run.total_steps
     train_total, monitor_total = total * step_time, len(plan) * call_time
     print(
         f"{name} {overrides or ''}: training {total} steps x {step_time * 1e3:.2f} ms = {train_total:.0f} s; "

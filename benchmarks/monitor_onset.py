@@ -22,6 +22,7 @@ from configs import digits_cpu
 from diffusion_bias import analysis
 from diffusion_bias import checkpoints
 from diffusion_bias import monitor_run
+from diffusion_bias import run as run_lib
 from diffusion_bias import train
 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3"], "Seeds to run.")
@@ -44,22 +45,13 @@ def one_seed(seed, workdir):
         config.monitor.update(enabled=True, stop="bias_onset")
         if _NUM_SAMPLES.value:
             config.monitor.num_samples = _NUM_SAMPLES.value
-    run = train.prepare(config, workdir)
-    monitor = monitor_run.build(
-        config,
-        run["twin_data"].train,
-        run["twin_data"].heldout,
-        run["model"],
-        run["schedule"],
-        run["kind"],
-        None,
-        run["offsets"],
-    )
-    ckpts = checkpoints.TwinCheckpoints(workdir, train.snapshot_steps(config), read_only=True)
-    spe = train.steps_per_epoch(config)
+    run = run_lib.prepare(config, workdir)
+    monitor = monitor_run.build(config, run)
+    ckpts = checkpoints.TwinCheckpoints(workdir, run.snapshot_steps, read_only=True)
+    spe = run.steps_per_epoch
     stop = None
     for step in ckpts.snapshot_steps():
-        row = monitor(ckpts.read_snapshot(step)["ema_params"], epoch=step / spe)
+        row = monitor(ckpts.read_snapshot(step).ema_params, epoch=step / spe)
         if row["decision"] == "stop":
             stop = row
             break

@@ -33,6 +33,7 @@ import numpy as np
 
 from configs import digits_cpu, grammar_cpu, grammar_paper
 from diffusion_bias import models
+from diffusion_bias import run as run_lib
 from diffusion_bias import train
 from benchmarks import timing
 
@@ -62,10 +63,12 @@ class _Engine:
         mesh = train.make_mesh(config)
         tx = train.get_optimizer(config)
         self.state = train._place(train.init_state(config, model, example, tx), mesh, True)
-        self.state["step"] = jax.device_put(self.state["step"], NamedSharding(mesh, P()))
+        self.state = self.state.replace(
+            step=jax.device_put(self.state.step, NamedSharding(mesh, P()))
+        )
         self.data = train._place(jnp.asarray(data), mesh, twin_axis=True)
         if chunk is None:
-            chunk = train.make_train_chunk(config, model, train.get_schedule(config), kind, mesh)
+            chunk = train.make_train_chunk(config, model, run_lib.get_schedule(config), kind, mesh)
         self.chunk = chunk
 
     def __call__(self):

@@ -22,8 +22,8 @@ from diffusion_bias import checkpoints
 from diffusion_bias import coupled
 from diffusion_bias import default_config
 from diffusion_bias import metric_writers
+from diffusion_bias import run as run_lib
 from diffusion_bias import stopping
-from diffusion_bias import train
 from diffusion_bias import verdict
 from diffusion_bias.data import sources
 from diffusion_bias.diffusion import process
@@ -146,16 +146,11 @@ def sampling_schedule(schedule, sampling_steps):
         or not isinstance(sampling_steps, int)
         or sampling_steps < 0
     ):
-        raise train.ConfigError(
+        raise run_lib.ConfigError(
             "config.analysis.sampling_steps must be 0 (full chain) or a positive integer, "
             f"got {sampling_steps!r}"
         )
     return schedules.respace(schedule, min(sampling_steps, schedule.num_steps))
-
-
-def _twin_params(snapshot):
-    ema = snapshot.get("ema_params")
-    return ema if ema is not None and jax.tree.leaves(ema) else snapshot["params"]
 
 
 class _Instrument:
@@ -170,31 +165,31 @@ class _Instrument:
     """
 
     def __init__(self, config, workdir):
-        run = train.prepare(config, workdir)
+        run = run_lib.prepare(config, workdir)
         self.config, self.a = config, config.analysis
-        self.kind, self.model, self.schedule = run["kind"], run["model"], run["schedule"]
-        self.train = np.asarray(run["twin_data"].train)  # [K, n, ...] common space
-        self.heldout = np.asarray(run["twin_data"].heldout)  # [m, ...] common space
-        self.offsets = run["offsets"]  # [K, C] images, None for tokens
-        self.grammar = run["pool"].grammar
+        self.kind, self.model, self.schedule = run.kind, run.model, run.schedule
+        self.train = np.asarray(run.twin_data.train)  # [K, n, ...] common space
+        self.heldout = np.asarray(run.twin_data.heldout)  # [m, ...] common space
+        self.offsets = run.offsets  # [K, C] images, None for tokens
+        self.grammar = run.pool.grammar
         self.apply_fn = coupled.denoiser(self.model, self.kind)
         self.apply_jit = jax.jit(self.apply_fn)
         self.sampling = sampling_schedule(self.schedule, self.a.sampling_steps)
         key = jax.random.key(self.a.seed)
         self.sample_key = jax.random.fold_in(key, 0)
         n_items = min(self.a.loss_items, self.train.shape[1])
-        self.train_items = np.asarray(run["train"])[:, :n_items]  # each twin's own space
+        self.train_items = np.asarray(run.train)[:, :n_items]  # each twin's own space
         largest = max(n_items, len(self.heldout))
         self.loss_t, self.loss_noise = losses.loss_grid(
             jax.random.fold_in(key, 1), largest, self.schedule.num_steps, self.a.loss_repeats
         )
         self.score_key = jax.random.fold_in(key, 2)
         self.stat_key = jax.random.fold_in(key, 3)
-        labels = run["pool"].labels
+        labels = run.pool.labels
         self.classifier = None
         if self.kind == "images" and labels is not None:
             # Sample quality: a classifier of the held-out items (never the training sets).
-            held_labels = labels[run["twin_data"].splits.heldout]
+            held_labels = labels[run.twin_data.splits.heldout]
             self.classifier = quality.fit_classifier(self.heldout, held_labels)
         if self.kind == "tokens":
             self.q = self.grammar.q
@@ -235,7 +230,7 @@ class _Instrument:
 
     def compute(self, snapshot):
         """All per-snapshot arrays, as a flat dict of numpy arrays."""
-        stacked = _twin_params(snapshot)
+        stacked = snapshot.evaluated_params()
         num_twins = self.train.shape[0]
         params = [jax.tree.map(lambda x, k=k: x[k], stacked) for k in range(num_twins)]
         paper_step = self.kind == "images" and self.a.image_sampler == "paper"
@@ -383,7 +378,7 @@ def decomposition_steps(num_steps, num_points):
     1..T, so uniform t in 1..T is approximated by a fixed, deterministic grid.
     """
     if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
-        raise train.ConfigError(
+        raise run_lib.ConfigError(
             f"config.analysis.decomposition_times must be a positive integer, got {num_points!r}"
         )
     g = np.arange(min(num_points, num_steps))
@@ -395,7 +390,7 @@ def _uturn(instrument, snapshot):
     transitions = jnp.asarray(instrument.grammar.transitions, jnp.float32)
     a = instrument.a
     heldout = instrument.heldout[: a.uturn_items]
-    stacked = _twin_params(snapshot)
+    stacked = snapshot.evaluated_params()
     train_ratio, heldout_ratio = [], []
     for k in range(instrument.train.shape[0]):
         fn = jax.tree_util.Partial(instrument.apply_fn, jax.tree.map(lambda x: x[k], stacked))
@@ -420,7 +415,7 @@ def _uturn(instrument, snapshot):
 def kl_along_t_ratios(num_points):
     """[R] t/T = 1/R, 2/R, ..., 1: where Fig. 3b reads KL(BP_k || model) along time."""
     if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
-        raise train.ConfigError(
+        raise run_lib.ConfigError(
             f"config.analysis.kl_along_t_points must be an integer >= 2, got {num_points!r}"
         )
     return np.arange(1, num_points + 1) / num_points
@@ -432,7 +427,7 @@ def _kl_along_t(instrument, snapshot):
     a = instrument.a
     ratios = kl_along_t_ratios(a.get("kl_along_t_points", 25))
     steps = controlled.uturn_steps(instrument.schedule, ratios)
-    stacked = _twin_params(snapshot)
+    stacked = snapshot.evaluated_params()
     values = []
     for k in range(instrument.train.shape[0]):
         fn = jax.tree_util.Partial(instrument.apply_fn, jax.tree.map(lambda x: x[k], stacked))
@@ -484,7 +479,7 @@ def analyze(workdir, overrides=None):
     cache_dir = os.path.join(out_dir, "cache")
     os.makedirs(cache_dir, exist_ok=True)
     # Read only: the training may still run and save; its complete snapshots are analysed.
-    ckpts = checkpoints.TwinCheckpoints(workdir, train.snapshot_steps(config), read_only=True)
+    ckpts = checkpoints.TwinCheckpoints(workdir, run_lib.snapshot_steps(config), read_only=True)
     steps = ckpts.snapshot_steps()
     if not steps:
         raise ValueError(f"{workdir} holds no snapshots: train it first (launch.train)")
@@ -586,7 +581,7 @@ def summarize_kl_along_t(curves, epochs):
 def summarize(config, steps, per_step):
     """statistics.json from the per-snapshot arrays (see STATISTICS_SCHEMA)."""
     a = config.analysis
-    spe = train.steps_per_epoch(config)
+    spe = run_lib.steps_per_epoch(config)
     epochs = [s / spe for s in steps]
     kind = "tokens" if config.diffusion.schedule == "token" else "images"
     col = lambda name: np.stack([r[name] for r in per_step])  # [C, ...]
@@ -799,7 +794,7 @@ def _grammaticality_gate(a):
     """The share of grammatical samples a snapshot needs to hold the onset; 0 is off."""
     gate = float(a.get("min_grammatical", 0) or 0)
     if not 0 <= gate <= 1:
-        raise train.ConfigError(
+        raise run_lib.ConfigError(
             f"config.analysis.min_grammatical must lie in [0, 1] (0: off), got {gate}"
         )
     return gate

@@ -4,7 +4,7 @@ A run's workdir holds
 
     config.json         the resolved config the run was started with
     checkpoints/STEP/   Orbax checkpoints of one manager: the planned snapshot
-                        steps (`train.snapshot_steps`), never deleted, and the
+                        steps (`run.snapshot_steps`), never deleted, and the
                         newest step, kept for resuming
     damaged/STEP/       checkpoints found unreadable on resume, set aside
 
@@ -29,17 +29,60 @@ This layout (one `checkpoints/` folder) replaced `snapshots/` and `latest/`;
 workdirs of the old layout are not read.
 """
 
+import dataclasses
 import json
 import os
 import signal
 import threading
+from typing import Any
 
 from absl import logging
+import flax.struct
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+
+@flax.struct.dataclass
+class TwinState:
+    """The twins' training state; all but `step` stacked on a leading twin axis [K].
+
+    Attributes:
+        step: [] int32, the optimizer steps taken.
+        params: the twins' parameters.
+        opt_state: the twins' optimizer states.
+        ema_params: the exponential moving average of `params`; None (or an
+            empty tree, as read back) when training keeps none.
+
+    On disk it is the dict {"step", "params", "opt_state", "ema_params"}, the
+    layout of the runs saved before this class existed.
+    """
+
+    step: Any
+    params: Any
+    opt_state: Any
+    ema_params: Any
+
+    def evaluated_params(self):
+        """The parameters the statistics read: the average if kept, else the trained ones."""
+        ema = self.ema_params
+        return ema if ema is not None and jax.tree.leaves(ema) else self.params
+
+
+def _to_tree(state):
+    """The saved dict of a TwinState (one level: its fields stay as they are)."""
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(TwinState)}
+
+
+def _from_tree(tree):
+    return TwinState(
+        step=tree["step"],
+        params=tree["params"],
+        opt_state=tree["opt_state"],
+        ema_params=tree.get("ema_params"),
+    )
 
 
 def snapshot_plan(total_steps, num_snapshots, first_step, multiple_of=1):
@@ -161,12 +204,12 @@ class TwinCheckpoints:
         )
 
     def save(self, step, state, force=False):
-        """Saves `state` at `step` if the policies ask for it (or `force`).
+        """Saves the TwinState `state` at `step` if the policies ask for it (or `force`).
 
         Returns:
             Whether a save started (it completes in the background).
         """
-        return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        return self._manager.save(step, args=ocp.args.StandardSave(_to_tree(state)), force=force)
 
     def all_steps(self):
         """Every complete checkpoint's step, planned or not, sorted."""
@@ -184,17 +227,19 @@ class TwinCheckpoints:
         devices (the analysis may run elsewhere than the training).
 
         Returns:
-            dict of arrays ("step", "params", "opt_state", "ema_params").
+            The TwinState saved at `step`.
         """
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
             self._manager.item_metadata(step),
         )
-        return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+        return _from_tree(self._manager.restore(step, args=ocp.args.StandardRestore(target)))
 
     def restore_newest(self, abstract_state):
-        """The newest readable state; unreadable newer ones are set aside.
+        """The newest readable TwinState; unreadable newer ones are set aside.
+
+        `abstract_state` (a TwinState of `abstract`) is the target restored into.
 
         A checkpoint that fails to load is logged by name and moved to
         workdir/damaged/, so that the resumed run saves that step again in its
@@ -208,7 +253,9 @@ class TwinCheckpoints:
         damaged, found = [], (0, None)
         for step in reversed(self.all_steps()):
             try:
-                state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+                state = self._manager.restore(
+                    step, args=ocp.args.StandardRestore(_to_tree(abstract_state))
+                )
             except Exception as err:  # Orbax raises many types for damaged files.
                 logging.warning(
                     "Checkpoint %s is unreadable (%s: %s); setting it aside in %s and "
@@ -220,7 +267,7 @@ class TwinCheckpoints:
                 )
                 damaged.append(step)
                 continue
-            found = (step, state)
+            found = (step, _from_tree(state))
             break
         if damaged:
             self._set_aside(damaged)

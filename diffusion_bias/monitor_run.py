@@ -21,7 +21,6 @@ import orbax.checkpoint as ocp
 
 from diffusion_bias import coupled
 from diffusion_bias import monitor as monitor_lib
-from diffusion_bias import stopping
 
 ROWS = "monitor.jsonl"
 STATE = "monitor_state.npz"
@@ -29,42 +28,20 @@ RESULT = "result.json"
 RESULT_PARAMS = "result"
 
 
-def check(monitor_config, error):
-    """Raises `error(message)` naming the first invalid field of `config.monitor`."""
-    m = monitor_config
-    if m.stop not in stopping.RULES:
-        raise error(f"config.monitor.stop must be one of {list(stopping.RULES)}, got {m.stop!r}")
-    for name in (
-        "num_samples",
-        "sampling_steps",
-        "loss_items",
-        "loss_repeats",
-        "patience",
-        "bootstrap",
-    ):
-        value = m[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise error(f"config.monitor.{name} must be a positive integer, got {value!r}")
-    for name in ("auc_threshold", "memorized_threshold"):
-        if not 0 <= m[name] <= 1:
-            raise error(f"config.monitor.{name} must be in [0, 1], got {m[name]!r}")
-    if m.stop != "none" and not m.enabled:
-        raise error(f"config.monitor.stop = {m.stop!r} needs config.monitor.enabled = True")
+def build(config, run):
+    """The BiasMonitor of `run` (a run.Run): its twins' data, model, schedule; `config.monitor`.
 
-
-def build(config, train_sets, heldout, model, schedule, kind, num_symbols=None, offsets=None):
-    """The BiasMonitor of a run: its twins' data, model and schedule, `config.monitor` budget.
-
-    `train_sets` and `heldout` are the items as drawn; `offsets` [K, C] the
-    twins' centring shifts (images), see `BiasMonitor`.
+    The training sets and held-out items are the items as drawn; `run.offsets`
+    [K, C] the twins' centring shifts (images), see `BiasMonitor`.
     """
     m = config.monitor
     clip = config.analysis.clip_x0 or None
+    kind = run.kind
     return monitor_lib.BiasMonitor(
-        coupled.denoiser(model, kind),
-        schedule,
-        np.asarray(train_sets),
-        np.asarray(heldout),
+        coupled.denoiser(run.model, kind),
+        run.schedule,
+        np.asarray(run.twin_data.train),
+        np.asarray(run.twin_data.heldout),
         kind,
         stop=m.stop,
         num_samples=m.num_samples,
@@ -76,10 +53,10 @@ def build(config, train_sets, heldout, model, schedule, kind, num_symbols=None, 
         memorized_threshold=m.memorized_threshold,
         bootstrap=m.bootstrap,
         seed=m.seed,
-        num_symbols=num_symbols,
+        num_symbols=getattr(run.model, "num_symbols", None),
         clip_x0=clip if kind == "images" else None,
         twin_strategy=config.training.twin_strategy,
-        offsets=offsets,
+        offsets=run.offsets,
     )
 
 
@@ -121,8 +98,14 @@ def stopped_result(workdir):
 
 
 def save_result(workdir, monitor, kept_step, stop_step, kept_state):
-    """Writes result.json and the kept snapshot's parameters (result/)."""
-    params = {k: v for k, v in kept_state.items() if k in ("params", "ema_params") and v}
+    """Writes result.json and the kept snapshot's parameters (result/).
+
+    `kept_state` is the checkpoints.TwinState at `kept_step`, None when no snapshot is kept.
+    """
+    params = {}
+    if kept_state is not None:
+        kept = dict(params=kept_state.params, ema_params=kept_state.ema_params)
+        params = {k: v for k, v in kept.items() if v}
     target = os.path.join(os.path.abspath(workdir), RESULT_PARAMS)
     if kept_step is not None:
         with ocp.StandardCheckpointer() as checkpointer:

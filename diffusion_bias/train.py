@@ -23,9 +23,7 @@ step: the process exits with status 75 (`checkpoints.PREEMPTED_EXIT_STATUS`) and
 the same command resumes, to the same parameters as an uninterrupted run.
 """
 
-import dataclasses
 import functools
-import inspect
 import json
 import os
 import time
@@ -35,375 +33,19 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
-import ml_collections
 import numpy as np
 import optax
 
 from diffusion_bias import checkpoints
-from diffusion_bias import grammar as grammar_lib
 from diffusion_bias import metric_writers
-from diffusion_bias import models
 from diffusion_bias import monitor_run
-from diffusion_bias.data import sources
-from diffusion_bias.models import transformer
+from diffusion_bias import run as run_lib
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
-from diffusion_bias.diffusion import schedules
 
 
 # ---------------------------------------------------------------------------
-# Config checks: every bad value is reported by field name before any work.
-
-
-class ConfigError(ValueError):
-    """A config field has an invalid value; the message names the field."""
-
-
-def _positive_int(config, path):
-    value = _get(config, path)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"config.{path} must be a positive integer, got {value!r}")
-    return value
-
-
-def _get(config, path):
-    for part in path.split("."):
-        config = config[part]
-    return config
-
-
-def _choice(config, path, choices):
-    value = _get(config, path)
-    if value not in choices:
-        raise ConfigError(f"config.{path} must be one of {sorted(choices)}, got {value!r}")
-    return value
-
-
-def _centering(config):
-    # Runs saved before `centering` existed had a boolean `center` (pooled mean).
-    return config.get("centering", "pooled" if config.get("center") else "none")
-
-
-def _number_in(config, path, low, high, low_open=False, high_open=False):
-    """The float at `path`, checked to lie in the interval low..high."""
-    value = _get(config, path)
-    bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)
-    bad = bad or value < low or value > high or (low_open and value == low)
-    bad = bad or (high_open and value == high)
-    if bad:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ConfigError(f"config.{path} must be a number in {interval}, got {value!r}")
-    return value
-
-
-def _check_data(config):
-    """Checks the source name and fields of `config.data`, and that the schedule fits it."""
-    data = config.data
-    name = data.get("name")
-    if name not in sources.SOURCES:
-        raise ConfigError(
-            f"config.data.name must be one of {sorted(sources.SOURCES)}, got {name!r}"
-        )
-    # The fields a source takes are its arguments (sources.load_pool reads them so).
-    params = inspect.signature(sources.SOURCES[name]).parameters
-    fields = {sources._FIELD_NAMES.get((name, p), p): p for p in params}  # noqa: SLF001
-    unknown = sorted(set(data.keys()) - set(fields) - {"name"})
-    if unknown:
-        raise ConfigError(
-            f"config.data.{unknown[0]} is not a field of data source {name!r}; "
-            f"its fields are {sorted(fields)}"
-        )
-    for field, param in fields.items():
-        if field not in data and params[param].default is inspect.Parameter.empty:
-            raise ConfigError(f"config.data.{field} is needed by data source {name!r}")
-    if name == "grammar":
-        try:
-            grammar_lib.random_grammar(
-                q=data.q,
-                depth=data.depth,
-                sigma=data.sigma,
-                q_eff=data.q_eff,
-                seed=data.grammar_seed,
-            )
-        except ValueError as err:
-            # The grammar's messages start with the argument's name; the seed is grammar_seed.
-            message = str(err)
-            message = "grammar_" + message if message.startswith("seed") else message
-            raise ConfigError(f"config.data.{message}") from None
-        _positive_int(config, "data.pool_size")
-        if (
-            isinstance(data.pool_seed, bool)
-            or not isinstance(data.pool_seed, int)
-            or (data.pool_seed < 0)
-        ):
-            raise ConfigError(
-                f"config.data.pool_seed must be an integer >= 0, got {data.pool_seed!r}"
-            )
-    # The analysis reads the kind of data from the schedule.
-    kind = {"grammar": "token", "digits": "image", "tfds": "image"}.get(name)
-    if kind is not None and config.diffusion.schedule != kind:
-        raise ConfigError(
-            f"config.diffusion.schedule = {config.diffusion.schedule!r} does not fit "
-            f"config.data.name = {name!r}; use {kind!r}"
-        )
-    if _centering(config) != "none" and config.diffusion.schedule == "token":
-        raise ConfigError("config.centering applies to images only; use 'none'")
-
-
-def _check_model(config):
-    """Checks the name, fields and sizes of `config.model`."""
-    name = config.model.get("name")
-    if name not in models.MODELS:
-        raise ConfigError(f"config.model.name must be one of {sorted(models.MODELS)}, got {name!r}")
-    if (name == "transformer") != (config.diffusion.schedule == "token"):
-        raise ConfigError(
-            f"config.model.name = {name!r} does not fit config.diffusion.schedule = "
-            f"{config.diffusion.schedule!r}: tokens take the transformer, images the others"
-        )
-    fields = {f.name: f for f in dataclasses.fields(models.MODELS[name])}
-    # Set from the data by `prepare`, not by the config.
-    from_data = {"num_symbols", "length"} if name == "transformer" else set()
-    known = set(fields) - {"parent", "name"} - from_data
-    unknown = sorted(set(config.model.keys()) - known - {"name"})
-    if unknown:
-        raise ConfigError(
-            f"config.model.{unknown[0]} is not a field of model {name!r}; "
-            f"its fields are {sorted(known)}"
-        )
-    for field in sorted(known):
-        required = fields[field].default is dataclasses.MISSING
-        if field not in config.model:
-            if required:
-                raise ConfigError(f"config.model.{field} is needed by model {name!r}")
-            continue
-        if field == "dropout_rate":
-            _number_in(config, "model.dropout_rate", 0.0, 1.0, high_open=True)
-        elif fields[field].type in (int, "int"):
-            _positive_int(config, f"model.{field}")
-    if name == "transformer" and config.model.get("param_init", "flax") not in transformer.INITS:
-        raise ConfigError(
-            f"config.model.param_init must be one of {list(transformer.INITS)}, got "
-            f"{config.model.param_init!r}"
-        )
-    if name == "transformer" and config.model.width % config.model.num_heads:
-        raise ConfigError(
-            f"config.model.num_heads = {config.model.num_heads} must divide "
-            f"config.model.width = {config.model.width}"
-        )
-
-
-def check_analysis(config):
-    """Raises ConfigError naming the first invalid field of `config.analysis`."""
-    for path in (
-        "analysis.num_samples",
-        "analysis.loss_items",
-        "analysis.loss_repeats",
-        "analysis.uturn_items",
-        "analysis.uturn_repeats",
-        "analysis.kl_along_t_points",
-        "analysis.decomposition_times",
-        "analysis.bootstrap",
-    ):
-        _positive_int(config, path)
-    steps = config.analysis.sampling_steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ConfigError(
-            "config.analysis.sampling_steps must be 0 (the full chain) or a positive "
-            f"integer, got {steps!r}"
-        )
-    seed = config.analysis.seed
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"config.analysis.seed must be an integer >= 0, got {seed!r}")
-    _number_in(config, "analysis.clip_x0", 0.0, np.inf)
-    _number_in(config, "analysis.critical_ratio", 0.0, 1.0, low_open=True)
-    _number_in(config, "analysis.min_grammatical", 0.0, 1.0)
-    num_steps = config.diffusion.num_steps
-    for path, low, high in (("score_times", 1, num_steps), ("uturn_ratios", 0.0, 1.0)):
-        values = config.analysis[path]
-        ok = isinstance(values, (list, tuple)) and len(values) > 0
-        ok = ok and all(
-            not isinstance(v, bool)
-            and isinstance(v, int if path == "score_times" else (int, float))
-            and low <= v <= high
-            and v != 0
-            for v in values
-        )
-        if not ok:
-            raise ConfigError(
-                f"config.analysis.{path} must be a non-empty tuple of "
-                f"{'integers' if path == 'score_times' else 'numbers'} in "
-                f"{'[1' if path == 'score_times' else '(0'}, {high}], got {values!r}"
-            )
-
-
-def data_pool_size(data):
-    """Items of the pool `data` names, found without writing anything.
-
-    The grammar pool's size is a field (sampling and caching it come later, in
-    `prepare`); a tfds pool's is its data source's length; others are loaded
-    without a cache directory.
-    """
-    if data.name == "grammar":
-        return data.pool_size
-    if data.name == "tfds":
-        try:
-            import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-        except ImportError:
-            raise ConfigError(
-                "config.data.name = 'tfds' needs tensorflow-datasets: pip install -e '.[tfds]'"
-            ) from None
-        try:
-            source = tfds.data_source(
-                data.dataset, split=data.get("split", "train"), data_dir=data.get("data_dir")
-            )
-        except Exception as err:  # tfds raises many types for a missing data set.
-            raise ConfigError(
-                f"config.data.dataset = {data.dataset!r} cannot be read: {err}".splitlines()[0]
-            ) from None
-        max_items = data.get("max_items")
-        return len(source) if max_items is None else min(len(source), max_items)
-    try:
-        return len(sources.load_pool(data))
-    except ValueError as err:
-        raise ConfigError(f"config.data: {err}") from None
-
-
-def check_config(config, pool_size=None):
-    """Raises ConfigError naming the first invalid field of `config`.
-
-    Every check needs only the config (and, for the pool size, a look at the
-    data that writes nothing), so that a launcher runs them all before it
-    touches the workdir. `pool_size` (when the pool is loaded already) skips
-    finding it.
-    """
-    for path in (
-        "splits.num_splits",
-        "splits.split_size",
-        "training.batch_size",
-        "training.num_epochs",
-        "training.steps_per_call",
-        "training.log_every_steps",
-        "snapshots.num_snapshots",
-        "snapshots.first_epoch",
-        "snapshots.latest_every_steps",
-        "diffusion.num_steps",
-    ):
-        _positive_int(config, path)
-    _choice(config, "diffusion.schedule", {"image", "token"})
-    _choice(config, "training.twin_strategy", {"vmap", "map"})
-    _choice(config, "optimizer.schedule", {"constant", "paper"})
-    _choice(config, "analysis.image_sampler", set(samplers.STEP_RULES))
-    if _centering(config) not in sources.CENTERINGS:
-        raise ConfigError(
-            f"config.centering must be one of {list(sources.CENTERINGS)}, got "
-            f"{_centering(config)!r}"
-        )
-    if not config.optimizer.learning_rate > 0:
-        raise ConfigError(
-            f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}"
-        )
-    if not 0 <= config.training.ema_decay < 1:
-        raise ConfigError(
-            f"config.training.ema_decay must be in [0, 1), got {config.training.ema_decay}"
-        )
-    n, batch = config.splits.split_size, config.training.batch_size
-    if batch > n:
-        raise ConfigError(
-            f"config.training.batch_size = {batch} exceeds config.splits.split_size = {n}"
-        )
-    total = config.training.num_epochs * steps_per_epoch(config)
-    if total % config.training.steps_per_call:
-        raise ConfigError(
-            f"config.training.steps_per_call = {config.training.steps_per_call} must divide "
-            f"the {total} training steps (num_epochs * ceil(split_size / batch_size))"
-        )
-    if config.snapshots.first_epoch > config.training.num_epochs:
-        raise ConfigError(
-            f"config.snapshots.first_epoch = {config.snapshots.first_epoch} exceeds "
-            f"config.training.num_epochs = {config.training.num_epochs}"
-        )
-    data_devices = jax.device_count() // config.training.twin_devices
-    if jax.device_count() % config.training.twin_devices:
-        raise ConfigError(
-            f"config.training.twin_devices = {config.training.twin_devices} must divide "
-            f"the {jax.device_count()} devices"
-        )
-    if config.training.twin_devices > 1 and config.training.twin_strategy != "vmap":
-        raise ConfigError("config.training.twin_devices > 1 needs twin_strategy = 'vmap'")
-    if config.splits.num_splits % config.training.twin_devices:
-        raise ConfigError(
-            f"config.training.twin_devices = {config.training.twin_devices} must divide "
-            f"config.splits.num_splits = {config.splits.num_splits}"
-        )
-    if batch % data_devices:
-        raise ConfigError(
-            f"config.training.batch_size = {batch} must be divisible by the "
-            f"{data_devices} data-parallel devices"
-        )
-    monitor_run.check(config.monitor, ConfigError)
-    if config.monitor.enabled and jax.process_count() > 1:
-        raise ConfigError("config.monitor.enabled runs in single-process training only")
-    if config.splits.num_splits < 2:
-        raise ConfigError(
-            f"config.splits.num_splits must be >= 2 (the statistics compare twins), "
-            f"got {config.splits.num_splits}"
-        )
-    if config.splits.heldout_size < 2:
-        raise ConfigError(
-            f"config.splits.heldout_size must be >= 2 (test loss and membership AUC), "
-            f"got {config.splits.heldout_size}"
-        )
-    epochs = config.snapshots.epochs
-    if not isinstance(epochs, (list, tuple)) or not all(
-        not isinstance(e, bool) and isinstance(e, int) and 1 <= e <= config.training.num_epochs
-        for e in epochs
-    ):
-        raise ConfigError(
-            f"config.snapshots.epochs must list epochs in [1, config.training.num_epochs = "
-            f"{config.training.num_epochs}], got {epochs!r}"
-        )
-    _number_in(config, "optimizer.b1", 0.0, 1.0, high_open=True)
-    _number_in(config, "optimizer.b2", 0.0, 1.0, high_open=True)
-    _check_data(config)
-    _check_model(config)
-    check_analysis(config)
-    if pool_size is None:
-        pool_size = data_pool_size(config.data)
-    needed = config.splits.num_splits * n + config.splits.heldout_size
-    if needed > pool_size:
-        raise ConfigError(
-            f"config.splits: num_splits * split_size + heldout_size = {needed} exceeds "
-            f"the {pool_size} items of the data pool"
-        )
-
-
-# ---------------------------------------------------------------------------
-# Pure pieces: schedule, optimizer, loss, one step, several steps.
-
-
-def get_schedule(config):
-    """The diffusion schedule of `config.diffusion`."""
-    if config.diffusion.schedule == "token":
-        return schedules.token_schedule(config.diffusion.num_steps)
-    return schedules.image_schedule(config.diffusion.num_steps)
-
-
-def steps_per_epoch(config):
-    """ceil(n / batch): an epoch visits every item once, its last batch partial."""
-    return -(-config.splits.split_size // config.training.batch_size)
-
-
-def snapshot_steps(config):
-    """int64 [S] steps of the snapshots: explicit epochs, or the log-spaced plan."""
-    spe, per_call = steps_per_epoch(config), config.training.steps_per_call
-    total = config.training.num_epochs * spe
-    if config.snapshots.epochs:
-        steps = np.asarray(config.snapshots.epochs, np.int64) * spe
-        steps = np.round(steps / per_call).astype(np.int64) * per_call
-        return np.unique(np.clip(np.append(steps, total), per_call, total))
-    return checkpoints.snapshot_plan(
-        total, config.snapshots.num_snapshots, config.snapshots.first_epoch * spe, per_call
-    )
+# Pure pieces: optimizer, loss, one step, several steps.
 
 
 def learning_rate_schedule(config):
@@ -425,7 +67,7 @@ def learning_rate_schedule(config):
             ],
             boundaries=[warm],
         )
-        spe = steps_per_epoch(config)
+        spe = run_lib.steps_per_epoch(config)
         schedule = lambda step: by_epoch(step // spe)
     return schedule
 
@@ -513,8 +155,7 @@ def _twin_step(
 def make_train_chunk(config, model, schedule, kind, mesh):
     """Returns chunk(state, data) -> (state, losses [S, K]) running S steps.
 
-    The state dict holds "step" [] and "params", "opt_state", "ema_params"
-    stacked on a leading twin axis [K]; `data` is [K, n, ...].
+    `state` is a checkpoints.TwinState; `data` is [K, n, ...].
     """
     seed_key = jax.random.key(config.seed)
     keys = {"data": jax.random.fold_in(seed_key, 0), "noise": jax.random.fold_in(seed_key, 1)}
@@ -545,14 +186,16 @@ def make_train_chunk(config, model, schedule, kind, mesh):
     def chunk(state, data):
         def body(state, _):
             params, opt_state, ema, losses = every(
-                state["params"],
-                state["opt_state"],
-                state["ema_params"],
+                state.params,
+                state.opt_state,
+                state.ema_params,
                 jnp.arange(num_splits),
-                state["step"],
+                state.step,
                 data,
             )
-            new = dict(step=state["step"] + 1, params=params, opt_state=opt_state, ema_params=ema)
+            new = checkpoints.TwinState(
+                step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema
+            )
             return new, losses
 
         return jax.lax.scan(body, state, None, length=config.training.steps_per_call)
@@ -561,7 +204,7 @@ def make_train_chunk(config, model, schedule, kind, mesh):
 
 
 def init_state(config, model, example, tx):
-    """Twin state: each twin initialised from its own key unless `shared_init`."""
+    """The TwinState at step 0: each twin initialised from its own key unless `shared_init`."""
     init_key = jax.random.fold_in(jax.random.key(config.seed), 2)
     num_splits = config.splits.num_splits
     if config.training.shared_init:
@@ -573,7 +216,9 @@ def init_state(config, model, example, tx):
     opt_state = jax.jit(jax.vmap(tx.init))(params)
     # A copy: donation would otherwise see the same buffers twice.
     ema = jax.tree.map(jnp.copy, params) if config.training.ema_decay > 0 else None
-    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, ema_params=ema)
+    return checkpoints.TwinState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, ema_params=ema
+    )
 
 
 def make_mesh(config):
@@ -611,76 +256,25 @@ def _place(tree, mesh, twin_axis):
     return jax.tree.map(put, tree)
 
 
-def prepare(config, workdir):
-    """Data, model and schedule of a run (shared with the analysis).
-
-    Returns:
-        dict with "twin_data" (sources.TwinData, the items as drawn), "train"
-        ([K, n, ...] what each twin trains on: its split minus its offset),
-        "offsets" ([K, C] each twin's centring shift, images; None for tokens),
-        "pool", "kind", "model", "schedule".
-    """
-    pool = sources.load_pool(config.data, cache_dir=workdir)
-    check_config(config, pool_size=pool.items.shape[0])
-    twin_data = sources.make_twin_data(
-        pool,
-        config.splits.num_splits,
-        config.splits.split_size,
-        config.splits.heldout_size,
-        config.splits.seed,
-        config.splits.drop_overlap,
-    )
-    centering = _centering(config)
-    train_items, offsets = twin_data.train, None
-    if pool.kind == "images":
-        # Twin k lives in its own space: its items minus offsets[k] (the paper's
-        # authors centre each split, and its test set, by that split's mean).
-        offsets = sources.twin_means(twin_data.train, centering)  # [K, C]
-        if centering != "none":
-            shift = sources.twin_offsets(offsets, train_items.ndim)
-            train_items = (train_items - shift).astype(train_items.dtype)
-    elif centering != "none":
-        raise ConfigError("config.centering applies to images only; use 'none'")
-    model_config = ml_collections.ConfigDict(config.model)
-    if pool.kind == "tokens":
-        with model_config.unlocked():
-            model_config.num_symbols = pool.grammar.q
-            model_config.length = pool.items.shape[1]
-    return dict(
-        pool=pool,
-        twin_data=twin_data,
-        train=train_items,
-        offsets=offsets,
-        kind=pool.kind,
-        model=models.get_model(model_config),
-        schedule=get_schedule(config),
-    )
-
-
 def train_and_evaluate(config, workdir):
     """Trains the twins of `config` in `workdir`, resuming what is there.
 
     Returns:
-        The final twin state (dict of arrays stacked over the K twins).
+        The final checkpoints.TwinState.
 
     Raises:
         checkpoints.Preempted: (a SystemExit, status 75) on SIGTERM, once the
             step reached is saved; the same call resumes from it.
     """
     # Every check, the pool size included, before the first write into the workdir.
-    check_config(config)
+    run_lib.check_config(config)
     try:
         checkpoints.save_config(workdir, config)
     except ValueError as err:  # a resumed run with another config: the fields are named
-        raise ConfigError(str(err)) from None
+        raise run_lib.ConfigError(str(err)) from None
     primary = jax.process_index() == 0
-    run = prepare(config, workdir)
-    twin_data, kind, model, schedule = (
-        run["twin_data"],
-        run["kind"],
-        run["model"],
-        run["schedule"],
-    )
+    run = run_lib.prepare(config, workdir)
+    twin_data, kind, model, schedule = run.twin_data, run.kind, run.model, run.schedule
     if primary:
         np.savez(
             os.path.join(workdir, "splits.npz"),
@@ -690,20 +284,20 @@ def train_and_evaluate(config, workdir):
 
     mesh = make_mesh(config)
     tx = get_optimizer(config)
-    example = run["train"][0, :1]
+    example = run.train[0, :1]
     if kind == "tokens":
         example = jax.nn.one_hot(example, model.num_symbols)
     # With one twin device the twin axis stays unsharded: the step returns P()
     # shardings, and inputs sharded P("twins") would make its second call retrace.
     twin_axis = config.training.twin_devices > 1
     state = _place(init_state(config, model, example, tx), mesh, twin_axis=twin_axis)
-    state["step"] = jax.device_put(state["step"], NamedSharding(mesh, P()))
-    data = _place(jnp.asarray(run["train"]), mesh, twin_axis=twin_axis)
+    state = state.replace(step=jax.device_put(state.step, NamedSharding(mesh, P())))
+    data = _place(jnp.asarray(run.train), mesh, twin_axis=twin_axis)
 
-    spe = steps_per_epoch(config)
+    spe = run.steps_per_epoch
     per_call = config.training.steps_per_call
-    total = config.training.num_epochs * spe
-    plan = snapshot_steps(config)
+    total = run.total_steps
+    plan = run.snapshot_steps
     latest_every = -(-config.snapshots.latest_every_steps // per_call) * per_call
     # Saves at the planned steps (the last is `total`) and every `latest_every`.
     ckpts = checkpoints.TwinCheckpoints(workdir, plan, latest_every=latest_every)
@@ -743,16 +337,7 @@ def train_and_evaluate(config, workdir):
             if done is not None:
                 logging.info("A %s rule already stopped this run: %s", done["rule"], done["reason"])
                 return state
-            monitor = monitor_run.build(
-                config,
-                twin_data.train,
-                twin_data.heldout,
-                model,
-                schedule,
-                kind,
-                getattr(model, "num_symbols", None),
-                run["offsets"],
-            )
+            monitor = monitor_run.build(config, run)
             monitor_run.restore(monitor, workdir, upto_epoch=start / spe)
             if monitor.kept_epoch is not None:
                 # The rule had stopped, and the run ended before writing its result.
@@ -842,9 +427,7 @@ def _monitor_stops(monitor, state, step, spe, ckpts, workdir, board=None):
     to the training TensorBoard `board`, beside the train loss.
     """
     start = time.time()
-    ema = state.get("ema_params")
-    params = ema if ema is not None and jax.tree.leaves(ema) else state["params"]
-    row = monitor(params, epoch=step / spe)
+    row = monitor(state.evaluated_params(), epoch=step / spe)
     monitor_run.record(monitor, workdir)
     scalars = {k: v for k, v in row.items() if isinstance(v, float) and k not in ("epoch",)}
     if board is not None:
@@ -866,7 +449,7 @@ def _save_monitor_result(monitor, step, spe, ckpts, workdir):
     kept = monitor.kept_epoch
     kept_step = int(round(kept * spe)) if np.isfinite(kept) else None
     ckpts.wait_until_finished()
-    kept_state = ckpts.read_snapshot(kept_step) if kept_step is not None else {}
+    kept_state = ckpts.read_snapshot(kept_step) if kept_step is not None else None
     monitor_run.save_result(workdir, monitor, kept_step, step, kept_state)
     logging.info(
         "Stopping at epoch %g (rule %s): %s; kept the snapshot at epoch %g.",

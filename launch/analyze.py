@@ -21,7 +21,7 @@ from diffusion_bias import analysis
 from diffusion_bias import checkpoints
 from diffusion_bias import default_config
 from diffusion_bias import figures
-from diffusion_bias import train
+from diffusion_bias import run as run_lib
 from launch import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of a run trained by launch.train.")
@@ -44,19 +44,19 @@ def checked_config(workdir, overrides):
         ConfigError: the workdir holds no trained run, or a field is invalid.
     """
     if not os.path.exists(os.path.join(workdir, "config.json")):
-        raise train.ConfigError(
+        raise run_lib.ConfigError(
             f"--workdir={workdir} holds no config.json: train it first (launch.train)"
         )
     config = analysis.analysis_config(workdir, overrides)
-    train.check_config(config)
+    run_lib.check_config(config)
     # Read only: nothing is created in the workdir, and a running training is safe.
     found = []
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
-        ckpts = checkpoints.TwinCheckpoints(workdir, train.snapshot_steps(config), read_only=True)
+        ckpts = checkpoints.TwinCheckpoints(workdir, run_lib.snapshot_steps(config), read_only=True)
         found = ckpts.snapshot_steps()
         ckpts.close()
     if not found:
-        raise train.ConfigError(f"--workdir={workdir} holds no snapshots: train it first")
+        raise run_lib.ConfigError(f"--workdir={workdir} holds no snapshots: train it first")
     return config
 
 

@@ -11,6 +11,8 @@ from absl import flags
 from absl import logging
 import jax
 
+from diffusion_bias import run as run_lib
+
 # A multi-process run starts the same command once per process. These flags, or
 # the JAX_* variables of the same names, say where process 0 listens and who is who.
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
@@ -98,11 +100,9 @@ def parse_flags(argv):
 
 def exit_on_config_error(fn, *args):
     """Runs fn(*args); a ConfigError ends the program with its message alone."""
-    from diffusion_bias.train import ConfigError
-
     try:
         return fn(*args)
-    except ConfigError as err:
+    except run_lib.ConfigError as err:
         print(f"Config error: {err}", file=sys.stderr)
         sys.exit(2)
 

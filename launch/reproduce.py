@@ -30,6 +30,7 @@ from absl import logging
 from diffusion_bias import analysis
 from diffusion_bias import figures
 from diffusion_bias import report
+from diffusion_bias import run as run_lib
 from diffusion_bias import train
 from launch import common
 
@@ -152,7 +153,7 @@ def main(argv):
     configs = setting_configs(_SETTINGS.value, _NUM_SPLITS.value)
     # Every run's config is checked before the first one starts training.
     for _, _, config, _ in runs(configs, seeds):
-        common.exit_on_config_error(train.check_config, config)
+        common.exit_on_config_error(run_lib.check_config, config)
     path = common.exit_on_config_error(run, _WORKDIR.value, configs, seeds)
     print(path)
 

@@ -1,4 +1,5 @@
 """launch.analyze end to end on smoke workdirs (digits images and grammar tokens)."""
+
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import pytest
 
 from configs import smoke
 from diffusion_bias import analysis
+from diffusion_bias import run as run_lib
 from diffusion_bias import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,19 +26,26 @@ def test_analyze_writes_statistics_figures_and_verdict(trained):
     setting, workdir = trained
     proc = subprocess.run(
         [sys.executable, "-m", "launch.analyze", f"--workdir={workdir}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Bias onset" in proc.stdout or "Inconclusive" in proc.stdout
     with open(os.path.join(workdir, "analysis", "statistics.json")) as f:
         stats = json.load(f)
     num = len(stats["checkpoints"])
-    assert num == len(train.snapshot_steps(smoke.get_config(setting)))
+    assert num == len(run_lib.snapshot_steps(smoke.get_config(setting)))
     for key in ("test_loss", "train_loss", "membership_auc"):
         assert len(stats[key]) == num
     assert len(stats["sample_split"]["mean"]) == num
-    assert set(stats["verdict"]) >= {"bias_onset_epoch", "test_loss_min_epoch", "conclusive",
-                                     "reasons"}
+    assert set(stats["verdict"]) >= {
+        "bias_onset_epoch",
+        "test_loss_min_epoch",
+        "conclusive",
+        "reasons",
+    }
     if setting == "grammar":
         assert len(stats["nn_divergence"]) == num and len(stats["kl_bp"]["values"][0]) == 4
         assert len(stats["nn_divergence_per_model"][0]) == 2

@@ -9,6 +9,7 @@ from sklearn import datasets as sk_datasets
 from configs import smoke
 from diffusion_bias import analysis
 from diffusion_bias import coupled
+from diffusion_bias import run as run_lib
 from diffusion_bias import train
 from diffusion_bias.data import sources
 from diffusion_bias.statistics import losses
@@ -55,25 +56,25 @@ def _config(centering, pixel_range="symmetric", image_sampler="posterior"):
 
 
 def test_prepare_centres_each_twin_by_its_own_split_mean(tmp_path):
-    run = train.prepare(_config("per_split", "unit"), str(tmp_path))
-    raw = np.asarray(run["twin_data"].train, np.float64)  # [K, n, 8, 8, 1]
+    run = run_lib.prepare(_config("per_split", "unit"), str(tmp_path))
+    raw = np.asarray(run.twin_data.train, np.float64)  # [K, n, 8, 8, 1]
     assert raw.min() >= 0.0 and raw.max() <= 1.0
     for k in range(raw.shape[0]):
         mean_k = raw[k].mean()
-        np.testing.assert_allclose(run["offsets"][k], [mean_k], rtol=1e-6)
-        np.testing.assert_allclose(run["train"][k], raw[k] - mean_k, atol=1e-6)
-        assert abs(float(np.mean(run["train"][k]))) < 1e-6
-    assert abs(run["offsets"][0, 0] - run["offsets"][1, 0]) > 1e-4
+        np.testing.assert_allclose(run.offsets[k], [mean_k], rtol=1e-6)
+        np.testing.assert_allclose(run.train[k], raw[k] - mean_k, atol=1e-6)
+        assert abs(float(np.mean(run.train[k]))) < 1e-6
+    assert abs(run.offsets[0, 0] - run.offsets[1, 0]) > 1e-4
     # The held-out items stay as drawn: each twin shifts them by its own mean.
-    assert run["twin_data"].heldout.min() >= 0.0
+    assert run.twin_data.heldout.min() >= 0.0
 
 
 def test_prepare_without_centring_trains_on_the_items_as_drawn(tmp_path):
-    run = train.prepare(smoke.get_config(), str(tmp_path))
-    np.testing.assert_array_equal(run["train"], run["twin_data"].train)
-    np.testing.assert_array_equal(run["offsets"], np.zeros((2, 1)))
-    with pytest.raises(train.ConfigError, match="centering"):
-        train.check_config(_config("per-split"))
+    run = run_lib.prepare(smoke.get_config(), str(tmp_path))
+    np.testing.assert_array_equal(run.train, run.twin_data.train)
+    np.testing.assert_array_equal(run.offsets, np.zeros((2, 1)))
+    with pytest.raises(run_lib.ConfigError, match="centering"):
+        run_lib.check_config(_config("per-split"))
 
 
 def _instrument_and_snapshot(centering, workdir, image_sampler="posterior"):
@@ -81,7 +82,7 @@ def _instrument_and_snapshot(centering, workdir, image_sampler="posterior"):
     inst = analysis._Instrument(config, workdir)
     example = jnp.asarray(inst.train_items[0, :1])
     state = train.init_state(config, inst.model, example, train.get_optimizer(config))
-    return inst, {"params": state["params"], "ema_params": None}
+    return inst, state.replace(ema_params=None)
 
 
 def _nn(a, b):
@@ -99,7 +100,7 @@ def test_instrument_compares_twins_in_the_common_space_and_scores_in_their_own(t
     # The samples as each twin draws them, in its own (centred) space.
     own_space = coupled.coupled_samples(
         inst.apply_fn,
-        snapshot["params"],
+        snapshot.params,
         inst.sampling,
         inst.item_shape,
         inst.a.num_samples,
@@ -117,7 +118,7 @@ def test_instrument_compares_twins_in_the_common_space_and_scores_in_their_own(t
         )
         # Held-out losses of twin k on held-out items shifted by twin k's own mean.
         shifted = (np.asarray(inst.heldout, np.float64) - offsets[k]).astype(np.float32)
-        params_k = jax.tree.map(lambda x, k=k: x[k], snapshot["params"])
+        params_k = jax.tree.map(lambda x, k=k: x[k], snapshot.params)
         expected = losses.item_losses(
             inst.apply_fn,
             params_k,

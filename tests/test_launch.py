@@ -15,7 +15,6 @@ import pytest
 
 from configs import smoke
 from diffusion_bias import checkpoints
-from diffusion_bias import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -150,44 +149,3 @@ def test_bad_config_is_one_line_exit_2_and_leaves_the_workdir(results, case):
     assert said[0].startswith("Config error: ") and CASES[case][2] in said[0], output
     assert "Traceback" not in output
     assert after == before
-
-
-# More fields, through `check_config` itself (what the launchers call first).
-@pytest.mark.parametrize(
-    "setting,path,value,match",
-    [
-        ("grammar", "data.sigma", -1.0, "config.data.sigma"),
-        ("grammar", "data.grammar_seed", -1, "config.data.grammar_seed"),
-        ("grammar", "model.num_heads", 3, "config.model.num_heads"),
-        ("grammar", "model.name", "mlp", "config.model.name"),
-        ("digits", "splits.heldout_size", 0, "config.splits.heldout_size"),
-        ("digits", "training.batch_size", 0, "config.training.batch_size"),
-        ("digits", "snapshots.first_epoch", 11, "config.snapshots.first_epoch"),
-        ("digits", "training.twin_devices", 3, "config.training.twin_devices"),
-        ("digits", "model.dropout_rate", 1.0, "config.model.dropout_rate"),
-        ("digits", "optimizer.b2", 1.0, "config.optimizer.b2"),
-        ("digits", "analysis.critical_ratio", 0.0, "config.analysis.critical_ratio"),
-        ("digits", "analysis.clip_x0", -1.0, "config.analysis.clip_x0"),
-        ("digits", "analysis.score_times", (), "config.analysis.score_times"),
-        ("digits", "analysis.loss_repeats", 0, "config.analysis.loss_repeats"),
-    ],
-)
-def test_check_config_names_the_field(setting, path, value, match):
-    config = smoke.get_config(setting)
-    section, name = path.split(".")
-    with config.unlocked():
-        config[section][name] = value
-    with pytest.raises(train.ConfigError, match=re.escape(match)):
-        train.check_config(config)
-
-
-@pytest.mark.parametrize("setting", ["digits", "grammar"])
-def test_the_shipped_configs_pass(setting):
-    train.check_config(smoke.get_config(setting))
-
-
-def test_data_pool_size_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert train.data_pool_size(smoke.get_config("grammar").data) == 2000
-    assert train.data_pool_size(smoke.get_config("digits").data) == 1797
-    assert os.listdir(tmp_path) == []

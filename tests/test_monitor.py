@@ -10,6 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from diffusion_bias import monitor as monitor_lib
+from diffusion_bias import run as run_lib
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import schedules
@@ -160,13 +161,11 @@ def monitored(tmp_path_factory):
 
 
 def test_training_writes_one_monitor_row_per_snapshot(monitored):
-    from diffusion_bias import train
-
     from tests.test_metric_writers import _event_scalars
 
     config, rows, workdir = monitored
-    spe = train.steps_per_epoch(config)
-    steps = train.snapshot_steps(config)
+    spe = run_lib.steps_per_epoch(config)
+    steps = run_lib.snapshot_steps(config)
     assert [r["epoch"] for r in rows] == [s / spe for s in steps]
     assert all(r["decision"] == "continue" for r in rows)
     assert {"test_loss", "membership_auc", "similarity", "memorized_fraction"} <= set(rows[0])
@@ -197,12 +196,14 @@ def test_a_rule_that_fires_ends_training_and_saves_the_kept_parameters(monitored
     state = train.train_and_evaluate(config, str(tmp_path))
     rows = _rows(tmp_path)
     result = monitor_run.stopped_result(str(tmp_path))
-    spe = train.steps_per_epoch(config)
+    spe = run_lib.steps_per_epoch(config)
     assert len(rows) == j + 1 and rows[-1]["decision"] == "stop"
     assert rows[-1]["kept_epoch"] == result["kept_epoch"] == reference[j - 1]["epoch"]
-    assert result["stopped_at_step"] == int(state["step"]) == round(reference[j]["epoch"] * spe)
-    kept = checkpoints.TwinCheckpoints(str(tmp_path), train.snapshot_steps(config), read_only=True)
-    expected = jax.device_get(kept.read_snapshot(result["kept_step"])["params"])
+    assert result["stopped_at_step"] == int(state.step) == round(reference[j]["epoch"] * spe)
+    kept = checkpoints.TwinCheckpoints(
+        str(tmp_path), run_lib.snapshot_steps(config), read_only=True
+    )
+    expected = jax.device_get(kept.read_snapshot(result["kept_step"]).params)
     kept.close()
     with ocp.StandardCheckpointer() as checkpointer:
         saved = checkpointer.restore(os.path.join(tmp_path, monitor_run.RESULT_PARAMS))
@@ -210,7 +211,7 @@ def test_a_rule_that_fires_ends_training_and_saves_the_kept_parameters(monitored
         np.testing.assert_array_equal(a, b)
     # Rerunning a stopped run trains no further.
     again = train.train_and_evaluate(config, str(tmp_path))
-    assert int(again["step"]) == result["stopped_at_step"]
+    assert int(again.step) == result["stopped_at_step"]
 
 
 def test_an_interrupted_monitored_run_resumes_with_the_same_rows(monitored, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 from configs import smoke
 from diffusion_bias import analysis
 from diffusion_bias import report
-from diffusion_bias import train
+from diffusion_bias import run as run_lib
 from diffusion_bias import verdict
 from diffusion_bias.diffusion import schedules
 from diffusion_bias.statistics import nearest
@@ -173,7 +173,7 @@ def test_grammaticality_gate_is_optional_and_the_ungated_onset_is_reported_besid
     epochs = _summarize(_config(), per_step)["checkpoints"]
     assert free["bias_onset_epoch"] == epochs[int(np.argmin(divergence))]
     assert gated["bias_onset_epoch"] == epochs[2 + int(np.argmin(divergence[2:]))]
-    with pytest.raises(train.ConfigError, match="min_grammatical"):
+    with pytest.raises(run_lib.ConfigError, match="min_grammatical"):
         _summarize(_config(min_grammatical=1.5), per_step)
 
 
@@ -194,7 +194,7 @@ def test_decomposition_steps_are_the_midpoints_of_equal_slices_of_1_to_T():
     # The grid mean of a linear function of t is its mean over t uniform in 1..T.
     assert np.mean(steps) == pytest.approx(np.mean(np.arange(1, 501)), abs=0.5)
     assert analysis.decomposition_steps(10, 20) == list(range(1, 11))
-    with pytest.raises(train.ConfigError):
+    with pytest.raises(run_lib.ConfigError):
         analysis.decomposition_steps(500, 0)
 
 
@@ -228,7 +228,7 @@ def test_sampling_steps_0_is_the_full_chain_and_others_respace():
     assert analysis.sampling_schedule(schedule, None) is schedule
     assert analysis.sampling_schedule(schedule, 20).num_steps == 20
     assert analysis.sampling_schedule(schedule, 500).num_steps == 100
-    with pytest.raises(train.ConfigError, match="sampling_steps"):
+    with pytest.raises(run_lib.ConfigError, match="sampling_steps"):
         analysis.sampling_schedule(schedule, -3)
 
 
@@ -246,7 +246,7 @@ def test_kl_along_t_summary_is_the_twin_mean_and_its_peak_is_the_critical_time()
         np.testing.assert_allclose(out["values"][e], mean)
         assert out["peak_ratio"][e] == [ratios[np.argmax(row)] for row in mean]
     assert out["epochs"] == [10.0, 30.0] and out["k"] == [0, 1, 2, 3]
-    with pytest.raises(train.ConfigError):
+    with pytest.raises(run_lib.ConfigError):
         analysis.kl_along_t_ratios(1)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from configs import smoke
 from diffusion_bias import checkpoints
+from diffusion_bias import run as run_lib
 from diffusion_bias import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _plan(workdir):
     """The planned snapshot steps of the run in `workdir`, from its config.json."""
-    return train.snapshot_steps(ml_collections.ConfigDict(checkpoints.load_config(workdir)))
+    return run_lib.snapshot_steps(ml_collections.ConfigDict(checkpoints.load_config(workdir)))
 
 
 def _reader(workdir):
@@ -34,7 +35,7 @@ def _final_params(workdir):
     ckpts = _reader(workdir)
     try:
         last = ckpts.snapshot_steps()[-1]
-        return jax.device_get(ckpts.read_snapshot(last)["params"]), last
+        return jax.device_get(ckpts.read_snapshot(last).params), last
     finally:
         ckpts.close()
 
@@ -43,7 +44,7 @@ def _all_snapshot_params(workdir):
     """{step: params} of every snapshot in `workdir`."""
     ckpts = _reader(workdir)
     try:
-        return {s: jax.device_get(ckpts.read_snapshot(s)["params"]) for s in ckpts.snapshot_steps()}
+        return {s: jax.device_get(ckpts.read_snapshot(s).params) for s in ckpts.snapshot_steps()}
     finally:
         ckpts.close()
 
@@ -95,11 +96,11 @@ def test_run_writes_config_snapshot_plan_and_metrics(reference):
     config = smoke.get_config()
     assert checkpoints.load_config(workdir)["splits"]["split_size"] == 64
     ckpts = _reader(workdir)
-    assert ckpts.snapshot_steps() == list(train.snapshot_steps(config))
+    assert ckpts.snapshot_steps() == list(run_lib.snapshot_steps(config))
     # The latest saves between snapshots (every 8 steps) were deleted as newer came.
-    assert ckpts.all_steps() == list(train.snapshot_steps(config))
+    assert ckpts.all_steps() == list(run_lib.snapshot_steps(config))
     ckpts.close()
-    assert int(state["step"]) == config.training.num_epochs * train.steps_per_epoch(config)
+    assert int(state.step) == config.training.num_epochs * run_lib.steps_per_epoch(config)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         assert len(f.read().splitlines()) == 5
 
@@ -107,16 +108,16 @@ def test_run_writes_config_snapshot_plan_and_metrics(reference):
 def test_twins_start_from_different_parameters_unless_shared(reference):
     workdir, _ = reference
     config = smoke.get_config()
-    model_and_data = train.prepare(config, workdir)
-    model, example = model_and_data["model"], model_and_data["twin_data"].train[0, :1]
+    model_and_data = run_lib.prepare(config, workdir)
+    model, example = model_and_data.model, model_and_data.twin_data.train[0, :1]
     state = train.init_state(config, model, example, train.get_optimizer(config))
-    kernel = state["params"]["input"]["kernel"]
+    kernel = state.params["input"]["kernel"]
     assert not np.allclose(kernel[0], kernel[1])
     with config.unlocked():
         config.training.shared_init = True
     state = train.init_state(config, model, example, train.get_optimizer(config))
     np.testing.assert_array_equal(
-        state["params"]["input"]["kernel"][0], state["params"]["input"]["kernel"][1]
+        state.params["input"]["kernel"][0], state.params["input"]["kernel"][1]
     )
 
 
@@ -156,7 +157,7 @@ def long_run(tmp_path_factory):
                     listings.append(steps)
                     for step in steps:
                         if step not in seen:
-                            seen[step] = jax.device_get(ckpts.read_snapshot(step)["params"])
+                            seen[step] = jax.device_get(ckpts.read_snapshot(step).params)
                             if proc.poll() is None:
                                 while_running.append(step)
                 finally:
@@ -259,7 +260,7 @@ def test_unreadable_checkpoint_is_named_set_aside_and_the_run_resumes_before_it(
     assert any(named in r.getMessage() and "unreadable" in r.getMessage() for r in caplog.records)
     assert any(f"Resuming from step {before}." in r.getMessage() for r in caplog.records)
     assert os.path.isdir(os.path.join(short, "damaged", str(newest)))
-    _assert_trees_equal(jax.device_get(state["params"]), _final_params(workdir)[0])
+    _assert_trees_equal(jax.device_get(state.params), _final_params(workdir)[0])
     # The damaged step was saved again in its place: every snapshot reads.
     resumed, uninterrupted = _all_snapshot_params(short), _all_snapshot_params(workdir)
     assert list(resumed) == list(uninterrupted)
@@ -293,7 +294,7 @@ def test_invalid_config_values_raise_before_any_work(tmp_path, field, value, mat
     section, name = field.split(".")
     with config.unlocked():
         config[section][name] = value
-    with pytest.raises(train.ConfigError, match=match):
+    with pytest.raises(run_lib.ConfigError, match=match):
         train.train_and_evaluate(config, str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
 
@@ -319,7 +320,7 @@ def test_sequential_twin_strategy_matches_vmap(reference, tmp_path):
         config.training.twin_strategy = "map"
     state = train.train_and_evaluate(config, str(tmp_path))
     _assert_trees_equal(
-        jax.device_get(state["params"]), _final_params(workdir)[0], rtol=1e-4, atol=1e-5
+        jax.device_get(state.params), _final_params(workdir)[0], rtol=1e-4, atol=1e-5
     )
 
 
