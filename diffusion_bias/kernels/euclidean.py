@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_bias import chunking
+
 # The kernel holds a [chunk, references] distance matrix: at most this many
 # entries (64 MiB in float32).
 _MAX_FLOAT_PAIRS = 2**24
@@ -71,11 +73,7 @@ class EuclideanSearch:
         self.ref_chunk_size = ref_chunk_size
 
     def query_chunks(self, chunk_size):
-        n = self.queries.shape[0]
-        n_chunks = -(-n // chunk_size)
-        padded = np.zeros((n_chunks * chunk_size,) + self.queries.shape[1:], np.float32)
-        padded[:n] = self.queries
-        return padded.reshape((n_chunks, chunk_size) + self.queries.shape[1:])
+        return chunking.padded_chunks(self.queries, chunk_size, np.float32)
 
     def ref_chunks(self, k, chunk_size):
         refs = self.refs_list[k]

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_bias import chunking
+
 # Float32 represents every integer up to 2**24 exactly; the Hamming search key
 # d * R + r must stay below it.
 _EXACT_F32 = 2**24
@@ -210,12 +212,8 @@ class HammingSearch:
         self.ref_chunk_size = ref_chunk_size
 
     def query_chunks(self, chunk_size):
-        n = self.unique.shape[0]
-        n_chunks = -(-n // chunk_size)
-        padded = np.zeros((n_chunks * chunk_size, self.unique.shape[1]), np.uint32)
-        padded[:n] = self.unique
         # [n_chunks, W, chunk]: word-major, as the kernel reads it.
-        return padded.reshape(n_chunks, chunk_size, -1).transpose(0, 2, 1).copy()
+        return chunking.padded_chunks(self.unique, chunk_size).transpose(0, 2, 1).copy()
 
     def ref_chunks(self, k, chunk_size):
         del chunk_size  # the Hamming kernel holds no [chunk, refs] matrix
