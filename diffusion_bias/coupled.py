@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_bias import chunking
 from diffusion_bias.diffusion import samplers
 
 
@@ -109,14 +110,12 @@ def coupled_samples(
         numpy [K, N, L] int32 tokens or [K, N, H, W, C] float32 images.
     """
     parametrization = "x0" if kind == "tokens" else "eps"
-    chunk_size = min(chunk_size, num_samples)
     chunks = []
-    for start in range(0, num_samples, chunk_size):
-        # A fixed chunk shape (the last one runs past N and is cut) compiles once.
-        ids = jnp.arange(start, start + chunk_size, dtype=jnp.int32)
+    ids = np.arange(num_samples, dtype=np.int32)
+    for chunk_ids in chunking.padded_chunks(ids, min(chunk_size, num_samples)):
         x0 = _chunk(
             stacked_params,
-            ids,
+            jnp.asarray(chunk_ids),
             key,
             schedule,
             apply_fn=apply_fn,
@@ -127,4 +126,4 @@ def coupled_samples(
             step_rule=step_rule,
         )
         chunks.append(x0.argmax(-1).astype(jnp.int32) if kind == "tokens" else x0)
-    return np.asarray(jax.device_get(jnp.concatenate(chunks, axis=1)[:, :num_samples]))
+    return chunking.gather(chunks, num_samples, axis=1)

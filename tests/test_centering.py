@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from sklearn import datasets as sk_datasets
 
 from configs import smoke
 from diffusion_bias import analysis
@@ -14,20 +13,6 @@ from diffusion_bias import train
 from diffusion_bias.data import sources
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
-
-
-def test_unit_pixel_range_is_value_over_max():
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (3, 5, 5, 1), dtype=np.uint8)
-    unit = sources.preprocess_images(images, 5, grayscale=False, pixel_range="unit")
-    np.testing.assert_allclose(unit, images / 255.0, rtol=1e-6)
-    symmetric = sources.preprocess_images(images, 5, grayscale=False)
-    np.testing.assert_allclose(symmetric, images / 127.5 - 1.0, rtol=1e-6, atol=1e-6)
-    digits = sk_datasets.load_digits().images
-    np.testing.assert_allclose(sources.digits_pool("unit").items[..., 0], digits / 16.0)
-    np.testing.assert_array_equal(sources.digits_pool().items[..., 0], digits / 8.0 - 1.0)
-    with pytest.raises(ValueError, match="pixel_range"):
-        sources.digits_pool("0-255")
 
 
 def test_twin_means_per_split_pooled_and_none():

@@ -2,12 +2,12 @@
 
 import numpy as np
 
-from diffusion_bias.data import sources
+from diffusion_bias.data import images
 from diffusion_bias.statistics import quality
 
 
 def test_real_digits_score_higher_than_noise_and_blends():
-    pool = sources.digits_pool()
+    pool = images.digits_pool()
     items, labels = pool.items, pool.labels
     classifier = quality.fit_classifier(items[:300], labels[:300])
     real = quality.classifier_confidence(classifier, items[300:600])

@@ -1,95 +1,25 @@
-"""Data sources: the pools the twin splits are drawn from, as numpy arrays.
+"""The data of a run: the pool a config names, the twins' splits, their centring.
 
 Three sources (PAPER.md, "Setting 1", "Setting 2", "Data no one here wrote"):
-- `grammar_pool`: sequences of the random tree grammar, int32 tokens [N, L];
-- `digits_pool`: the UCI handwritten digits shipped with scikit-learn, float32
-  images [1797, 8, 8, 1], the embedded real-image default (no download);
-- `tfds_pool`: CelebA, MNIST, CIFAR-10, ... through tensorflow-datasets without
-  TensorFlow (`tfds.data_source`), float32 images [N, S, S, C].
-
-Images are scaled to [-1, 1] ("symmetric") or to [0, 1] ("unit", torchvision's
-ToTensor, the paper's CelebA). `center` subtracts the training per-channel mean,
-`twin_means` gives the shift of each twin (none, pooled or per split),
-`make_twin_data` gathers the K disjoint splits and the held-out pool of a pool,
-and `load_pool` dispatches on `config.name`. Nothing here reads flags.
+"grammar" (`grammar_pool.grammar_pool`, int32 tokens [N, L]), "digits" and
+"tfds" (`images.digits_pool`, `images.tfds_pool`, float32 images [N, H, W, C]).
+`load_pool` builds the one `config.name` names, `make_twin_data` gathers the
+K disjoint splits and the held-out pool, `center` subtracts the training
+per-channel mean, and `twin_means` gives the shift of each twin (none, pooled
+or per split). Nothing here reads flags.
 """
 
 import dataclasses
-import functools
-import hashlib
-import inspect
-import json
-import numbers
-import os
-import tempfile
-import time
-from typing import Any
 
 from absl import logging
 import numpy as np
-from sklearn import datasets as sk_datasets
 
-from diffusion_bias import grammar as grammar_lib
+from diffusion_bias.data import grammar_pool
+from diffusion_bias.data import images
+from diffusion_bias.data import pool as pool_lib
 from diffusion_bias.data import splits as splits_lib
 
-KINDS = ("tokens", "images")
-
-# Bump when the sampling code changes the pool drawn for given parameters: the
-# version is hashed into the cache file name, so stale caches are never read.
-_CACHE_VERSION = 1
-
-PIXEL_RANGES = ("symmetric", "unit")
 CENTERINGS = ("none", "pooled", "per_split")
-
-# ITU-R BT.601 luma weights (R, G, B), as in PIL's "L" conversion.
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-# Images decoded and converted per step in `tfds_pool`: 512 CelebA images at full
-# resolution are ~60 MB of uint8 and ~120 MB as grey float32, so the 162k images
-# never sit in memory at full resolution.
-_TFDS_CHUNK = 512
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Pool:
-    """All items one experiment may draw its splits from.
-
-    Attributes:
-        items: the items, read-only; int32 [N, L] tokens when `kind` is "tokens",
-            float32 [N, H, W, C] images in [-1, 1] when `kind` is "images".
-        kind: "tokens" or "images".
-        info: small JSON-friendly dict of provenance (source name, sizes, seeds).
-        grammar: the grammar that generated the tokens (token pools only).
-        labels: int64 [N] class labels where the source has them cheaply, else None.
-    """
-
-    items: np.ndarray
-    kind: str
-    info: dict[str, Any]
-    grammar: grammar_lib.Grammar | None = None
-    labels: np.ndarray | None = None
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        items = _read_only(self.items)
-        if self.kind == "tokens" and (items.ndim != 2 or items.dtype != np.int32):
-            raise ValueError(f"token items must be int32 [N, L], got {items.dtype} {items.shape}")
-        if self.kind == "images" and (items.ndim != 4 or items.dtype != np.float32):
-            raise ValueError(
-                f"image items must be float32 [N, H, W, C], got {items.dtype} {items.shape}"
-            )
-        object.__setattr__(self, "items", items)
-        if self.labels is not None:
-            labels = _read_only(self.labels)
-            if labels.shape != items.shape[:1]:
-                raise ValueError(
-                    f"labels must have shape [N] = {items.shape[:1]}, got {labels.shape}"
-                )
-            object.__setattr__(self, "labels", labels)
-
-    def __len__(self) -> int:
-        return self.items.shape[0]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -110,384 +40,8 @@ class TwinData:
     overlap: splits_lib.Overlap
 
     def __post_init__(self):
-        object.__setattr__(self, "train", _read_only(self.train))
-        object.__setattr__(self, "heldout", _read_only(self.heldout))
-
-
-def _is_int(value) -> bool:
-    # bool is an Integral; True as an image size is a bug, not 1.
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _read_only(array) -> np.ndarray:
-    # A view has its own flags: the pool is read-only without copying (CelebA is
-    # ~0.7 GB) and without changing the flags of the caller's array.
-    view = np.asarray(array).view()
-    view.setflags(write=False)
-    return view
-
-
-# ----------------------------------------------------------------------------
-# Grammar pool
-# ----------------------------------------------------------------------------
-
-
-def _grammar_params(q, depth, sigma, q_eff, grammar_seed, pool_size, pool_seed):
-    # Normalised types, so that 1 and 1.0 (sigma) or numpy ints hash alike.
-    return {
-        "q": int(q),
-        "depth": int(depth),
-        "sigma": float(sigma),
-        "q_eff": int(q_eff),
-        "grammar_seed": int(grammar_seed),
-        "pool_size": int(pool_size),
-        "pool_seed": int(pool_seed),
-        "version": _CACHE_VERSION,
-    }
-
-
-def grammar_cache_path(cache_dir, params: dict[str, Any]) -> str:
-    """The cache file of a grammar pool: cache_dir/grammar_pool_<hash>.npz."""
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    return os.path.join(os.fspath(cache_dir), f"grammar_pool_{key}.npz")
-
-
-def _load_grammar_cache(path, params, grammar) -> np.ndarray:
-    """Reads a cached pool, checking it against the parameters that asked for it.
-
-    Raises:
-        ValueError: the file does not hold the pool of these parameters.
-        OSError, EOFError, zipfile.BadZipFile, KeyError: the file is unreadable.
-    """
-    with np.load(path, allow_pickle=False) as data:
-        stored = json.loads(str(data["params"]))
-        items = np.asarray(data["items"])
-        transitions = np.asarray(data["transitions"])
-    if stored != params:
-        raise ValueError(f"parameters {stored} differ from the requested {params}")
-    # The grammar is redrawn from its seed: a change in `random_grammar` would
-    # otherwise pair a stale pool with a new grammar.
-    if not np.array_equal(transitions, grammar.transitions):
-        raise ValueError("stored grammar differs from random_grammar(...) of its seed")
-    shape = (params["pool_size"], grammar.length)
-    if items.dtype != np.int32 or items.shape != shape:
-        raise ValueError(f"items are {items.dtype} {items.shape}, expected int32 {shape}")
-    if items.min() < 0 or items.max() >= grammar.q:
-        raise ValueError(f"tokens outside [0, {grammar.q})")
-    return items
-
-
-def _save_grammar_cache(path, params, grammar, items):
-    """Writes the cache atomically: a reader sees the old file or the whole new one."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    # Same directory as the target, so os.replace is a rename within one file system.
-    fd, tmp = tempfile.mkstemp(prefix=".grammar_pool_", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # A file object keeps savez from appending ".npz" to the temp name.
-            np.savez(
-                f,
-                items=items,
-                transitions=grammar.transitions,
-                params=np.array(json.dumps(params, sort_keys=True)),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def grammar_pool(
-    q: int,
-    depth: int,
-    sigma: float,
-    q_eff: int,
-    grammar_seed: int,
-    pool_size: int,
-    pool_seed: int,
-    cache_dir=None,
-) -> Pool:
-    """A pool of sequences of the random tree grammar (PAPER.md, "Setting 2").
-
-    The grammar is `grammar.random_grammar(q, depth, sigma, q_eff, grammar_seed)`
-    and the items are `grammar.sample(grammar, pool_size, pool_seed)`, so the pool
-    is fully determined by the parameters. With `cache_dir` the pool is stored as
-    `cache_dir/grammar_pool_<hash of the parameters>.npz` and read back by the next
-    call with the same parameters; a cache file that is unreadable or does not match
-    the parameters is regenerated with a warning.
-
-    Args:
-        q: vocabulary size.
-        depth: tree depth; sequences have L = 2**depth tokens.
-        sigma: scale of the transition logits.
-        q_eff: allowed child pairs per parent symbol.
-        grammar_seed: seed of the grammar.
-        pool_size: number of sequences N.
-        pool_seed: seed of the sampling.
-        cache_dir: directory of the cache, created if missing; None or "" for no
-            cache.
-
-    Returns:
-        Pool of kind "tokens": items int32 [N, L], `grammar` set, `info` holding the
-        parameters and the cache path (or None).
-
-    Raises:
-        ValueError: a parameter is out of range (from `random_grammar`/`sample`).
-    """
-    # The grammar first: it validates q, depth, sigma and q_eff with clear messages.
-    grammar = grammar_lib.random_grammar(
-        q=q, depth=depth, sigma=sigma, q_eff=q_eff, seed=grammar_seed
-    )
-    params = _grammar_params(q, depth, sigma, q_eff, grammar_seed, pool_size, pool_seed)
-    path = grammar_cache_path(cache_dir, params) if cache_dir else None
-    items = None
-    if path is not None and os.path.exists(path):
-        try:
-            items = _load_grammar_cache(path, params, grammar)
-            logging.info("grammar pool: read %s", path)
-        except Exception as e:  # pylint: disable=broad-except
-            # Any unreadable or mismatched file is only a cache: redraw the pool.
-            logging.warning(
-                "grammar pool: cache %s is unusable (%s: %s); regenerating",
-                path,
-                type(e).__name__,
-                e,
-            )
-    if items is None:
-        start = time.perf_counter()
-        items = grammar_lib.sample(grammar, pool_size, pool_seed)
-        logging.info(
-            "grammar pool: sampled %d sequences in %.1f s", pool_size, time.perf_counter() - start
-        )
-        if path is not None:
-            _save_grammar_cache(path, params, grammar, items)
-            logging.info("grammar pool: wrote %s", path)
-    info = {
-        "name": "grammar",
-        **params,
-        "num_items": int(pool_size),
-        "length": grammar.length,
-        "cache_path": path,
-    }
-    del info["version"]
-    return Pool(items=items, kind="tokens", info=info, grammar=grammar)
-
-
-# ----------------------------------------------------------------------------
-# Images
-# ----------------------------------------------------------------------------
-
-
-def _check_pixel_range(pixel_range):
-    if pixel_range not in PIXEL_RANGES:
-        raise ValueError(f"pixel_range must be one of {PIXEL_RANGES}, got {pixel_range!r}")
-
-
-def digits_pool(pixel_range: str = "symmetric") -> Pool:
-    """The UCI handwritten digits shipped with scikit-learn (no download).
-
-    Values 0..16 map to x/8 - 1, exactly [-1, 1] ("symmetric"), or to x/16 in
-    [0, 1] ("unit"). The 8x8 images are not padded: zero padding inflates the
-    cosine similarities the statistics rely on (ENVIRONMENT.md, "Data facts").
-
-    Returns:
-        Pool of kind "images": items float32 [1797, 8, 8, 1], labels int64 [1797].
-    """
-    _check_pixel_range(pixel_range)
-    digits = sk_datasets.load_digits()
-    scaled = digits.images / 8.0 - 1.0 if pixel_range == "symmetric" else digits.images / 16.0
-    items = scaled.astype(np.float32)[..., None]  # [N, 8, 8, 1]
-    info = {
-        "name": "digits",
-        "pixel_range": pixel_range,
-        "source": "sklearn.datasets.load_digits",
-        "num_items": int(items.shape[0]),
-        "image_shape": list(items.shape[1:]),
-    }
-    return Pool(items=items, kind="images", info=info, labels=digits.target.astype(np.int64))
-
-
-@functools.lru_cache(maxsize=16)
-def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """The antialiased linear resampling of a line of pixels, as a matrix.
-
-    Row i holds the weights of the input pixels in output pixel i: a triangle
-    kernel centred on the output pixel's position in input coordinates, widened by
-    in_size/out_size when downsampling (so each output averages its whole
-    footprint instead of aliasing), normalised to sum to one. This is
-    `jax.image.resize(..., method="linear", antialias=True)` along one axis (and
-    PIL's bilinear reduction), written in numpy so that an image's result does not
-    depend on the batch it is resized in.
-
-    Args:
-        in_size: number of input pixels.
-        out_size: number of output pixels.
-
-    Returns:
-        float32 [out_size, in_size], read-only; non-negative rows summing to one.
-    """
-    inv_scale = in_size / out_size
-    centres = (np.arange(out_size) + 0.5) * inv_scale - 0.5  # [out] input coords
-    distance = np.abs(centres[:, None] - np.arange(in_size)[None, :])  # [out, in]
-    weights = np.maximum(0.0, 1.0 - distance / max(inv_scale, 1.0))
-    weights /= weights.sum(axis=1, keepdims=True)
-    weights = weights.astype(np.float32)
-    weights.setflags(write=False)  # shared by every caller through the cache
-    return weights
-
-
-def preprocess_images(
-    images, image_size: int, grayscale: bool, pixel_range: str = "symmetric"
-) -> np.ndarray:
-    """Integer images of one shape to float32 squares in [-1, 1] or [0, 1].
-
-    Centre-crops to a square (CelebA is 218x178), converts to grey-scale with the
-    ITU-R 601 luma weights when asked, resizes with antialiased bilinear
-    interpolation (`resize_matrix`; no TensorFlow), and maps [0, max] to [-1, 1]
-    ("symmetric") or to [0, 1] ("unit", as torchvision's ToTensor) where max is
-    the largest value of the integer dtype (255 for uint8).
-
-    Args:
-        images: unsigned integer [B, H, W, C] with C in {1, 3}.
-        image_size: side S of the output.
-        grayscale: reduce RGB to one luma channel; grey input stays one channel.
-        pixel_range: "symmetric" ([-1, 1]) or "unit" ([0, 1]).
-
-    Returns:
-        float32 [B, S, S, C'], C' = 1 if grayscale or C == 1, else 3.
-    """
-    _check_pixel_range(pixel_range)
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"images must be [B, H, W, C] with C in {{1, 3}}, got {images.shape}")
-    if images.dtype.kind != "u":
-        raise ValueError(f"images must be unsigned integers, got {images.dtype}")
-    _, height, width, channels = images.shape
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    # Crop before the float conversion: the discarded pixels are never copied.
-    x = images[:, top : top + side, left : left + side].astype(np.float32)
-    if grayscale and channels == 3:
-        x = np.einsum("bhwc,c->bhw", x, LUMA_WEIGHTS)[..., None]  # [B, s, s, 1]
-    if side != image_size:
-        weights = resize_matrix(side, image_size)  # [S, s]
-        # Separable: rows then columns, W x W^T per image and channel; numpy's
-        # stacked matmul treats each [s, s] slice alone, batch-size independent.
-        x = np.moveaxis(x, -1, 1)  # [B, C, s, s]
-        x = weights @ x @ weights.T  # [B, C, S, S]
-        x = np.moveaxis(x, 1, -1)  # [B, S, S, C]
-    # The resize weights are non-negative and sum to one, so only float rounding
-    # can leave the range; the clip removes it.
-    if pixel_range == "unit":
-        return np.clip(x / float(np.iinfo(images.dtype).max), 0.0, 1.0).astype(np.float32)
-    half = np.iinfo(images.dtype).max / 2.0
-    return np.clip(x / half - 1.0, -1.0, 1.0).astype(np.float32)
-
-
-def tfds_pool(
-    name: str,
-    split: str = "train",
-    image_size: int = 32,
-    grayscale: bool = True,
-    max_items: int | None = None,
-    data_dir=None,
-    pixel_range: str = "symmetric",
-) -> Pool:
-    """Images of a tensorflow-datasets data set, read without TensorFlow.
-
-    Uses `tfds.data_source` (random access, numpy out) and converts `_TFDS_CHUNK`
-    images at a time with `preprocess_images`, so a large data set (CelebA, 162k
-    images of 218x178x3) never sits in memory at full resolution. Tested with
-    "celeb_a", "mnist" and "cifar10"; any data set with an "image" feature works.
-
-    Args:
-        name: tfds name, e.g. "celeb_a".
-        split: tfds split, e.g. "train" or "test".
-        image_size: side S of the square output images.
-        grayscale: convert RGB to one luma channel (the paper's CelebA setting).
-        max_items: keep only the first `max_items` items by index; None for all.
-        data_dir: tfds data directory; None for the tfds default.
-        pixel_range: "symmetric" ([-1, 1]) or "unit" ([0, 1], the paper's CelebA).
-
-    Returns:
-        Pool of kind "images": items float32 [N, S, S, C] in that range; labels int64
-        [N] when the data set has a "label" feature.
-
-    Raises:
-        ImportError: tensorflow-datasets is not installed.
-        ValueError: bad arguments, or the data set has no "image" feature.
-    """
-    try:
-        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-        raise ImportError(
-            "tfds_pool needs tensorflow-datasets (TensorFlow is not needed); install "
-            "it with: pip install -e '.[tfds]'"
-        ) from e
-    if not _is_int(image_size) or image_size < 1:
-        raise ValueError(f"image_size must be an integer >= 1, got {image_size!r}")
-    if max_items is not None and (not _is_int(max_items) or max_items < 1):
-        raise ValueError(f"max_items must be None or an integer >= 1, got {max_items!r}")
-    _check_pixel_range(pixel_range)
-    image_size = int(image_size)
-
-    source = tfds.data_source(name, split=split, data_dir=data_dir)
-    num_items = len(source) if max_items is None else min(len(source), max_items)
-    if num_items == 0:
-        raise ValueError(f"tfds {name!r} split {split!r} is empty")
-    first = source[0]
-    if not isinstance(first, dict) or "image" not in first:
-        keys = sorted(first) if isinstance(first, dict) else type(first).__name__
-        raise ValueError(f"tfds {name!r} has no 'image' feature (features: {keys})")
-    has_labels = "label" in first
-
-    start = time.perf_counter()
-    items, labels = None, []
-    for lo in range(0, num_items, _TFDS_CHUNK):
-        # One record at a time: `source[i]` is the random-access read every tfds
-        # data source (and its offline mock) supports.
-        examples = [source[i] for i in range(lo, min(lo + _TFDS_CHUNK, num_items))]
-        images = [np.asarray(ex["image"]) for ex in examples]
-        if len({im.shape for im in images}) == 1:
-            chunk = preprocess_images(np.stack(images), image_size, grayscale, pixel_range)
-        else:  # data sets with images of varying sizes
-            chunk = np.concatenate(
-                [preprocess_images(im[None], image_size, grayscale, pixel_range) for im in images]
-            )
-        if items is None:
-            items = np.empty((num_items,) + chunk.shape[1:], dtype=np.float32)
-        items[lo : lo + len(chunk)] = chunk
-        if has_labels:
-            labels.extend(int(ex["label"]) for ex in examples)
-        if (lo // _TFDS_CHUNK) % 50 == 49:
-            logging.info("tfds %s: %d / %d images", name, lo + len(chunk), num_items)
-    logging.info(
-        "tfds %s[%s]: %d images %s in %.1f s",
-        name,
-        split,
-        num_items,
-        items.shape[1:],
-        time.perf_counter() - start,
-    )
-    info = {
-        "name": "tfds",
-        "dataset": name,
-        "split": split,
-        "image_size": image_size,
-        "grayscale": bool(grayscale),
-        "pixel_range": pixel_range,
-        "num_items": int(num_items),
-        "source_image_shape": list(np.shape(first["image"])),
-        "data_dir": None if data_dir is None else os.fspath(data_dir),
-    }
-    return Pool(
-        items=items,
-        kind="images",
-        info=info,
-        labels=np.array(labels, dtype=np.int64) if has_labels else None,
-    )
+        object.__setattr__(self, "train", pool_lib.read_only(self.train))
+        object.__setattr__(self, "heldout", pool_lib.read_only(self.heldout))
 
 
 def center(train_items, *others) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
@@ -571,21 +125,39 @@ def twin_means(train_items, centering: str) -> np.ndarray:
 # Dispatch and splits
 # ----------------------------------------------------------------------------
 
-SOURCES = {"grammar": grammar_pool, "digits": digits_pool, "tfds": tfds_pool}
+# The config fields of each source: (required, optional). An optional field
+# absent from the config keeps the source's default. The tfds data set is
+# `config.dataset`, since `config.name` names the source.
+FIELDS = {
+    "grammar": (
+        ("q", "depth", "sigma", "q_eff", "grammar_seed", "pool_size", "pool_seed"),
+        ("cache_dir",),
+    ),
+    "digits": ((), ("pixel_range",)),
+    "tfds": (
+        ("dataset",),
+        ("split", "image_size", "grayscale", "max_items", "data_dir", "pixel_range"),
+    ),
+}
 
-# Config fields whose name differs from the argument: `config.name` already names
-# the source, so the tfds data set goes in `config.dataset`.
+# The function of each source. `train.check_config` still finds a source's fields
+# from its signature and `_FIELD_NAMES`; `FIELDS` states the same fields
+# (tests/test_sources.py checks they agree).
+SOURCES = {
+    "grammar": grammar_pool.grammar_pool,
+    "digits": images.digits_pool,
+    "tfds": images.tfds_pool,
+}
 _FIELD_NAMES = {("tfds", "name"): "dataset"}
 
 
-def load_pool(config, cache_dir=None) -> Pool:
+def load_pool(config, cache_dir=None) -> pool_lib.Pool:
     """Builds the pool a data config names.
 
-    `config.name` picks the source in `SOURCES`; the source's arguments are read
-    from the config fields of the same names (`config.q`, `config.pool_size`, ...
-    for "grammar"), except the tfds data set, read from `config.dataset` because
-    `config.name` is taken. Optional arguments absent from the config keep their
-    defaults; a field the source does not take is an error.
+    `config.name` picks the source; its fields (`FIELDS`) are read from the
+    config (`config.q`, `config.pool_size`, ... for "grammar"). Optional fields
+    absent from the config keep their defaults; a field the source does not take
+    is an error.
 
     Args:
         config: ml_collections.ConfigDict (or any mapping) with `name` and the
@@ -601,32 +173,29 @@ def load_pool(config, cache_dir=None) -> Pool:
             required field is missing, or a field is not the source's.
     """
     name = config["name"] if "name" in config else None
-    if name not in SOURCES:
-        raise ValueError(f"unknown data source name {name!r}; valid names: {sorted(SOURCES)}")
-    fn = SOURCES[name]
-    params = inspect.signature(fn).parameters
-    known = {_FIELD_NAMES.get((name, p), p) for p in params} | {"name"}
+    if name not in FIELDS:
+        raise ValueError(f"unknown data source name {name!r}; valid names: {sorted(FIELDS)}")
+    required, optional = FIELDS[name]
+    known = set(required) | set(optional) | {"name"}
     unknown = sorted(set(config.keys()) - known)
     if unknown:
         raise ValueError(
             f"data source {name!r} has no fields {unknown}; its fields are {sorted(known)}"
         )
-    kwargs, missing = {}, []
-    for param in params.values():
-        field = _FIELD_NAMES.get((name, param.name), param.name)
-        if field in config:
-            kwargs[param.name] = config[field]
-        elif param.default is inspect.Parameter.empty:
-            missing.append(field)
+    missing = [field for field in required if field not in config]
     if missing:
         raise ValueError(f"data source {name!r} needs config fields {missing}")
-    if "cache_dir" in inspect.signature(fn).parameters and not kwargs.get("cache_dir"):
-        kwargs["cache_dir"] = cache_dir
-    return fn(**kwargs)
+    kwargs = {field: config[field] for field in required + optional if field in config}
+    if name == "grammar":
+        kwargs["cache_dir"] = kwargs.get("cache_dir") or cache_dir
+        return grammar_pool.grammar_pool(**kwargs)
+    if name == "digits":
+        return images.digits_pool(**kwargs)
+    return images.tfds_pool(kwargs.pop("dataset"), **kwargs)
 
 
 def make_twin_data(
-    pool: Pool,
+    pool: pool_lib.Pool,
     num_splits: int,
     split_size: int,
     heldout_size: int,

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_bias import bp
+from diffusion_bias import chunking
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
@@ -225,16 +226,7 @@ def _chunks(x0: np.ndarray, chunk_size: int) -> np.ndarray:
     """[N, L] -> [num_chunks, C, L], the last chunk padded with token 0."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
-    size = min(chunk_size, x0.shape[0])
-    num_chunks = -(-x0.shape[0] // size)
-    padded = np.zeros((num_chunks * size, x0.shape[1]), np.int32)
-    padded[: x0.shape[0]] = x0
-    return padded.reshape(num_chunks, size, -1)
-
-
-def _gather(per_chunk: list[jax.Array], num: int) -> np.ndarray:
-    """Concatenates chunk results along the last axis, fetches once, trims padding."""
-    return np.asarray(jax.device_get(jnp.concatenate(per_chunk, axis=-1)))[..., :num]
+    return chunking.padded_chunks(x0, min(chunk_size, x0.shape[0]), np.int32)
 
 
 def _mean_sem(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -280,7 +272,7 @@ def noisy_inputs(
         _noisy_kernel(schedule, chunk, key, t, c, num_symbols=transitions.shape[0])
         for c, chunk in enumerate(_chunks(x0, chunk_size))
     ]
-    return np.asarray(jax.device_get(jnp.concatenate(x_t)))[: x0.shape[0]]
+    return chunking.gather(x_t, x0.shape[0])
 
 
 def uturn_steps(schedule: Schedule, ratios) -> list[int]:
@@ -374,7 +366,7 @@ def uturn_overlap(
                     )
                 )
             overlaps.append(jnp.concatenate(per_chunk, axis=-1))
-    overlaps = _gather([jnp.stack(overlaps)], x0.shape[0])
+    overlaps = chunking.gather([jnp.stack(overlaps)], x0.shape[0], axis=-1)
     overlaps = overlaps.reshape(repeats, len(steps), 2, -1).mean(0)  # [R, 2, N]
     model, ref = overlaps[:, 0], overlaps[:, 1]
 
@@ -437,7 +429,7 @@ def loss_decomposition(
         )
         for t in steps
     ]
-    values = _gather([jnp.stack(per_step)], x0.shape[0])  # [S, 3, N]
+    values = chunking.gather([jnp.stack(per_step)], x0.shape[0], axis=-1)  # [S, 3, N]
     out = {"t": np.array(steps)}
     for i, name in enumerate(("ce", "l_star", "l_tilde")):
         out[name], out[name + "_sem"] = _mean_sem(values[:, i])
@@ -501,7 +493,7 @@ def kl_bp_model(
         )
         for t in steps
     ]
-    kl = _gather([jnp.stack(per_step, axis=1)], x0.shape[0]).mean(-1)  # [K, S]
+    kl = chunking.gather([jnp.stack(per_step, axis=1)], x0.shape[0], axis=-1).mean(-1)  # [K, S]
     return {"kl": kl, "k": np.array(layers), "t": np.array(steps)}
 
 
@@ -555,8 +547,9 @@ def grammatical_fraction(transitions, tokens, chunk_size: int = DEFAULT_CHUNK_SI
     """
     transitions = jnp.asarray(transitions, jnp.float32)
     tokens = _check_tokens(transitions, tokens, "tokens")
-    finite = _gather(
+    finite = chunking.gather(
         [_finite_free_energy(transitions, chunk) for chunk in _chunks(tokens, chunk_size)],
         tokens.shape[0],
+        axis=-1,
     )
     return float(finite.mean())

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn import metrics
 
+from diffusion_bias import chunking
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 
@@ -60,10 +61,7 @@ def item_losses(
     """
     out = []
     num = len(items)
-    chunk_size = min(chunk_size, num)
-    for start in range(0, num, chunk_size):
-        # Pad the last chunk by wrapping round so every call has one shape.
-        idx = np.arange(start, start + chunk_size) % num
+    for idx in chunking.padded_chunks(np.arange(num), min(chunk_size, num)):
         out.append(
             _item_losses(
                 params,
@@ -75,9 +73,9 @@ def item_losses(
                 apply_fn=apply_fn,
                 kind=kind,
                 num_symbols=num_symbols,
-            )[: num - start]
+            )
         )
-    return np.asarray(jax.device_get(jnp.concatenate(out)))
+    return chunking.gather(out, num)
 
 
 def membership_auc(member_losses, nonmember_losses):

@@ -7,7 +7,7 @@ held-out pool's distances to each training set are the unbiased baseline.
 
 import numpy as np
 
-from diffusion_bias import kernels
+from diffusion_bias.kernels import search
 
 # The paper's NN-distance histograms: 20 equal bins on [0, L].
 NN_BINS = 20
@@ -36,8 +36,8 @@ def nearest_statistics(samples, train, heldout, kind):
     """
     metric = _metric(kind)
     num_twins = len(train)
-    nn = kernels.nearest_in_each(samples, train, metric)  # [K, K, N]
-    base = kernels.nearest_in_each(heldout[None], train, metric)  # [1, K, m]
+    nn = search.nearest_in_each(samples, train, metric)  # [K, K, N]
+    base = search.nearest_in_each(heldout[None], train, metric)  # [1, K, m]
     own = np.arange(num_twins)
     others = np.where(np.eye(num_twins, dtype=bool)[:, :, None], np.inf, nn.d1)
     return dict(

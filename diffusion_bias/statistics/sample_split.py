@@ -7,14 +7,81 @@ toward its own training set, the pairs part.
 
 import itertools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from diffusion_bias import kernels
+# A channel whose std is below this is treated as constant: it contributes
+# zeros to the standardised image, so a constant image has similarity 0 with
+# every image, never NaN.
+STD_EPS = 1e-6
+_NORM_EPS = 1e-12
 
 
 def twin_pairs(num_twins):
     """All pairs (a, b), a < b, of K twins: list of P = K(K-1)/2 tuples."""
     return list(itertools.combinations(range(num_twins), 2))
+
+
+@jax.jit
+def standardize_images(x):
+    """The paper's image standardisation, so that a dot product is a cosine.
+
+    Args:
+        x: [N, H, W, C] images.
+
+    Returns:
+        float32 [N, H*W*C]: per image and channel minus the mean and over the
+        std (population std over the H*W pixels), flattened, each row then
+        L2-normalised. Channels with std below `STD_EPS` become zeros, so a
+        constant image is an all-zero row.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"images must have shape [N, H, W, C], got {x.shape}")
+    x = x.astype(jnp.float32)
+    mean = x.mean(axis=(1, 2), keepdims=True)  # [N, 1, 1, C]
+    std = x.std(axis=(1, 2), keepdims=True)
+    z = jnp.where(std > STD_EPS, (x - mean) / jnp.maximum(std, STD_EPS), 0.0)
+    z = z.reshape(x.shape[0], -1)
+    norm = jnp.sqrt(jnp.sum(z * z, axis=-1, keepdims=True))
+    return z / jnp.maximum(norm, _NORM_EPS)
+
+
+@jax.jit
+def paired_cosine(a, b):
+    """Cosine similarity of each standardised pair of images.
+
+    Args:
+        a: [N, H, W, C] images.
+        b: [N, H, W, C] images.
+
+    Returns:
+        float32 [N] (a jax array, so the function composes with jit and vmap):
+        `standardize_images(a)[i] . standardize_images(b)[i]`, in [-1, 1];
+        0 where either image is constant.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"paired images must have equal shapes, got {a.shape} and {b.shape}")
+    return jnp.sum(standardize_images(a) * standardize_images(b), axis=-1)
+
+
+@jax.jit
+def paired_token_similarity(a, b):
+    """Fraction of equal tokens of each pair of sequences.
+
+    Args:
+        a: [N, L] int tokens (any trailing shape is flattened).
+        b: [N, L] int tokens.
+
+    Returns:
+        float32 [N] (a jax array): mean over positions of `a[i] == b[i]`.
+    """
+    if a.shape != b.shape or a.ndim < 2:
+        raise ValueError(
+            f"paired sequences must have equal shapes [N, L], got {a.shape} and {b.shape}"
+        )
+    equal = (a == b).reshape(a.shape[0], -1)
+    return jnp.mean(equal.astype(jnp.float32), axis=-1)
 
 
 def pair_similarity(samples, kind):
@@ -28,7 +95,7 @@ def pair_similarity(samples, kind):
     Returns:
         float [P, N], one row per pair of `twin_pairs(K)`.
     """
-    paired = kernels.paired_token_similarity if kind == "tokens" else kernels.paired_cosine
+    paired = paired_token_similarity if kind == "tokens" else paired_cosine
     return np.stack(
         [np.asarray(paired(samples[a], samples[b])) for a, b in twin_pairs(len(samples))]
     )

@@ -1,0 +1,166 @@
+"""The pool of the random tree grammar (PAPER.md, "Setting 2"), cached on disk.
+
+The pool is fully determined by its parameters; drawing 10^6 sequences takes
+a while, so with a cache directory it is stored once, under a hash of the
+parameters, and read back by the next run with the same parameters.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+from absl import logging
+import numpy as np
+
+from diffusion_bias import grammar as grammar_lib
+from diffusion_bias.data import pool as pool_lib
+
+# Bump when the sampling code changes the pool drawn for given parameters: the
+# version is hashed into the cache file name, so stale caches are never read.
+_CACHE_VERSION = 1
+
+
+def _grammar_params(q, depth, sigma, q_eff, grammar_seed, pool_size, pool_seed):
+    # Normalised types, so that 1 and 1.0 (sigma) or numpy ints hash alike.
+    return {
+        "q": int(q),
+        "depth": int(depth),
+        "sigma": float(sigma),
+        "q_eff": int(q_eff),
+        "grammar_seed": int(grammar_seed),
+        "pool_size": int(pool_size),
+        "pool_seed": int(pool_seed),
+        "version": _CACHE_VERSION,
+    }
+
+
+def grammar_cache_path(cache_dir, params: dict[str, Any]) -> str:
+    """The cache file of a grammar pool: cache_dir/grammar_pool_<hash>.npz."""
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(os.fspath(cache_dir), f"grammar_pool_{key}.npz")
+
+
+def _load_grammar_cache(path, params, grammar) -> np.ndarray:
+    """Reads a cached pool, checking it against the parameters that asked for it.
+
+    Raises:
+        ValueError: the file does not hold the pool of these parameters.
+        OSError, EOFError, zipfile.BadZipFile, KeyError: the file is unreadable.
+    """
+    with np.load(path, allow_pickle=False) as data:
+        stored = json.loads(str(data["params"]))
+        items = np.asarray(data["items"])
+        transitions = np.asarray(data["transitions"])
+    if stored != params:
+        raise ValueError(f"parameters {stored} differ from the requested {params}")
+    # The grammar is redrawn from its seed: a change in `random_grammar` would
+    # otherwise pair a stale pool with a new grammar.
+    if not np.array_equal(transitions, grammar.transitions):
+        raise ValueError("stored grammar differs from random_grammar(...) of its seed")
+    shape = (params["pool_size"], grammar.length)
+    if items.dtype != np.int32 or items.shape != shape:
+        raise ValueError(f"items are {items.dtype} {items.shape}, expected int32 {shape}")
+    if items.min() < 0 or items.max() >= grammar.q:
+        raise ValueError(f"tokens outside [0, {grammar.q})")
+    return items
+
+
+def _save_grammar_cache(path, params, grammar, items):
+    """Writes the cache atomically: a reader sees the old file or the whole new one."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    # Same directory as the target, so os.replace is a rename within one file system.
+    fd, tmp = tempfile.mkstemp(prefix=".grammar_pool_", suffix=".npz.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            # A file object keeps savez from appending ".npz" to the temp name.
+            np.savez(
+                f,
+                items=items,
+                transitions=grammar.transitions,
+                params=np.array(json.dumps(params, sort_keys=True)),
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def grammar_pool(
+    q: int,
+    depth: int,
+    sigma: float,
+    q_eff: int,
+    grammar_seed: int,
+    pool_size: int,
+    pool_seed: int,
+    cache_dir=None,
+) -> pool_lib.Pool:
+    """A pool of sequences of the random tree grammar (PAPER.md, "Setting 2").
+
+    The grammar is `grammar.random_grammar(q, depth, sigma, q_eff, grammar_seed)`
+    and the items are `grammar.sample(grammar, pool_size, pool_seed)`, so the pool
+    is fully determined by the parameters. With `cache_dir` the pool is stored as
+    `cache_dir/grammar_pool_<hash of the parameters>.npz` and read back by the next
+    call with the same parameters; a cache file that is unreadable or does not match
+    the parameters is regenerated with a warning.
+
+    Args:
+        q: vocabulary size.
+        depth: tree depth; sequences have L = 2**depth tokens.
+        sigma: scale of the transition logits.
+        q_eff: allowed child pairs per parent symbol.
+        grammar_seed: seed of the grammar.
+        pool_size: number of sequences N.
+        pool_seed: seed of the sampling.
+        cache_dir: directory of the cache, created if missing; None or "" for no
+            cache.
+
+    Returns:
+        Pool of kind "tokens": items int32 [N, L], `grammar` set, `info` holding the
+        parameters and the cache path (or None).
+
+    Raises:
+        ValueError: a parameter is out of range (from `random_grammar`/`sample`).
+    """
+    # The grammar first: it validates q, depth, sigma and q_eff with clear messages.
+    grammar = grammar_lib.random_grammar(
+        q=q, depth=depth, sigma=sigma, q_eff=q_eff, seed=grammar_seed
+    )
+    params = _grammar_params(q, depth, sigma, q_eff, grammar_seed, pool_size, pool_seed)
+    path = grammar_cache_path(cache_dir, params) if cache_dir else None
+    items = None
+    if path is not None and os.path.exists(path):
+        try:
+            items = _load_grammar_cache(path, params, grammar)
+            logging.info("grammar pool: read %s", path)
+        except Exception as e:  # pylint: disable=broad-except
+            # Any unreadable or mismatched file is only a cache: redraw the pool.
+            logging.warning(
+                "grammar pool: cache %s is unusable (%s: %s); regenerating",
+                path,
+                type(e).__name__,
+                e,
+            )
+    if items is None:
+        start = time.perf_counter()
+        items = grammar_lib.sample(grammar, pool_size, pool_seed)
+        logging.info(
+            "grammar pool: sampled %d sequences in %.1f s", pool_size, time.perf_counter() - start
+        )
+        if path is not None:
+            _save_grammar_cache(path, params, grammar, items)
+            logging.info("grammar pool: wrote %s", path)
+    info = {
+        "name": "grammar",
+        **params,
+        "num_items": int(pool_size),
+        "length": grammar.length,
+        "cache_path": path,
+    }
+    del info["version"]
+    return pool_lib.Pool(items=items, kind="tokens", info=info, grammar=grammar)
