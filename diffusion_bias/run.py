@@ -10,7 +10,6 @@ parts (`steps_per_epoch`, `snapshot_steps`, `get_schedule`) need no data.
 """
 
 import dataclasses
-import inspect
 from typing import Any
 
 import jax
@@ -76,21 +75,17 @@ def _check_data(config):
     """Checks the source name and fields of `config.data`, and that the schedule fits it."""
     data = config.data
     name = data.get("name")
-    if name not in sources.SOURCES:
-        raise ConfigError(
-            f"config.data.name must be one of {sorted(sources.SOURCES)}, got {name!r}"
-        )
-    # The fields a source takes are its arguments (sources.load_pool reads them so).
-    params = inspect.signature(sources.SOURCES[name]).parameters
-    fields = {sources._FIELD_NAMES.get((name, p), p): p for p in params}  # noqa: SLF001
-    unknown = sorted(set(data.keys()) - set(fields) - {"name"})
+    if name not in sources.FIELDS:
+        raise ConfigError(f"config.data.name must be one of {sorted(sources.FIELDS)}, got {name!r}")
+    required, optional = sources.FIELDS[name]
+    unknown = sorted(set(data.keys()) - set(required) - set(optional) - {"name"})
     if unknown:
         raise ConfigError(
             f"config.data.{unknown[0]} is not a field of data source {name!r}; "
-            f"its fields are {sorted(fields)}"
+            f"its fields are {sorted(required + optional)}"
         )
-    for field, param in fields.items():
-        if field not in data and params[param].default is inspect.Parameter.empty:
+    for field in required:
+        if field not in data:
             raise ConfigError(f"config.data.{field} is needed by data source {name!r}")
     if name == "grammar":
         try:

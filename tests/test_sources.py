@@ -91,10 +91,16 @@ def test_load_pool_errors():
 
 
 def test_fields_are_the_arguments_of_each_source():
-    """`FIELDS` (load_pool) and the signatures (train's config check) agree."""
+    """`FIELDS` (the config check and load_pool) names each source function's arguments."""
+    functions = {
+        "grammar": grammar_pool.grammar_pool,
+        "digits": images.digits_pool,
+        "tfds": images.tfds_pool,
+    }
     for name, (required, optional) in sources.FIELDS.items():
-        params = inspect.signature(sources.SOURCES[name]).parameters
-        fields = {sources._FIELD_NAMES.get((name, p), p): param for p, param in params.items()}
+        params = inspect.signature(functions[name]).parameters
+        # The tfds data set is `config.data.dataset`: `name` names the source.
+        fields = {"dataset" if p == "name" else p: param for p, param in params.items()}
         assert set(fields) == set(required) | set(optional)
         for field in required:
             assert fields[field].default is inspect.Parameter.empty

@@ -140,16 +140,6 @@ FIELDS = {
     ),
 }
 
-# The function of each source. `train.check_config` still finds a source's fields
-# from its signature and `_FIELD_NAMES`; `FIELDS` states the same fields
-# (tests/test_sources.py checks they agree).
-SOURCES = {
-    "grammar": grammar_pool.grammar_pool,
-    "digits": images.digits_pool,
-    "tfds": images.tfds_pool,
-}
-_FIELD_NAMES = {("tfds", "name"): "dataset"}
-
 
 def load_pool(config, cache_dir=None) -> pool_lib.Pool:
     """Builds the pool a data config names.
