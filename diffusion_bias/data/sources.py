@@ -27,7 +27,6 @@ from typing import Any
 
 from absl import logging
 import numpy as np
-from sklearn import datasets as sk_datasets
 
 from diffusion_bias import grammar as grammar_lib
 from diffusion_bias.data import splits as splits_lib
@@ -296,6 +295,9 @@ def digits_pool(pixel_range: str = "symmetric") -> Pool:
         Pool of kind "images": items float32 [1797, 8, 8, 1], labels int64 [1797].
     """
     _check_pixel_range(pixel_range)
+    # Imported here: scikit-learn takes a second to import, and only this pool needs it.
+    from sklearn import datasets as sk_datasets
+
     digits = sk_datasets.load_digits()
     scaled = digits.images / 8.0 - 1.0 if pixel_range == "symmetric" else digits.images / 16.0
     items = scaled.astype(np.float32)[..., None]  # [N, 8, 8, 1]
