@@ -48,9 +48,16 @@ def _all_snapshot_params(workdir):
         ckpts.close()
 
 
-def _has_checkpoint(workdir):
+def _checkpoints_after(workdir, step):
+    """Steps of the complete checkpoints in `workdir` later than `step`."""
     folder = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(folder) and any(d.isdigit() for d in os.listdir(folder))
+    if not os.path.isdir(folder):
+        return []
+    return [int(d) for d in os.listdir(folder) if d.isdigit() and int(d) > step]
+
+
+def _has_checkpoint(workdir):
+    return bool(_checkpoints_after(workdir, -1))
 
 
 def _assert_trees_equal(a, b, **tol):
@@ -189,29 +196,23 @@ def test_analysis_reads_only_complete_snapshots_while_training_saves(long_run):
         _assert_trees_equal(params, final[step])
 
 
-def test_kill_9_then_rerun_ends_with_the_uninterrupted_parameters(long_run, tmp_path):
-    workdir = str(tmp_path)
+def _start_and_wait_for_a_save(workdir, after=-1):
+    """A LONG run started in `workdir`, returned once it has saved a step past `after`."""
     proc = _launch(workdir, *LONG)
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not _has_checkpoint(workdir):
+    while time.time() < deadline and proc.poll() is None and not _checkpoints_after(workdir, after):
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    rerun = _launch(workdir, *LONG)
-    out, _ = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, out
-    assert "Resuming from step" in out
-    _assert_trees_equal(_final_params(workdir), _final_params(long_run[0]))
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    return proc
 
 
-def test_sigterm_saves_the_step_reached_and_the_rerun_resumes_bit_identically(long_run, tmp_path):
+# One workdir takes both interruptions in turn (SIGTERM, then kill -9 of the resumed
+# run), so that the pair costs one run of 40 epochs, not two.
+def test_sigterm_saves_the_step_reached_kill_9_loses_no_save_and_reruns_resume_bit_identically(
+    long_run, tmp_path
+):
     workdir = str(tmp_path)
-    proc = _launch(workdir, *LONG)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not _has_checkpoint(workdir):
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be signalled"
+    proc = _start_and_wait_for_a_save(workdir)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == checkpoints.PREEMPTED_EXIT_STATUS, out
@@ -224,10 +225,18 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_resumes_bit_identically(lo
     assert ckpts.all_steps()[-1] == stopped
     ckpts.close()
 
-    rerun = _launch(workdir, *LONG)
-    out, _ = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, out
-    assert f"Resuming from step {stopped}." in out
+    # The rerun resumes from the step SIGTERM saved; killed once it has saved a later one...
+    rerun = _start_and_wait_for_a_save(workdir, after=stopped)
+    os.kill(rerun.pid, signal.SIGKILL)
+    out, _ = rerun.communicate(timeout=120)
+    assert f"Resuming from step {stopped}." in out, out
+
+    # ...the next resumes from a save of its own, and ends with the uninterrupted snapshots.
+    last = _launch(workdir, *LONG)
+    out, _ = last.communicate(timeout=300)
+    assert last.returncode == 0, out
+    match = re.search(r"Resuming from step (\d+)\.", out)
+    assert match and int(match[1]) > stopped, out
     resumed, uninterrupted = _all_snapshot_params(workdir), _all_snapshot_params(long_run[0])
     assert list(resumed) == list(uninterrupted) == list(_plan(workdir))
     for step in resumed:
