@@ -20,7 +20,6 @@ from ml_collections import config_flags
 from diffusion_bias import analysis
 from diffusion_bias import checkpoints
 from diffusion_bias import default_config
-from diffusion_bias import figures
 from diffusion_bias import run as run_lib
 from launch import common
 
@@ -69,6 +68,9 @@ def main(argv):
     overrides = dict(config_flags.get_override_values(flags.FLAGS["analysis"]))
     common.exit_on_config_error(checked_config, _WORKDIR.value, overrides)
     stats = common.exit_on_config_error(analysis.analyze, _WORKDIR.value, overrides)
+    # Imported here: matplotlib takes a second, which a bad config need not wait for.
+    from diffusion_bias import figures
+
     paths = figures.draw_all(stats, f"{_WORKDIR.value}/analysis")
     print(analysis.verdict_line(stats))
     for path in paths:

@@ -1,12 +1,9 @@
-"""The twin training engine on the smoke config: determinism, resume, preemption, errors."""
+"""The twin training engine on the smoke config: determinism, resume, errors (signals: test_checkpoints.py)."""
 
 import logging
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import ml_collections
@@ -125,114 +122,6 @@ def test_same_config_and_seed_give_identical_parameters(reference, tmp_path):
     workdir, _ = reference
     train.train_and_evaluate(smoke.get_config(), str(tmp_path))
     _assert_trees_equal(_final_params(workdir), _final_params(str(tmp_path)))
-
-
-# A slower run (more epochs) so that a signal lands mid-training, after a save.
-LONG = ["--config.training.num_epochs=40"]
-
-
-@pytest.fixture(scope="module")
-def long_run(tmp_path_factory):
-    """A 40-epoch run in a subprocess, its snapshots read as the analysis reads them meanwhile.
-
-    Every pass opens the checkpoints read only, lists the snapshots and reads
-    each new one, until the training exits.
-
-    Returns:
-        (workdir, training output, listings [each a list of steps], {step:
-        params read while training}, steps read while the training still ran).
-    """
-    workdir = str(tmp_path_factory.mktemp("long"))
-    proc = _launch(workdir, *LONG)
-    listings, seen, while_running = [], {}, []
-    # A reader that deleted saves in flight would leave the training waiting forever.
-    deadline = time.time() + 300
-    try:
-        while proc.poll() is None:
-            assert time.time() < deadline, f"training still running after 300 s; read {listings}"
-            if os.path.exists(os.path.join(workdir, "config.json")):
-                ckpts = _reader(workdir)
-                try:
-                    steps = ckpts.snapshot_steps()
-                    listings.append(steps)
-                    for step in steps:
-                        if step not in seen:
-                            seen[step] = jax.device_get(ckpts.read_snapshot(step).params)
-                            if proc.poll() is None:
-                                while_running.append(step)
-                finally:
-                    ckpts.close()
-            time.sleep(0.02)
-        out, _ = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, out
-    return workdir, out, listings, seen, while_running
-
-
-def test_analysis_reads_only_complete_snapshots_while_training_saves(long_run):
-    workdir, _, listings, seen, while_running = long_run
-    plan = list(_plan(workdir))
-    # Training finished with every snapshot, and no other checkpoint left.
-    ckpts = _reader(workdir)
-    assert ckpts.snapshot_steps() == ckpts.all_steps() == plan
-    ckpts.close()
-    # The reader saw snapshots appear in order while the run was going on...
-    assert len(while_running) >= 2, (listings, while_running)
-    for steps in listings:
-        assert steps == plan[: len(steps)]
-    # ...and what it read then is exactly what the finished run holds.
-    final = _all_snapshot_params(workdir)
-    assert set(seen) <= set(final)
-    for step, params in seen.items():
-        _assert_trees_equal(params, final[step])
-
-
-def test_kill_9_then_rerun_ends_with_the_uninterrupted_parameters(long_run, tmp_path):
-    workdir = str(tmp_path)
-    proc = _launch(workdir, *LONG)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not _has_checkpoint(workdir):
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    rerun = _launch(workdir, *LONG)
-    out, _ = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, out
-    assert "Resuming from step" in out
-    _assert_trees_equal(_final_params(workdir), _final_params(long_run[0]))
-
-
-def test_sigterm_saves_the_step_reached_and_the_rerun_resumes_bit_identically(long_run, tmp_path):
-    workdir = str(tmp_path)
-    proc = _launch(workdir, *LONG)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not _has_checkpoint(workdir):
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be signalled"
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == checkpoints.PREEMPTED_EXIT_STATUS, out
-    assert "Traceback" not in out, out
-    match = re.search(r"SIGTERM: saved step (\d+)/160", out)
-    assert match, out
-    stopped = int(match[1])
-    assert 0 < stopped < 160
-    ckpts = _reader(workdir)
-    assert ckpts.all_steps()[-1] == stopped
-    ckpts.close()
-
-    rerun = _launch(workdir, *LONG)
-    out, _ = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, out
-    assert f"Resuming from step {stopped}." in out
-    resumed, uninterrupted = _all_snapshot_params(workdir), _all_snapshot_params(long_run[0])
-    assert list(resumed) == list(uninterrupted) == list(_plan(workdir))
-    for step in resumed:
-        _assert_trees_equal(resumed[step], uninterrupted[step])
 
 
 def test_unreadable_checkpoint_is_named_set_aside_and_the_run_resumes_before_it(

@@ -16,7 +16,6 @@ import time
 
 from absl import logging
 import numpy as np
-from sklearn import datasets as sk_datasets
 
 from diffusion_bias.data import pool as pool_lib
 
@@ -52,6 +51,9 @@ def digits_pool(pixel_range: str = "symmetric") -> pool_lib.Pool:
         Pool of kind "images": items float32 [1797, 8, 8, 1], labels int64 [1797].
     """
     _check_pixel_range(pixel_range)
+    # Imported here: scikit-learn takes a second to import, and only this pool needs it.
+    from sklearn import datasets as sk_datasets
+
     digits = sk_datasets.load_digits()
     scaled = digits.images / 8.0 - 1.0 if pixel_range == "symmetric" else digits.images / 16.0
     items = scaled.astype(np.float32)[..., None]  # [N, 8, 8, 1]

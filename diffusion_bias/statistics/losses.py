@@ -9,7 +9,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn import metrics
 
 from diffusion_bias import chunking
 from diffusion_bias.diffusion import process
@@ -80,5 +79,9 @@ def item_losses(
 
 def membership_auc(member_losses, nonmember_losses):
     """ROC AUC of "lower loss means a training member" (0.5 = no leak)."""
+    # Imported here: scikit-learn takes a second to import, which every program
+    # importing this module (launchers checking a config) would otherwise pay.
+    from sklearn import metrics
+
     labels = np.r_[np.ones(len(member_losses)), np.zeros(len(nonmember_losses))]
     return float(metrics.roc_auc_score(labels, -np.r_[member_losses, nonmember_losses]))
