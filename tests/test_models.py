@@ -1,4 +1,5 @@
 """Tests for diffusion_bias.models: shapes, parameter counts, dropout, time, vmap."""
+
 import functools
 
 import jax
@@ -16,12 +17,16 @@ Q, L = 6, 16
 # from `jax.eval_shape` of `model.init`, check shapes with `jax.eval_shape`, compile
 # each model's apply once per train flag, and run `model.init` only where it is cheap.
 TINY = {
-    "transformer": (models.TokenTransformer(num_symbols=Q, length=L, width=16,
-                                            num_layers=1, num_heads=2), (3, L, Q)),
+    "transformer": (
+        models.TokenTransformer(num_symbols=Q, length=L, width=16, num_layers=1, num_heads=2),
+        (3, L, Q),
+    ),
     # No down-path ResBlocks: every kind of block still runs (mid and up ResBlocks,
     # attention, down/upsampling, skip concatenation) at half the compile time.
-    "unet": (models.UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=0,
-                         attention_levels=(1,)), (3, 8, 8, 1)),
+    "unet": (
+        models.UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=0, attention_levels=(1,)),
+        (3, 8, 8, 1),
+    ),
     "mlp": (models.MLPDenoiser(width=32, depth=2, dropout_rate=0.1), (3, 8, 8, 1)),
 }
 
@@ -57,8 +62,10 @@ def _random_params(model, shape, seed):
 
 def _inputs(shape, seed=1):
     rng = np.random.default_rng(seed)
-    return (jnp.asarray(rng.normal(size=shape), jnp.float32),
-            jnp.asarray(rng.integers(1, 500, size=shape[:1]), jnp.int32))
+    return (
+        jnp.asarray(rng.normal(size=shape), jnp.float32),
+        jnp.asarray(rng.integers(1, 500, size=shape[:1]), jnp.int32),
+    )
 
 
 def _num_params(tree):
@@ -81,13 +88,15 @@ def _apply_fn(name, train):
 
 # --- sinusoidal embedding ------------------------------------------------------
 
+
 def test_sinusoidal_embedding_values():
     emb = models.sinusoidal_embedding(jnp.array([0, 3]), 8)
     assert emb.shape == (2, 8) and emb.dtype == jnp.float32
     np.testing.assert_allclose(emb[0], [0, 0, 0, 0, 1, 1, 1, 1])
     freqs = 10000.0 ** (-np.arange(4) / 4)
-    np.testing.assert_allclose(emb[1], np.concatenate([np.sin(3 * freqs), np.cos(3 * freqs)]),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        emb[1], np.concatenate([np.sin(3 * freqs), np.cos(3 * freqs)]), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(models.sinusoidal_embedding(jnp.array([3.0]), 8)[0], emb[1])
 
 
@@ -104,23 +113,35 @@ def test_sinusoidal_embedding_rejects_bad_t():
 
 # --- shapes ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("model,shape", [
-    (models.TokenTransformer(num_symbols=Q, length=L, width=16, num_layers=2,
-                             num_heads=2), (2, L, Q)),
-    (models.UNet(base_channels=8, num_res_blocks=1), (2, 8, 8, 1)),
-    (models.UNet(base_channels=8, num_res_blocks=1), (2, 32, 32, 1)),
-    (models.MLPDenoiser(width=32, depth=2), (2, 8, 8, 1)),
-    (models.MLPDenoiser(width=32, depth=2), (2, 32, 32, 1)),
-], ids=["transformer", "unet8", "unet32", "mlp8", "mlp32"])
+
+@pytest.mark.parametrize(
+    "model,shape",
+    [
+        (
+            models.TokenTransformer(num_symbols=Q, length=L, width=16, num_layers=2, num_heads=2),
+            (2, L, Q),
+        ),
+        (models.UNet(base_channels=8, num_res_blocks=1), (2, 8, 8, 1)),
+        (models.UNet(base_channels=8, num_res_blocks=1), (2, 32, 32, 1)),
+        (models.MLPDenoiser(width=32, depth=2), (2, 8, 8, 1)),
+        (models.MLPDenoiser(width=32, depth=2), (2, 32, 32, 1)),
+    ],
+    ids=["transformer", "unet8", "unet32", "mlp8", "mlp32"],
+)
 def test_output_shape(model, shape):
     variables = _abstract_variables(model, shape)
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     # t of shape [B] without dropout, a scalar t with dropout.
-    for t, train in ((jax.ShapeDtypeStruct(shape[:1], jnp.int32), False),
-                     (jax.ShapeDtypeStruct((), jnp.int32), True)):
+    for t, train in (
+        (jax.ShapeDtypeStruct(shape[:1], jnp.int32), False),
+        (jax.ShapeDtypeStruct((), jnp.int32), True),
+    ):
         out = jax.eval_shape(
             lambda v, x, t: model.apply(v, x, t, train, rngs={"dropout": jax.random.key(0)}),
-            variables, x, t)
+            variables,
+            x,
+            t,
+        )
         assert out.shape == shape and out.dtype == jnp.float32
 
 
@@ -139,15 +160,19 @@ def test_init_runs_and_twins_differ():
     model, shape = TINY["mlp"]
     x, t = _inputs(shape)
     stacked = jax.jit(jax.vmap(lambda k: model.init(k, x, t, False)))(
-        jax.random.split(jax.random.key(0), 2))
+        jax.random.split(jax.random.key(0), 2)
+    )
     expected = _abstract_variables(model, shape)
     assert jax.tree.structure(stacked) == jax.tree.structure(expected)
     for leaf, ref in zip(jax.tree.leaves(stacked), jax.tree.leaves(expected)):
         assert leaf.shape == (2,) + ref.shape
     # Random initialisers (kernels) differ between twins; biases
     # and norm parameters start at the same constants.
-    random = [a for path, a in jax.tree_util.tree_leaves_with_path(stacked)
-              if jax.tree_util.keystr(path[-1:]) == "['kernel']"]
+    random = [
+        a
+        for path, a in jax.tree_util.tree_leaves_with_path(stacked)
+        if jax.tree_util.keystr(path[-1:]) == "['kernel']"
+    ]
     assert random and all(not np.allclose(a[0], a[1]) for a in random)
 
 
@@ -164,10 +189,12 @@ def test_unet_rejects_indivisible_size():
 
 # --- parameter counts ------------------------------------------------------------
 
+
 def test_paper_transformer_parameter_count():
     h, layers, heads = 512, 8, 4
-    model = models.TokenTransformer(num_symbols=Q, length=L, width=h,
-                                    num_layers=layers, num_heads=heads)
+    model = models.TokenTransformer(
+        num_symbols=Q, length=L, width=h, num_layers=layers, num_heads=heads
+    )
     embeddings = (Q * h + h) + L * h + (32 * h + h)  # tokens, positions, time
     attention = 4 * (h * h + h)  # q, k, v, out projections with biases
     norms = 2 * 2 * h  # two LayerNorms, scale and bias
@@ -186,8 +213,14 @@ def _unet_count(base, mults, num_res_blocks, attention_levels, in_channels):
     temb = 4 * base
 
     def res(ci, co):
-        return (gn(ci) + conv3(ci, co) + dense(temb, co) + gn(co) + conv3(co, co)
-                + (dense(ci, co) if ci != co else 0))
+        return (
+            gn(ci)
+            + conv3(ci, co)
+            + dense(temb, co)
+            + gn(co)
+            + conv3(co, co)
+            + (dense(ci, co) if ci != co else 0)
+        )
 
     def attn(c):
         return gn(c) + 4 * (c * c + c)
@@ -232,7 +265,9 @@ def test_unet_attention_only_at_lower_resolutions():
     attn = [n for n in names if "attn" in n]
     assert sorted(attn) == sorted(
         [f"down_{lvl}_attn_{i}" for lvl in (1, 2) for i in range(2)]
-        + [f"up_{lvl}_attn_{i}" for lvl in (1, 2) for i in range(3)] + ["mid_attn"])
+        + [f"up_{lvl}_attn_{i}" for lvl in (1, 2) for i in range(3)]
+        + ["mid_attn"]
+    )
     assert any(n.startswith("down_0_res") for n in names)  # level 0 exists, no attention
     no_attn = _abstract_params(models.UNet(base_channels=8, attention_levels=()), (1, 8, 8, 1))
     assert not [n for n in no_attn if "attn" in n]
@@ -250,6 +285,7 @@ def test_mlp_parameter_count():
 
 
 # --- dropout, time, vmap ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_dropout(name):
@@ -286,21 +322,31 @@ def test_vmap_over_stacked_params(name):
     xs = jnp.stack([x1, x2])  # [2, B, ...]
     out = jax.jit(jax.vmap(lambda p, x: model.apply(p, x, t, False)))(stacked, xs)
     evaluate = _apply_fn(name, False)
-    np.testing.assert_allclose(out[0], evaluate(p1, x1, t, _dropout_key(0)),
-                               rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(out[1], evaluate(p2, x2, t, _dropout_key(0)),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out[0], evaluate(p1, x1, t, _dropout_key(0)), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out[1], evaluate(p2, x2, t, _dropout_key(0)), rtol=1e-4, atol=1e-5)
     assert float(jnp.max(jnp.abs(out[0] - out[1]))) > 1e-3
 
 
 # --- factory -----------------------------------------------------------------------
 
+
 def test_get_model_builds_each_model():
-    cfg = ml_collections.ConfigDict({"name": "transformer", "num_symbols": Q, "length": L,
-                                     "width": 16, "num_layers": 2, "num_heads": 2})
+    cfg = ml_collections.ConfigDict(
+        {
+            "name": "transformer",
+            "num_symbols": Q,
+            "length": L,
+            "width": 16,
+            "num_layers": 2,
+            "num_heads": 2,
+        }
+    )
     assert models.get_model(cfg) == models.TokenTransformer(Q, L, 16, 2, 2)
-    unet = models.get_model(ml_collections.ConfigDict(
-        {"name": "unet", "base_channels": 8, "channel_mults": [1, 2], "attention_levels": [1]}))
+    unet = models.get_model(
+        ml_collections.ConfigDict(
+            {"name": "unet", "base_channels": 8, "channel_mults": [1, 2], "attention_levels": [1]}
+        )
+    )
     assert unet == models.UNet(base_channels=8, channel_mults=(1, 2), attention_levels=(1,))
     assert models.get_model(ml_collections.ConfigDict({"name": "mlp"})) == models.MLPDenoiser()
 
