@@ -22,6 +22,7 @@ from diffusion_bias import checkpoints
 from diffusion_bias import default_config
 from diffusion_bias import figures
 from diffusion_bias import run as run_lib
+from diffusion_bias import verdict
 from launch import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of a run trained by launch.train.")
@@ -70,7 +71,7 @@ def main(argv):
     common.exit_on_config_error(checked_config, _WORKDIR.value, overrides)
     stats = common.exit_on_config_error(analysis.analyze, _WORKDIR.value, overrides)
     paths = figures.draw_all(stats, f"{_WORKDIR.value}/analysis")
-    print(analysis.verdict_line(stats))
+    print(verdict.sentence(stats["verdict"]))
     for path in paths:
         print(path)
 
