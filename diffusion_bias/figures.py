@@ -1,4 +1,4 @@
-"""The paper's figures, drawn from a statistics dict alone (see `analysis.STATISTICS_SCHEMA`).
+"""The paper's figures, drawn from a statistics dict alone (see `summary.STATISTICS_SCHEMA`).
 
 Figures compute nothing beyond reshaping, so they can be redrawn from
 `analysis/statistics.json` without touching a model:
@@ -764,7 +764,7 @@ def draw_all(stats, out_dir, strict=False):
     """Draws every figure `stats` supports into `out_dir` as `<function name>.png`.
 
     Args:
-        stats: the statistics dict (see `analysis.STATISTICS_SCHEMA`).
+        stats: the statistics dict (see `summary.STATISTICS_SCHEMA`).
         out_dir: folder for the PNGs (created).
         strict: raise when a figure fails; by default the failure is logged and
             the other figures are still drawn (the statistics are already saved,

@@ -2,7 +2,7 @@
 
 The analysis walks the snapshots and hands each one's arrays (a dict per
 snapshot, see `analysis._Instrument.compute`) here; the entries are described
-in `analysis.STATISTICS_SCHEMA`. Curves are assembled per kind (images,
+in `STATISTICS_SCHEMA`. Curves are assembled per kind (images,
 tokens), then the verdict, the stopping rules replayed over the curves, and
 what the onset and the test-loss minimum hold.
 
@@ -21,6 +21,77 @@ from diffusion_bias import verdict
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import sample_split
+
+
+STATISTICS_SCHEMA = """\
+statistics.json: one entry per snapshot (checkpoint) in every list.
+  setting            "images" or "tokens"
+  checkpoints        [C] epochs of the snapshots; steps: [C] their steps
+  test_loss          [C] held-out denoising loss on a fixed (item, t, noise) grid,
+                     mean over twins; test_loss_sem [C] s.e.m. over items
+  train_loss         [C] the same on the twins' own training items
+  sample_split       {mean, sem: [C]; hist: [C][bins]; edges: [bins+1]} similarity of
+                     coupled twin samples (tokens: fraction of equal tokens; images:
+                     cosine of standardised images)
+  nearest            [C] lists: own_d1, other_d1, heldout_d1 (mean NN distance of
+                     samples to their own set, to the closest other set, and of
+                     held-out items to the training sets), closer_to_own (share of
+                     samples nearer their own set), memorized_fraction and
+                     heldout_memorized_fraction (strict ratio test d1/d2 < 1/3:
+                     d1 = d2 = 0 is 0/0, not counted), copy_fraction and
+                     heldout_copy_fraction (d1 = 0, exact copies)
+  membership_auc     [C] ROC AUC of "lower loss = training member", mean over twins
+  with K >= 3 twins only (the bootstrap then resamples twins, or twin pairs, and
+  items; verdict.MIN_RESAMPLED_UNITS): test_loss_per_model [C][K];
+                     sample_split.mean_per_pair [C][P]; tokens: twin_kl_per_pair [C][P]
+  score_cosine       images: {t: [T], heldout: [C][T], train: [C][T]} cosine of the
+                     twins' predicted noise on the same noisy inputs
+  tokens only:
+  grammatical_fraction [C]; nn_divergence_per_model [C][K]: per twin k,
+                     KL(hist of its samples' NN Hamming distances to its own
+                     training set || hist of the held-out distances to that set),
+                     20 bins on [0, L], histograms normalised then clipped to
+                     [1e-8, 1] (the paper's code); nn_divergence [C] their mean
+                     over twins; nn_hist {generated: [C][20], heldout: [20]}
+                     counts summed over twins (for display)
+  KL divergences between token sequences are summed over the L positions (per sequence):
+  twin_kl            [C] KL(model_a || model_b) of x0 distributions at t/T =
+                     critical_ratio on held-out inputs, mean over pairs and sequences
+  kl_bp              {k: [K], values: [C][K]} KL(BP_k || model) at critical_ratio
+  kl_bp_along_t      {ratios: [R], steps: [R], k: [K], epochs: [E], values: [E][K][R],
+                     peak_ratio: [E][K]} KL(BP_k || model) along t at the test-loss
+                     minimum and the onset, mean over twins; peak_ratio the t/T of
+                     each curve's maximum (the critical time)
+  uturn              {ratios: [R], epochs: [U], repeats, items, train: [U][R],
+                     heldout: [U][R]} overlap ratio model / exact BP at the onset and
+                     test-loss minimum: per sequence, mean model overlap over the
+                     repeats / mean BP overlap, then the mean over sequences and twins
+  loss_decomposition {l_star_train, l_tilde_train, l_star_heldout, l_tilde_heldout:
+                     [C]} at t/T = t_ratio = 0.3, per token; the same names with
+                     suffix _mean_t: averaged over t uniform in 1..T, estimated on
+                     the midpoint grid mean_t_steps [G]
+  verdict            {bias_onset_epoch, bias_onset_interval, test_loss_min_epoch,
+                     test_loss_min_interval, gap_epochs, gap_interval, conclusive,
+                     reasons, bias_statistic, grammaticality_gate (tokens: the
+                     share of grammatical samples a snapshot needs to hold the
+                     onset, 0 = off as in the paper), ungated (tokens, when the
+                     gate is on: the verdict without it), other_statistics: {name: the same
+                     fields for the other onset statistics (tokens: similarity peak,
+                     sample-split KL minimum)}}
+  protocol           {num_steps: T, chain_steps: steps of the sampling chain (T = the
+                     full chain), num_samples, twins; tokens: uturn_items,
+                     uturn_repeats, uturn_ratios, min_grammatical; images: clip_x0,
+                     image_sampler}
+  examples           images: {samples: [K][E][H][W], nearest: [K][E][H][W]} for the
+                     snapshot at the bias onset
+  sample_quality     images with class labels (digits): [C] mean confidence of a
+                     classifier fitted on the held-out items, over the samples
+  stopping_rules     one row per rule of diffusion_bias.stopping.RULES, replayed over
+                     the snapshots as online with the config.monitor settings: rule,
+                     stop_epoch, kept_epoch, test_loss_excess (relative to the
+                     minimum), membership_auc, memorized_fraction, closer_to_own,
+                     quality (sample_quality, or grammatical_fraction), reason
+"""
 
 
 def _col(per_step, name):
@@ -287,7 +358,7 @@ def at_onset_and_test_min(stats):
 
 
 def summarize(config, steps, per_step):
-    """statistics.json from the per-snapshot arrays (see `analysis.STATISTICS_SCHEMA`)."""
+    """statistics.json from the per-snapshot arrays (see `STATISTICS_SCHEMA`)."""
     a = config.analysis
     epochs = [s / run_lib.steps_per_epoch(config) for s in steps]
     kind = "tokens" if config.diffusion.schedule == "token" else "images"

@@ -1,4 +1,4 @@
-"""Figures from synthetic statistics dicts that follow `analysis.STATISTICS_SCHEMA`."""
+"""Figures from synthetic statistics dicts that follow `summary.STATISTICS_SCHEMA`."""
 
 import json
 import os
