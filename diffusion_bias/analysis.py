@@ -1,12 +1,14 @@
 """Walks a run's snapshots and computes the bias statistics at each of them.
 
+At each snapshot the instrument draws the coupled samples and evaluates the
+twins; the statistics themselves are the pure functions of `statistics/`.
 Per snapshot the results are cached in `analysis/cache/step_<S>.npz`, so a
-rerun after new snapshots computes only what is new. The summary, with the
-verdict, goes to `analysis/statistics.json` (schema in `STATISTICS_SCHEMA`);
-figures and report read only that file.
+rerun after new snapshots computes only what is new. `summary.summarize`
+turns them into the curves and the verdict, written to
+`analysis/statistics.json` (schema in `summary.STATISTICS_SCHEMA`); figures and
+report read only that file.
 """
 
-import functools
 import hashlib
 import json
 import os
@@ -23,8 +25,7 @@ from diffusion_bias import coupled
 from diffusion_bias import default_config
 from diffusion_bias import metric_writers
 from diffusion_bias import run as run_lib
-from diffusion_bias import stopping
-from diffusion_bias import verdict
+from diffusion_bias import summary
 from diffusion_bias.data import sources
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
@@ -34,79 +35,10 @@ from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import quality
 from diffusion_bias.statistics import sample_split
+from diffusion_bias.statistics import score_cosine
 
 # Bumped whenever the per-snapshot arrays change meaning, so old caches are not reused.
 CACHE_VERSION = 4
-
-STATISTICS_SCHEMA = """\
-statistics.json: one entry per snapshot (checkpoint) in every list.
-  setting            "images" or "tokens"
-  checkpoints        [C] epochs of the snapshots; steps: [C] their steps
-  test_loss          [C] held-out denoising loss on a fixed (item, t, noise) grid,
-                     mean over twins; test_loss_sem [C] s.e.m. over items
-  train_loss         [C] the same on the twins' own training items
-  sample_split       {mean, sem: [C]; hist: [C][bins]; edges: [bins+1]} similarity of
-                     coupled twin samples (tokens: fraction of equal tokens; images:
-                     cosine of standardised images)
-  nearest            [C] lists: own_d1, other_d1, heldout_d1 (mean NN distance of
-                     samples to their own set, to the closest other set, and of
-                     held-out items to the training sets), closer_to_own (share of
-                     samples nearer their own set), memorized_fraction and
-                     heldout_memorized_fraction (strict ratio test d1/d2 < 1/3:
-                     d1 = d2 = 0 is 0/0, not counted), copy_fraction and
-                     heldout_copy_fraction (d1 = 0, exact copies)
-  membership_auc     [C] ROC AUC of "lower loss = training member", mean over twins
-  with K >= 3 twins only (the bootstrap then resamples twins, or twin pairs, and
-  items; verdict.MIN_RESAMPLED_UNITS): test_loss_per_model [C][K];
-                     sample_split.mean_per_pair [C][P]; tokens: twin_kl_per_pair [C][P]
-  score_cosine       images: {t: [T], heldout: [C][T], train: [C][T]} cosine of the
-                     twins' predicted noise on the same noisy inputs
-  tokens only:
-  grammatical_fraction [C]; nn_divergence_per_model [C][K]: per twin k,
-                     KL(hist of its samples' NN Hamming distances to its own
-                     training set || hist of the held-out distances to that set),
-                     20 bins on [0, L], histograms normalised then clipped to
-                     [1e-8, 1] (the paper's code); nn_divergence [C] their mean
-                     over twins; nn_hist {generated: [C][20], heldout: [20]}
-                     counts summed over twins (for display)
-  KL divergences between token sequences are summed over the L positions (per sequence):
-  twin_kl            [C] KL(model_a || model_b) of x0 distributions at t/T =
-                     critical_ratio on held-out inputs, mean over pairs and sequences
-  kl_bp              {k: [K], values: [C][K]} KL(BP_k || model) at critical_ratio
-  kl_bp_along_t      {ratios: [R], steps: [R], k: [K], epochs: [E], values: [E][K][R],
-                     peak_ratio: [E][K]} KL(BP_k || model) along t at the test-loss
-                     minimum and the onset, mean over twins; peak_ratio the t/T of
-                     each curve's maximum (the critical time)
-  uturn              {ratios: [R], epochs: [U], repeats, items, train: [U][R],
-                     heldout: [U][R]} overlap ratio model / exact BP at the onset and
-                     test-loss minimum: per sequence, mean model overlap over the
-                     repeats / mean BP overlap, then the mean over sequences and twins
-  loss_decomposition {l_star_train, l_tilde_train, l_star_heldout, l_tilde_heldout:
-                     [C]} at t/T = t_ratio = 0.3, per token; the same names with
-                     suffix _mean_t: averaged over t uniform in 1..T, estimated on
-                     the midpoint grid mean_t_steps [G]
-  verdict            {bias_onset_epoch, bias_onset_interval, test_loss_min_epoch,
-                     test_loss_min_interval, gap_epochs, gap_interval, conclusive,
-                     reasons, bias_statistic, grammaticality_gate (tokens: the
-                     share of grammatical samples a snapshot needs to hold the
-                     onset, 0 = off as in the paper), ungated (tokens, when the
-                     gate is on: the verdict without it), other_statistics: {name: the same
-                     fields for the other onset statistics (tokens: similarity peak,
-                     sample-split KL minimum)}}
-  protocol           {num_steps: T, chain_steps: steps of the sampling chain (T = the
-                     full chain), num_samples, twins; tokens: uturn_items,
-                     uturn_repeats, uturn_ratios, min_grammatical; images: clip_x0,
-                     image_sampler}
-  examples           images: {samples: [K][E][H][W], nearest: [K][E][H][W]} for the
-                     snapshot at the bias onset
-  sample_quality     images with class labels (digits): [C] mean confidence of a
-                     classifier fitted on the held-out items, over the samples
-  stopping_rules     one row per rule of diffusion_bias.stopping.RULES, replayed over
-                     the snapshots as online with the config.monitor settings: rule,
-                     stop_epoch, kept_epoch, test_loss_excess (relative to the
-                     minimum), membership_auc, memorized_fraction, closer_to_own,
-                     quality (sample_quality, or grammatical_fraction), reason
-"""
 
 
 def analysis_config(workdir, overrides=None):
@@ -120,15 +52,6 @@ def analysis_config(workdir, overrides=None):
     # The stopping rules the report replays read the monitor's settings.
     saved["monitor"] = {**defaults.monitor.to_dict(), **saved.get("monitor", {})}
     return ml_collections.ConfigDict(saved)
-
-
-def _cosine(a, b):
-    """[B] cosine of a[i] and b[i], flattened (raw vectors, not standardised)."""
-    a = np.asarray(a, np.float64).reshape(len(a), -1)
-    b = np.asarray(b, np.float64).reshape(len(b), -1)
-    return (a * b).sum(-1) / np.maximum(
-        np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12
-    )
 
 
 def sampling_schedule(schedule, sampling_steps):
@@ -275,9 +198,18 @@ class _Instrument:
             out.update(self._token_statistics(params, samples))
         return out
 
+    def twin_denoisers(self, stacked):
+        """Twin k's denoiser per twin, its params bound in a Partial.
+
+        A Partial keeps the parameters traced: one compilation for all snapshots.
+        """
+        return [
+            jax.tree_util.Partial(self.apply_fn, jax.tree.map(lambda x, k=k: x[k], stacked))
+            for k in range(self.train.shape[0])
+        ]
+
     def _score_cosines(self, params):
         """[P, T] twin-pair cosine of predicted noise, held-out and own-train inputs."""
-        pairs = sample_split.twin_pairs(len(params))
 
         def noisy(items, t):
             items = jnp.asarray(items)
@@ -297,7 +229,7 @@ class _Instrument:
                 self.apply_jit(p, self.in_twin_space(x_t, k, scale), tt)
                 for k, p in enumerate(params)
             ]
-            heldout.append([np.mean(_cosine(eps[a], eps[b])) for a, b in pairs])
+            heldout.append(score_cosine.pair_cosines(eps))
             # eps[own][k]: twin k on twin `own`'s training images, each computed once.
             own_inputs = [noisy(items[:n_items], t) for items in self.train]
             eps = [
@@ -307,12 +239,7 @@ class _Instrument:
                 ]
                 for x, tt in own_inputs
             ]
-            train_.append(
-                [
-                    np.mean([np.mean(_cosine(eps[own][a], eps[own][b])) for own in (a, b)])
-                    for a, b in pairs
-                ]
-            )
+            train_.append(score_cosine.own_inputs_pair_cosines(eps))
         return np.asarray(heldout).T, np.asarray(train_).T
 
     def _token_statistics(self, params, samples):
@@ -327,121 +254,57 @@ class _Instrument:
         noise = samplers.item_normal(self.stat_key, jnp.arange(len(heldout)), x0.shape[1:])
         tt = jnp.full((len(heldout),), t_crit)
         x_t = process.q_sample(self.schedule, x0, tt, noise)
-        probs = [self.apply_jit(p, x_t, tt) for p in params]
-        # Per sequence: KL(a || b) of the twins' factorised x0 distributions,
-        # summed over the L tokens (a KL between sequence distributions, as the paper).
-        out["twin_kl"] = np.stack(
-            [
-                np.asarray(controlled.sequence_kl(probs[a], probs[b]), np.float64)
-                for a, b in sample_split.twin_pairs(len(params))
-            ]
-        )  # [P, N]
-        depth = self.grammar.depth
-        kl_bp, decomposition, decomposition_t = [], [], []
+        # Per pair and sequence, summed over the L tokens (as the paper).
+        out["twin_kl"] = controlled.twin_sequence_kl([self.apply_jit(p, x_t, tt) for p in params])
+        fns = [jax.tree_util.Partial(self.apply_fn, p) for p in params]
+        kl = controlled.twin_kl_bp(
+            fns, transitions, self.schedule, heldout, [t_crit], self.stat_key
+        )
+        out["kl_bp"] = kl[:, :, 0]  # [K, depth + 1]
         # t/T = 0.3 (the paper's panel), then the grid whose mean is the average over t.
-        grid = decomposition_steps(self.schedule.num_steps, self.a.get("decomposition_times", 20))
-        t_dec = [max(1, int(round(0.3 * self.schedule.num_steps)))] + grid
-        for k, p in enumerate(params):
-            # A Partial keeps the parameters traced: one compilation for all snapshots.
-            fn = jax.tree_util.Partial(self.apply_fn, p)
-            kl = controlled.kl_bp_model(
-                fn,
-                transitions,
-                self.schedule,
-                heldout,
-                [t_crit],
-                self.stat_key,
-                factorized_layers=tuple(range(depth + 1)),
-            )
-            kl_bp.append(np.asarray(kl["kl"])[:, 0])
-            own = self.train[k][: self.a.uturn_items]
-            parts = [
-                controlled.loss_decomposition(
-                    fn, transitions, self.schedule, items, t_dec, self.stat_key
-                )
-                for items in (own, heldout)
-            ]
-            values = np.array([d[n] for d in parts for n in ("l_star", "l_tilde")])  # [4, S]
-            decomposition.append(values[:, 0])
-            decomposition_t.append(values[:, 1:].mean(-1))
-        out["kl_bp"] = np.asarray(kl_bp)  # [K, depth + 1]
-        out["decomposition"] = np.asarray(decomposition)  # [K, 4] at t/T = 0.3
-        out["decomposition_mean_t"] = np.asarray(decomposition_t)  # [K, 4] mean over t
+        grid = controlled.decomposition_steps(
+            self.schedule.num_steps, self.a.get("decomposition_times", 20)
+        )
+        out["decomposition"], out["decomposition_mean_t"] = controlled.twin_loss_decomposition(
+            fns,
+            transitions,
+            self.schedule,
+            self.train[:, : self.a.uturn_items],
+            heldout,
+            max(1, int(round(0.3 * self.schedule.num_steps))),
+            grid,
+            self.stat_key,
+        )  # [K, 4] each: at t/T = 0.3, mean over t
         out["decomposition_steps"] = np.asarray(grid)
         return out
 
-
-def decomposition_steps(num_steps, num_points):
-    """[G] steps whose mean of f(t) is the midpoint estimate of the mean of f over t in 1..T.
-
-    t_g = ceil((g + 1/2) T / G), g = 0..G-1: the midpoints of G equal slices of
-    1..T, so uniform t in 1..T is approximated by a fixed, deterministic grid.
-    """
-    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
-        raise run_lib.ConfigError(
-            f"config.analysis.decomposition_times must be a positive integer, got {num_points!r}"
+    def uturn(self, snapshot):
+        """U-turn ratios model / exact BP, [K, R] on own training and on held-out sequences."""
+        a = self.a
+        return controlled.twin_uturn_ratios(
+            self.twin_denoisers(snapshot.evaluated_params()),
+            jnp.asarray(self.grammar.transitions, jnp.float32),
+            self.schedule,
+            self.train[:, : a.uturn_items],
+            self.heldout[: a.uturn_items],
+            a.uturn_ratios,
+            self.stat_key,
+            repeats=a.get("uturn_repeats", 1),
         )
-    g = np.arange(min(num_points, num_steps))
-    return [int(t) for t in np.ceil((g + 0.5) * num_steps / len(g))]
 
-
-def _uturn(instrument, snapshot):
-    """U-turn ratios model / exact BP, [K, R] on own training and on held-out sequences."""
-    transitions = jnp.asarray(instrument.grammar.transitions, jnp.float32)
-    a = instrument.a
-    heldout = instrument.heldout[: a.uturn_items]
-    stacked = snapshot.evaluated_params()
-    train_ratio, heldout_ratio = [], []
-    for k in range(instrument.train.shape[0]):
-        fn = jax.tree_util.Partial(instrument.apply_fn, jax.tree.map(lambda x: x[k], stacked))
-        for items, out in (
-            (instrument.train[k][: a.uturn_items], train_ratio),
-            (heldout, heldout_ratio),
-        ):
-            out.append(
-                controlled.uturn_overlap(
-                    fn,
-                    transitions,
-                    instrument.schedule,
-                    items,
-                    a.uturn_ratios,
-                    instrument.stat_key,
-                    repeats=a.get("uturn_repeats", 1),
-                )["ratio"]
-            )
-    return dict(train=np.asarray(train_ratio), heldout=np.asarray(heldout_ratio))
-
-
-def kl_along_t_ratios(num_points):
-    """[R] t/T = 1/R, 2/R, ..., 1: where Fig. 3b reads KL(BP_k || model) along time."""
-    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
-        raise run_lib.ConfigError(
-            f"config.analysis.kl_along_t_points must be an integer >= 2, got {num_points!r}"
-        )
-    return np.arange(1, num_points + 1) / num_points
-
-
-def _kl_along_t(instrument, snapshot):
-    """KL(BP_k || model) per sequence along t on held-out sequences: [twins, k, R]."""
-    transitions = jnp.asarray(instrument.grammar.transitions, jnp.float32)
-    a = instrument.a
-    ratios = kl_along_t_ratios(a.get("kl_along_t_points", 25))
-    steps = controlled.uturn_steps(instrument.schedule, ratios)
-    stacked = snapshot.evaluated_params()
-    values = []
-    for k in range(instrument.train.shape[0]):
-        fn = jax.tree_util.Partial(instrument.apply_fn, jax.tree.map(lambda x: x[k], stacked))
-        kl = controlled.kl_bp_model(
-            fn,
-            transitions,
-            instrument.schedule,
-            instrument.heldout[: a.uturn_items],
+    def kl_along_t(self, snapshot):
+        """KL(BP_k || model) per sequence along t on held-out sequences: [twins, k, R]."""
+        ratios = controlled.kl_along_t_ratios(self.a.get("kl_along_t_points", 25))
+        steps = controlled.uturn_steps(self.schedule, ratios)
+        values = controlled.twin_kl_bp(
+            self.twin_denoisers(snapshot.evaluated_params()),
+            jnp.asarray(self.grammar.transitions, jnp.float32),
+            self.schedule,
+            self.heldout[: self.a.uturn_items],
             steps,
-            instrument.stat_key,
-            factorized_layers=tuple(range(instrument.grammar.depth + 1)),
+            self.stat_key,
         )
-        values.append(kl["kl"])
-    return dict(values=np.asarray(values), steps=np.asarray(steps), ratios=ratios)
+        return dict(values=values, steps=np.asarray(steps), ratios=ratios)
 
 
 def _cached(path, compute):
@@ -464,6 +327,12 @@ def _load_cached(path):
         return None
 
 
+def _cache_tag(config):
+    """Cached files are valid for one analysis config: its fingerprint names them."""
+    fingerprint = json.dumps([CACHE_VERSION, config.analysis.to_dict()], sort_keys=True).encode()
+    return hashlib.sha256(fingerprint).hexdigest()[:10]
+
+
 def analyze(workdir, overrides=None):
     """Computes the statistics of every snapshot of `workdir`, with a verdict.
 
@@ -483,29 +352,9 @@ def analyze(workdir, overrides=None):
     steps = ckpts.snapshot_steps()
     if not steps:
         raise ValueError(f"{workdir} holds no snapshots: train it first (launch.train)")
-    instrument = None
-
-    def get_instrument():
-        nonlocal instrument
-        instrument = instrument or _Instrument(config, workdir)
-        return instrument
-
-    per_step = []
-    start = time.time()
-    # Cached files are valid for one analysis config: its fingerprint names them.
-    fingerprint = json.dumps([CACHE_VERSION, config.analysis.to_dict()], sort_keys=True).encode()
-    tag = hashlib.sha256(fingerprint).hexdigest()[:10]
-    for i, step in enumerate(steps):
-        path = os.path.join(cache_dir, f"step_{step}_{tag}.npz")
-        per_step.append(_cached(path, lambda: get_instrument().compute(ckpts.read_snapshot(step))))
-        logging.info(
-            "analysed snapshot %d/%d (step %d)  %.0f s elapsed",
-            i + 1,
-            len(steps),
-            step,
-            time.time() - start,
-        )
-    stats = summarize(config, steps, per_step)
+    walk = _Walk(config, workdir, ckpts, cache_dir)
+    per_step = [walk.at(i, step, "step", "compute") for i, step in enumerate(steps)]
+    stats = summary.summarize(config, steps, per_step)
     if stats["setting"] == "tokens":
         # The U-turn is costly: run it where Fig. 5 looks, at the onset and the minimum.
         v = stats["verdict"]
@@ -515,26 +364,11 @@ def analyze(workdir, overrides=None):
         )
         uturns, kl_curves = [], []
         for epoch in epochs:
-            step = steps[stats["checkpoints"].index(epoch)]
-            path = os.path.join(cache_dir, f"uturn_{step}_{tag}.npz")
-            uturns.append(
-                _cached(path, lambda: _uturn(get_instrument(), ckpts.read_snapshot(step)))
-            )
-            logging.info("U-turn at epoch %g done  %.0f s elapsed", epoch, time.time() - start)
-            path = os.path.join(cache_dir, f"kl_along_t_{step}_{tag}.npz")
-            kl_curves.append(
-                _cached(path, lambda: _kl_along_t(get_instrument(), ckpts.read_snapshot(step)))
-            )
-            logging.info("KL along t at epoch %g done  %.0f s elapsed", epoch, time.time() - start)
-        stats["uturn"] = dict(
-            ratios=list(config.analysis.uturn_ratios),
-            epochs=epochs,
-            repeats=config.analysis.get("uturn_repeats", 1),
-            items=int(config.analysis.uturn_items),
-            train=[u["train"].mean(0).tolist() for u in uturns],
-            heldout=[u["heldout"].mean(0).tolist() for u in uturns],
-        )
-        stats["kl_bp_along_t"] = summarize_kl_along_t(kl_curves, epochs)
+            i = stats["checkpoints"].index(epoch)
+            uturns.append(walk.at(i, steps[i], "uturn", "uturn"))
+            kl_curves.append(walk.at(i, steps[i], "kl_along_t", "kl_along_t"))
+        stats["uturn"] = summary.uturn(config.analysis, epochs, uturns)
+        stats["kl_bp_along_t"] = summary.kl_along_t(kl_curves, epochs)
     ckpts.close()
     with open(os.path.join(out_dir, "statistics.json"), "w") as f:
         json.dump(stats, f, indent=1)
@@ -542,275 +376,35 @@ def analyze(workdir, overrides=None):
     return stats
 
 
-def protocol(config):
-    """What the statistics of a run were computed with (the report states it)."""
-    a = config.analysis
-    total = config.diffusion.num_steps
-    out = dict(
-        num_steps=total,
-        chain_steps=total if not a.sampling_steps else min(a.sampling_steps, total),
-        num_samples=a.num_samples,
-        twins=config.splits.num_splits,
-    )
-    if config.diffusion.schedule == "token":
-        out.update(
-            uturn_items=a.uturn_items,
-            uturn_repeats=a.get("uturn_repeats", 1),
-            uturn_ratios=list(a.uturn_ratios),
-            min_grammatical=_grammaticality_gate(a),
-        )
-    else:
-        out.update(clip_x0=a.clip_x0 or None, image_sampler=a.get("image_sampler"))
-    return out
+class _Walk:
+    """The snapshots' arrays, each computed once: read from the cache or by the instrument.
 
+    The instrument (data, compiled functions) is built on the first snapshot
+    the cache does not hold, so a rerun over cached snapshots builds nothing.
+    """
 
-def summarize_kl_along_t(curves, epochs):
-    """The kl_bp_along_t entry of statistics.json from `_kl_along_t` results at `epochs`."""
-    values = np.stack([c["values"].mean(0) for c in curves])  # [E, k, R]: mean over twins
-    ratios = curves[0]["ratios"]
-    return dict(
-        ratios=ratios.tolist(),
-        steps=curves[0]["steps"].tolist(),
-        k=list(range(values.shape[1])),
-        epochs=list(epochs),
-        values=values.tolist(),
-        peak_ratio=ratios[values.argmax(-1)].tolist(),
-    )
+    def __init__(self, config, workdir, ckpts, cache_dir):
+        self.config, self.workdir, self.ckpts, self.cache_dir = config, workdir, ckpts, cache_dir
+        self.tag = _cache_tag(config)
+        self.instrument = None
+        self.start = time.time()
+        self.num_steps = len(ckpts.snapshot_steps())
 
+    def at(self, index, step, prefix, method):
+        """`_Instrument.<method>(snapshot)` of snapshot `index` (at `step`), cached."""
 
-def summarize(config, steps, per_step):
-    """statistics.json from the per-snapshot arrays (see STATISTICS_SCHEMA)."""
-    a = config.analysis
-    spe = run_lib.steps_per_epoch(config)
-    epochs = [s / spe for s in steps]
-    kind = "tokens" if config.diffusion.schedule == "token" else "images"
-    col = lambda name: np.stack([r[name] for r in per_step])  # [C, ...]
-    test = col("test_losses").mean(axis=1)  # [C, m]: mean over twins
-    sim = col("similarity")  # [C, P, N]
-    bins = np.linspace(0, 1, 21) if kind == "tokens" else np.linspace(-1, 1, 41)
-    split_summaries = [sample_split.summarize(s, bins) for s in sim]
-    own_d1 = col("own_d1")
-    stats = dict(
-        setting=kind,
-        checkpoints=epochs,
-        steps=[int(s) for s in steps],
-        test_loss=test.mean(axis=1).tolist(),
-        test_loss_sem=(test.std(axis=1, ddof=1) / np.sqrt(test.shape[1])).tolist(),
-        train_loss=col("train_losses").mean(axis=(1, 2)).tolist(),
-        sample_split=dict(
-            mean=[s["mean"] for s in split_summaries],
-            sem=[s["sem"] for s in split_summaries],
-            hist=[s["hist"] for s in split_summaries],
-            edges=split_summaries[0]["edges"],
-        ),
-        nearest=dict(
-            own_d1=own_d1.mean(axis=(1, 2)).tolist(),
-            other_d1=col("other_d1").mean(axis=(1, 2)).tolist(),
-            heldout_d1=col("heldout_d1").mean(axis=(1, 2)).tolist(),
-            closer_to_own=[
-                nearest.closer_to_own_share(r["own_d1"], r["other_d1"]) for r in per_step
-            ],
-            memorized_fraction=[
-                nearest.memorized_fraction(r["own_d1"], r["own_d2"]) for r in per_step
-            ],
-            heldout_memorized_fraction=[
-                nearest.memorized_fraction(r["heldout_d1"], r["heldout_d2"]) for r in per_step
-            ],
-            copy_fraction=[nearest.exact_copy_fraction(r["own_d1"]) for r in per_step],
-            heldout_copy_fraction=[nearest.exact_copy_fraction(r["heldout_d1"]) for r in per_step],
-        ),
-        membership_auc=[
-            float(
-                np.mean(
-                    [
-                        losses.membership_auc(tr, te)
-                        for tr, te in zip(r["train_losses"], r["test_losses"])
-                    ]
-                )
-            )
-            for r in per_step
-        ],
-    )
-    resample_twins = col("test_losses").shape[1] >= verdict.MIN_RESAMPLED_UNITS
-    if resample_twins:
-        # Enough twins for their spread to be resampled: the curves of each twin
-        # and each pair are kept, so that one twin apart from the others shows.
-        stats["test_loss_per_model"] = col("test_losses").mean(axis=2).tolist()
-        stats["sample_split"]["mean_per_pair"] = sim.mean(axis=2).tolist()
-    rng = np.random.default_rng(a.seed)
-    # [C, K, m]: twins resampled as well as items when there are enough of them.
-    loss_boot = verdict.bootstrap_mean_curves(col("test_losses"), rng, a.bootstrap)
-    if kind == "images":
-        stats["score_cosine"] = dict(
-            t=list(a.score_times),
-            heldout=col("score_cosine_heldout").mean(axis=1).tolist(),
-            train=col("score_cosine_train").mean(axis=1).tolist(),
-        )
-        bias = sim.mean(axis=1).mean(axis=1)  # mean over twin pairs, then samples
-        bias_boot = verdict.bootstrap_mean_curves(sim, rng, a.bootstrap)
-        decision = verdict.decide(
-            epochs,
-            bias,
-            bias_boot,
-            test.mean(axis=1),
-            loss_boot,
-            "max",
-            bias_name="sample-split similarity",
-        )
-        decision["bias_statistic"] = "sample_split similarity (peak)"
-        onset = epochs.index(decision["bias_onset_epoch"])
-        stats["examples"] = dict(
-            epoch=epochs[onset],
-            samples=per_step[onset]["example_samples"][..., 0].tolist(),
-            nearest=per_step[onset]["example_nearest"][..., 0].tolist(),
-        )
-    else:
-        length = 2**config.data.depth
-        # The paper's NN divergence: one KL per model (its samples against the
-        # held-out sequences, both in its own training set), then the mean.
-        gen_hist = np.stack([nearest.nn_histogram(r["own_d1"], length) for r in per_step])
-        held_hist = nearest.nn_histogram(per_step[0]["heldout_d1"], length)  # [K, bins]
-        per_model = nearest.histogram_kl(gen_hist, held_hist[None])  # [C, K]
-        divergence = per_model.mean(axis=1)
-        grammatical = col("grammatical").mean(axis=1)
-        stats.update(
-            grammatical_fraction=grammatical.tolist(),
-            nn_divergence=divergence.tolist(),
-            nn_divergence_per_model=per_model.tolist(),
-            nn_hist=dict(generated=gen_hist.sum(1).tolist(), heldout=held_hist.sum(0).tolist()),
-            twin_kl=col("twin_kl").mean(axis=(1, 2)).tolist(),
-            kl_bp=dict(
-                k=list(range(col("kl_bp").shape[-1])), values=col("kl_bp").mean(axis=1).tolist()
-            ),
-        )
-        dec = col("decomposition").mean(axis=1)  # [C, 4]
-        stats["loss_decomposition"] = dict(
-            t_ratio=0.3,
-            l_star_train=dec[:, 0].tolist(),
-            l_tilde_train=dec[:, 1].tolist(),
-            l_star_heldout=dec[:, 2].tolist(),
-            l_tilde_heldout=dec[:, 3].tolist(),
-        )
-        if "decomposition_mean_t" in per_step[0]:
-            dec_t = col("decomposition_mean_t").mean(axis=1)  # [C, 4]
-            stats["loss_decomposition"].update(
-                mean_t_steps=per_step[0]["decomposition_steps"].tolist(),
-                l_star_train_mean_t=dec_t[:, 0].tolist(),
-                l_tilde_train_mean_t=dec_t[:, 1].tolist(),
-                l_star_heldout_mean_t=dec_t[:, 2].tolist(),
-                l_tilde_heldout_mean_t=dec_t[:, 3].tolist(),
-            )
-        bias_boot = verdict.bootstrap_binned_kl_curves(
-            nearest.nn_bins(col("own_d1"), length),
-            nearest.nn_bins(per_step[0]["heldout_d1"], length),
-            nearest.NN_BINS,
-            nearest.histogram_kl,
-            rng,
-            a.bootstrap,
-        )
-        gate = _grammaticality_gate(a)
-        decide_nn = functools.partial(
-            verdict.decide,
-            epochs,
-            divergence,
-            bias_boot,
-            test.mean(axis=1),
-            loss_boot,
-            "min",
-            bias_name="NN divergence",
-        )
-        decision = decide_nn(valid=grammatical >= gate if gate else None)
-        decision["bias_statistic"] = "nn_divergence (minimum)"
-        decision["grammaticality_gate"] = gate
-        if gate:
-            # The paper searches every snapshot; the gated onset is this
-            # package's option, so the paper's one is reported beside it.
-            decision["ungated"] = decide_nn()
-        # The other onset statistics of the paper, reported beside the primary one.
-        # They compare the twins with each other, so ungrammatical early samples
-        # give no false extrema: every snapshot is searched.
-        twin_kl = col("twin_kl")  # [C, P, m]
-        if resample_twins:
-            stats["twin_kl_per_pair"] = twin_kl.mean(axis=2).tolist()
-        for name, values, mode in (
-            ("sample_split similarity (peak)", sim, "max"),
-            ("sample_split KL at the critical time (minimum)", twin_kl, "min"),
-        ):
-            other = verdict.decide(
-                epochs,
-                values.mean(axis=1).mean(axis=1),
-                verdict.bootstrap_mean_curves(values, rng, a.bootstrap),
-                test.mean(axis=1),
-                loss_boot,
-                mode,
-                bias_name=name,
-            )
-            decision.setdefault("other_statistics", {})[name] = other
-    stats["verdict"] = decision
-    stats["protocol"] = protocol(config)
-    if "quality" in per_step[0]:
-        stats["sample_quality"] = col("quality").mean(axis=(1, 2)).tolist()
-    quality_curve = stats.get("sample_quality", stats.get("grammatical_fraction"))
-    bias_curve = bias if kind == "images" else divergence
-    m = config.monitor
-    stats["stopping_rules"] = stopping.rule_costs(
-        epochs,
-        dict(
-            test_loss=test.mean(axis=1),
-            bias=bias_curve,
-            bias_boot=bias_boot,
-            membership_auc=np.asarray(stats["membership_auc"]),
-            memorized_fraction=np.asarray(stats["nearest"]["memorized_fraction"]),
-            closer_to_own=np.asarray(stats["nearest"]["closer_to_own"]),
-        ),
-        quality=quality_curve,
-        patience=m.patience,
-        auc_threshold=m.auc_threshold,
-        memorized_threshold=m.memorized_threshold,
-        bias_mode="max" if kind == "images" else "min",
-    )
-    onset_index = (
-        epochs.index(decision["bias_onset_epoch"])
-        if decision.get("bias_onset_epoch") is not None
-        else None
-    )
-    loss_index = (
-        epochs.index(decision["test_loss_min_epoch"])
-        if decision.get("test_loss_min_epoch") is not None
-        else None
-    )
-    stats["at_onset_and_test_min"] = {
-        name: [stats[name][i] if i is not None else None for i in (onset_index, loss_index)]
-        for name in ("membership_auc",)
-    }
-    for name in ("memorized_fraction", "copy_fraction"):
-        stats["at_onset_and_test_min"][name] = [
-            stats["nearest"][name][i] if i is not None else None for i in (onset_index, loss_index)
-        ]
-    return stats
+        def compute():
+            self.instrument = self.instrument or _Instrument(self.config, self.workdir)
+            return getattr(self.instrument, method)(self.ckpts.read_snapshot(step))
 
-
-def _grammaticality_gate(a):
-    """The share of grammatical samples a snapshot needs to hold the onset; 0 is off."""
-    gate = float(a.get("min_grammatical", 0) or 0)
-    if not 0 <= gate <= 1:
-        raise run_lib.ConfigError(
-            f"config.analysis.min_grammatical must lie in [0, 1] (0: off), got {gate}"
+        path = os.path.join(self.cache_dir, f"{prefix}_{step}_{self.tag}.npz")
+        result = _cached(path, compute)
+        logging.info(
+            "%s of snapshot %d/%d (step %d) done  %.0f s elapsed",
+            method,
+            index + 1,
+            self.num_steps,
+            step,
+            time.time() - self.start,
         )
-    return gate
-
-
-def verdict_line(stats):
-    """One sentence for the console: the verdict of a statistics dict."""
-    v = stats["verdict"]
-    if v.get("bias_onset_epoch") is None:
-        return "Inconclusive: " + "; ".join(v["reasons"])
-    head = (
-        f"Bias onset ({v['bias_statistic']}) at epoch {v['bias_onset_epoch']:g}, "
-        f"test-loss minimum at epoch {v['test_loss_min_epoch']:g}, gap "
-        f"{v['gap_epochs']:g} epochs (95% interval {v['gap_interval'][0]:g} to "
-        f"{v['gap_interval'][1]:g})."
-    )
-    if v["conclusive"]:
-        return head + " Conclusive."
-    return head + " Inconclusive: " + "; ".join(v["reasons"]) + "."
+        return result

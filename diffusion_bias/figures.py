@@ -1,4 +1,4 @@
-"""The paper's figures, drawn from a statistics dict alone (see `analysis.STATISTICS_SCHEMA`).
+"""The paper's figures, drawn from a statistics dict alone (see `summary.STATISTICS_SCHEMA`).
 
 Figures compute nothing beyond reshaping, so they can be redrawn from
 `analysis/statistics.json` without touching a model:
@@ -19,6 +19,8 @@ from absl import logging
 import matplotlib
 from matplotlib.figure import Figure
 import numpy as np
+
+from diffusion_bias import verdict
 
 DPI = 120
 _BIAS_COLOR = "C0"
@@ -81,11 +83,11 @@ def _index_of_epoch(epochs, epoch):
 def _key_snapshots(stats):
     """[(index, label)] of the first, onset, test-loss-minimum and last snapshots."""
     epochs = _epochs(stats)
-    verdict = stats.get("verdict") or {}
+    v = stats.get("verdict") or {}
     candidates = [
         (0, "first"),
-        (_index_of_epoch(epochs, verdict.get("bias_onset_epoch")), "bias onset"),
-        (_index_of_epoch(epochs, verdict.get("test_loss_min_epoch")), "test-loss min"),
+        (_index_of_epoch(epochs, v.get("bias_onset_epoch")), "bias onset"),
+        (_index_of_epoch(epochs, v.get("test_loss_min_epoch")), "test-loss min"),
         (len(epochs) - 1, "last"),
     ]
     out = {}
@@ -101,46 +103,13 @@ def _fmt(x):
     return "n/a" if x is None else f"{x:.4g}"
 
 
-def _fmt_interval(interval):
-    if not interval or any(v is None for v in interval):
-        return ""
-    return f" (95% [{_fmt(interval[0])}, {_fmt(interval[1])}])"
-
-
 def _verdict_text(stats):
-    """Several lines: the onset, the test-loss minimum, the gap and the conclusion."""
-    verdict = stats.get("verdict")
-    if not verdict:
+    """The verdict's sentences (`verdict.in_words`), wrapped to the panel's width."""
+    v = stats.get("verdict")
+    if not v:
         return "No verdict in the statistics."
-    lines = []
-    if verdict.get("bias_statistic"):
-        lines.append(f"bias statistic: {verdict['bias_statistic']}")
-    lines.append(
-        f"bias onset: epoch {_fmt(verdict.get('bias_onset_epoch'))}"
-        + _fmt_interval(verdict.get("bias_onset_interval"))
-        + f";  test-loss minimum: epoch {_fmt(verdict.get('test_loss_min_epoch'))}"
-        + _fmt_interval(verdict.get("test_loss_min_interval"))
-    )
-    lines.append(
-        f"gap: {_fmt(verdict.get('gap_epochs'))} epochs"
-        + _fmt_interval(verdict.get("gap_interval"))
-    )
-    gate, ungated = verdict.get("grammaticality_gate"), verdict.get("ungated")
-    if gate:
-        lines.append(
-            f"onset searched where >= {gate:g} of samples are grammatical; without that gate "
-            f"(the paper): epoch {_fmt((ungated or {}).get('bias_onset_epoch'))}"
-            + _fmt_interval((ungated or {}).get("bias_onset_interval"))
-        )
-    if verdict.get("conclusive"):
-        lines.append("verdict: CONCLUSIVE (bias sets in before the test-loss minimum)")
-    else:
-        lines.append("verdict: INCONCLUSIVE")
-        for reason in verdict.get("reasons") or []:
-            lines.extend(
-                textwrap.wrap(reason, 100, initial_indent="  - ", subsequent_indent="    ")
-            )
-    return "\n".join(lines)
+    sentences = verdict.in_words(v).values()
+    return "\n".join(line for text in sentences for line in textwrap.wrap(text, 100))
 
 
 # ---------------------------------------------------------------------------
@@ -222,13 +191,13 @@ def _line(ax, x, y, sem=None, **kwargs):
 
 def _mark_snapshots(ax, stats, labels=True):
     """Dashed verticals at the bias onset and test-loss minimum, where the verdict has them."""
-    verdict = stats.get("verdict") or {}
+    v = stats.get("verdict") or {}
     handles = []
     for key, color, name in (
         ("bias_onset_epoch", _ONSET_COLOR, "bias onset"),
         ("test_loss_min_epoch", _TEST_MIN_COLOR, "test-loss minimum"),
     ):
-        epoch = verdict.get(key)
+        epoch = v.get(key)
         if epoch is not None and np.isfinite(epoch):
             handles.append(
                 ax.axvline(
@@ -321,17 +290,17 @@ def fig_bias_vs_test_loss(stats, path):
     if loss is not None:
         handles.append(loss)
 
-    verdict = stats.get("verdict") or {}
+    v = stats.get("verdict") or {}
     handles += _mark_snapshots(ax, stats)
     for key, color in (
         ("bias_onset_interval", _ONSET_COLOR),
         ("test_loss_min_interval", _TEST_MIN_COLOR),
     ):
-        interval = verdict.get(key)
+        interval = v.get(key)
         if interval and None not in interval:
             ax.axvspan(interval[0], interval[1], color=color, alpha=0.12, linewidth=0)
-    onset, test_min = verdict.get("bias_onset_epoch"), verdict.get("test_loss_min_epoch")
-    if verdict.get("conclusive") and onset is not None and test_min is not None:
+    onset, test_min = v.get("bias_onset_epoch"), v.get("test_loss_min_epoch")
+    if v.get("conclusive") and onset is not None and test_min is not None:
         handles.append(
             ax.axvspan(
                 min(onset, test_min),
@@ -366,7 +335,7 @@ def fig_bias_vs_test_loss(stats, path):
         transform=text_ax.transAxes,
         bbox=dict(
             boxstyle="round",
-            facecolor="honeydew" if verdict.get("conclusive") else "mistyrose",
+            facecolor="honeydew" if v.get("conclusive") else "mistyrose",
             edgecolor="grey",
         ),
     )
@@ -579,7 +548,7 @@ def fig_kl_along_t(stats, path):
     ratios = _vector(along["ratios"])
     ks = list(along.get("k") or [])
     epochs = along.get("epochs") or []
-    verdict = stats.get("verdict") or {}
+    v = stats.get("verdict") or {}
     fig = _new_figure(4.8 * max(1, len(epochs)) + 1, 4.5)
     axes = np.atleast_1d(fig.subplots(1, max(1, len(epochs)), sharey=True, squeeze=False)[0])
     for i, (ax, epoch) in enumerate(zip(axes, epochs)):
@@ -597,7 +566,7 @@ def fig_kl_along_t(stats, path):
                 ("bias_onset_epoch", "bias onset"),
                 ("test_loss_min_epoch", "test-loss min"),
             )
-            if verdict.get(key) is not None and abs(verdict[key] - epoch) < 1e-6
+            if v.get(key) is not None and abs(v[key] - epoch) < 1e-6
         ]
         ax.set_title(f"{' = '.join(names) or 'snapshot'}: epoch {_fmt(epoch)}")
         ax.set_xlabel("t/T")
@@ -665,7 +634,7 @@ def fig_uturn(stats, path):
     ratios = _vector(uturn["ratios"])
     train = _matrix(uturn.get("train"), len(ratios))
     heldout = _matrix(uturn.get("heldout"), len(ratios))
-    verdict = stats.get("verdict") or {}
+    v = stats.get("verdict") or {}
     roles = []
     for epoch in uturn["epochs"]:
         names = [
@@ -674,7 +643,7 @@ def fig_uturn(stats, path):
                 ("bias_onset_epoch", "bias onset"),
                 ("test_loss_min_epoch", "test-loss min"),
             )
-            if verdict.get(key) is not None and abs(verdict[key] - epoch) < 1e-6
+            if v.get(key) is not None and abs(v[key] - epoch) < 1e-6
         ]
         roles.append(" = ".join(names) or "snapshot")
     fig = _new_figure(4.5 * len(roles) + 1, 4.5)
@@ -795,7 +764,7 @@ def draw_all(stats, out_dir, strict=False):
     """Draws every figure `stats` supports into `out_dir` as `<function name>.png`.
 
     Args:
-        stats: the statistics dict (see `analysis.STATISTICS_SCHEMA`).
+        stats: the statistics dict (see `summary.STATISTICS_SCHEMA`).
         out_dir: folder for the PNGs (created).
         strict: raise when a figure fails; by default the failure is logged and
             the other figures are still drawn (the statistics are already saved,

@@ -20,19 +20,6 @@ from diffusion_bias import verdict
 Section = collections.namedtuple("Section", "setting seed stats figure_paths name")
 
 
-def _fmt(x, digits=3):
-    if x is None:
-        return "n/a"
-    if isinstance(x, float):
-        # Epochs and other large values in full (10000, not 1e+04).
-        return f"{x:.0f}" if 10**digits <= abs(x) < 1e9 else f"{x:.{digits}g}"
-    return str(x)
-
-
-def _interval(pair):
-    return "n/a" if not pair else f"[{_fmt(pair[0])}, {_fmt(pair[1])}]"
-
-
 def protocol_text(protocol):
     """One paragraph: the chain, sample counts, U-turn, sampler and onset gate used."""
     if not protocol:
@@ -97,10 +84,12 @@ def stopping_rules_table(stats):
     for r in rows:
         excess = r.get("test_loss_excess")
         lines.append(
-            f"| {r['rule']} | {_fmt(r.get('stop_epoch'))} | {_fmt(r.get('kept_epoch'))} | "
+            f"| {r['rule']} | {verdict.number(r.get('stop_epoch'))} | "
+            f"{verdict.number(r.get('kept_epoch'))} | "
             f"{'-' if excess is None else f'{100 * excess:+.1f}%'} | "
-            f"{_fmt(r.get('membership_auc'))} | {_fmt(r.get('memorized_fraction'))} | "
-            f"{_fmt(r.get('closer_to_own'))} | {_fmt(r.get('quality'))} |"
+            f"{verdict.number(r.get('membership_auc'))} | "
+            f"{verdict.number(r.get('memorized_fraction'))} | "
+            f"{verdict.number(r.get('closer_to_own'))} | {verdict.number(r.get('quality'))} |"
         )
     return lines + [""]
 
@@ -116,40 +105,34 @@ def setting_section(name, stats, figure_paths, report_dir):
         f"## {name}",
         "",
         f"Bias statistic: {v.get('bias_statistic', 'n/a')}; {len(stats['checkpoints'])} "
-        f"snapshots from epoch {_fmt(stats['checkpoints'][0])} to "
-        f"{_fmt(stats['checkpoints'][-1])}.",
+        f"snapshots from epoch {verdict.number(stats['checkpoints'][0])} to "
+        f"{verdict.number(stats['checkpoints'][-1])}.",
         "",
         protocol_text(stats.get("protocol")),
         "",
         "| | epoch | 95% interval | memorised fraction (d1/d2 < 1/3) | exact copies "
         "(d1 = 0) | membership AUC |",
         "|---|---|---|---|---|---|",
-        f"| bias onset | {_fmt(v.get('bias_onset_epoch'))} | "
-        f"{_interval(v.get('bias_onset_interval'))} | {_fmt(mem[0])} | {_fmt(copies[0])} | "
-        f"{_fmt(auc[0])} |",
-        f"| test-loss minimum | {_fmt(v.get('test_loss_min_epoch'))} | "
-        f"{_interval(v.get('test_loss_min_interval'))} | {_fmt(mem[1])} | {_fmt(copies[1])} | "
-        f"{_fmt(auc[1])} |",
-        f"| gap (test-loss minimum - onset) | {_fmt(v.get('gap_epochs'))} | "
-        f"{_interval(v.get('gap_interval'))} | | | |",
+        f"| bias onset | {verdict.number(v.get('bias_onset_epoch'))} | "
+        f"{verdict.interval(v.get('bias_onset_interval'))} | {verdict.number(mem[0])} | "
+        f"{verdict.number(copies[0])} | "
+        f"{verdict.number(auc[0])} |",
+        f"| test-loss minimum | {verdict.number(v.get('test_loss_min_epoch'))} | "
+        f"{verdict.interval(v.get('test_loss_min_interval'))} | {verdict.number(mem[1])} | "
+        f"{verdict.number(copies[1])} | "
+        f"{verdict.number(auc[1])} |",
+        f"| gap (test-loss minimum - onset) | {verdict.number(v.get('gap_epochs'))} | "
+        f"{verdict.interval(v.get('gap_interval'))} | | | |",
         "",
     ]
-    ungated = v.get("ungated")
-    if v.get("grammaticality_gate") and ungated:
-        lines += [
-            f"The onset above is searched where at least {_fmt(v['grammaticality_gate'])} of the "
-            "samples are grammatical. Without that gate (the paper's definition): onset at epoch "
-            f"{_fmt(ungated.get('bias_onset_epoch'))} "
-            f"{_interval(ungated.get('bias_onset_interval'))}, gap "
-            f"{_fmt(ungated.get('gap_epochs'))} {_interval(ungated.get('gap_interval'))}, "
-            + ("conclusive." if ungated.get("conclusive") else "inconclusive."),
-            "",
-        ]
+    words = verdict.in_words(v)
+    if "gate" in words:
+        lines += [words["gate"], ""]
     along_t = stats.get("kl_bp_along_t")
     if along_t:
         peaks = "; ".join(
-            f"epoch {_fmt(e)}: "
-            + ", ".join(f"k={k} at {_fmt(p)}" for k, p in zip(along_t["k"], row))
+            f"epoch {verdict.number(e)}: "
+            + ", ".join(f"k={k} at {verdict.number(p)}" for k, p in zip(along_t["k"], row))
             for e, row in zip(along_t["epochs"], along_t["peak_ratio"])
         )
         lines += [f"Critical time (t/T of the peak of KL(BP_k || model)): {peaks}.", ""]
@@ -162,22 +145,21 @@ def setting_section(name, stats, figure_paths, report_dir):
             "|---|---|---|---|---|",
         ]
         for name, o in others.items():
-            state = "conclusive" if o.get("conclusive") else "inconclusive"
+            state = verdict.conclusion(o)
             lines.append(
-                f"| {name} | {_fmt(o.get('bias_onset_epoch'))} | "
-                f"{_interval(o.get('bias_onset_interval'))} | {_fmt(o.get('gap_epochs'))} "
-                f"{_interval(o.get('gap_interval'))} | {state} |"
+                f"| {name} | {verdict.number(o.get('bias_onset_epoch'))} | "
+                f"{verdict.interval(o.get('bias_onset_interval'))} | "
+                f"{verdict.number(o.get('gap_epochs'))} "
+                f"{verdict.interval(o.get('gap_interval'))} | {state} |"
             )
         lines.append("")
-    if v.get("conclusive"):
-        lines.append("**Verdict: conclusive.** Bias sets in before the test-loss minimum.")
-    else:
-        lines.append("**Verdict: inconclusive.** " + "; ".join(v.get("reasons", [])) + ".")
+    lines.append("**Verdict:** " + words["conclusion"])
     if "grammatical_fraction" in stats:
         g = stats["grammatical_fraction"]
         lines.append(
-            f"\nGrammatical share of generated sequences: {_fmt(g[0])} at the first snapshot, "
-            f"{_fmt(max(g))} at best, {_fmt(g[-1])} at the last."
+            "\nGrammatical share of generated sequences: "
+            f"{verdict.number(g[0])} at the first snapshot, "
+            f"{verdict.number(max(g))} at best, {verdict.number(g[-1])} at the last."
         )
     lines.append("")
     lines += stopping_rules_table(stats)
@@ -186,17 +168,6 @@ def setting_section(name, stats, figure_paths, report_dir):
         title = os.path.splitext(os.path.basename(path))[0].replace("_", " ")
         lines += [f"![{title}]({rel})", ""]
     return "\n".join(lines)
-
-
-def _with_interval(value, interval):
-    return f"{_fmt(value)} {_interval(interval)}" if value is not None else "n/a"
-
-
-def _verdict_cell(v):
-    if v.get("conclusive"):
-        return "conclusive"
-    others = [name for name, o in v.get("other_statistics", {}).items() if o.get("conclusive")]
-    return "inconclusive" + (f" (conclusive by {'; '.join(others)})" if others else "")
 
 
 def seeds_table(sections):
@@ -222,16 +193,23 @@ def seeds_table(sections):
             v = section.stats["verdict"]
             lines.append(
                 f"| {setting} | {section.seed} | "
-                f"{_with_interval(v.get('bias_onset_epoch'), v.get('bias_onset_interval'))} | "
-                f"{_with_interval(v.get('test_loss_min_epoch'), v.get('test_loss_min_interval'))}"
-                f" | {_with_interval(v.get('gap_epochs'), v.get('gap_interval'))} | "
-                f"{_verdict_cell(v)} |"
+                f"{verdict.with_interval(v.get('bias_onset_epoch'), v.get('bias_onset_interval'))}"
+                " | "
+                + verdict.with_interval(
+                    v.get("test_loss_min_epoch"), v.get("test_loss_min_interval")
+                )
+                + f" | {verdict.with_interval(v.get('gap_epochs'), v.get('gap_interval'))} | "
+                f"{verdict.conclusion(v)} |"
             )
         verdicts = [section.stats["verdict"] for section in rows]
         gaps = [v["gap_epochs"] for v in verdicts if v.get("gap_epochs") is not None]
         conclusive = sum(bool(v.get("conclusive")) for v in verdicts)
         line = f"**{setting}**: conclusive in {conclusive} of {len(rows)} seeds; median gap "
-        line += (f"{_fmt(float(np.median(gaps)))} epochs") if gaps else "n/a (no seed has an onset)"
+        line += (
+            (f"{verdict.number(float(np.median(gaps)))} epochs")
+            if gaps
+            else "n/a (no seed has an onset)"
+        )
         if gaps and len(gaps) < len(rows):
             line += f" (over the {len(gaps)} seeds with an onset)"
         summary.append(line + ".")

@@ -182,3 +182,74 @@ def decide(epochs, bias, bias_boot, loss, loss_boot, mode, valid=None, bias_name
         conclusive=not reasons,
         reasons=reasons,
     )
+
+
+# ---------------------------------------------------------------------------
+# The verdict in words: the console, the figures and the report all say it so.
+
+
+def number(x, digits=3):
+    """A value as text: "n/a" for None; epochs and other large values in full (10000, not 1e+04)."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.0f}" if 10**digits <= abs(x) < 1e9 else f"{x:.{digits}g}"
+    return str(x)
+
+
+def interval(pair):
+    """A 95% interval as "[lo, hi]", "n/a" when absent."""
+    return "n/a" if not pair else f"[{number(pair[0])}, {number(pair[1])}]"
+
+
+def with_interval(value, pair):
+    """ "value [lo, hi]", or "n/a" when there is no value."""
+    return f"{number(value)} {interval(pair)}" if value is not None else "n/a"
+
+
+def conclusion(v):
+    """One word for a verdict dict: "conclusive", or "inconclusive" naming the other
+    onset statistics that are conclusive where there are some."""
+    if v.get("conclusive"):
+        return "conclusive"
+    others = [name for name, o in v.get("other_statistics", {}).items() if o.get("conclusive")]
+    return "inconclusive" + (f" (conclusive by {'; '.join(others)})" if others else "")
+
+
+def in_words(v):
+    """A verdict dict (`decide`'s, with the fields the analysis adds) as sentences.
+
+    Returns:
+        dict of sentences: "onset" (onset, test-loss minimum and gap with their
+        intervals; absent when there is no onset), "gate" (only when the onset
+        was searched under a grammaticality gate: the ungated onset beside it),
+        and "conclusion" (conclusive, or inconclusive with the reasons).
+    """
+    words = {}
+    if v.get("bias_onset_epoch") is not None:
+        words["onset"] = (
+            f"Bias onset ({v.get('bias_statistic', 'bias')}) at epoch "
+            f"{with_interval(v['bias_onset_epoch'], v.get('bias_onset_interval'))}, "
+            "test-loss minimum at epoch "
+            f"{with_interval(v.get('test_loss_min_epoch'), v.get('test_loss_min_interval'))}, "
+            f"gap {with_interval(v.get('gap_epochs'), v.get('gap_interval'))} epochs."
+        )
+    gate, ungated = v.get("grammaticality_gate"), v.get("ungated")
+    if gate and ungated:
+        words["gate"] = (
+            f"The onset is searched where at least {number(gate)} of the samples are "
+            "grammatical. Without that gate (the paper's definition): onset at epoch "
+            f"{with_interval(ungated.get('bias_onset_epoch'), ungated.get('bias_onset_interval'))}"
+            f", gap {with_interval(ungated.get('gap_epochs'), ungated.get('gap_interval'))}, "
+            f"{conclusion(ungated)}."
+        )
+    if v.get("conclusive"):
+        words["conclusion"] = "Conclusive: bias sets in before the test-loss minimum."
+    else:
+        words["conclusion"] = "Inconclusive: " + "; ".join(v.get("reasons") or []) + "."
+    return words
+
+
+def sentence(v):
+    """The verdict in one paragraph (the console, a notebook)."""
+    return " ".join(in_words(v).values())

@@ -21,6 +21,7 @@ from diffusion_bias import analysis
 from diffusion_bias import checkpoints
 from diffusion_bias import default_config
 from diffusion_bias import run as run_lib
+from diffusion_bias import verdict
 from launch import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of a run trained by launch.train.")
@@ -72,7 +73,7 @@ def main(argv):
     from diffusion_bias import figures
 
     paths = figures.draw_all(stats, f"{_WORKDIR.value}/analysis")
-    print(analysis.verdict_line(stats))
+    print(verdict.sentence(stats["verdict"]))
     for path in paths:
         print(path)
 

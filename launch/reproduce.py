@@ -32,6 +32,7 @@ from diffusion_bias import figures
 from diffusion_bias import report
 from diffusion_bias import run as run_lib
 from diffusion_bias import train
+from diffusion_bias import verdict
 from launch import common
 
 SETTINGS = {"digits": "configs.digits_cpu", "grammar": "configs.grammar_cpu"}
@@ -130,7 +131,7 @@ def run(workdir, configs, seeds=None):
         stats = analysis.analyze(run_dir)
         paths = figures.draw_all(stats, os.path.join(run_dir, "analysis"))
         timings[f"{name}: analysis"] = time.time() - start
-        logging.info("%s: %s", name, analysis.verdict_line(stats))
+        logging.info("%s: %s", name, verdict.sentence(stats["verdict"]))
         sections.append(report.Section(setting, seed_label(config), stats, paths, name))
     path = report.write_report(workdir, sections, timings)
     logging.info("Report: %s", path)

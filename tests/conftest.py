@@ -40,7 +40,7 @@ _LONGEST_FILES = (
     "test_readme.py",
     "test_epochs.py",
     "test_torch_init.py",
-    "test_kernels.py",
+    "test_hamming.py",
     "test_figures.py",
     "test_multihost.py",
 )

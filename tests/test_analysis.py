@@ -11,6 +11,7 @@ from configs import smoke
 from diffusion_bias import analysis
 from diffusion_bias import run as run_lib
 from diffusion_bias import train
+from diffusion_bias.diffusion import schedules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,3 +81,13 @@ def test_rerun_reads_the_cache_and_gives_the_same_statistics(trained):
     second = analysis.analyze(workdir)
     assert first == second
     assert mtimes == {f: os.path.getmtime(os.path.join(cache, f)) for f in os.listdir(cache)}
+
+
+def test_sampling_steps_0_is_the_full_chain_and_others_respace():
+    schedule = schedules.token_schedule(100)
+    assert analysis.sampling_schedule(schedule, 0) is schedule
+    assert analysis.sampling_schedule(schedule, None) is schedule
+    assert analysis.sampling_schedule(schedule, 20).num_steps == 20
+    assert analysis.sampling_schedule(schedule, 500).num_steps == 100
+    with pytest.raises(run_lib.ConfigError, match="sampling_steps"):
+        analysis.sampling_schedule(schedule, -3)

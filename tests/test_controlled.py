@@ -159,6 +159,55 @@ def test_loss_decomposition_of_the_exact_and_prior_denoisers():
     assert np.all(prior["l_star"] > exact["l_star"])
 
 
+def test_twin_uturn_ratios_are_each_twins_ratio_on_its_own_and_on_held_out_sequences():
+    pool = np.random.default_rng(0).permutation(np.unique(_samples(1000, seed=2), axis=0))
+    train, held_out = pool[:_N], pool[_N : 2 * _N]
+    memorizer = jax.tree_util.Partial(
+        denoisers.memorizing_denoiser, jax.nn.one_hot(train, _GRAMMAR.q), _SCHEDULE
+    )
+    args = (_GRAMMAR.transitions, _SCHEDULE)
+    key = jax.random.key(2)
+    out = controlled.twin_uturn_ratios(
+        [memorizer, _exact()], *args, np.stack([train, held_out]), held_out, [0.2], key, repeats=2
+    )
+    assert out["train"].shape == out["heldout"].shape == (2, 1)
+    for name, x0 in (("train", train), ("heldout", held_out)):
+        ratio = controlled.uturn_overlap(memorizer, *args, x0, [0.2], key, repeats=2)["ratio"]
+        np.testing.assert_array_equal(out[name][0], ratio)
+    # The memoriser favours its own set; the exact denoiser is BP itself.
+    assert out["train"][0, 0] > out["heldout"][0, 0]
+    np.testing.assert_array_equal(out["train"][1], [1.0])
+
+
+def test_twin_loss_decomposition_is_each_twins_at_t_and_mean_over_the_grid():
+    x0, key = _samples(256, seed=3), jax.random.key(3)
+    own = np.stack([x0, _samples(256, seed=6)])
+    at_t, mean_t = controlled.twin_loss_decomposition(
+        [_exact(), _prior()], _GRAMMAR.transitions, _SCHEDULE, own, x0, 10, [30, 60], key
+    )
+    assert at_t.shape == mean_t.shape == (2, 4)
+    for k, fn in enumerate((_exact(), _prior())):
+        parts = [
+            controlled.loss_decomposition(fn, _GRAMMAR.transitions, _SCHEDULE, x, [10, 30, 60], key)
+            for x in (own[k], x0)
+        ]
+        values = np.array([d[n] for d in parts for n in ("l_star", "l_tilde")])  # [4, 3]
+        np.testing.assert_array_equal(at_t[k], values[:, 0])
+        np.testing.assert_array_equal(mean_t[k], values[:, 1:].mean(-1))
+    # Twin 0 is scored on the same sequences as its own and as held-out ones.
+    np.testing.assert_array_equal(at_t[0, :2], at_t[0, 2:])
+
+
+def test_decomposition_steps_are_the_midpoints_of_equal_slices_of_1_to_T():
+    steps = controlled.decomposition_steps(500, 20)
+    assert len(steps) == 20 and steps[0] == 13 and steps[-1] == 488
+    # The grid mean of a linear function of t is its mean over t uniform in 1..T.
+    assert np.mean(steps) == pytest.approx(np.mean(np.arange(1, 501)), abs=0.5)
+    assert controlled.decomposition_steps(10, 20) == list(range(1, 11))
+    with pytest.raises(ValueError):
+        controlled.decomposition_steps(500, 0)
+
+
 def test_kl_between_bp_k_and_the_exact_and_prior_denoisers():
     x0, t_values = _samples(_N, seed=4), [30, 60]
     exact = controlled.kl_bp_model(
@@ -193,6 +242,34 @@ def test_twin_token_kl_matches_numpy():
     np.testing.assert_allclose(
         float(controlled.twin_token_kl(a32, b32)), per_sequence.mean(), rtol=1e-5
     )
+
+
+def test_twin_kl_bp_is_each_twins_kl_bp_model_at_every_layer():
+    x0, t_values, key = _samples(_N, seed=4), [30, 60], jax.random.key(4)
+    kl = controlled.twin_kl_bp(
+        [_exact(), _prior()], _GRAMMAR.transitions, _SCHEDULE, x0, t_values, key
+    )
+    assert kl.shape == (2, _GRAMMAR.depth + 1, 2)
+    for row, fn in zip(kl, (_exact(), _prior())):
+        single = controlled.kl_bp_model(fn, _GRAMMAR.transitions, _SCHEDULE, x0, t_values, key)
+        np.testing.assert_array_equal(row, single["kl"])
+
+
+def test_kl_along_t_ratios_are_1_over_r_to_1():
+    np.testing.assert_allclose(controlled.kl_along_t_ratios(25), np.arange(1, 26) / 25)
+    with pytest.raises(ValueError):
+        controlled.kl_along_t_ratios(1)
+
+
+def test_twin_sequence_kl_has_a_row_per_pair_in_twin_pairs_order():
+    rng = np.random.default_rng(8)
+    probs = [jnp.asarray(rng.dirichlet(np.ones(4), size=(5, 8)), jnp.float32) for _ in range(3)]
+    probs[1] = probs[0]
+    out = controlled.twin_sequence_kl(probs)
+    assert out.shape == (3, 5) and out.dtype == np.float64
+    np.testing.assert_array_equal(out[0], 0.0)  # twins 0 and 1 agree
+    np.testing.assert_array_equal(out[1], controlled.sequence_kl(probs[0], probs[2]))
+    np.testing.assert_array_equal(out[2], controlled.sequence_kl(probs[1], probs[2]))
 
 
 def test_kl_bp_k_along_t_matches_enumeration_on_a_depth_2_tree():

@@ -1,4 +1,4 @@
-"""Figures from synthetic statistics dicts that follow `analysis.STATISTICS_SCHEMA`."""
+"""Figures from synthetic statistics dicts that follow `summary.STATISTICS_SCHEMA`."""
 
 import json
 import os
@@ -54,7 +54,7 @@ def _verdict(epochs, conclusive):
 
 
 def synthetic_stats(setting, num_checkpoints=8, num_twins=3, conclusive=True, seed=0):
-    """A statistics dict shaped like `analysis.summarize`'s, with plausible curves."""
+    """A statistics dict shaped like `summary.summarize`'s, with plausible curves."""
     rng = np.random.default_rng(seed)
     c = num_checkpoints
     epochs = np.geomspace(10, 2000, c) if c > 1 else np.array([100.0])

@@ -5,6 +5,7 @@ from configs import digits_cpu
 from configs import grammar_cpu
 from configs import grammar_paper
 from diffusion_bias import analysis
+from diffusion_bias import summary
 from diffusion_bias.diffusion import schedules
 from diffusion_bias.statistics import controlled
 
@@ -22,7 +23,7 @@ def test_grammar_paper_analysis_is_the_papers_protocol():
         # The paper's code truncates: int(0.085 * 500) = 42.
         assert controlled.uturn_steps(schedule, a.uturn_ratios) == [5, 15, 25, 42, 60]
         assert a.min_grammatical == 0
-        proto = analysis.protocol(config)
+        proto = summary.protocol(config)
         assert proto["chain_steps"] == 500 and proto["min_grammatical"] == 0
 
 
@@ -35,6 +36,6 @@ def test_celeba_paper_samples_512_per_model_on_the_full_chain():
 
 def test_cpu_configs_keep_the_respaced_chain_and_search_every_snapshot():
     for config in (digits_cpu.get_config(), grammar_cpu.get_config()):
-        assert analysis.protocol(config)["chain_steps"] == 100
+        assert summary.protocol(config)["chain_steps"] == 100
     # As the paper: the NN-divergence onset is sought over every snapshot.
-    assert analysis.protocol(grammar_cpu.get_config())["min_grammatical"] == 0.0
+    assert summary.protocol(grammar_cpu.get_config())["min_grammatical"] == 0.0

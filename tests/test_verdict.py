@@ -190,3 +190,50 @@ def test_onset_interval_over_four_twins_covers_the_population_extremum_in_about_
             out.append(lo <= epochs[4] <= hi)
     assert 0.88 <= np.mean(covered) <= 1.0, np.mean(covered)
     assert np.mean(items_only) < 0.85, np.mean(items_only)
+
+
+def _decided(conclusive=True, **extra):
+    v = dict(
+        bias_onset_epoch=270.0,
+        bias_onset_interval=[260.0, 280.0],
+        test_loss_min_epoch=12000.0,
+        test_loss_min_interval=[11000.0, 13000.0],
+        gap_epochs=11730.0,
+        gap_interval=[10800.0, 12700.0],
+        conclusive=conclusive,
+        reasons=[] if conclusive else ["a", "b"],
+        bias_statistic="nn_divergence (minimum)",
+    )
+    return {**v, **extra}
+
+
+def test_verdict_in_words_states_onset_minimum_gap_with_intervals_and_the_conclusion():
+    words = verdict.in_words(_decided())
+    assert list(words) == ["onset", "conclusion"]
+    assert words["onset"] == (
+        "Bias onset (nn_divergence (minimum)) at epoch 270 [260, 280], test-loss minimum at "
+        "epoch 12000 [11000, 13000], gap 11730 [10800, 12700] epochs."
+    )
+    assert words["conclusion"].startswith("Conclusive")
+    assert verdict.in_words(_decided(False))["conclusion"] == "Inconclusive: a; b."
+    assert verdict.sentence(_decided()) == " ".join(words.values())
+
+
+def test_verdict_without_onset_is_only_its_reasons_and_a_gate_names_the_ungated_onset():
+    none = dict(conclusive=False, reasons=["no checkpoint is valid"], bias_onset_epoch=None)
+    assert verdict.sentence(none) == "Inconclusive: no checkpoint is valid."
+    gated = verdict.in_words(_decided(grammaticality_gate=0.5, ungated=_decided(False)))
+    assert gated["gate"].startswith("The onset is searched where at least 0.5 of the samples")
+    assert (
+        "Without that gate (the paper's definition): onset at epoch 270 [260, 280]"
+        in (gated["gate"])
+    )
+    assert gated["gate"].endswith(", inconclusive.")
+
+
+def test_conclusion_names_the_other_statistics_that_are_conclusive():
+    assert verdict.conclusion(_decided()) == "conclusive"
+    others = dict(other_statistics={"KL": dict(conclusive=True), "sim": dict(conclusive=False)})
+    assert verdict.conclusion(_decided(False, **others)) == "inconclusive (conclusive by KL)"
+    assert verdict.number(None) == "n/a" and verdict.number(12000.0) == "12000"
+    assert verdict.number(0.123456) == "0.123" and verdict.interval(None) == "n/a"

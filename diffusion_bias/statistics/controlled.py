@@ -3,7 +3,8 @@
 PAPER.md, Setting 2: the U-turn (Fig. 5), the loss decomposition CE = l* + l~
 (Fig. 4b), the score divergence KL(BP_k || model) along t and over training
 (Fig. 3b, 1b, 6), the sample-split KL between twins, and the fraction of
-sequences the grammar allows. KL divergences are between sequence
+sequences the grammar allows; at the end, the same per twin (or twin pair) of
+a snapshot, as the analysis reports them. KL divergences are between sequence
 distributions: summed over the L positions, as in the paper.
 
 The denoiser contract. A token denoiser is a callable
@@ -44,6 +45,7 @@ from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion.schedules import Schedule
+from diffusion_bias.statistics import sample_split
 
 # denoise_fn(x_t [B, L, q], t_model [B] int32) -> probs [B, L, q].
 TokenDenoiser = Callable[[jax.Array, jax.Array], jax.Array]
@@ -553,3 +555,125 @@ def grammatical_fraction(transitions, tokens, chunk_size: int = DEFAULT_CHUNK_SI
         axis=-1,
     )
     return float(finite.mean())
+
+
+# ---------------------------------------------------------------------------
+# Per-twin statistics of a snapshot: one value per twin (or twin pair), as
+# statistics.json reports them. `denoise_fns` are the K twins' denoisers, each
+# a `jax.tree_util.Partial` with that twin's params bound (see the contract above).
+
+
+def twin_sequence_kl(probs) -> np.ndarray:
+    """Per twin pair and sequence: KL(model_a || model_b) of x0, summed over L.
+
+    Args:
+        probs: K arrays, twin k's probabilities on the same inputs.  # [N, L, q] each
+
+    Returns:
+        float64, pairs (a, b), a < b, in `sample_split.twin_pairs` order.  # [P, N]
+    """
+    return np.stack(
+        [
+            np.asarray(sequence_kl(probs[a], probs[b]), np.float64)
+            for a, b in sample_split.twin_pairs(len(probs))
+        ]
+    )
+
+
+def twin_kl_bp(denoise_fns, transitions, schedule: Schedule, x0, t_values, key) -> np.ndarray:
+    """KL(BP_k || model) per twin on the same sequences, for k = 0..depth.
+
+    Args:
+        denoise_fns: the K twins' denoisers.
+        transitions: the grammar's M[a, b, c].  # [q, q, q]
+        schedule: the noise schedule.
+        x0: clean integer tokens, e.g. held-out sequences.  # [N, L]
+        t_values: S steps of `schedule`.
+        key: the base PRNG key (the same noise for every twin).
+
+    Returns:
+        Mean over sequences of the per-sequence KL.  # [K, depth + 1, S]
+    """
+    depth = int(np.log2(np.shape(x0)[-1]))
+    return np.asarray(
+        [
+            kl_bp_model(
+                fn, transitions, schedule, x0, t_values, key,
+                factorized_layers=tuple(range(depth + 1)),
+            )["kl"]
+            for fn in denoise_fns
+        ]
+    )  # fmt: skip
+
+
+def decomposition_steps(num_steps, num_points):
+    """[G] steps whose mean of f(t) is the midpoint estimate of the mean of f over t in 1..T.
+
+    t_g = ceil((g + 1/2) T / G), g = 0..G-1: the midpoints of G equal slices of
+    1..T, so uniform t in 1..T is approximated by a fixed, deterministic grid.
+    """
+    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
+        raise ValueError(f"num_points must be a positive integer, got {num_points!r}")
+    g = np.arange(min(num_points, num_steps))
+    return [int(t) for t in np.ceil((g + 0.5) * num_steps / len(g))]
+
+
+def twin_loss_decomposition(denoise_fns, transitions, schedule, own, heldout, t, grid, key):
+    """Per twin: l* and l~ on its own and on held-out sequences, at t and over a grid.
+
+    Args:
+        denoise_fns: the K twins' denoisers.
+        transitions: the grammar's M[a, b, c].  # [q, q, q]
+        schedule: the noise schedule.
+        own: each twin's training sequences.  # [K, n, L]
+        heldout: held-out sequences.  # [m, L]
+        t: one step (the paper's panel: t/T = 0.3).
+        grid: G steps whose mean estimates the average over t (`decomposition_steps`).
+        key: the base PRNG key.
+
+    Returns:
+        (at_t [K, 4], mean_over_grid [K, 4]); the 4 columns l*_own, l~_own,
+        l*_heldout, l~_heldout, per token.
+    """
+    at_t, mean_t = [], []
+    for fn, items in zip(denoise_fns, own):
+        parts = [
+            loss_decomposition(fn, transitions, schedule, x, [t] + list(grid), key)
+            for x in (items, heldout)
+        ]
+        values = np.array([d[n] for d in parts for n in ("l_star", "l_tilde")])  # [4, 1 + G]
+        at_t.append(values[:, 0])
+        mean_t.append(values[:, 1:].mean(-1))
+    return np.asarray(at_t), np.asarray(mean_t)
+
+
+def twin_uturn_ratios(denoise_fns, transitions, schedule, own, heldout, ratios, key, repeats=1):
+    """U-turn overlap ratio model / exact BP per twin, on its own and on held-out sequences.
+
+    Args:
+        denoise_fns: the K twins' denoisers.
+        transitions: the grammar's M[a, b, c].  # [q, q, q]
+        schedule: the noise schedule.
+        own: each twin's training sequences.  # [K, n, L]
+        heldout: held-out sequences.  # [m, L]
+        ratios: R values of t/T where the chains start (`uturn_steps`).
+        key: the base PRNG key.
+        repeats: noise repetitions per sequence.
+
+    Returns:
+        dict train [K, R], heldout [K, R].
+    """
+    out = dict(train=[], heldout=[])
+    for fn, items in zip(denoise_fns, own):
+        for x, name in ((items, "train"), (heldout, "heldout")):
+            out[name].append(
+                uturn_overlap(fn, transitions, schedule, x, ratios, key, repeats=repeats)["ratio"]
+            )
+    return {name: np.asarray(values) for name, values in out.items()}
+
+
+def kl_along_t_ratios(num_points):
+    """[R] t/T = 1/R, 2/R, ..., 1: where Fig. 3b reads KL(BP_k || model) along time."""
+    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
+        raise ValueError(f"num_points must be an integer >= 2, got {num_points!r}")
+    return np.arange(1, num_points + 1) / num_points

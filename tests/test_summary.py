@@ -1,18 +1,17 @@
 """statistics.json of the token setting from synthetic per-snapshot arrays.
 
 Each paper definition is recomputed here in plain numpy (PAPER.md, "Protocol
-details") and compared with what `analysis.summarize` writes.
+details") and compared with what `summary.summarize` writes.
 """
 
 import numpy as np
 import pytest
 
 from configs import smoke
-from diffusion_bias import analysis
 from diffusion_bias import report
+from diffusion_bias import summary
 from diffusion_bias import run as run_lib
 from diffusion_bias import verdict
-from diffusion_bias.diffusion import schedules
 from diffusion_bias.statistics import nearest
 
 K, N, M, C, L = 3, 300, 200, 5, 8  # smoke grammar: depth 3, L = 8
@@ -65,7 +64,7 @@ def _config(**analysis_fields):
 
 def _summarize(config, per_step):
     spe = config.splits.split_size // config.training.batch_size
-    return analysis.summarize(config, [spe * (c + 1) for c in range(C)], per_step)
+    return summary.summarize(config, [spe * (c + 1) for c in range(C)], per_step)
 
 
 def test_nn_divergence_is_the_mean_over_models_of_each_models_kl():
@@ -188,16 +187,6 @@ def test_loss_decomposition_averaged_over_t_is_reported_beside_t_ratio_0_3():
         np.testing.assert_allclose(dec[name], at_03[:, i])
 
 
-def test_decomposition_steps_are_the_midpoints_of_equal_slices_of_1_to_T():
-    steps = analysis.decomposition_steps(500, 20)
-    assert len(steps) == 20 and steps[0] == 13 and steps[-1] == 488
-    # The grid mean of a linear function of t is its mean over t uniform in 1..T.
-    assert np.mean(steps) == pytest.approx(np.mean(np.arange(1, 501)), abs=0.5)
-    assert analysis.decomposition_steps(10, 20) == list(range(1, 11))
-    with pytest.raises(run_lib.ConfigError):
-        analysis.decomposition_steps(500, 0)
-
-
 def test_report_states_the_protocol_and_the_ungated_onset(tmp_path):
     config = _config(min_grammatical=0.5, sampling_steps=0, uturn_repeats=7)
     with config.unlocked():
@@ -222,32 +211,19 @@ def test_report_states_the_protocol_and_the_ungated_onset(tmp_path):
     assert "respaced to 20 of T" in text and "no grammaticality gate" in text
 
 
-def test_sampling_steps_0_is_the_full_chain_and_others_respace():
-    schedule = schedules.token_schedule(100)
-    assert analysis.sampling_schedule(schedule, 0) is schedule
-    assert analysis.sampling_schedule(schedule, None) is schedule
-    assert analysis.sampling_schedule(schedule, 20).num_steps == 20
-    assert analysis.sampling_schedule(schedule, 500).num_steps == 100
-    with pytest.raises(run_lib.ConfigError, match="sampling_steps"):
-        analysis.sampling_schedule(schedule, -3)
-
-
 def test_kl_along_t_summary_is_the_twin_mean_and_its_peak_is_the_critical_time():
     rng = np.random.default_rng(6)
-    ratios = analysis.kl_along_t_ratios(25)
-    np.testing.assert_allclose(ratios, np.arange(1, 26) / 25)
+    ratios = np.arange(1, 26) / 25
     curves = [
         dict(values=rng.random((K, 4, 25)), steps=np.arange(4, 101, 4), ratios=ratios)
         for _ in range(2)
     ]
-    out = analysis.summarize_kl_along_t(curves, [10.0, 30.0])
+    out = summary.kl_along_t(curves, [10.0, 30.0])
     for e, c in enumerate(curves):
         mean = c["values"].mean(0)  # [k, R]
         np.testing.assert_allclose(out["values"][e], mean)
         assert out["peak_ratio"][e] == [ratios[np.argmax(row)] for row in mean]
     assert out["epochs"] == [10.0, 30.0] and out["k"] == [0, 1, 2, 3]
-    with pytest.raises(run_lib.ConfigError):
-        analysis.kl_along_t_ratios(1)
 
 
 def test_three_twins_keep_per_model_and_per_pair_curves_and_two_do_not():

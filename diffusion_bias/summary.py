@@ -1,0 +1,418 @@
+"""statistics.json from the per-snapshot arrays: the curves, then the verdict.
+
+The analysis walks the snapshots and hands each one's arrays (a dict per
+snapshot, see `analysis._Instrument.compute`) here; the entries are described
+in `STATISTICS_SCHEMA`. Curves are assembled per kind (images,
+tokens), then the verdict, the stopping rules replayed over the curves, and
+what the onset and the test-loss minimum hold.
+
+The bootstrap draws from one generator seeded by config.analysis.seed, in a
+fixed order (test loss, the bias statistic, then the other onset statistics),
+so a rerun gives the same intervals.
+"""
+
+import functools
+
+import numpy as np
+
+from diffusion_bias import run as run_lib
+from diffusion_bias import stopping
+from diffusion_bias import verdict
+from diffusion_bias.statistics import losses
+from diffusion_bias.statistics import nearest
+from diffusion_bias.statistics import sample_split
+
+
+STATISTICS_SCHEMA = """\
+statistics.json: one entry per snapshot (checkpoint) in every list.
+  setting            "images" or "tokens"
+  checkpoints        [C] epochs of the snapshots; steps: [C] their steps
+  test_loss          [C] held-out denoising loss on a fixed (item, t, noise) grid,
+                     mean over twins; test_loss_sem [C] s.e.m. over items
+  train_loss         [C] the same on the twins' own training items
+  sample_split       {mean, sem: [C]; hist: [C][bins]; edges: [bins+1]} similarity of
+                     coupled twin samples (tokens: fraction of equal tokens; images:
+                     cosine of standardised images)
+  nearest            [C] lists: own_d1, other_d1, heldout_d1 (mean NN distance of
+                     samples to their own set, to the closest other set, and of
+                     held-out items to the training sets), closer_to_own (share of
+                     samples nearer their own set), memorized_fraction and
+                     heldout_memorized_fraction (strict ratio test d1/d2 < 1/3:
+                     d1 = d2 = 0 is 0/0, not counted), copy_fraction and
+                     heldout_copy_fraction (d1 = 0, exact copies)
+  membership_auc     [C] ROC AUC of "lower loss = training member", mean over twins
+  with K >= 3 twins only (the bootstrap then resamples twins, or twin pairs, and
+  items; verdict.MIN_RESAMPLED_UNITS): test_loss_per_model [C][K];
+                     sample_split.mean_per_pair [C][P]; tokens: twin_kl_per_pair [C][P]
+  score_cosine       images: {t: [T], heldout: [C][T], train: [C][T]} cosine of the
+                     twins' predicted noise on the same noisy inputs
+  tokens only:
+  grammatical_fraction [C]; nn_divergence_per_model [C][K]: per twin k,
+                     KL(hist of its samples' NN Hamming distances to its own
+                     training set || hist of the held-out distances to that set),
+                     20 bins on [0, L], histograms normalised then clipped to
+                     [1e-8, 1] (the paper's code); nn_divergence [C] their mean
+                     over twins; nn_hist {generated: [C][20], heldout: [20]}
+                     counts summed over twins (for display)
+  KL divergences between token sequences are summed over the L positions (per sequence):
+  twin_kl            [C] KL(model_a || model_b) of x0 distributions at t/T =
+                     critical_ratio on held-out inputs, mean over pairs and sequences
+  kl_bp              {k: [K], values: [C][K]} KL(BP_k || model) at critical_ratio
+  kl_bp_along_t      {ratios: [R], steps: [R], k: [K], epochs: [E], values: [E][K][R],
+                     peak_ratio: [E][K]} KL(BP_k || model) along t at the test-loss
+                     minimum and the onset, mean over twins; peak_ratio the t/T of
+                     each curve's maximum (the critical time)
+  uturn              {ratios: [R], epochs: [U], repeats, items, train: [U][R],
+                     heldout: [U][R]} overlap ratio model / exact BP at the onset and
+                     test-loss minimum: per sequence, mean model overlap over the
+                     repeats / mean BP overlap, then the mean over sequences and twins
+  loss_decomposition {l_star_train, l_tilde_train, l_star_heldout, l_tilde_heldout:
+                     [C]} at t/T = t_ratio = 0.3, per token; the same names with
+                     suffix _mean_t: averaged over t uniform in 1..T, estimated on
+                     the midpoint grid mean_t_steps [G]
+  verdict            {bias_onset_epoch, bias_onset_interval, test_loss_min_epoch,
+                     test_loss_min_interval, gap_epochs, gap_interval, conclusive,
+                     reasons, bias_statistic, grammaticality_gate (tokens: the
+                     share of grammatical samples a snapshot needs to hold the
+                     onset, 0 = off as in the paper), ungated (tokens, when the
+                     gate is on: the verdict without it), other_statistics: {name: the same
+                     fields for the other onset statistics (tokens: similarity peak,
+                     sample-split KL minimum)}}
+  protocol           {num_steps: T, chain_steps: steps of the sampling chain (T = the
+                     full chain), num_samples, twins; tokens: uturn_items,
+                     uturn_repeats, uturn_ratios, min_grammatical; images: clip_x0,
+                     image_sampler}
+  examples           images: {samples: [K][E][H][W], nearest: [K][E][H][W]} for the
+                     snapshot at the bias onset
+  sample_quality     images with class labels (digits): [C] mean confidence of a
+                     classifier fitted on the held-out items, over the samples
+  stopping_rules     one row per rule of diffusion_bias.stopping.RULES, replayed over
+                     the snapshots as online with the config.monitor settings: rule,
+                     stop_epoch, kept_epoch, test_loss_excess (relative to the
+                     minimum), membership_auc, memorized_fraction, closer_to_own,
+                     quality (sample_quality, or grammatical_fraction), reason
+"""
+
+
+def _col(per_step, name):
+    """[C, ...] the arrays `name` of every snapshot, stacked."""
+    return np.stack([r[name] for r in per_step])
+
+
+def grammaticality_gate(a):
+    """The share of grammatical samples a snapshot needs to hold the onset; 0 is off."""
+    gate = float(a.get("min_grammatical", 0) or 0)
+    if not 0 <= gate <= 1:
+        raise run_lib.ConfigError(
+            f"config.analysis.min_grammatical must lie in [0, 1] (0: off), got {gate}"
+        )
+    return gate
+
+
+def protocol(config):
+    """What the statistics of a run were computed with (the report states it)."""
+    a = config.analysis
+    total = config.diffusion.num_steps
+    out = dict(
+        num_steps=total,
+        chain_steps=total if not a.sampling_steps else min(a.sampling_steps, total),
+        num_samples=a.num_samples,
+        twins=config.splits.num_splits,
+    )
+    if config.diffusion.schedule == "token":
+        out.update(
+            uturn_items=a.uturn_items,
+            uturn_repeats=a.get("uturn_repeats", 1),
+            uturn_ratios=list(a.uturn_ratios),
+            min_grammatical=grammaticality_gate(a),
+        )
+    else:
+        out.update(clip_x0=a.clip_x0 or None, image_sampler=a.get("image_sampler"))
+    return out
+
+
+def _nearest_curves(per_step):
+    """The nearest entry: [C] lists of mean distances and shares."""
+    return dict(
+        own_d1=_col(per_step, "own_d1").mean(axis=(1, 2)).tolist(),
+        other_d1=_col(per_step, "other_d1").mean(axis=(1, 2)).tolist(),
+        heldout_d1=_col(per_step, "heldout_d1").mean(axis=(1, 2)).tolist(),
+        closer_to_own=[nearest.closer_to_own_share(r["own_d1"], r["other_d1"]) for r in per_step],
+        memorized_fraction=[nearest.memorized_fraction(r["own_d1"], r["own_d2"]) for r in per_step],
+        heldout_memorized_fraction=[
+            nearest.memorized_fraction(r["heldout_d1"], r["heldout_d2"]) for r in per_step
+        ],
+        copy_fraction=[nearest.exact_copy_fraction(r["own_d1"]) for r in per_step],
+        heldout_copy_fraction=[nearest.exact_copy_fraction(r["heldout_d1"]) for r in per_step],
+    )
+
+
+def common_curves(kind, epochs, steps, per_step):
+    """The entries both kinds have: losses, sample split, nearest, membership AUC."""
+    test = _col(per_step, "test_losses").mean(axis=1)  # [C, m]: mean over twins
+    sim = _col(per_step, "similarity")  # [C, P, N]
+    bins = np.linspace(0, 1, 21) if kind == "tokens" else np.linspace(-1, 1, 41)
+    split = [sample_split.summarize(s, bins) for s in sim]
+    stats = dict(
+        setting=kind,
+        checkpoints=epochs,
+        steps=[int(s) for s in steps],
+        test_loss=test.mean(axis=1).tolist(),
+        test_loss_sem=(test.std(axis=1, ddof=1) / np.sqrt(test.shape[1])).tolist(),
+        train_loss=_col(per_step, "train_losses").mean(axis=(1, 2)).tolist(),
+        sample_split=dict(
+            mean=[s["mean"] for s in split],
+            sem=[s["sem"] for s in split],
+            hist=[s["hist"] for s in split],
+            edges=split[0]["edges"],
+        ),
+        nearest=_nearest_curves(per_step),
+        membership_auc=[
+            float(
+                np.mean(
+                    [
+                        losses.membership_auc(tr, te)
+                        for tr, te in zip(r["train_losses"], r["test_losses"])
+                    ]
+                )
+            )
+            for r in per_step
+        ],
+    )
+    if _resample_twins(per_step):
+        # Enough twins for their spread to be resampled: the curves of each twin
+        # and each pair are kept, so that one twin apart from the others shows.
+        stats["test_loss_per_model"] = _col(per_step, "test_losses").mean(axis=2).tolist()
+        stats["sample_split"]["mean_per_pair"] = sim.mean(axis=2).tolist()
+    return stats
+
+
+def _resample_twins(per_step):
+    return per_step[0]["test_losses"].shape[0] >= verdict.MIN_RESAMPLED_UNITS
+
+
+def image_curves(a, per_step):
+    """The image entries: score_cosine (t [T], heldout [C][T], train [C][T])."""
+    return dict(
+        score_cosine=dict(
+            t=list(a.score_times),
+            heldout=_col(per_step, "score_cosine_heldout").mean(axis=1).tolist(),
+            train=_col(per_step, "score_cosine_train").mean(axis=1).tolist(),
+        )
+    )
+
+
+def _nn_divergence(per_step, length):
+    """The paper's NN divergence: one KL per model (its samples against the held-out
+    sequences, both in its own training set), then the mean.
+
+    Returns:
+        gen_hist [C, K, bins], held_hist [K, bins], per_model [C, K].
+    """
+    gen_hist = np.stack([nearest.nn_histogram(r["own_d1"], length) for r in per_step])
+    held_hist = nearest.nn_histogram(per_step[0]["heldout_d1"], length)  # [K, bins]
+    return gen_hist, held_hist, nearest.histogram_kl(gen_hist, held_hist[None])
+
+
+def _loss_decomposition(per_step):
+    """The loss_decomposition entry: l* and l~ on own and held-out sequences, per token."""
+    names = ("l_star_train", "l_tilde_train", "l_star_heldout", "l_tilde_heldout")
+    dec = _col(per_step, "decomposition").mean(axis=1)  # [C, 4]
+    out = dict(t_ratio=0.3, **{n: dec[:, i].tolist() for i, n in enumerate(names)})
+    if "decomposition_mean_t" in per_step[0]:
+        dec_t = _col(per_step, "decomposition_mean_t").mean(axis=1)  # [C, 4]
+        out["mean_t_steps"] = per_step[0]["decomposition_steps"].tolist()
+        out.update({n + "_mean_t": dec_t[:, i].tolist() for i, n in enumerate(names)})
+    return out
+
+
+def token_curves(per_step, length):
+    """The token entries: grammaticality, NN divergence, twin KL, KL(BP_k || model), l*, l~."""
+    gen_hist, held_hist, per_model = _nn_divergence(per_step, length)
+    kl_bp = _col(per_step, "kl_bp")  # [C, K, depth + 1]
+    stats = dict(
+        grammatical_fraction=_col(per_step, "grammatical").mean(axis=1).tolist(),
+        nn_divergence=per_model.mean(axis=1).tolist(),
+        nn_divergence_per_model=per_model.tolist(),
+        nn_hist=dict(generated=gen_hist.sum(1).tolist(), heldout=held_hist.sum(0).tolist()),
+        twin_kl=_col(per_step, "twin_kl").mean(axis=(1, 2)).tolist(),
+        kl_bp=dict(k=list(range(kl_bp.shape[-1])), values=kl_bp.mean(axis=1).tolist()),
+        loss_decomposition=_loss_decomposition(per_step),
+    )
+    if _resample_twins(per_step):
+        stats["twin_kl_per_pair"] = _col(per_step, "twin_kl").mean(axis=2).tolist()
+    return stats
+
+
+def examples(epochs, per_step, decision):
+    """The examples entry: samples and their nearest training items at the onset."""
+    onset = epochs.index(decision["bias_onset_epoch"])
+    return dict(
+        epoch=epochs[onset],
+        samples=per_step[onset]["example_samples"][..., 0].tolist(),
+        nearest=per_step[onset]["example_nearest"][..., 0].tolist(),
+    )
+
+
+def image_verdict(epochs, per_step, loss, loss_boot, rng, num_resamples):
+    """The onset of the sample-split similarity peak against the test-loss minimum.
+
+    Returns:
+        (bias [C], bias_boot [B, C], decision).
+    """
+    sim = _col(per_step, "similarity")  # [C, P, N]
+    bias = sim.mean(axis=1).mean(axis=1)  # mean over twin pairs, then samples
+    bias_boot = verdict.bootstrap_mean_curves(sim, rng, num_resamples)
+    decision = verdict.decide(
+        epochs, bias, bias_boot, loss, loss_boot, "max", bias_name="sample-split similarity"
+    )
+    decision["bias_statistic"] = "sample_split similarity (peak)"
+    return bias, bias_boot, decision
+
+
+def token_verdict(a, epochs, per_step, length, loss, loss_boot, rng):
+    """The onset of the NN-divergence minimum, gated by grammaticality if asked,
+    with the paper's other onset statistics beside it.
+
+    Returns:
+        (bias [C], bias_boot [B, C], decision).
+    """
+    divergence = _nn_divergence(per_step, length)[2].mean(axis=1)
+    bias_boot = verdict.bootstrap_binned_kl_curves(
+        nearest.nn_bins(_col(per_step, "own_d1"), length),
+        nearest.nn_bins(per_step[0]["heldout_d1"], length),
+        nearest.NN_BINS,
+        nearest.histogram_kl,
+        rng,
+        a.bootstrap,
+    )
+    gate = grammaticality_gate(a)
+    decide_nn = functools.partial(
+        verdict.decide, epochs, divergence, bias_boot, loss, loss_boot, "min",
+        bias_name="NN divergence",
+    )  # fmt: skip
+    grammatical = _col(per_step, "grammatical").mean(axis=1)
+    decision = decide_nn(valid=grammatical >= gate if gate else None)
+    decision["bias_statistic"] = "nn_divergence (minimum)"
+    decision["grammaticality_gate"] = gate
+    if gate:
+        # The paper searches every snapshot; the gated onset is this
+        # package's option, so the paper's one is reported beside it.
+        decision["ungated"] = decide_nn()
+    # The other onset statistics of the paper, reported beside the primary one.
+    # They compare the twins with each other, so ungrammatical early samples
+    # give no false extrema: every snapshot is searched.
+    for name, values, mode in (
+        ("sample_split similarity (peak)", _col(per_step, "similarity"), "max"),
+        ("sample_split KL at the critical time (minimum)", _col(per_step, "twin_kl"), "min"),
+    ):
+        other = verdict.decide(
+            epochs,
+            values.mean(axis=1).mean(axis=1),
+            verdict.bootstrap_mean_curves(values, rng, a.bootstrap),
+            loss,
+            loss_boot,
+            mode,
+            bias_name=name,
+        )
+        decision.setdefault("other_statistics", {})[name] = other
+    return divergence, bias_boot, decision
+
+
+def stopping_rules(config, stats, loss, bias, bias_boot):
+    """The stopping_rules entry: each rule replayed over the curves as it would run online."""
+    m = config.monitor
+    return stopping.rule_costs(
+        stats["checkpoints"],
+        dict(
+            test_loss=loss,
+            bias=bias,
+            bias_boot=bias_boot,
+            membership_auc=np.asarray(stats["membership_auc"]),
+            memorized_fraction=np.asarray(stats["nearest"]["memorized_fraction"]),
+            closer_to_own=np.asarray(stats["nearest"]["closer_to_own"]),
+        ),
+        quality=stats.get("sample_quality", stats.get("grammatical_fraction")),
+        patience=m.patience,
+        auc_threshold=m.auc_threshold,
+        memorized_threshold=m.memorized_threshold,
+        bias_mode="max" if stats["setting"] == "images" else "min",
+    )
+
+
+def at_onset_and_test_min(stats):
+    """{name: [value at the onset, value at the test-loss minimum]}, None where absent."""
+    v, epochs = stats["verdict"], stats["checkpoints"]
+    where = [
+        epochs.index(v[name]) if v.get(name) is not None else None
+        for name in ("bias_onset_epoch", "test_loss_min_epoch")
+    ]
+    curves = dict(
+        membership_auc=stats["membership_auc"],
+        memorized_fraction=stats["nearest"]["memorized_fraction"],
+        copy_fraction=stats["nearest"]["copy_fraction"],
+    )
+    return {
+        name: [curve[i] if i is not None else None for i in where] for name, curve in curves.items()
+    }
+
+
+def summarize(config, steps, per_step):
+    """statistics.json from the per-snapshot arrays (see `STATISTICS_SCHEMA`)."""
+    a = config.analysis
+    epochs = [s / run_lib.steps_per_epoch(config) for s in steps]
+    kind = "tokens" if config.diffusion.schedule == "token" else "images"
+    stats = common_curves(kind, epochs, steps, per_step)
+    test_losses = _col(per_step, "test_losses")  # [C, K, m]
+    loss = test_losses.mean(axis=1).mean(axis=1)
+    rng = np.random.default_rng(a.seed)
+    # [B, C]: twins resampled as well as items when there are enough of them.
+    loss_boot = verdict.bootstrap_mean_curves(test_losses, rng, a.bootstrap)
+    if kind == "images":
+        stats.update(image_curves(a, per_step))
+        bias, bias_boot, decision = image_verdict(
+            epochs, per_step, loss, loss_boot, rng, a.bootstrap
+        )
+        stats["examples"] = examples(epochs, per_step, decision)
+    else:
+        length = 2**config.data.depth
+        stats.update(token_curves(per_step, length))
+        bias, bias_boot, decision = token_verdict(a, epochs, per_step, length, loss, loss_boot, rng)
+    stats["verdict"] = decision
+    stats["protocol"] = protocol(config)
+    if "quality" in per_step[0]:
+        stats["sample_quality"] = _col(per_step, "quality").mean(axis=(1, 2)).tolist()
+    stats["stopping_rules"] = stopping_rules(config, stats, loss, bias, bias_boot)
+    stats["at_onset_and_test_min"] = at_onset_and_test_min(stats)
+    return stats
+
+
+def kl_along_t(curves, epochs):
+    """The kl_bp_along_t entry from `controlled.twin_kl_bp` curves at `epochs`.
+
+    Args:
+        curves: per epoch, dict values [K, k, R] (twins, BP depth, t), steps [R], ratios [R].
+        epochs: [E] the epochs of the curves.
+    """
+    values = np.stack([c["values"].mean(0) for c in curves])  # [E, k, R]: mean over twins
+    ratios = curves[0]["ratios"]
+    return dict(
+        ratios=ratios.tolist(),
+        steps=curves[0]["steps"].tolist(),
+        k=list(range(values.shape[1])),
+        epochs=list(epochs),
+        values=values.tolist(),
+        peak_ratio=ratios[values.argmax(-1)].tolist(),
+    )
+
+
+def uturn(a, epochs, ratios):
+    """The uturn entry from `controlled.twin_uturn_ratios` results at `epochs`."""
+    return dict(
+        ratios=list(a.uturn_ratios),
+        epochs=epochs,
+        repeats=a.get("uturn_repeats", 1),
+        items=int(a.uturn_items),
+        train=[u["train"].mean(0).tolist() for u in ratios],
+        heldout=[u["heldout"].mean(0).tolist() for u in ratios],
+    )
