@@ -22,6 +22,7 @@ across snapshots, the loss grid is the same at every call.
 import jax
 import numpy as np
 
+from diffusion_bias import checks
 from diffusion_bias import coupled
 from diffusion_bias import stopping
 from diffusion_bias import verdict
@@ -118,7 +119,7 @@ class BiasMonitor:
             ("patience", patience),
             ("bootstrap", bootstrap),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not checks.is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.kind, self.stop, self.patience = kind, stop, patience
         self.auc_threshold, self.memorized_threshold = auc_threshold, memorized_threshold
