@@ -4,7 +4,7 @@ Run from the repository root:  python -m benchmarks.monitor [digits] [grammar]
 [num_samples=N ...] (config.monitor overrides)
 
 For each setting (configs/digits_cpu.py, configs/grammar_cpu.py), on the run's
-real data: the twins' compiled training chunk (`train.make_train_chunk`) and
+real data: the twins' compiled training chunk (`twin_steps.make_train_chunk`) and
 the monitor that `launch.train` builds from `config.monitor`
 (`monitor_run.build`). One training step costs `step` seconds and one monitor
 call `call` seconds; a run of N steps with S snapshots spends N * step
@@ -25,7 +25,7 @@ from benchmarks import timing
 from configs import digits_cpu, grammar_cpu
 from diffusion_bias import monitor_run
 from diffusion_bias import run as run_lib
-from diffusion_bias import train
+from diffusion_bias import twin_steps
 
 SETTINGS = {"digits": digits_cpu, "grammar": grammar_cpu}
 
@@ -38,14 +38,14 @@ def share(name, **overrides):
     with tempfile.TemporaryDirectory() as workdir:
         run = run_lib.prepare(config, workdir)
     twin_data, kind, model = run.twin_data, run.kind, run.model
-    mesh = train.make_mesh(config)
-    tx = train.get_optimizer(config)
+    mesh = twin_steps.make_mesh(config)
+    tx = twin_steps.get_optimizer(config)
     example = twin_data.train[0, :1]
     if kind == "tokens":
         example = jax.nn.one_hot(example, model.num_symbols)
-    state = train.init_state(config, model, example, tx)
+    state = twin_steps.init_state(config, model, example, tx)
     data = jnp.asarray(run.train)
-    chunk = train.make_train_chunk(config, model, run.schedule, kind, mesh)
+    chunk = twin_steps.make_train_chunk(config, model, run.schedule, kind, mesh)
     holder = {"state": state}
 
     def train_chunk():

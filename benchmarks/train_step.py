@@ -2,7 +2,7 @@
 
 Run from the repository root:  python -m benchmarks.train_step
 
-1. K twins stacked in one compiled step (`train.make_train_chunk`) against the
+1. K twins stacked in one compiled step (`twin_steps.make_train_chunk`) against the
    same engine with num_splits=1, called once per twin, for the digits MLP
    (configs/digits_cpu.py) and the small grammar transformer
    (configs/grammar_cpu.py), each with the "vmap" and the "map" twin strategy.
@@ -34,7 +34,7 @@ import numpy as np
 from configs import digits_cpu, grammar_cpu, grammar_paper
 from diffusion_bias import models
 from diffusion_bias import run as run_lib
-from diffusion_bias import train
+from diffusion_bias import twin_steps
 from benchmarks import timing
 
 # Quoted, not measured here: the authors' torch code on this machine (steps/s).
@@ -60,15 +60,17 @@ class _Engine:
         else:
             data = rng.normal(size=(k, n, *item_shape)).astype(np.float32)
             example = data[0, :1]
-        mesh = train.make_mesh(config)
-        tx = train.get_optimizer(config)
-        self.state = train._place(train.init_state(config, model, example, tx), mesh, True)
+        mesh = twin_steps.make_mesh(config)
+        tx = twin_steps.get_optimizer(config)
+        self.state = twin_steps.place(twin_steps.init_state(config, model, example, tx), mesh, True)
         self.state = self.state.replace(
             step=jax.device_put(self.state.step, NamedSharding(mesh, P()))
         )
-        self.data = train._place(jnp.asarray(data), mesh, twin_axis=True)
+        self.data = twin_steps.place(jnp.asarray(data), mesh, twin_axis=True)
         if chunk is None:
-            chunk = train.make_train_chunk(config, model, run_lib.get_schedule(config), kind, mesh)
+            chunk = twin_steps.make_train_chunk(
+                config, model, run_lib.get_schedule(config), kind, mesh
+            )
         self.chunk = chunk
 
     def __call__(self):

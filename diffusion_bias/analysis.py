@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from diffusion_bias import checks
 from diffusion_bias import checkpoints
 from diffusion_bias import coupled
 from diffusion_bias import default_config
@@ -64,11 +65,7 @@ def sampling_schedule(schedule, sampling_steps):
     """
     if sampling_steps is None or sampling_steps == 0:
         return schedule
-    if (
-        isinstance(sampling_steps, bool)
-        or not isinstance(sampling_steps, int)
-        or sampling_steps < 0
-    ):
+    if not checks.is_int(sampling_steps) or sampling_steps < 0:
         raise run_lib.ConfigError(
             "config.analysis.sampling_steps must be 0 (full chain) or a positive integer, "
             f"got {sampling_steps!r}"

@@ -27,6 +27,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from diffusion_bias import checks
+
 
 def channels(transitions, level):
     """Root-to-node channels of the level-`level` nodes for BP_k.
@@ -233,11 +235,7 @@ def _check(transitions, log_evidence, factorized_layers):
             f"got {log_evidence.shape}"
         )
     depth = length.bit_length() - 1
-    if (
-        isinstance(factorized_layers, bool)
-        or not isinstance(factorized_layers, int)
-        or not 0 <= factorized_layers <= depth
-    ):
+    if not checks.is_int(factorized_layers) or not 0 <= factorized_layers <= depth:
         raise ValueError(
             f"factorized_layers must be an integer in [0, depth={depth}], got {factorized_layers!r}"
         )

@@ -8,9 +8,10 @@ leaves of level `depth` read left to right.
 """
 
 import dataclasses
-import numbers
 
 import numpy as np
+
+from diffusion_bias import checks
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -50,7 +51,7 @@ class Grammar:
 
 
 def _check_int(name, value, minimum, maximum=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not checks.is_int(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
@@ -86,12 +87,7 @@ def random_grammar(
     _check_int("depth", depth, minimum=1)
     _check_int("q_eff", q_eff, minimum=1, maximum=q)
     _check_int("seed", seed, minimum=0)
-    if (
-        isinstance(sigma, bool)
-        or not isinstance(sigma, numbers.Real)
-        or not np.isfinite(sigma)
-        or sigma < 0
-    ):
+    if not checks.is_number(sigma) or not np.isfinite(sigma) or sigma < 0:
         raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
 
     rng = np.random.default_rng(seed)

@@ -22,6 +22,7 @@ across snapshots, the loss grid is the same at every call.
 import jax
 import numpy as np
 
+from diffusion_bias import checks
 from diffusion_bias import coupled
 from diffusion_bias import stopping
 from diffusion_bias import verdict
@@ -36,6 +37,35 @@ KINDS = ("images", "tokens")
 
 class BiasMonitor:
     """Cheap bias statistics per snapshot, and a stopping rule over them.
+
+    Nothing is compiled until the first call.
+
+    Args:
+        apply_fn: fn(params, x_t [B, ...], t [B]) -> predicted noise
+            (images) or x0 probabilities (tokens), for one twin's params.
+            Build it once: it is a static argument of the compiled sampler.
+        schedule: the training schedule (`diffusion.schedules`).
+        train_sets: [K, n, ...] the twins' training sets (images float
+            [K, n, H, W, C], tokens int [K, n, L]), K >= 2.
+        heldout: [m, ...] held-out items, disjoint from every split.
+        kind: "images" or "tokens".
+        stop: the stopping rule, one of `stopping.RULES`.
+        num_samples: coupled samples per twin and snapshot.
+        sampling_steps: steps of the respaced reverse chain.
+        loss_items: items per twin (and held out) on the loss grid.
+        loss_repeats: (t, noise) draws per item on the loss grid.
+        patience: snapshots a rule waits for confirmation.
+        auc_threshold, memorized_threshold: the privacy budget.
+        bootstrap: replicates for the bias rule's noise.
+        seed: fixes the coupling noise, the loss grid and the bootstrap.
+        num_symbols: q, for tokens.
+        clip_x0: images: clip the predicted x0 to [-c, c] while sampling.
+        twin_strategy: "vmap" or "map" over the twins while sampling.
+        offsets: images: optional [K, C] per-channel shift of each twin's
+            space (per-split centring): twin k trains on items minus
+            offsets[k]; its losses are taken there and its samples mapped
+            back (plus offsets[k]) to compare with `train_sets`/`heldout`,
+            which are given un-shifted.
 
     Attributes:
         rows: one dict per snapshot seen (see `__call__`).
@@ -65,61 +95,21 @@ class BiasMonitor:
         twin_strategy="vmap",
         offsets=None,
     ):
-        """Builds the monitor; nothing is compiled until the first call.
-
-        Args:
-            apply_fn: fn(params, x_t [B, ...], t [B]) -> predicted noise
-                (images) or x0 probabilities (tokens), for one twin's params.
-                Build it once: it is a static argument of the compiled sampler.
-            schedule: the training schedule (`diffusion.schedules`).
-            train_sets: [K, n, ...] the twins' training sets (images float
-                [K, n, H, W, C], tokens int [K, n, L]), K >= 2.
-            heldout: [m, ...] held-out items, disjoint from every split.
-            kind: "images" or "tokens".
-            stop: the stopping rule, one of `stopping.RULES`.
-            num_samples: coupled samples per twin and snapshot.
-            sampling_steps: steps of the respaced reverse chain.
-            loss_items: items per twin (and held out) on the loss grid.
-            loss_repeats: (t, noise) draws per item on the loss grid.
-            patience: snapshots a rule waits for confirmation.
-            auc_threshold, memorized_threshold: the privacy budget.
-            bootstrap: replicates for the bias rule's noise.
-            seed: fixes the coupling noise, the loss grid and the bootstrap.
-            num_symbols: q, for tokens.
-            clip_x0: images: clip the predicted x0 to [-c, c] while sampling.
-            twin_strategy: "vmap" or "map" over the twins while sampling.
-            offsets: images: optional [K, C] per-channel shift of each twin's
-                space (per-split centring): twin k trains on items minus
-                offsets[k]; its losses are taken there and its samples mapped
-                back (plus offsets[k]) to compare with `train_sets`/`heldout`,
-                which are given un-shifted.
-        """
+        """Builds the monitor (see the class for the arguments); raises ValueError on a bad one."""
         train_sets, heldout = np.asarray(train_sets), np.asarray(heldout)
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        if stop not in stopping.RULES:
-            raise ValueError(f"stop must be one of {stopping.RULES}, got {stop!r}")
-        if train_sets.ndim < 3 or len(train_sets) < 2:
-            raise ValueError(
-                f"train_sets must be [K >= 2, n, ...] (twins stacked), got {train_sets.shape}"
-            )
-        if heldout.shape[1:] != train_sets.shape[2:] or len(heldout) < 2:
-            raise ValueError(
-                f"heldout must be [m >= 2, {', '.join(map(str, train_sets.shape[2:]))}], "
-                f"got {heldout.shape}"
-            )
-        if kind == "tokens" and not num_symbols:
-            raise ValueError("tokens need num_symbols (the vocabulary size q)")
-        for name, value in (
-            ("num_samples", num_samples),
-            ("sampling_steps", sampling_steps),
-            ("loss_items", loss_items),
-            ("loss_repeats", loss_repeats),
-            ("patience", patience),
-            ("bootstrap", bootstrap),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        _check_arguments(
+            train_sets,
+            heldout,
+            kind,
+            stop,
+            num_symbols,
+            num_samples=num_samples,
+            sampling_steps=sampling_steps,
+            loss_items=loss_items,
+            loss_repeats=loss_repeats,
+            patience=patience,
+            bootstrap=bootstrap,
+        )
         self.kind, self.stop, self.patience = kind, stop, patience
         self.auc_threshold, self.memorized_threshold = auc_threshold, memorized_threshold
         self.num_samples, self.bootstrap, self.seed = num_samples, bootstrap, seed
@@ -136,10 +126,9 @@ class BiasMonitor:
         self._loss_t, self._loss_noise = losses.loss_grid(
             jax.random.fold_in(key, 1), n_items, schedule.num_steps, loss_repeats
         )
-        if kind == "tokens":
-            self._item_shape = (train_sets.shape[-1], num_symbols)
-        else:
-            self._item_shape = train_sets.shape[2:]
+        # What the sampler draws: one-hot sequences [L, q] for tokens, the images' shape.
+        tokens = kind == "tokens"
+        self._item_shape = (train_sets.shape[-1], num_symbols) if tokens else train_sets.shape[2:]
         self.rows = []
         self._history = {}  # name -> list of per-snapshot arrays
         self._scalars = []  # per snapshot: {statistic: value}
@@ -302,6 +291,28 @@ class BiasMonitor:
             stats = {k.split("/", 1)[1]: np.asarray(v[c]) for k, v in state.items() if "/" in k}
             self._append(stats)
             self._decide(float(epochs[c]))
+
+
+def _check_arguments(train_sets, heldout, kind, stop, num_symbols, **counts):
+    """Raises ValueError on the first bad argument of `BiasMonitor` (`counts`: positive ints)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if stop not in stopping.RULES:
+        raise ValueError(f"stop must be one of {stopping.RULES}, got {stop!r}")
+    if train_sets.ndim < 3 or len(train_sets) < 2:
+        raise ValueError(
+            f"train_sets must be [K >= 2, n, ...] (twins stacked), got {train_sets.shape}"
+        )
+    if heldout.shape[1:] != train_sets.shape[2:] or len(heldout) < 2:
+        raise ValueError(
+            f"heldout must be [m >= 2, {', '.join(map(str, train_sets.shape[2:]))}], "
+            f"got {heldout.shape}"
+        )
+    if kind == "tokens" and not num_symbols:
+        raise ValueError("tokens need num_symbols (the vocabulary size q)")
+    for name, value in counts.items():
+        if not checks.is_int(value) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _nn_divergence_curves(own_d1, heldout_d1, length, rng, num_resamples):

@@ -9,7 +9,7 @@ from configs import smoke
 from diffusion_bias import analysis
 from diffusion_bias import coupled
 from diffusion_bias import run as run_lib
-from diffusion_bias import train
+from diffusion_bias import twin_steps
 from diffusion_bias.data import sources
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
@@ -66,7 +66,7 @@ def _instrument_and_snapshot(centering, workdir, image_sampler="posterior"):
     config = _config(centering, "unit", image_sampler)
     inst = analysis._Instrument(config, workdir)
     example = jnp.asarray(inst.train_items[0, :1])
-    state = train.init_state(config, inst.model, example, train.get_optimizer(config))
+    state = twin_steps.init_state(config, inst.model, example, twin_steps.get_optimizer(config))
     return inst, state.replace(ema_params=None)
 
 

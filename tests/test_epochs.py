@@ -14,6 +14,7 @@ from configs import smoke
 from diffusion_bias import models
 from diffusion_bias import run as run_lib
 from diffusion_bias import train
+from diffusion_bias import twin_steps
 from diffusion_bias.diffusion import schedules
 
 
@@ -44,7 +45,7 @@ def _one_step_items(n, batch, step):
         return jnp.sum(weights * picked) / jnp.sum(weights)
 
     seed = jax.random.key(0)
-    params, _, _, loss = train._twin_step(
+    params, _, _, loss = twin_steps._twin_step(
         jnp.zeros(n),
         optax.sgd(1.0).init(jnp.zeros(n)),
         None,
@@ -90,7 +91,7 @@ def _loss(weights, x0, key, kind):
         model = models.MLPDenoiser(width=8, depth=1)
         example = x0[:1]
     params = model.init(jax.random.key(1), example, jnp.ones((1,), jnp.int32), train=False)
-    return train.denoising_loss(
+    return twin_steps.denoising_loss(
         params["params"],
         x0,
         key,

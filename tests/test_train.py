@@ -14,6 +14,7 @@ from configs import smoke
 from diffusion_bias import checkpoints
 from diffusion_bias import run as run_lib
 from diffusion_bias import train
+from diffusion_bias import twin_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,12 +108,12 @@ def test_twins_start_from_different_parameters_unless_shared(reference):
     config = smoke.get_config()
     model_and_data = run_lib.prepare(config, workdir)
     model, example = model_and_data.model, model_and_data.twin_data.train[0, :1]
-    state = train.init_state(config, model, example, train.get_optimizer(config))
+    state = twin_steps.init_state(config, model, example, twin_steps.get_optimizer(config))
     kernel = state.params["input"]["kernel"]
     assert not np.allclose(kernel[0], kernel[1])
     with config.unlocked():
         config.training.shared_init = True
-    state = train.init_state(config, model, example, train.get_optimizer(config))
+    state = twin_steps.init_state(config, model, example, twin_steps.get_optimizer(config))
     np.testing.assert_array_equal(
         state.params["input"]["kernel"][0], state.params["input"]["kernel"][1]
     )

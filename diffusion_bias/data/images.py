@@ -10,13 +10,13 @@ ToTensor, the paper's CelebA) by `preprocess_images`.
 """
 
 import functools
-import numbers
 import os
 import time
 
 from absl import logging
 import numpy as np
 
+from diffusion_bias import checks
 from diffusion_bias.data import pool as pool_lib
 
 PIXEL_RANGES = ("symmetric", "unit")
@@ -28,11 +28,6 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # resolution are ~60 MB of uint8 and ~120 MB as grey float32, so the 162k images
 # never sit in memory at full resolution.
 _TFDS_CHUNK = 512
-
-
-def _is_int(value) -> bool:
-    # bool is an Integral; True as an image size is a bug, not 1.
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check_pixel_range(pixel_range):
@@ -186,9 +181,9 @@ def tfds_pool(
             "tfds_pool needs tensorflow-datasets (TensorFlow is not needed); install "
             "it with: pip install -e '.[tfds]'"
         ) from e
-    if not _is_int(image_size) or image_size < 1:
+    if not checks.is_int(image_size) or image_size < 1:
         raise ValueError(f"image_size must be an integer >= 1, got {image_size!r}")
-    if max_items is not None and (not _is_int(max_items) or max_items < 1):
+    if max_items is not None and (not checks.is_int(max_items) or max_items < 1):
         raise ValueError(f"max_items must be None or an integer >= 1, got {max_items!r}")
     _check_pixel_range(pixel_range)
     image_size = int(image_size)

@@ -13,9 +13,10 @@ The permutation is always `np.random.default_rng(seed).permutation(pool_size)`.
 """
 
 import dataclasses
-import numbers
 
 import numpy as np
+
+from diffusion_bias import checks
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -94,8 +95,7 @@ class Overlap:
 
 
 def _check_int(name, value, minimum):
-    # bool is an int subclass; True as a split size is a bug, not 1.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not checks.is_int(value):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")

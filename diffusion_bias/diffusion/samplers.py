@@ -11,6 +11,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from diffusion_bias import checks
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion.schedules import Schedule
 
@@ -108,8 +109,8 @@ def sample(
         )
     num_steps = schedule.num_steps
     start = num_steps if start_step is None else start_step
-    if isinstance(start, bool) or not isinstance(start, int) or not 1 <= start <= num_steps:
-        raise ValueError(f"start_step must be a Python int in 1..{num_steps}, got {start_step!r}.")
+    if not checks.is_int(start) or not 1 <= start <= num_steps:
+        raise ValueError(f"start_step must be an integer in 1..{num_steps}, got {start_step!r}.")
     batch = x_T.shape[0]
 
     def step(x_t, i):

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_bias import checks
+
 
 @flax.struct.dataclass
 class Schedule:
@@ -50,8 +52,7 @@ class Schedule:
 
 
 def _check_num_steps(num_steps, name: str = "num_steps", maximum=None) -> int:
-    # bool is an int subclass; np.integer is not: accept the latter only.
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+    if not checks.is_int(num_steps):
         raise ValueError(f"{name} must be an integer, got {num_steps!r}.")
     if num_steps < 1:
         raise ValueError(f"{name} must be >= 1, got {num_steps}.")
@@ -96,7 +97,7 @@ def linear_schedule(num_steps: int, beta_start: float, beta_end: float) -> Sched
     """
     num_steps = _check_num_steps(num_steps)
     for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        if not checks.is_number(value):
             raise ValueError(f"{name} must be a real number, got {value!r}.")
         if not 0.0 < value < 1.0:
             raise ValueError(f"{name} must lie in (0, 1), got {value}.")

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_bias import checks
 from diffusion_bias.kernels import euclidean
 from diffusion_bias.kernels import hamming
 
@@ -76,7 +77,7 @@ def _merge(a, b, offset):
 
 
 def _is_positive_int(x):
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 1
+    return checks.is_int(x) and x >= 1
 
 
 def _check(queries, refs, metric, chunk_size, ref_chunk_size):

@@ -1,0 +1,103 @@
+"""Tests of the config checks: every check names its field; the shipped configs pass."""
+
+import os
+import re
+
+import pytest
+
+from configs import smoke
+from diffusion_bias import config_checks
+
+
+# More fields, through `check_config` itself (what the launchers call first).
+@pytest.mark.parametrize(
+    "setting,path,value,match",
+    [
+        ("grammar", "data.sigma", -1.0, "config.data.sigma"),
+        ("grammar", "data.grammar_seed", -1, "config.data.grammar_seed"),
+        ("grammar", "model.num_heads", 3, "config.model.num_heads"),
+        ("grammar", "model.name", "mlp", "config.model.name"),
+        ("digits", "splits.heldout_size", 0, "config.splits.heldout_size"),
+        ("digits", "training.batch_size", 0, "config.training.batch_size"),
+        ("digits", "snapshots.first_epoch", 11, "config.snapshots.first_epoch"),
+        ("digits", "training.twin_devices", 3, "config.training.twin_devices"),
+        ("digits", "model.dropout_rate", 1.0, "config.model.dropout_rate"),
+        ("digits", "optimizer.b2", 1.0, "config.optimizer.b2"),
+        ("digits", "analysis.critical_ratio", 0.0, "config.analysis.critical_ratio"),
+        ("digits", "analysis.clip_x0", -1.0, "config.analysis.clip_x0"),
+        ("digits", "analysis.score_times", (), "config.analysis.score_times"),
+        ("digits", "analysis.loss_repeats", 0, "config.analysis.loss_repeats"),
+    ],
+)
+def test_check_config_names_the_field(setting, path, value, match):
+    config = smoke.get_config(setting)
+    section, name = path.split(".")
+    with config.unlocked():
+        config[section][name] = value
+    with pytest.raises(config_checks.ConfigError, match=re.escape(match)):
+        config_checks.check_config(config)
+
+
+@pytest.mark.parametrize("setting", ["digits", "grammar"])
+def test_the_shipped_configs_pass(setting):
+    config_checks.check_config(smoke.get_config(setting))
+
+
+def test_data_pool_size_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert config_checks.data_pool_size(smoke.get_config("grammar").data) == 2000
+    assert config_checks.data_pool_size(smoke.get_config("digits").data) == 1797
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("field,value", [("centering", "mean"), ("analysis.image_sampler", "ddim")])
+def test_protocol_fields_are_checked(field, value):
+    config = smoke.get_config()
+    with config.unlocked():
+        if "." in field:
+            section, name = field.split(".")
+            config[section][name] = value
+        else:
+            config[field] = value
+    with pytest.raises(config_checks.ConfigError, match=field):
+        config_checks.check_config(config)
+
+
+def test_steps_per_call_must_divide_the_ceil_based_total():
+    config = smoke.get_config()
+    with config.unlocked():
+        config.splits.split_size = 56  # 4 steps per epoch, 40 in all (n // batch: 30)
+        config.training.steps_per_call = 3  # divides 30, not 40
+    with pytest.raises(config_checks.ConfigError, match="ceil"):
+        config_checks.check_config(config)
+    with config.unlocked():
+        config.training.steps_per_call = 8
+    config_checks.check_config(config)
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("stop", "never", "config.monitor.stop"),
+        ("stop", "bias_onset", "config.monitor.enabled"),
+        ("patience", 0, "config.monitor.patience"),
+        ("auc_threshold", 1.5, "config.monitor.auc_threshold"),
+    ],
+)
+def test_monitor_fields_are_checked(field, value, match):
+    config = smoke.get_config()
+    with config.unlocked():
+        config.monitor[field] = value
+    with pytest.raises(config_checks.ConfigError, match=re.escape(match)):
+        config_checks.check_config(config)
+
+
+@pytest.mark.parametrize("path", ["splits.num_splits", "analysis.seed", "data.pool_seed"])
+def test_true_is_not_an_integer_field(path):
+    # ConfigDict lets a bool into an int field; the check refuses it (True is not 1).
+    config = smoke.get_config("grammar")
+    section, name = path.split(".")
+    with config.unlocked():
+        config[section][name] = True
+    with pytest.raises(config_checks.ConfigError, match=re.escape(f"config.{path} must be")):
+        config_checks.check_config(config)
