@@ -388,7 +388,7 @@ def summarize(config, steps, per_step):
 
 
 def kl_along_t(curves, epochs):
-    """The kl_bp_along_t entry from `controlled.twin_kl_bp` curves at `epochs`.
+    """The kl_bp_along_t entry from `kl_bp.twin_kl_bp` curves at `epochs`.
 
     Args:
         curves: per epoch, dict values [K, k, R] (twins, BP depth, t), steps [R], ratios [R].
