@@ -24,13 +24,10 @@ def _kl_kernel(denoise_fn, transitions, schedule, x0, key, t, chunk, factorized_
     _, x_t, t_batch = controlled.noise_chunk(schedule, x0, key, t, chunk, transitions.shape[0])
     probs = denoise_fn(x_t, schedule.timesteps[t_batch])
     fields = denoisers.token_fields(schedule, x_t, t_batch)
-    kls = [
-        controlled.token_kl(bp.leaf_marginals(transitions, fields, factorized_layers=k), probs).sum(
-            -1
-        )
-        for k in factorized_layers
+    marginals = [
+        bp.leaf_marginals(transitions, fields, factorized_layers=k) for k in factorized_layers
     ]
-    return jnp.stack(kls)
+    return jnp.stack([controlled.token_kl(bp_k, probs).sum(-1) for bp_k in marginals])
 
 
 def kl_bp_model(
