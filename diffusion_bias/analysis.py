@@ -32,11 +32,14 @@ from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion import schedules
 from diffusion_bias.statistics import controlled
+from diffusion_bias.statistics import kl_bp
+from diffusion_bias.statistics import loss_decomposition
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import quality
 from diffusion_bias.statistics import sample_split
 from diffusion_bias.statistics import score_cosine
+from diffusion_bias.statistics import uturn
 
 # Bumped whenever the per-snapshot arrays change meaning, so old caches are not reused.
 CACHE_VERSION = 4
@@ -254,23 +257,23 @@ class _Instrument:
         # Per pair and sequence, summed over the L tokens (as the paper).
         out["twin_kl"] = controlled.twin_sequence_kl([self.apply_jit(p, x_t, tt) for p in params])
         fns = [jax.tree_util.Partial(self.apply_fn, p) for p in params]
-        kl = controlled.twin_kl_bp(
-            fns, transitions, self.schedule, heldout, [t_crit], self.stat_key
-        )
+        kl = kl_bp.twin_kl_bp(fns, transitions, self.schedule, heldout, [t_crit], self.stat_key)
         out["kl_bp"] = kl[:, :, 0]  # [K, depth + 1]
         # t/T = 0.3 (the paper's panel), then the grid whose mean is the average over t.
-        grid = controlled.decomposition_steps(
+        grid = loss_decomposition.decomposition_steps(
             self.schedule.num_steps, self.a.get("decomposition_times", 20)
         )
-        out["decomposition"], out["decomposition_mean_t"] = controlled.twin_loss_decomposition(
-            fns,
-            transitions,
-            self.schedule,
-            self.train[:, : self.a.uturn_items],
-            heldout,
-            max(1, int(round(0.3 * self.schedule.num_steps))),
-            grid,
-            self.stat_key,
+        out["decomposition"], out["decomposition_mean_t"] = (
+            loss_decomposition.twin_loss_decomposition(
+                fns,
+                transitions,
+                self.schedule,
+                self.train[:, : self.a.uturn_items],
+                heldout,
+                max(1, int(round(0.3 * self.schedule.num_steps))),
+                grid,
+                self.stat_key,
+            )
         )  # [K, 4] each: at t/T = 0.3, mean over t
         out["decomposition_steps"] = np.asarray(grid)
         return out
@@ -278,7 +281,7 @@ class _Instrument:
     def uturn(self, snapshot):
         """U-turn ratios model / exact BP, [K, R] on own training and on held-out sequences."""
         a = self.a
-        return controlled.twin_uturn_ratios(
+        return uturn.twin_uturn_ratios(
             self.twin_denoisers(snapshot.evaluated_params()),
             jnp.asarray(self.grammar.transitions, jnp.float32),
             self.schedule,
@@ -291,9 +294,9 @@ class _Instrument:
 
     def kl_along_t(self, snapshot):
         """KL(BP_k || model) per sequence along t on held-out sequences: [twins, k, R]."""
-        ratios = controlled.kl_along_t_ratios(self.a.get("kl_along_t_points", 25))
-        steps = controlled.uturn_steps(self.schedule, ratios)
-        values = controlled.twin_kl_bp(
+        ratios = kl_bp.kl_along_t_ratios(self.a.get("kl_along_t_points", 25))
+        steps = uturn.uturn_steps(self.schedule, ratios)
+        values = kl_bp.twin_kl_bp(
             self.twin_denoisers(snapshot.evaluated_params()),
             jnp.asarray(self.grammar.transitions, jnp.float32),
             self.schedule,

@@ -94,22 +94,12 @@ def stopping_rules_table(stats):
     return lines + [""]
 
 
-def setting_section(name, stats, figure_paths, report_dir):
-    """Markdown of one setting: its verdict table and its figures."""
-    v = stats["verdict"]
-    at = stats.get("at_onset_and_test_min", {})
+def _onset_table(v, at):
+    """Markdown rows: onset, test-loss minimum and gap, with memorisation at the first two."""
     mem = at.get("memorized_fraction", [None, None])
     copies = at.get("copy_fraction", [None, None])
     auc = at.get("membership_auc", [None, None])
-    lines = [
-        f"## {name}",
-        "",
-        f"Bias statistic: {v.get('bias_statistic', 'n/a')}; {len(stats['checkpoints'])} "
-        f"snapshots from epoch {verdict.number(stats['checkpoints'][0])} to "
-        f"{verdict.number(stats['checkpoints'][-1])}.",
-        "",
-        protocol_text(stats.get("protocol")),
-        "",
+    return [
         "| | epoch | 95% interval | memorised fraction (d1/d2 < 1/3) | exact copies "
         "(d1 = 0) | membership AUC |",
         "|---|---|---|---|---|---|",
@@ -125,6 +115,43 @@ def setting_section(name, stats, figure_paths, report_dir):
         f"{verdict.interval(v.get('gap_interval'))} | | | |",
         "",
     ]
+
+
+def _other_statistics_table(others):
+    """Markdown rows of the paper's other onset statistics; none when there are none."""
+    if not others:
+        return []
+    lines = [
+        "Other onset statistics of the paper:",
+        "",
+        "| statistic | onset epoch | 95% interval | gap to the test-loss minimum | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for name, o in others.items():
+        state = verdict.conclusion(o)
+        lines.append(
+            f"| {name} | {verdict.number(o.get('bias_onset_epoch'))} | "
+            f"{verdict.interval(o.get('bias_onset_interval'))} | "
+            f"{verdict.number(o.get('gap_epochs'))} "
+            f"{verdict.interval(o.get('gap_interval'))} | {state} |"
+        )
+    return lines + [""]
+
+
+def setting_section(name, stats, figure_paths, report_dir):
+    """Markdown of one setting: its verdict table and its figures."""
+    v = stats["verdict"]
+    lines = [
+        f"## {name}",
+        "",
+        f"Bias statistic: {v.get('bias_statistic', 'n/a')}; {len(stats['checkpoints'])} "
+        f"snapshots from epoch {verdict.number(stats['checkpoints'][0])} to "
+        f"{verdict.number(stats['checkpoints'][-1])}.",
+        "",
+        protocol_text(stats.get("protocol")),
+        "",
+    ]
+    lines += _onset_table(v, stats.get("at_onset_and_test_min", {}))
     words = verdict.in_words(v)
     if "gate" in words:
         lines += [words["gate"], ""]
@@ -136,23 +163,7 @@ def setting_section(name, stats, figure_paths, report_dir):
             for e, row in zip(along_t["epochs"], along_t["peak_ratio"])
         )
         lines += [f"Critical time (t/T of the peak of KL(BP_k || model)): {peaks}.", ""]
-    others = v.get("other_statistics", {})
-    if others:
-        lines += [
-            "Other onset statistics of the paper:",
-            "",
-            "| statistic | onset epoch | 95% interval | gap to the test-loss minimum | verdict |",
-            "|---|---|---|---|---|",
-        ]
-        for name, o in others.items():
-            state = verdict.conclusion(o)
-            lines.append(
-                f"| {name} | {verdict.number(o.get('bias_onset_epoch'))} | "
-                f"{verdict.interval(o.get('bias_onset_interval'))} | "
-                f"{verdict.number(o.get('gap_epochs'))} "
-                f"{verdict.interval(o.get('gap_interval'))} | {state} |"
-            )
-        lines.append("")
+    lines += _other_statistics_table(v.get("other_statistics", {}))
     lines.append("**Verdict:** " + words["conclusion"])
     if "grammatical_fraction" in stats:
         g = stats["grammatical_fraction"]

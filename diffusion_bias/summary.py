@@ -1,5 +1,7 @@
 """statistics.json from the per-snapshot arrays: the curves, then the verdict.
 
+Over 350 lines because ~70 of them are `STATISTICS_SCHEMA`, kept beside the code that writes it.
+
 The analysis walks the snapshots and hands each one's arrays (a dict per
 snapshot, see `analysis._Instrument.compute`) here; the entries are described
 in `STATISTICS_SCHEMA`. Curves are assembled per kind (images,
@@ -388,7 +390,7 @@ def summarize(config, steps, per_step):
 
 
 def kl_along_t(curves, epochs):
-    """The kl_bp_along_t entry from `controlled.twin_kl_bp` curves at `epochs`.
+    """The kl_bp_along_t entry from `kl_bp.twin_kl_bp` curves at `epochs`.
 
     Args:
         curves: per epoch, dict values [K, k, R] (twins, BP depth, t), steps [R], ratios [R].
@@ -407,7 +409,7 @@ def kl_along_t(curves, epochs):
 
 
 def uturn(a, epochs, ratios):
-    """The uturn entry from `controlled.twin_uturn_ratios` results at `epochs`."""
+    """The uturn entry from `uturn.twin_uturn_ratios` results at `epochs`."""
     return dict(
         ratios=list(a.uturn_ratios),
         epochs=epochs,

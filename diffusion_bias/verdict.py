@@ -115,39 +115,17 @@ def _interval(x):
     return [float(lo), float(hi)]
 
 
-def decide(epochs, bias, bias_boot, loss, loss_boot, mode, valid=None, bias_name="bias"):
-    """The verdict of one setting.
+def _reasons(epochs, bias_boot, onset, loss_min, gap_b, valid, mode, bias_name):
+    """Why the verdict is inconclusive (empty when it is conclusive), in words.
 
     Args:
-        epochs: [C] epochs of the checkpoints, increasing.
-        bias: [C] the bias curve; `mode` "max" (similarity) or "min" (divergence).
-        bias_boot: [B, C] bootstrap replicates of `bias`.
-        loss: [C] held-out loss; loss_boot: [B, C] its replicates.
-        valid: optional bool [C], checkpoints where the bias extremum may sit
-            (e.g. enough grammatical samples); all by default.
-        bias_name: how the report names the bias curve.
-
-    Returns:
-        dict: bias_onset_epoch, test_loss_min_epoch, gap_epochs, their 95%
-        intervals, conclusive (bool) and reasons (list of str).
+        epochs: [C] epochs of the checkpoints.
+        bias_boot: [B, C] bootstrap replicates of the bias curve.
+        onset: index of the bias extremum; loss_min: of the test-loss minimum.
+        gap_b: [B] bootstrap replicates of the gap, in epochs.
+        valid, mode, bias_name: as in `decide`.
     """
-    epochs = np.asarray(epochs, np.float64)
-    valid = np.ones(len(epochs), bool) if valid is None else np.asarray(valid, bool)
     reasons = []
-    if not valid.any():
-        return dict(
-            conclusive=False,
-            reasons=[f"no checkpoint is valid for the {bias_name}"],
-            bias_onset_epoch=None,
-            test_loss_min_epoch=None,
-            gap_epochs=None,
-        )
-    onset = int(_arg_extremum(np.asarray(bias), mode, valid))
-    loss_min = int(np.argmin(loss))
-    onset_b = _arg_extremum(np.asarray(bias_boot), mode, valid)
-    loss_b = np.argmin(loss_boot, axis=-1)
-    gap_b = epochs[loss_b] - epochs[onset_b]
-
     first, last = np.flatnonzero(valid)[[0, -1]]
     if onset in (first, last):
         reasons.append(
@@ -172,6 +150,42 @@ def decide(epochs, bias, bias_boot, loss, loss_boot, mode, valid=None, bias_name
         reasons.append(
             "the onset does not precede the test-loss minimum in 97.5% of bootstrap replicates"
         )
+    return reasons
+
+
+def decide(epochs, bias, bias_boot, loss, loss_boot, mode, valid=None, bias_name="bias"):
+    """The verdict of one setting.
+
+    Args:
+        epochs: [C] epochs of the checkpoints, increasing.
+        bias: [C] the bias curve; `mode` "max" (similarity) or "min" (divergence).
+        bias_boot: [B, C] bootstrap replicates of `bias`.
+        loss: [C] held-out loss; loss_boot: [B, C] its replicates.
+        valid: optional bool [C], checkpoints where the bias extremum may sit
+            (e.g. enough grammatical samples); all by default.
+        bias_name: how the report names the bias curve.
+
+    Returns:
+        dict: bias_onset_epoch, test_loss_min_epoch, gap_epochs, their 95%
+        intervals, conclusive (bool) and reasons (list of str).
+    """
+    epochs = np.asarray(epochs, np.float64)
+    valid = np.ones(len(epochs), bool) if valid is None else np.asarray(valid, bool)
+    if not valid.any():
+        return dict(
+            conclusive=False,
+            reasons=[f"no checkpoint is valid for the {bias_name}"],
+            bias_onset_epoch=None,
+            test_loss_min_epoch=None,
+            gap_epochs=None,
+        )
+    onset = int(_arg_extremum(np.asarray(bias), mode, valid))
+    loss_min = int(np.argmin(loss))
+    onset_b = _arg_extremum(np.asarray(bias_boot), mode, valid)
+    loss_b = np.argmin(loss_boot, axis=-1)
+    gap_b = epochs[loss_b] - epochs[onset_b]
+
+    reasons = _reasons(epochs, bias_boot, onset, loss_min, gap_b, valid, mode, bias_name)
     return dict(
         bias_onset_epoch=float(epochs[onset]),
         bias_onset_interval=_interval(epochs[onset_b]),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from diffusion_bias import figures
+from diffusion_bias.figures import common
 
 IMAGE_FIGURES = {
     "fig_bias_vs_test_loss",
@@ -149,7 +150,7 @@ def synthetic_stats(setting, num_checkpoints=8, num_twins=3, conclusive=True, se
 @pytest.fixture
 def low_dpi(monkeypatch):
     """Robustness tests need a PNG, not a sharp one: half the pixels, faster."""
-    monkeypatch.setattr(figures, "DPI", 60)
+    monkeypatch.setattr(common, "DPI", 60)
 
 
 def _check_pngs(paths, expected, out_dir):
@@ -229,7 +230,7 @@ def test_missing_keys_skip_figures_and_failures_are_contained(tmp_path):
 def _drawn(monkeypatch, fig_fn, stats, path):
     """The Figure that fig_fn draws (captured instead of saved)."""
     drawn = []
-    monkeypatch.setattr(figures, "_save", lambda fig, _: drawn.append(fig))
+    monkeypatch.setattr(common, "save", lambda fig, _: drawn.append(fig))
     fig_fn(stats, path)
     return drawn[0]
 

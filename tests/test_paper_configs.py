@@ -7,7 +7,7 @@ from configs import grammar_paper
 from diffusion_bias import analysis
 from diffusion_bias import summary
 from diffusion_bias.diffusion import schedules
-from diffusion_bias.statistics import controlled
+from diffusion_bias.statistics import uturn
 
 
 def test_grammar_paper_analysis_is_the_papers_protocol():
@@ -21,7 +21,7 @@ def test_grammar_paper_analysis_is_the_papers_protocol():
         assert a.num_samples == 50_000
         assert (a.uturn_items, a.uturn_repeats) == (1000, 100)
         # The paper's code truncates: int(0.085 * 500) = 42.
-        assert controlled.uturn_steps(schedule, a.uturn_ratios) == [5, 15, 25, 42, 60]
+        assert uturn.uturn_steps(schedule, a.uturn_ratios) == [5, 15, 25, 42, 60]
         assert a.min_grammatical == 0
         proto = summary.protocol(config)
         assert proto["chain_steps"] == 500 and proto["min_grammatical"] == 0

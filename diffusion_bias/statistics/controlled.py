@@ -1,11 +1,13 @@
-"""Statistics of the controlled (tree grammar) setting against exact inference.
+"""The controlled (tree grammar) setting's shared ground: denoisers, noise, checks, KLs.
 
-PAPER.md, Setting 2: the U-turn (Fig. 5), the loss decomposition CE = l* + l~
-(Fig. 4b), the score divergence KL(BP_k || model) along t and over training
-(Fig. 3b, 1b, 6), the sample-split KL between twins, and the fraction of
-sequences the grammar allows; at the end, the same per twin (or twin pair) of
-a snapshot, as the analysis reports them. KL divergences are between sequence
-distributions: summed over the L positions, as in the paper.
+PAPER.md, Setting 2. The statistics against exact inference each have a module
+of their own, named after them, with their per-twin form beside them:
+`statistics/uturn.py` (Fig. 5), `statistics/loss_decomposition.py` (CE = l* + l~,
+Fig. 4b) and `statistics/kl_bp.py` (KL(BP_k || model), Fig. 3b, 1b, 6). Here:
+what they share (the denoiser contract, the exact BP denoiser, the noisy inputs
+of a chunk, the argument checks, the chunking), the sample-split KL between
+twins, and the fraction of sequences the grammar allows. KL divergences are
+between sequence distributions: summed over the L positions, as in the paper.
 
 The denoiser contract. A token denoiser is a callable
 `denoise_fn(x_t [B, L, q] float, t_model [B] int) -> probs [B, L, q]`, the
@@ -60,7 +62,7 @@ _PROB_FLOOR = 1e-12
 _KL_FLOOR = 1e-8
 
 
-def _as_pytree(denoise_fn: TokenDenoiser) -> jax.tree_util.Partial:
+def as_pytree(denoise_fn: TokenDenoiser) -> jax.tree_util.Partial:
     # A Partial is a valid jit argument; wrapping a plain callable puts it in the
     # treedef, i.e. makes it static.
     if isinstance(denoise_fn, jax.tree_util.Partial):
@@ -70,12 +72,12 @@ def _as_pytree(denoise_fn: TokenDenoiser) -> jax.tree_util.Partial:
     return jax.tree_util.Partial(denoise_fn)
 
 
-def _log_probs(probs: jax.Array) -> jax.Array:
+def log_probs(probs: jax.Array) -> jax.Array:
     """log(max(p, 1e-12)) in float32 (a bfloat16 model output is upcast)."""
     return jnp.log(jnp.maximum(probs.astype(jnp.float32), _PROB_FLOOR))
 
 
-def _token_kl(probs_a: jax.Array, probs_b: jax.Array) -> jax.Array:
+def token_kl(probs_a: jax.Array, probs_b: jax.Array) -> jax.Array:
     """Per-token KL(a || b) = sum_q a (log a - log b), both clipped at 1e-8 first.
 
     The paper's code clips both distributions at 1e-8 (no renormalisation), so
@@ -104,7 +106,7 @@ def _step_of(schedule: Schedule, t_model: jax.Array) -> jax.Array:
     return jnp.searchsorted(schedule.timesteps, t_model).astype(jnp.int32)
 
 
-def _noisy(schedule: Schedule, x0: jax.Array, key: jax.Array, t: jax.Array, chunk, q: int):
+def noise_chunk(schedule: Schedule, x0: jax.Array, key: jax.Array, t: jax.Array, chunk, q: int):
     """One-hot x_0 and x_t ~ q(x_t | x_0) at step t, the noise keyed by (key, t, chunk).
 
     Returns:
@@ -146,54 +148,9 @@ def exact_token_denoiser(transitions, schedule: Schedule) -> jax.tree_util.Parti
 
 
 @functools.partial(jax.jit, static_argnames=("num_symbols",))
-def _uturn_start(schedule, x0, key, repeat, t, chunk, num_symbols):
-    """x_t of one chunk and the key of its reverse chain."""
-    forward_key, chain_key = jax.random.split(jax.random.fold_in(key, repeat))
-    _, x_t, _ = _noisy(schedule, x0, forward_key, t, chunk, num_symbols)
-    return x_t, jax.random.fold_in(jax.random.fold_in(chain_key, t), chunk)
-
-
-@functools.partial(jax.jit, static_argnames=("start_step",))
-def _uturn_overlap(denoise_fn, schedule, x0, x_t, chain_key, start_step):
-    """Fraction of each sequence's tokens recovered by the reverse chain: [C].
-
-    The model and the BP reference run through this same kernel, so the BP
-    chain compiles once per start step whatever the model.
-    """
-    x0_hat = samplers.sample(denoise_fn, schedule, x_t, chain_key, "x0", start_step=start_step)
-    return jnp.mean(jnp.argmax(x0_hat, axis=-1) == x0, axis=-1)
-
-
-@jax.jit
-def _loss_kernel(denoise_fn, transitions, schedule, x0, key, t, chunk):
-    """Per-sequence CE, l*, l~ of one chunk at step t: [3, C]."""
-    x0_onehot, x_t, t_batch = _noisy(schedule, x0, key, t, chunk, transitions.shape[0])
-    log_p = _log_probs(denoise_fn(x_t, schedule.timesteps[t_batch]))
-    x0_bp = denoisers.exact_denoiser(transitions, schedule, x_t, t_batch)
-
-    def loss(target):
-        return -jnp.mean(jnp.sum(target * log_p, axis=-1), axis=-1)
-
-    return jnp.stack([loss(x0_onehot), loss(x0_bp), loss(x0_onehot - x0_bp)])
-
-
-@functools.partial(jax.jit, static_argnames=("factorized_layers",))
-def _kl_kernel(denoise_fn, transitions, schedule, x0, key, t, chunk, factorized_layers):
-    """Per-sequence KL(BP_k || model), summed over tokens, of one chunk at step t: [K, C]."""
-    _, x_t, t_batch = _noisy(schedule, x0, key, t, chunk, transitions.shape[0])
-    probs = denoise_fn(x_t, schedule.timesteps[t_batch])
-    fields = denoisers.token_fields(schedule, x_t, t_batch)
-    kls = [
-        _token_kl(bp.leaf_marginals(transitions, fields, factorized_layers=k), probs).sum(-1)
-        for k in factorized_layers
-    ]
-    return jnp.stack(kls)
-
-
-@functools.partial(jax.jit, static_argnames=("num_symbols",))
 def _noisy_kernel(schedule, x0, key, t, chunk, num_symbols):
-    """x_t of one chunk exactly as `_loss_kernel` and `_kl_kernel` draw it: [C, L, q]."""
-    return _noisy(schedule, x0, key, t, chunk, num_symbols)[1]
+    """x_t of one chunk exactly as the loss and KL(BP_k || model) kernels draw it: [C, L, q]."""
+    return noise_chunk(schedule, x0, key, t, chunk, num_symbols)[1]
 
 
 @jax.jit
@@ -201,7 +158,8 @@ def _finite_free_energy(transitions, tokens):
     return jnp.isfinite(bp.free_energy(transitions, tokens))
 
 
-def _check_tokens(transitions: jax.Array, x0, name: str = "x0") -> np.ndarray:
+def check_tokens(transitions: jax.Array, x0, name: str = "x0") -> np.ndarray:
+    """x0 as int32 [N, 2**depth] tokens in [0, q); ValueError otherwise."""
     x0 = np.asarray(x0)
     q = transitions.shape[0]
     length = x0.shape[-1] if x0.ndim == 2 else 0
@@ -214,7 +172,8 @@ def _check_tokens(transitions: jax.Array, x0, name: str = "x0") -> np.ndarray:
     return x0.astype(np.int32)
 
 
-def _check_steps(schedule: Schedule, t_values) -> list[int]:
+def check_steps(schedule: Schedule, t_values) -> list[int]:
+    """t_values as a list of steps of `schedule` in 1..T; ValueError otherwise."""
     values = np.atleast_1d(np.asarray(t_values))
     steps = [int(t) for t in values]
     if not steps or np.any(values != steps) or any(not 1 <= t <= schedule.num_steps for t in steps):
@@ -224,14 +183,14 @@ def _check_steps(schedule: Schedule, t_values) -> list[int]:
     return steps
 
 
-def _chunks(x0: np.ndarray, chunk_size: int) -> np.ndarray:
+def token_chunks(x0: np.ndarray, chunk_size: int) -> np.ndarray:
     """[N, L] -> [num_chunks, C, L], the last chunk padded with token 0."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
     return chunking.padded_chunks(x0, min(chunk_size, x0.shape[0]), np.int32)
 
 
-def _mean_sem(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mean_sem(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard error over the last axis (s.e.m. NaN for one sample)."""
     num = values.shape[-1]
     if num < 2:
@@ -247,7 +206,7 @@ def noisy_inputs(
     key: jax.Array,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> np.ndarray:
-    """The noisy inputs x_t that `loss_decomposition` and `kl_bp_model` use.
+    """The noisy inputs x_t that `loss_decomposition` and `kl_bp.kl_bp_model` use.
 
     With the same x0, t, key and chunk_size, this is the x_t on which those
     functions evaluated the model: feed it to every twin to get the sample-split
@@ -268,235 +227,13 @@ def noisy_inputs(
         ValueError: on malformed tokens or step.
     """
     transitions = jnp.asarray(transitions, jnp.float32)
-    x0 = _check_tokens(transitions, x0)
-    (t,) = _check_steps(schedule, [t])
+    x0 = check_tokens(transitions, x0)
+    (t,) = check_steps(schedule, [t])
     x_t = [
         _noisy_kernel(schedule, chunk, key, t, c, num_symbols=transitions.shape[0])
-        for c, chunk in enumerate(_chunks(x0, chunk_size))
+        for c, chunk in enumerate(token_chunks(x0, chunk_size))
     ]
     return chunking.gather(x_t, x0.shape[0])
-
-
-def uturn_steps(schedule: Schedule, ratios) -> list[int]:
-    """The U-turn steps t = max(1, floor(r T)), truncated as the paper's code (int(r T)).
-
-    E.g. r = 0.085 of T = 500 is step 42. A 1e-9 guard keeps a float product
-    that should be an integer (0.29 * 100 = 28.999...) on that integer.
-
-    Args:
-        schedule: the noise schedule (T = `schedule.num_steps`).
-        ratios: fractions of T in (0, 1].  # [R]
-
-    Returns:
-        R steps in 1..T.
-
-    Raises:
-        ValueError: if a ratio lies outside (0, 1].
-    """
-    ratios = np.atleast_1d(np.asarray(ratios, np.float64))
-    if ratios.size == 0 or np.any(~(ratios > 0)) or np.any(ratios > 1):
-        raise ValueError(f"ratios must lie in (0, 1], got {ratios}.")
-    return [max(1, int(np.floor(r * schedule.num_steps + 1e-9))) for r in ratios]
-
-
-def uturn_overlap(
-    denoise_fn: TokenDenoiser,
-    transitions,
-    schedule: Schedule,
-    x0,
-    ratios,
-    key: jax.Array,
-    repeats: int = 1,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> dict[str, np.ndarray]:
-    """U-turn (PAPER.md Fig. 5): noise to t = r T, denoise back, count recovered tokens.
-
-    For each ratio and repeat, x_0 is noised once to x_t; the model and exact BP
-    then run the reverse chain from x_t with the same per-step noise, and the
-    final tokens (argmax) are compared with x_0. The reverse chain's start step
-    is static: the chain compiles once per distinct t for BP (whatever the
-    model) and once per t for each model function (module docstring), and is
-    reused after. The BP chains are rerun at every call (with a fixed key they
-    give the same overlaps at every checkpoint); they cost far less than a
-    transformer's.
-
-    Args:
-        denoise_fn: the token denoiser (module docstring).
-        transitions: the grammar's M[a, b, c].  # [q, q, q]
-        schedule: the noise schedule; with a respaced schedule, t counts its steps.
-        x0: clean integer tokens.  # [N, L]
-        ratios: fractions r of T in (0, 1].  # [R]
-        key: base PRNG key; repeats and ratios get independent noise.
-        repeats: number of independent noisings averaged over, >= 1.
-        chunk_size: sequences per kernel call.
-
-    Returns:
-        Dict of numpy arrays:
-            model: fraction of tokens the model recovers, mean over repeats.  # [R, N]
-            bp: the same for exact BP.  # [R, N]
-            ratio: mean over sequences of model / bp, both averaged over
-                repeats first, over the sequences with bp > 0 (NaN if
-                none).  # [R]
-            ratio_sem: standard error of that mean.  # [R]
-            t: the steps.  # [R]
-
-    Raises:
-        ValueError: on malformed tokens, ratios or repeats.
-    """
-    transitions = jnp.asarray(transitions, jnp.float32)
-    x0 = _check_tokens(transitions, x0)
-    steps = uturn_steps(schedule, ratios)
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}.")
-    denoise_fn = _as_pytree(denoise_fn)
-    chunks = _chunks(x0, chunk_size)
-    q = transitions.shape[0]
-    reference = exact_token_denoiser(transitions, schedule)
-    overlaps = []  # per (repeat, t): [2, N padded], model then BP
-    for repeat in range(repeats):
-        for t in steps:
-            per_chunk = []
-            for c, chunk in enumerate(chunks):
-                x_t, chain_key = _uturn_start(schedule, chunk, key, repeat, t, c, q)
-                # The model and BP start from the same x_t and see the same chain noise.
-                per_chunk.append(
-                    jnp.stack(
-                        [
-                            _uturn_overlap(fn, schedule, chunk, x_t, chain_key, start_step=t)
-                            for fn in (denoise_fn, reference)
-                        ]
-                    )
-                )
-            overlaps.append(jnp.concatenate(per_chunk, axis=-1))
-    overlaps = chunking.gather([jnp.stack(overlaps)], x0.shape[0], axis=-1)
-    overlaps = overlaps.reshape(repeats, len(steps), 2, -1).mean(0)  # [R, 2, N]
-    model, ref = overlaps[:, 0], overlaps[:, 1]
-
-    ratio, ratio_sem = np.full(len(steps), np.nan), np.full(len(steps), np.nan)
-    for i in range(len(steps)):
-        keep = ref[i] > 0
-        if keep.any():
-            ratio[i], ratio_sem[i] = _mean_sem(model[i, keep] / ref[i, keep])
-    return {"model": model, "bp": ref, "ratio": ratio, "ratio_sem": ratio_sem, "t": np.array(steps)}
-
-
-def loss_decomposition(
-    denoise_fn: TokenDenoiser,
-    transitions,
-    schedule: Schedule,
-    x0,
-    t_values,
-    key: jax.Array,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> dict[str, np.ndarray]:
-    """CE = l* + l~ (PAPER.md Fig. 4b) at each step t.
-
-    With p the model's probabilities on x_t ~ q(x_t | x_0) and x0_BP the exact
-    posterior marginals E[x_0 | x_t]: CE = -x_0 . log p, l* = -x0_BP . log p
-    (distillation of the exact denoiser), l~ = -(x_0 - x0_BP) . log p (zero in
-    expectation over x_0 drawn from the grammar, i.e. on held-out data). Each
-    is summed over q and averaged over tokens and sequences; log p is clipped
-    at log(1e-12). t is traced: one compile serves every t.
-
-    Args:
-        denoise_fn: the token denoiser (module docstring).
-        transitions: the grammar's M[a, b, c].  # [q, q, q]
-        schedule: the noise schedule.
-        x0: clean integer tokens.  # [N, L]
-        t_values: steps of `schedule` in 1..T.  # [S]
-        key: base PRNG key of the forward noise.
-        chunk_size: sequences per kernel call.
-
-    Returns:
-        Dict of numpy arrays, each [S]: ce, l_star, l_tilde (means over
-        sequences), ce_sem, l_star_sem, l_tilde_sem (their standard errors over
-        sequences), and t.
-
-    Raises:
-        ValueError: on malformed tokens or steps.
-    """
-    transitions = jnp.asarray(transitions, jnp.float32)
-    x0 = _check_tokens(transitions, x0)
-    steps = _check_steps(schedule, t_values)
-    denoise_fn = _as_pytree(denoise_fn)
-    chunks = _chunks(x0, chunk_size)
-
-    per_step = [
-        jnp.concatenate(
-            [
-                _loss_kernel(denoise_fn, transitions, schedule, chunk, key, t, c)
-                for c, chunk in enumerate(chunks)
-            ],
-            axis=-1,
-        )
-        for t in steps
-    ]
-    values = chunking.gather([jnp.stack(per_step)], x0.shape[0], axis=-1)  # [S, 3, N]
-    out = {"t": np.array(steps)}
-    for i, name in enumerate(("ce", "l_star", "l_tilde")):
-        out[name], out[name + "_sem"] = _mean_sem(values[:, i])
-    return out
-
-
-def kl_bp_model(
-    denoise_fn: TokenDenoiser,
-    transitions,
-    schedule: Schedule,
-    x0,
-    t_values,
-    key: jax.Array,
-    factorized_layers=None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> dict[str, np.ndarray]:
-    """Score divergence KL(BP_k || model) (PAPER.md Fig. 3b, 1b, 6).
-
-    At each step t, x_t ~ q(x_t | x_0) is drawn once and shared by every k; the
-    per-token categorical KL is summed over q and over the L tokens (the KL
-    between the factorised sequence distributions, the paper's unit: "per
-    sequence") and averaged over sequences. t is traced: one compile per tuple
-    of k.
-
-    Args:
-        denoise_fn: the token denoiser (module docstring).
-        transitions: the grammar's M[a, b, c].  # [q, q, q]
-        schedule: the noise schedule.
-        x0: clean integer tokens (e.g. held-out grammar samples).  # [N, L]
-        t_values: steps of `schedule` in 1..T.  # [S]
-        key: base PRNG key of the forward noise; the same key gives the same
-            x_t as `loss_decomposition` at the same t and chunk size.
-        factorized_layers: the k of BP_k, ints in 0..depth (default all).  # [K]
-        chunk_size: sequences per kernel call.
-
-    Returns:
-        Dict of numpy arrays: kl [K, S], k [K], t [S].
-
-    Raises:
-        ValueError: on malformed tokens, steps or layers.
-    """
-    transitions = jnp.asarray(transitions, jnp.float32)
-    x0 = _check_tokens(transitions, x0)
-    steps = _check_steps(schedule, t_values)
-    depth = x0.shape[1].bit_length() - 1
-    if factorized_layers is None:
-        factorized_layers = range(depth + 1)
-    layers = tuple(int(k) for k in factorized_layers)
-    if not layers or any(not 0 <= k <= depth for k in layers):
-        raise ValueError(f"factorized_layers must be in 0..{depth}, got {factorized_layers}.")
-    denoise_fn = _as_pytree(denoise_fn)
-    chunks = _chunks(x0, chunk_size)
-
-    per_step = [
-        jnp.concatenate(
-            [
-                _kl_kernel(denoise_fn, transitions, schedule, chunk, key, t, c, layers)
-                for c, chunk in enumerate(chunks)
-            ],
-            axis=-1,
-        )
-        for t in steps
-    ]
-    kl = chunking.gather([jnp.stack(per_step, axis=1)], x0.shape[0], axis=-1).mean(-1)  # [K, S]
-    return {"kl": kl, "k": np.array(layers), "t": np.array(steps)}
 
 
 @jax.jit
@@ -513,7 +250,7 @@ def sequence_kl(probs_a: jax.Array, probs_b: jax.Array) -> jax.Array:
     Returns:
         sum over L and q of a (log a - log b).  # [...]
     """
-    return jnp.sum(_token_kl(probs_a, probs_b), axis=-1)
+    return jnp.sum(token_kl(probs_a, probs_b), axis=-1)
 
 
 @jax.jit
@@ -548,19 +285,13 @@ def grammatical_fraction(transitions, tokens, chunk_size: int = DEFAULT_CHUNK_SI
         ValueError: on malformed tokens.
     """
     transitions = jnp.asarray(transitions, jnp.float32)
-    tokens = _check_tokens(transitions, tokens, "tokens")
+    tokens = check_tokens(transitions, tokens, "tokens")
     finite = chunking.gather(
-        [_finite_free_energy(transitions, chunk) for chunk in _chunks(tokens, chunk_size)],
+        [_finite_free_energy(transitions, chunk) for chunk in token_chunks(tokens, chunk_size)],
         tokens.shape[0],
         axis=-1,
     )
     return float(finite.mean())
-
-
-# ---------------------------------------------------------------------------
-# Per-twin statistics of a snapshot: one value per twin (or twin pair), as
-# statistics.json reports them. `denoise_fns` are the K twins' denoisers, each
-# a `jax.tree_util.Partial` with that twin's params bound (see the contract above).
 
 
 def twin_sequence_kl(probs) -> np.ndarray:
@@ -578,102 +309,3 @@ def twin_sequence_kl(probs) -> np.ndarray:
             for a, b in sample_split.twin_pairs(len(probs))
         ]
     )
-
-
-def twin_kl_bp(denoise_fns, transitions, schedule: Schedule, x0, t_values, key) -> np.ndarray:
-    """KL(BP_k || model) per twin on the same sequences, for k = 0..depth.
-
-    Args:
-        denoise_fns: the K twins' denoisers.
-        transitions: the grammar's M[a, b, c].  # [q, q, q]
-        schedule: the noise schedule.
-        x0: clean integer tokens, e.g. held-out sequences.  # [N, L]
-        t_values: S steps of `schedule`.
-        key: the base PRNG key (the same noise for every twin).
-
-    Returns:
-        Mean over sequences of the per-sequence KL.  # [K, depth + 1, S]
-    """
-    depth = int(np.log2(np.shape(x0)[-1]))
-    return np.asarray(
-        [
-            kl_bp_model(
-                fn, transitions, schedule, x0, t_values, key,
-                factorized_layers=tuple(range(depth + 1)),
-            )["kl"]
-            for fn in denoise_fns
-        ]
-    )  # fmt: skip
-
-
-def decomposition_steps(num_steps, num_points):
-    """[G] steps whose mean of f(t) is the midpoint estimate of the mean of f over t in 1..T.
-
-    t_g = ceil((g + 1/2) T / G), g = 0..G-1: the midpoints of G equal slices of
-    1..T, so uniform t in 1..T is approximated by a fixed, deterministic grid.
-    """
-    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
-        raise ValueError(f"num_points must be a positive integer, got {num_points!r}")
-    g = np.arange(min(num_points, num_steps))
-    return [int(t) for t in np.ceil((g + 0.5) * num_steps / len(g))]
-
-
-def twin_loss_decomposition(denoise_fns, transitions, schedule, own, heldout, t, grid, key):
-    """Per twin: l* and l~ on its own and on held-out sequences, at t and over a grid.
-
-    Args:
-        denoise_fns: the K twins' denoisers.
-        transitions: the grammar's M[a, b, c].  # [q, q, q]
-        schedule: the noise schedule.
-        own: each twin's training sequences.  # [K, n, L]
-        heldout: held-out sequences.  # [m, L]
-        t: one step (the paper's panel: t/T = 0.3).
-        grid: G steps whose mean estimates the average over t (`decomposition_steps`).
-        key: the base PRNG key.
-
-    Returns:
-        (at_t [K, 4], mean_over_grid [K, 4]); the 4 columns l*_own, l~_own,
-        l*_heldout, l~_heldout, per token.
-    """
-    at_t, mean_t = [], []
-    for fn, items in zip(denoise_fns, own):
-        parts = [
-            loss_decomposition(fn, transitions, schedule, x, [t] + list(grid), key)
-            for x in (items, heldout)
-        ]
-        values = np.array([d[n] for d in parts for n in ("l_star", "l_tilde")])  # [4, 1 + G]
-        at_t.append(values[:, 0])
-        mean_t.append(values[:, 1:].mean(-1))
-    return np.asarray(at_t), np.asarray(mean_t)
-
-
-def twin_uturn_ratios(denoise_fns, transitions, schedule, own, heldout, ratios, key, repeats=1):
-    """U-turn overlap ratio model / exact BP per twin, on its own and on held-out sequences.
-
-    Args:
-        denoise_fns: the K twins' denoisers.
-        transitions: the grammar's M[a, b, c].  # [q, q, q]
-        schedule: the noise schedule.
-        own: each twin's training sequences.  # [K, n, L]
-        heldout: held-out sequences.  # [m, L]
-        ratios: R values of t/T where the chains start (`uturn_steps`).
-        key: the base PRNG key.
-        repeats: noise repetitions per sequence.
-
-    Returns:
-        dict train [K, R], heldout [K, R].
-    """
-    out = dict(train=[], heldout=[])
-    for fn, items in zip(denoise_fns, own):
-        for x, name in ((items, "train"), (heldout, "heldout")):
-            out[name].append(
-                uturn_overlap(fn, transitions, schedule, x, ratios, key, repeats=repeats)["ratio"]
-            )
-    return {name: np.asarray(values) for name, values in out.items()}
-
-
-def kl_along_t_ratios(num_points):
-    """[R] t/T = 1/R, 2/R, ..., 1: where Fig. 3b reads KL(BP_k || model) along time."""
-    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
-        raise ValueError(f"num_points must be an integer >= 2, got {num_points!r}")
-    return np.arange(1, num_points + 1) / num_points

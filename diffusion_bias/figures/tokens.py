@@ -1,0 +1,213 @@
+"""The figures of the controlled (token) setting: nearest-neighbour distances, KL(BP_k || model),
+the loss decomposition and the U-turn.
+"""
+
+import numpy as np
+
+from diffusion_bias.figures import common
+
+
+def fig_nn_histograms(stats, path):
+    """Fig. 4a (right): NN Hamming-distance histograms of samples vs held-out data."""
+    epochs = common.epochs_of(stats)
+    heldout = common.vector(stats["nn_hist"].get("heldout"))
+    generated = common.matrix(stats["nn_hist"]["generated"], 0 if heldout is None else len(heldout))
+    fig = common.new_figure(11, 4.5)
+    left, right = fig.subplots(1, 2, width_ratios=[1.2, 1])
+    # The sequence length L is not in the dict: bins are shown by index (20 bins on [0, L]).
+    bins = np.arange(generated.shape[1])
+    if heldout is not None:
+        left.bar(
+            bins[: len(heldout)],
+            common.fraction(heldout),
+            width=0.9,
+            color="lightgrey",
+            label="held-out sequences (pooled over twins)",
+        )
+    keys = common.key_snapshots(stats)
+    for (i, label), color in zip(keys, common.colors(len(keys), "plasma")):
+        if np.isfinite(generated[i]).any():
+            left.step(
+                bins,
+                common.fraction(generated[i]),
+                where="mid",
+                color=color,
+                label=f"generated (pooled over twins), epoch {common.fmt(epochs[i])} ({label})",
+            )
+    left.set_xlabel(f"NN Hamming distance bin ({len(bins)} equal bins on [0, L])")
+    left.set_ylabel("fraction of sequences")
+    left.set_title("Distance to the nearest training sequence")
+    common.legend(left, loc="best")
+
+    grammatical = stats.get("grammatical_fraction")
+    if grammatical is not None:
+        common.line(
+            right, epochs, common.vector(grammatical), color="C2", label="grammatical samples"
+        )
+    common.mark_snapshots(right, stats)
+    common.epoch_axis(right, epochs)
+    right.set_ylabel("fraction of grammatical samples")
+    right.set_title("Samples the grammar can emit")
+    common.legend(right, loc="best")
+    common.save(fig, path)
+
+
+def fig_sequential_learning(stats, path):
+    """Fig. 1b / 6: KL(BP_k || model) per k, and the twins' KL, over training."""
+    epochs = common.epochs_of(stats)
+    ks = stats["kl_bp"].get("k")
+    values = common.matrix(stats["kl_bp"]["values"], len(ks or []))
+    ks = list(ks or range(values.shape[1]))
+    fig = common.new_figure(8, 5)
+    ax = fig.subplots()
+    plotted = []
+    for j, (k, color) in enumerate(zip(ks, common.colors(len(ks)))):
+        common.line(ax, epochs, values[:, j], color=color, label=f"KL(BP_{k} || model)")
+        plotted.append(values[:, j])
+    twin = common.vector(stats.get("twin_kl"))
+    if twin is not None:
+        common.line(
+            ax,
+            epochs,
+            twin,
+            color="black",
+            linestyle="--",
+            label="sample split KL(model_a || model_b)",
+        )
+        plotted.append(twin)
+    common.mark_snapshots(ax, stats)
+    finite = np.concatenate(plotted) if plotted else np.array([])
+    finite = finite[np.isfinite(finite)]
+    # KLs span decades; a log axis only when every plotted value allows it.
+    if len(finite) and (finite > 0).all():
+        ax.set_yscale("log")
+    common.epoch_axis(ax, epochs)
+    ax.set_ylabel("KL divergence per sequence (summed over tokens) at the critical time")
+    ax.set_title("Sequential learning: exact factorised scores BP_k vs the model (BP_0 is exact)")
+    common.legend(ax, loc="best")
+    common.save(fig, path)
+
+
+def fig_kl_along_t(stats, path):
+    """Fig. 3b: KL(BP_k || model) per sequence along t/T, at the onset and test-loss minimum.
+
+    The peak of each curve (dotted) is the critical time, where the model
+    departs most from the k-factorised exact score.
+    """
+    along = stats["kl_bp_along_t"]
+    ratios = common.vector(along["ratios"])
+    ks = list(along.get("k") or [])
+    epochs = along.get("epochs") or []
+    v = stats.get("verdict") or {}
+    fig = common.new_figure(4.8 * max(1, len(epochs)) + 1, 4.5)
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(epochs)), sharey=True, squeeze=False)[0])
+    for i, (ax, epoch) in enumerate(zip(axes, epochs)):
+        values = common.matrix(along["values"][i], len(ratios)) if along["values"][i] else None
+        for j, (k, color) in enumerate(zip(ks, common.colors(len(ks)))):
+            if values is None or j >= len(values):
+                continue
+            common.line(ax, ratios, values[j], color=color, label=f"KL(BP_{k} || model)")
+            peak = (along.get("peak_ratio") or [[]])[i]
+            if j < len(peak or []) and peak[j] is not None:
+                ax.axvline(peak[j], color=color, linestyle=":", linewidth=0.8)
+        names = [
+            name
+            for key, name in (
+                ("bias_onset_epoch", "bias onset"),
+                ("test_loss_min_epoch", "test-loss min"),
+            )
+            if v.get(key) is not None and abs(v[key] - epoch) < 1e-6
+        ]
+        ax.set_title(f"{' = '.join(names) or 'snapshot'}: epoch {common.fmt(epoch)}")
+        ax.set_xlabel("t/T")
+        common.legend(ax, loc="best")
+    # The panels share their y-axis: one scale for all of them.
+    common.value_axis(
+        axes[0],
+        "KL divergence per sequence (summed over tokens)",
+        *[common.matrix(v) for v in along["values"] if v],
+    )
+    fig.suptitle("Score divergence along time (dotted: peak of each curve, the critical time)")
+    common.save(fig, path)
+
+
+def fig_loss_decomposition(stats, path):
+    """Fig. 4b: CE = l* (distillation of exact BP) + l~ (data-dependent excess)."""
+    epochs = common.epochs_of(stats)
+    dec = stats["loss_decomposition"]
+    fig = common.new_figure(11, 4.5)
+    left, right = fig.subplots(1, 2)
+    ratio = dec.get("t_ratio")
+    at = f"t/T = {ratio:g}" if ratio is not None else "fixed t"
+    log = {}
+    for ax, part, symbol in ((left, "l_star", "l*"), (right, "l_tilde", "l~")):
+        plotted = []
+        for where, color in (("train", "C0"), ("heldout", "C1")):
+            data = "training" if where == "train" else "held-out"
+            for suffix, style, when in (("", "-", at), ("_mean_t", "-.", "mean over t")):
+                values = dec.get(f"{part}_{where}{suffix}")
+                if values is not None:
+                    plotted.append(common.vector(values))
+                    common.line(
+                        ax,
+                        epochs,
+                        plotted[-1],
+                        color=color,
+                        linestyle=style,
+                        label=f"{symbol} on {data} data, {when}",
+                    )
+        common.mark_snapshots(ax, stats, labels=False)
+        common.epoch_axis(ax, epochs)
+        common.legend(ax, loc="best")
+        log[part] = common.value_axis(
+            ax,
+            "l* = -x0_BP . log p_model" if part == "l_star" else "l~ = -(x0 - x0_BP) . log p_model",
+            *plotted,
+        )
+    if not log["l_tilde"]:
+        right.axhline(0.0, color="grey", linewidth=0.8, linestyle=":")
+    left.set_title("Exact-distillation part")
+    right.set_title("Excess, data-dependent part")
+    fig.suptitle(
+        "Loss decomposition per token (solid: at one t; dash-dot: mean over t uniform in 1..T; dashed: onset, test-loss min)"
+    )
+    common.save(fig, path)
+
+
+def fig_uturn(stats, path):
+    """Fig. 5: U-turn overlap ratio model/BP vs noise level, at the onset and test-loss min.
+
+    `uturn.epochs` lists the snapshots the U-turn was run at (the analysis runs
+    it only at the bias onset and the test-loss minimum: it is costly).
+    """
+    uturn = stats["uturn"]
+    ratios = common.vector(uturn["ratios"])
+    train = common.matrix(uturn.get("train"), len(ratios))
+    heldout = common.matrix(uturn.get("heldout"), len(ratios))
+    v = stats.get("verdict") or {}
+    roles = []
+    for epoch in uturn["epochs"]:
+        names = [
+            name
+            for key, name in (
+                ("bias_onset_epoch", "bias onset"),
+                ("test_loss_min_epoch", "test-loss min"),
+            )
+            if v.get(key) is not None and abs(v[key] - epoch) < 1e-6
+        ]
+        roles.append(" = ".join(names) or "snapshot")
+    fig = common.new_figure(4.5 * len(roles) + 1, 4.5)
+    axes = np.atleast_1d(fig.subplots(1, len(roles), sharey=True, squeeze=False)[0])
+    for i, (ax, name) in enumerate(zip(axes, roles)):
+        for values, label, color in ((train, "training", "C0"), (heldout, "held-out", "C1")):
+            if values is not None:
+                common.line(
+                    ax, ratios, values[i, : len(ratios)], color=color, label=f"{label} sequences"
+                )
+        ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("noise level t/T of the U-turn")
+        ax.set_title(f"{name}: epoch {common.fmt(uturn['epochs'][i])}")
+        common.legend(ax, loc="best")
+    axes[0].set_ylabel("overlap with the original, model / exact BP")
+    fig.suptitle("U-turn: noise, then denoise back (dotted: as good as exact BP)")
+    common.save(fig, path)

@@ -1,0 +1,175 @@
+"""The U-turn (PAPER.md Fig. 5): noise a sequence to t = r T, denoise back, count what returns.
+
+The model's overlap with x_0 is compared with exact BP's from the same x_t and
+with the same chain noise; `twin_uturn_ratios` is the per-twin form the
+analysis reports. Denoiser contract, chunking and noise: `statistics/controlled.py`.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_bias import chunking
+from diffusion_bias.diffusion import samplers
+from diffusion_bias.diffusion.schedules import Schedule
+from diffusion_bias.statistics import controlled
+
+
+@functools.partial(jax.jit, static_argnames=("num_symbols",))
+def _uturn_start(schedule, x0, key, repeat, t, chunk, num_symbols):
+    """x_t of one chunk and the key of its reverse chain."""
+    forward_key, chain_key = jax.random.split(jax.random.fold_in(key, repeat))
+    _, x_t, _ = controlled.noise_chunk(schedule, x0, forward_key, t, chunk, num_symbols)
+    return x_t, jax.random.fold_in(jax.random.fold_in(chain_key, t), chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("start_step",))
+def _uturn_overlap(denoise_fn, schedule, x0, x_t, chain_key, start_step):
+    """Fraction of each sequence's tokens recovered by the reverse chain: [C].
+
+    The start step is static: the chain compiles once per distinct t for BP
+    (whatever the model: both run through this same kernel) and once per t for
+    each model function (`controlled` module docstring), and is reused after.
+    """
+    x0_hat = samplers.sample(denoise_fn, schedule, x_t, chain_key, "x0", start_step=start_step)
+    return jnp.mean(jnp.argmax(x0_hat, axis=-1) == x0, axis=-1)
+
+
+def _chain_overlaps(denoise_fns, schedule, chunks, key, repeat, t, num_symbols):
+    """[F, N padded] overlaps of each denoiser's chain from the same x_t of every chunk.
+
+    The denoisers start from the same x_t and see the same chain noise.
+    """
+    per_chunk = []
+    for c, chunk in enumerate(chunks):
+        x_t, chain_key = _uturn_start(schedule, chunk, key, repeat, t, c, num_symbols)
+        per_chunk.append(
+            jnp.stack(
+                [
+                    _uturn_overlap(fn, schedule, chunk, x_t, chain_key, start_step=t)
+                    for fn in denoise_fns
+                ]
+            )
+        )
+    return jnp.concatenate(per_chunk, axis=-1)
+
+
+def _ratio(model, ref):
+    """Mean and s.e.m. over sequences of model / ref where ref > 0 (NaN if none): [R], [R]."""
+    ratio, ratio_sem = np.full(len(ref), np.nan), np.full(len(ref), np.nan)
+    for i in range(len(ref)):
+        keep = ref[i] > 0
+        if keep.any():
+            ratio[i], ratio_sem[i] = controlled.mean_sem(model[i, keep] / ref[i, keep])
+    return ratio, ratio_sem
+
+
+def uturn_steps(schedule: Schedule, ratios) -> list[int]:
+    """The U-turn steps t = max(1, floor(r T)), truncated as the paper's code (int(r T)).
+
+    E.g. r = 0.085 of T = 500 is step 42. A 1e-9 guard keeps a float product
+    that should be an integer (0.29 * 100 = 28.999...) on that integer.
+
+    Args:
+        schedule: the noise schedule (T = `schedule.num_steps`).
+        ratios: fractions of T in (0, 1].  # [R]
+
+    Returns:
+        R steps in 1..T.
+
+    Raises:
+        ValueError: if a ratio lies outside (0, 1].
+    """
+    ratios = np.atleast_1d(np.asarray(ratios, np.float64))
+    if ratios.size == 0 or np.any(~(ratios > 0)) or np.any(ratios > 1):
+        raise ValueError(f"ratios must lie in (0, 1], got {ratios}.")
+    return [max(1, int(np.floor(r * schedule.num_steps + 1e-9))) for r in ratios]
+
+
+def uturn_overlap(
+    denoise_fn: controlled.TokenDenoiser,
+    transitions,
+    schedule: Schedule,
+    x0,
+    ratios,
+    key: jax.Array,
+    repeats: int = 1,
+    chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
+) -> dict[str, np.ndarray]:
+    """U-turn (PAPER.md Fig. 5): noise to t = r T, denoise back, count recovered tokens.
+
+    For each ratio and repeat, x_0 is noised once to x_t; the model and exact BP
+    then run the reverse chain from x_t with the same per-step noise, and the
+    final tokens (argmax) are compared with x_0. The BP chains are rerun at
+    every call (with a fixed key they give the same overlaps at every
+    checkpoint); they cost far less than a transformer's.
+
+    Args:
+        denoise_fn: the token denoiser (`controlled` module docstring).
+        transitions: the grammar's M[a, b, c].  # [q, q, q]
+        schedule: the noise schedule; with a respaced schedule, t counts its steps.
+        x0: clean integer tokens.  # [N, L]
+        ratios: fractions r of T in (0, 1].  # [R]
+        key: base PRNG key; repeats and ratios get independent noise.
+        repeats: number of independent noisings averaged over, >= 1.
+        chunk_size: sequences per kernel call.
+
+    Returns:
+        Dict of numpy arrays:
+            model: fraction of tokens the model recovers, mean over repeats.  # [R, N]
+            bp: the same for exact BP.  # [R, N]
+            ratio: mean over sequences of model / bp, both averaged over
+                repeats first, over the sequences with bp > 0 (NaN if
+                none).  # [R]
+            ratio_sem: standard error of that mean.  # [R]
+            t: the steps.  # [R]
+
+    Raises:
+        ValueError: on malformed tokens, ratios or repeats.
+    """
+    transitions = jnp.asarray(transitions, jnp.float32)
+    x0 = controlled.check_tokens(transitions, x0)
+    steps = uturn_steps(schedule, ratios)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}.")
+    denoise_fn = controlled.as_pytree(denoise_fn)
+    chunks = controlled.token_chunks(x0, chunk_size)
+    q = transitions.shape[0]
+    reference = controlled.exact_token_denoiser(transitions, schedule)
+    overlaps = [  # per (repeat, t): [2, N padded], model then BP
+        _chain_overlaps((denoise_fn, reference), schedule, chunks, key, repeat, t, q)
+        for repeat in range(repeats)
+        for t in steps
+    ]
+    overlaps = chunking.gather([jnp.stack(overlaps)], x0.shape[0], axis=-1)
+    overlaps = overlaps.reshape(repeats, len(steps), 2, -1).mean(0)  # [R, 2, N]
+    model, ref = overlaps[:, 0], overlaps[:, 1]
+    ratio, ratio_sem = _ratio(model, ref)
+    return {"model": model, "bp": ref, "ratio": ratio, "ratio_sem": ratio_sem, "t": np.array(steps)}
+
+
+def twin_uturn_ratios(denoise_fns, transitions, schedule, own, heldout, ratios, key, repeats=1):
+    """U-turn overlap ratio model / exact BP per twin, on its own and on held-out sequences.
+
+    Args:
+        denoise_fns: the K twins' denoisers.
+        transitions: the grammar's M[a, b, c].  # [q, q, q]
+        schedule: the noise schedule.
+        own: each twin's training sequences.  # [K, n, L]
+        heldout: held-out sequences.  # [m, L]
+        ratios: R values of t/T where the chains start (`uturn_steps`).
+        key: the base PRNG key.
+        repeats: noise repetitions per sequence.
+
+    Returns:
+        dict train [K, R], heldout [K, R].
+    """
+    out = dict(train=[], heldout=[])
+    for fn, items in zip(denoise_fns, own):
+        for x, name in ((items, "train"), (heldout, "heldout")):
+            out[name].append(
+                uturn_overlap(fn, transitions, schedule, x, ratios, key, repeats=repeats)["ratio"]
+            )
+    return {name: np.asarray(values) for name, values in out.items()}
