@@ -90,6 +90,20 @@ def test_analysis_summary_and_statistics_do_not_import_training():
         assert "diffusion_bias.train" not in _reachable(graph, module), module
 
 
+def test_statistics_and_kernels_import_only_building_blocks():
+    graph = _import_graph()
+    blocks = ("diffusion_bias.statistics", "diffusion_bias.kernels", "diffusion_bias.diffusion")
+    allowed = {"diffusion_bias.bp", "diffusion_bias.chunking"}
+    for module in graph:
+        if module.startswith(blocks[:2]):
+            outside = {
+                m
+                for m in _reachable(graph, module)
+                if not m.startswith(blocks) and m not in allowed
+            }
+            assert not outside, f"{module} imports {sorted(outside)}"
+
+
 def test_every_public_name_resolves_and_the_package_import_loads_no_training():
     for name in diffusion_bias.__all__:
         assert getattr(diffusion_bias, name) is not None, name
