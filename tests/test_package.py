@@ -90,6 +90,13 @@ def test_analysis_summary_and_statistics_do_not_import_training():
         assert "diffusion_bias.train" not in _reachable(graph, module), module
 
 
+def test_figures_and_report_read_the_statistics_dict_without_importing_the_analysis():
+    graph = _import_graph()
+    for module in ("diffusion_bias.figures", "diffusion_bias.report"):
+        reached = _reachable(graph, module)
+        assert not reached & {"diffusion_bias.analysis", "diffusion_bias.train"}, module
+
+
 def test_statistics_and_kernels_import_only_building_blocks():
     graph = _import_graph()
     blocks = ("diffusion_bias.statistics", "diffusion_bias.kernels", "diffusion_bias.diffusion")
