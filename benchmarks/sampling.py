@@ -5,7 +5,8 @@ Run from the repository root:  python -m benchmarks.sampling
 `coupled.coupled_samples` draws N samples from K=2 twins in one compiled call
 (the reverse chain is a `lax.scan`, the twins a `vmap`). The baseline runs the
 same chain for one twin at a time as a Python loop over the reverse steps: one
-jitted step per call, its result brought back to the host before the next one.
+jitted step per call (the sampler's own `samplers.reverse_step`), its result
+brought back to the host before the next one.
 Both use the same start, noise and model, and their samples are compared.
 Each figure is a ratio measured in this process, the timed runs of the two
 sides interleaved, so that machine load cancels out (as far as it can);
