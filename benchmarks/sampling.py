@@ -5,7 +5,8 @@ Run from the repository root:  python -m benchmarks.sampling
 `coupled.coupled_samples` draws N samples from K=2 twins in one compiled call
 (the reverse chain is a `lax.scan`, the twins a `vmap`). The baseline runs the
 same chain for one twin at a time as a Python loop over the reverse steps: one
-jitted step per call, its result brought back to the host before the next one.
+jitted step per call (the sampler's own `samplers.reverse_step`), its result
+brought back to the host before the next one.
 Both use the same start, noise and model, and their samples are compared.
 Each figure is a ratio measured in this process, the timed runs of the two
 sides interleaved, so that machine load cancels out (as far as it can);
@@ -25,7 +26,6 @@ import numpy as np
 
 from diffusion_bias import coupled
 from diffusion_bias import models
-from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion import schedules
 from benchmarks import timing
@@ -33,19 +33,11 @@ from benchmarks import timing
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "parametrization", "clip_x0"))
 def _reverse_step(params, schedule, x_t, i, key, item_ids, *, apply_fn, parametrization, clip_x0):
-    """x_t -> x_{t-1} at step i: the body of `samplers.sample`, for one twin."""
-    batch = x_t.shape[0]
-    t = jnp.full((batch,), i, jnp.int32)
-    t_model = jnp.broadcast_to(schedule.timesteps[i], (batch,)).astype(jnp.int32)
-    output = apply_fn(params, x_t, t_model)
-    if parametrization == "eps":
-        x0_hat = process.predict_x0_from_eps(schedule, x_t, t, output)
-    else:
-        x0_hat = output
-    if clip_x0 is not None:
-        x0_hat = jnp.clip(x0_hat, -clip_x0, clip_x0)
-    noise = samplers.item_normal(jax.random.fold_in(key, i), item_ids, x_t.shape[1:], x_t.dtype)
-    return process.ddpm_step(schedule, x_t, t, x0_hat.astype(x_t.dtype), noise)
+    """x_t -> x_{t-1} at step i for one twin: the sampler's own step, jitted alone."""
+    denoise_fn = functools.partial(apply_fn, params)
+    return samplers.reverse_step(
+        denoise_fn, schedule, x_t, i, key, parametrization, clip_x0, item_ids
+    )
 
 
 def loop_samples(

@@ -24,6 +24,7 @@ from diffusion_bias import checks
 from diffusion_bias import checkpoints
 from diffusion_bias import coupled
 from diffusion_bias import default_config
+from diffusion_bias import files
 from diffusion_bias import metric_writers
 from diffusion_bias import run as run_lib
 from diffusion_bias import summary
@@ -312,9 +313,8 @@ def _cached(path, compute):
     result = _load_cached(path) if os.path.exists(path) else None
     if result is None:
         result = compute()
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, **result)
-        os.replace(tmp, path)
+        with files.atomic_write(path, "wb") as f:
+            np.savez(f, **result)
     return result
 
 
@@ -370,7 +370,7 @@ def analyze(workdir, overrides=None):
         stats["uturn"] = summary.uturn(config.analysis, epochs, uturns)
         stats["kl_bp_along_t"] = summary.kl_along_t(kl_curves, epochs)
     ckpts.close()
-    with open(os.path.join(out_dir, "statistics.json"), "w") as f:
+    with files.atomic_write(os.path.join(out_dir, "statistics.json")) as f:
         json.dump(stats, f, indent=1)
     metric_writers.write_analysis(stats, workdir)
     return stats

@@ -44,6 +44,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from diffusion_bias import files
+
 
 @flax.struct.dataclass
 class TwinState:
@@ -134,12 +136,10 @@ def save_config(workdir, config):
         return
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() != 0:
-        # One writer: processes sharing the workdir would race on the same temp file.
+        # One writer: the others would each replace the same file.
         return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with files.atomic_write(path) as f:
         json.dump(current, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def load_config(workdir):

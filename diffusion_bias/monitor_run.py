@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from diffusion_bias import coupled
+from diffusion_bias import files
 from diffusion_bias import monitor as monitor_lib
 
 ROWS = "monitor.jsonl"
@@ -72,20 +73,14 @@ def restore(monitor, workdir, upto_epoch):
 
 def record(monitor, workdir):
     """Saves the monitor's state and rows after a snapshot (process 0 only)."""
-    _replace(workdir, STATE, lambda f: np.savez(f, **monitor.state_dict()), binary=True)
+    with files.atomic_write(os.path.join(workdir, STATE), "wb") as f:
+        np.savez(f, **monitor.state_dict())
     _write_rows(monitor, workdir)
 
 
 def _write_rows(monitor, workdir):
-    _replace(workdir, ROWS, lambda f: f.writelines(json.dumps(r) + "\n" for r in monitor.rows))
-
-
-def _replace(workdir, name, write, binary=False):
-    """write(file) into a temporary file, then renamed to workdir/name: never half-written."""
-    tmp = os.path.join(workdir, name + ".tmp")
-    with open(tmp, "wb" if binary else "w") as f:
-        write(f)
-    os.replace(tmp, os.path.join(workdir, name))
+    with files.atomic_write(os.path.join(workdir, ROWS)) as f:
+        f.writelines(json.dumps(r) + "\n" for r in monitor.rows)
 
 
 def stopped_result(workdir):
@@ -118,5 +113,6 @@ def save_result(workdir, monitor, kept_step, stop_step, kept_state):
         stopped_at_step=int(stop_step),
         parameters=RESULT_PARAMS if kept_step is not None else None,
     )
-    _replace(workdir, RESULT, lambda f: json.dump(result, f, indent=1))
+    with files.atomic_write(os.path.join(workdir, RESULT)) as f:
+        json.dump(result, f, indent=1)
     return result

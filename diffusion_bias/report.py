@@ -12,6 +12,7 @@ import platform
 import jax
 import numpy as np
 
+from diffusion_bias import files
 from diffusion_bias import verdict
 
 
@@ -264,6 +265,6 @@ def write_report(report_dir, sections, timings=None):
         lines += [f"| {stage} | {seconds:.0f} |" for stage, seconds in timings.items()]
         lines.append("")
     path = os.path.join(report_dir, "report.md")
-    with open(path, "w") as f:
+    with files.atomic_write(path) as f:
         f.write("\n".join(lines))
     return path

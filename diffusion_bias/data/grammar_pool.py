@@ -8,13 +8,13 @@ parameters, and read back by the next run with the same parameters.
 import hashlib
 import json
 import os
-import tempfile
 import time
 from typing import Any
 
 from absl import logging
 import numpy as np
 
+from diffusion_bias import files
 from diffusion_bias import grammar as grammar_lib
 from diffusion_bias.data import pool as pool_lib
 
@@ -70,24 +70,14 @@ def _load_grammar_cache(path, params, grammar) -> np.ndarray:
 
 def _save_grammar_cache(path, params, grammar, items):
     """Writes the cache atomically: a reader sees the old file or the whole new one."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    # Same directory as the target, so os.replace is a rename within one file system.
-    fd, tmp = tempfile.mkstemp(prefix=".grammar_pool_", suffix=".npz.tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # A file object keeps savez from appending ".npz" to the temp name.
-            np.savez(
-                f,
-                items=items,
-                transitions=grammar.transitions,
-                params=np.array(json.dumps(params, sort_keys=True)),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with files.atomic_write(path, "wb") as f:
+        np.savez(
+            f,
+            items=items,
+            transitions=grammar.transitions,
+            params=np.array(json.dumps(params, sort_keys=True)),
+        )
 
 
 def grammar_pool(

@@ -9,7 +9,6 @@ from diffusion_bias.diffusion.process import posterior_mean_variance
 from diffusion_bias.diffusion.process import predict_eps_from_x0
 from diffusion_bias.diffusion.process import predict_x0_from_eps
 from diffusion_bias.diffusion.process import q_sample
-from diffusion_bias.diffusion.samplers import noise_to
 from diffusion_bias.diffusion.samplers import sample
 from diffusion_bias.diffusion.schedules import Schedule
 from diffusion_bias.diffusion.schedules import image_schedule

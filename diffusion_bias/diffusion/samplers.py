@@ -80,7 +80,7 @@ def sample(
             predicted noise, converted with `predict_x0_from_eps`). Static.
         clip_x0: if given, x0_hat is clipped to [-clip_x0, clip_x0]. Static.
         start_step: static step index to start from, 1..T; a state noised to step
-            t by `noise_to` is denoised back with `start_step=t` (the U-turn).
+            t by `process.q_sample` is denoised back with `start_step=t` (the U-turn).
         item_ids: optional int [B]: draw each item's step noise from its own key
             (see `item_normal`), independent of the batch composition.
         step_rule: "posterior" (the posterior q(x_{t-1} | x_t, x0_hat)) or "paper"
@@ -111,43 +111,56 @@ def sample(
     start = num_steps if start_step is None else start_step
     if not checks.is_int(start) or not 1 <= start <= num_steps:
         raise ValueError(f"start_step must be an integer in 1..{num_steps}, got {start_step!r}.")
-    batch = x_T.shape[0]
 
     def step(x_t, i):
-        t = jnp.full((batch,), i, jnp.int32)
-        t_model = jnp.broadcast_to(schedule.timesteps[i], (batch,)).astype(jnp.int32)
-        output = denoise_fn(x_t, t_model)
-        if item_ids is None:
-            noise = standard_normal(jax.random.fold_in(key, i), x_t.shape, x_t.dtype)
-        else:
-            noise = item_normal(jax.random.fold_in(key, i), item_ids, x_t.shape[1:], x_t.dtype)
-        if step_rule == "paper":
-            return process.ddpm_eps_step(schedule, x_t, t, output.astype(x_t.dtype), noise), None
-        if parametrization == "eps":
-            x0_hat = process.predict_x0_from_eps(schedule, x_t, t, output)
-        else:
-            x0_hat = output
-        if clip_x0 is not None:
-            x0_hat = jnp.clip(x0_hat, -clip_x0, clip_x0)
-        return process.ddpm_step(schedule, x_t, t, x0_hat.astype(x_t.dtype), noise), None
+        x_prev = reverse_step(
+            denoise_fn, schedule, x_t, i, key, parametrization, clip_x0, item_ids, step_rule
+        )
+        return x_prev, None
 
     x0, _ = jax.lax.scan(step, x_T, jnp.arange(start, 0, -1, dtype=jnp.int32))
     return x0
 
 
-def noise_to(schedule: Schedule, x0: jax.Array, t: jax.Array, key: jax.Array) -> jax.Array:
-    """Forward-noises clean data to step t (the start of a U-turn).
+def reverse_step(
+    denoise_fn: DenoiseFn,
+    schedule: Schedule,
+    x_t: jax.Array,
+    i: jax.Array,
+    key: jax.Array,
+    parametrization: str = "x0",
+    clip_x0: float | None = None,
+    item_ids: jax.Array | None = None,
+    step_rule: str = "posterior",
+) -> jax.Array:
+    """One step x_t -> x_{t-1} of the chain `sample` scans: the body of its loop.
+
+    Public for what runs the chain one step at a time (`benchmarks/sampling.py`'s
+    per-step baseline). The arguments are `sample`'s, checked there, not here.
 
     Args:
-        schedule: the noise schedule.
-        x0: clean data.  # [B, ...]
-        t: step indices.  # [] or [B]
-        key: key of the noise.
+        denoise_fn, schedule, key, parametrization, clip_x0, item_ids, step_rule:
+            as in `sample`.
+        x_t: the state at step i.  # [B, ...]
+        i: the step index in 1..T, int32.  # []
 
     Returns:
-        x_t ~ q(x_t | x_0).  # [B, ...]
+        x_{t-1}.  # [B, ...]
     """
-    # One-hot tokens may come as integers; the noise must be float.
-    dtype = jnp.promote_types(x0.dtype, jnp.float32)
-    noise = standard_normal(key, x0.shape, dtype)
-    return process.q_sample(schedule, x0.astype(dtype), t, noise)
+    batch = x_t.shape[0]
+    t = jnp.full((batch,), i, jnp.int32)
+    t_model = jnp.broadcast_to(schedule.timesteps[i], (batch,)).astype(jnp.int32)
+    output = denoise_fn(x_t, t_model)
+    if item_ids is None:
+        noise = standard_normal(jax.random.fold_in(key, i), x_t.shape, x_t.dtype)
+    else:
+        noise = item_normal(jax.random.fold_in(key, i), item_ids, x_t.shape[1:], x_t.dtype)
+    if step_rule == "paper":
+        return process.ddpm_eps_step(schedule, x_t, t, output.astype(x_t.dtype), noise)
+    if parametrization == "eps":
+        x0_hat = process.predict_x0_from_eps(schedule, x_t, t, output)
+    else:
+        x0_hat = output
+    if clip_x0 is not None:
+        x0_hat = jnp.clip(x0_hat, -clip_x0, clip_x0)
+    return process.ddpm_step(schedule, x_t, t, x0_hat.astype(x_t.dtype), noise)

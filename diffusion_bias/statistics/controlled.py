@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_bias import checks
 from diffusion_bias import bp
 from diffusion_bias import chunking
 from diffusion_bias.diffusion import denoisers
@@ -185,7 +186,7 @@ def check_steps(schedule: Schedule, t_values) -> list[int]:
 
 def token_chunks(x0: np.ndarray, chunk_size: int) -> np.ndarray:
     """[N, L] -> [num_chunks, C, L], the last chunk padded with token 0."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if not checks.is_int(chunk_size) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}.")
     return chunking.padded_chunks(x0, min(chunk_size, x0.shape[0]), np.int32)
 
@@ -209,8 +210,10 @@ def noisy_inputs(
     """The noisy inputs x_t that `loss_decomposition` and `kl_bp.kl_bp_model` use.
 
     With the same x0, t, key and chunk_size, this is the x_t on which those
-    functions evaluated the model: feed it to every twin to get the sample-split
-    KL (`twin_token_kl`) on the same inputs as KL(BP_k || model).
+    functions evaluated the model. Public so that a reference computed
+    elsewhere (exact enumeration, another model, `twin_sequence_kl` of the
+    twins) is scored on exactly the inputs of a reported number; the tests
+    check both functions against enumeration this way.
 
     Args:
         transitions: the grammar's M[a, b, c] (only q is read).  # [q, q, q]
@@ -251,23 +254,6 @@ def sequence_kl(probs_a: jax.Array, probs_b: jax.Array) -> jax.Array:
         sum over L and q of a (log a - log b).  # [...]
     """
     return jnp.sum(token_kl(probs_a, probs_b), axis=-1)
-
-
-@jax.jit
-def twin_token_kl(probs_a: jax.Array, probs_b: jax.Array) -> jax.Array:
-    """Mean per-sequence KL(a || b): the sample-split KL of twins on the same x_t.
-
-    `sequence_kl` (the paper's unit, summed over the L positions) averaged
-    over sequences. Jittable and vmappable (e.g. over pairs of twins).
-
-    Args:
-        probs_a: the first model's probabilities.  # [..., L, q]
-        probs_b: the second model's, on the same inputs.  # [..., L, q]
-
-    Returns:
-        The mean of `sequence_kl` over the leading axes.  # []
-    """
-    return jnp.mean(sequence_kl(probs_a, probs_b))
 
 
 def grammatical_fraction(transitions, tokens, chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:

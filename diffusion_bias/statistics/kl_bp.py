@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_bias import checks
 from diffusion_bias import bp
 from diffusion_bias import chunking
 from diffusion_bias.diffusion import denoisers
@@ -119,6 +120,6 @@ def twin_kl_bp(denoise_fns, transitions, schedule: Schedule, x0, t_values, key) 
 
 def kl_along_t_ratios(num_points):
     """[R] t/T = 1/R, 2/R, ..., 1: where Fig. 3b reads KL(BP_k || model) along time."""
-    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
+    if not checks.is_int(num_points) or num_points < 2:
         raise ValueError(f"num_points must be an integer >= 2, got {num_points!r}")
     return np.arange(1, num_points + 1) / num_points

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_bias import checks
 from diffusion_bias import chunking
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion.schedules import Schedule
@@ -94,7 +95,7 @@ def decomposition_steps(num_steps, num_points):
     t_g = ceil((g + 1/2) T / G), g = 0..G-1: the midpoints of G equal slices of
     1..T, so uniform t in 1..T is approximated by a fixed, deterministic grid.
     """
-    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 1:
+    if not checks.is_int(num_points) or num_points < 1:
         raise ValueError(f"num_points must be a positive integer, got {num_points!r}")
     g = np.arange(min(num_points, num_steps))
     return [int(t) for t in np.ceil((g + 0.5) * num_steps / len(g))]

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_bias import checks
 from diffusion_bias import chunking
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion.schedules import Schedule
@@ -132,7 +133,7 @@ def uturn_overlap(
     transitions = jnp.asarray(transitions, jnp.float32)
     x0 = controlled.check_tokens(transitions, x0)
     steps = uturn_steps(schedule, ratios)
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+    if not checks.is_int(repeats) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}.")
     denoise_fn = controlled.as_pytree(denoise_fn)
     chunks = controlled.token_chunks(x0, chunk_size)
