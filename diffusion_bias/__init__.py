@@ -9,7 +9,8 @@ how they connect):
                   `denoiser`: a Flax model as the sampler's denoise function
     statistics    the statistics of the paper, one pure function each, over
                   arrays (`nearest`, `sample_split`, `losses`, `quality`,
-                  `score_cosine`, `controlled` for the grammar)
+                  `score_cosine`; for the grammar, against exact BP: `uturn`,
+                  `kl_bp`, `loss_decomposition`, `controlled`)
     diffusion     schedules, the forward process (`q_sample`), the ancestral
                   sampler, the exact and reference denoisers
     models        the Flax denoisers (`MODELS`: transformer, U-Net, MLP)

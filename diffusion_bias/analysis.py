@@ -15,32 +15,16 @@ import os
 import time
 
 from absl import logging
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion_bias import checks
 from diffusion_bias import checkpoints
-from diffusion_bias import coupled
 from diffusion_bias import default_config
 from diffusion_bias import files
+from diffusion_bias import instrument
 from diffusion_bias import metric_writers
 from diffusion_bias import run as run_lib
 from diffusion_bias import summary
-from diffusion_bias.data import sources
-from diffusion_bias.diffusion import process
-from diffusion_bias.diffusion import samplers
-from diffusion_bias.diffusion import schedules
-from diffusion_bias.statistics import controlled
-from diffusion_bias.statistics import kl_bp
-from diffusion_bias.statistics import loss_decomposition
-from diffusion_bias.statistics import losses
-from diffusion_bias.statistics import nearest
-from diffusion_bias.statistics import quality
-from diffusion_bias.statistics import sample_split
-from diffusion_bias.statistics import score_cosine
-from diffusion_bias.statistics import uturn
 
 # Bumped whenever the per-snapshot arrays change meaning, so old caches are not reused.
 CACHE_VERSION = 4
@@ -57,255 +41,6 @@ def analysis_config(workdir, overrides=None):
     # The stopping rules the report replays read the monitor's settings.
     saved["monitor"] = {**defaults.monitor.to_dict(), **saved.get("monitor", {})}
     return ml_collections.ConfigDict(saved)
-
-
-def sampling_schedule(schedule, sampling_steps):
-    """The schedule the coupled samples run on.
-
-    Args:
-        schedule: the training schedule (T steps).
-        sampling_steps: 0 or None for the full chain of T steps (the paper's
-            protocol); else a respacing to min(sampling_steps, T) steps.
-    """
-    if sampling_steps is None or sampling_steps == 0:
-        return schedule
-    if not checks.is_int(sampling_steps) or sampling_steps < 0:
-        raise run_lib.ConfigError(
-            "config.analysis.sampling_steps must be 0 (full chain) or a positive integer, "
-            f"got {sampling_steps!r}"
-        )
-    return schedules.respace(schedule, min(sampling_steps, schedule.num_steps))
-
-
-class _Instrument:
-    """What stays fixed across snapshots: data, grids, compiled functions.
-
-    Images: twin k lives in its own space, the items minus `offsets[k]` (its
-    centring shift). Its losses are taken there (held-out items shifted by the
-    same offset, as the paper's authors transform a split's test set); samples
-    are mapped back (plus their twin's offset) so that they, the training sets
-    `train` and the held-out items `heldout` compare in one common space, the
-    items as drawn.
-    """
-
-    def __init__(self, config, workdir):
-        run = run_lib.prepare(config, workdir)
-        self.config, self.a = config, config.analysis
-        self.kind, self.model, self.schedule = run.kind, run.model, run.schedule
-        self.train = np.asarray(run.twin_data.train)  # [K, n, ...] common space
-        self.heldout = np.asarray(run.twin_data.heldout)  # [m, ...] common space
-        self.offsets = run.offsets  # [K, C] images, None for tokens
-        self.grammar = run.pool.grammar
-        self.apply_fn = coupled.denoiser(self.model, self.kind)
-        self.apply_jit = jax.jit(self.apply_fn)
-        self.sampling = sampling_schedule(self.schedule, self.a.sampling_steps)
-        key = jax.random.key(self.a.seed)
-        self.sample_key = jax.random.fold_in(key, 0)
-        n_items = min(self.a.loss_items, self.train.shape[1])
-        self.train_items = np.asarray(run.train)[:, :n_items]  # each twin's own space
-        largest = max(n_items, len(self.heldout))
-        self.loss_t, self.loss_noise = losses.loss_grid(
-            jax.random.fold_in(key, 1), largest, self.schedule.num_steps, self.a.loss_repeats
-        )
-        self.score_key = jax.random.fold_in(key, 2)
-        self.stat_key = jax.random.fold_in(key, 3)
-        labels = run.pool.labels
-        self.classifier = None
-        if self.kind == "images" and labels is not None:
-            # Sample quality: a classifier of the held-out items (never the training sets).
-            held_labels = labels[run.twin_data.splits.heldout]
-            self.classifier = quality.fit_classifier(self.heldout, held_labels)
-        if self.kind == "tokens":
-            self.q = self.grammar.q
-            self.length = self.train.shape[-1]
-            self.item_shape = (self.length, self.q)
-        else:
-            self.q = None
-            self.item_shape = self.train.shape[2:]
-
-    def in_twin_space(self, items, k, scale=1.0):
-        """Items of the common space as twin k sees them: minus scale * offsets[k].
-
-        `scale` = sqrt(alpha_bar_t) shifts noisy items x_t (the offset scales with x_0).
-        """
-        if self.offsets is None or not np.any(self.offsets[k]):
-            return items
-        return items - scale * jnp.asarray(self.offsets[k], items.dtype)
-
-    def to_common_space(self, samples):
-        """[K, N, ...] samples of each twin's space plus that twin's offset."""
-        if self.offsets is None or not np.any(self.offsets):
-            return samples
-        shift = sources.twin_offsets(self.offsets, samples.ndim)
-        return (samples + shift).astype(samples.dtype)
-
-    def losses_of(self, params, items):
-        """Per-item losses of one twin on items of its own space ([B] numpy)."""
-        return losses.item_losses(
-            self.apply_fn,
-            params,
-            items,
-            self.loss_t[: len(items)],
-            self.loss_noise,
-            self.schedule,
-            kind=self.kind,
-            num_symbols=self.q,
-        )
-
-    def compute(self, snapshot):
-        """All per-snapshot arrays, as a flat dict of numpy arrays."""
-        stacked = snapshot.evaluated_params()
-        num_twins = self.train.shape[0]
-        params = [jax.tree.map(lambda x, k=k: x[k], stacked) for k in range(num_twins)]
-        paper_step = self.kind == "images" and self.a.image_sampler == "paper"
-        clip = None if paper_step else self.a.clip_x0 or None
-        samples = coupled.coupled_samples(
-            self.apply_fn,
-            stacked,
-            self.sampling,
-            self.item_shape,
-            self.a.num_samples,
-            self.sample_key,
-            kind=self.kind,
-            twin_strategy=self.config.training.twin_strategy,
-            clip_x0=clip if self.kind == "images" else None,
-            step_rule="paper" if paper_step else "posterior",
-        )
-        if self.kind == "images":
-            samples = self.to_common_space(samples)
-        out = dict(similarity=sample_split.pair_similarity(samples, self.kind))
-        out.update(nearest.nearest_statistics(samples, self.train, self.heldout, self.kind))
-        out["test_losses"] = np.stack(
-            [
-                self.losses_of(p, np.asarray(self.in_twin_space(self.heldout, k)))
-                for k, p in enumerate(params)
-            ]
-        )
-        out["train_losses"] = np.stack(
-            [self.losses_of(p, self.train_items[k]) for k, p in enumerate(params)]
-        )
-        if self.classifier is not None:
-            out["quality"] = np.stack(
-                [quality.classifier_confidence(self.classifier, x) for x in samples]
-            )  # [K, N]
-        if self.kind == "images":
-            out["score_cosine_heldout"], out["score_cosine_train"] = self._score_cosines(params)
-            e = min(8, self.a.num_samples)
-            out["example_samples"] = samples[:, :e]
-            out["example_nearest"] = np.stack(
-                [self.train[k][out["own_index"][k, :e]] for k in range(num_twins)]
-            )
-        else:
-            out.update(self._token_statistics(params, samples))
-        return out
-
-    def twin_denoisers(self, stacked):
-        """Twin k's denoiser per twin, its params bound in a Partial.
-
-        A Partial keeps the parameters traced: one compilation for all snapshots.
-        """
-        return [
-            jax.tree_util.Partial(self.apply_fn, jax.tree.map(lambda x, k=k: x[k], stacked))
-            for k in range(self.train.shape[0])
-        ]
-
-    def _score_cosines(self, params):
-        """[P, T] twin-pair cosine of predicted noise, held-out and own-train inputs."""
-
-        def noisy(items, t):
-            items = jnp.asarray(items)
-            tt = jnp.full((len(items),), t)
-            noise = samplers.item_normal(
-                jax.random.fold_in(self.score_key, t), jnp.arange(len(items)), items.shape[1:]
-            )
-            return process.q_sample(self.schedule, items, tt, noise), tt
-
-        heldout, train_ = [], []
-        n_items = self.train_items.shape[1]
-        for t in self.a.score_times:
-            # Noised in the common space, then shifted into each twin's space.
-            scale = float(np.sqrt(self.schedule.alpha_bars[t]))
-            x_t, tt = noisy(self.heldout, t)
-            eps = [
-                self.apply_jit(p, self.in_twin_space(x_t, k, scale), tt)
-                for k, p in enumerate(params)
-            ]
-            heldout.append(score_cosine.pair_cosines(eps))
-            # eps[own][k]: twin k on twin `own`'s training images, each computed once.
-            own_inputs = [noisy(items[:n_items], t) for items in self.train]
-            eps = [
-                [
-                    self.apply_jit(p, self.in_twin_space(x, k, scale), tt)
-                    for k, p in enumerate(params)
-                ]
-                for x, tt in own_inputs
-            ]
-            train_.append(score_cosine.own_inputs_pair_cosines(eps))
-        return np.asarray(heldout).T, np.asarray(train_).T
-
-    def _token_statistics(self, params, samples):
-        transitions = jnp.asarray(self.grammar.transitions, jnp.float32)
-        out = {}
-        out["grammatical"] = np.array(
-            [controlled.grammatical_fraction(transitions, s) for s in samples]
-        )
-        t_crit = max(1, int(round(self.a.critical_ratio * self.schedule.num_steps)))
-        heldout = self.heldout[: self.a.uturn_items]
-        x0 = jax.nn.one_hot(heldout, self.q)
-        noise = samplers.item_normal(self.stat_key, jnp.arange(len(heldout)), x0.shape[1:])
-        tt = jnp.full((len(heldout),), t_crit)
-        x_t = process.q_sample(self.schedule, x0, tt, noise)
-        # Per pair and sequence, summed over the L tokens (as the paper).
-        out["twin_kl"] = controlled.twin_sequence_kl([self.apply_jit(p, x_t, tt) for p in params])
-        fns = [jax.tree_util.Partial(self.apply_fn, p) for p in params]
-        kl = kl_bp.twin_kl_bp(fns, transitions, self.schedule, heldout, [t_crit], self.stat_key)
-        out["kl_bp"] = kl[:, :, 0]  # [K, depth + 1]
-        # t/T = 0.3 (the paper's panel), then the grid whose mean is the average over t.
-        grid = loss_decomposition.decomposition_steps(
-            self.schedule.num_steps, self.a.get("decomposition_times", 20)
-        )
-        out["decomposition"], out["decomposition_mean_t"] = (
-            loss_decomposition.twin_loss_decomposition(
-                fns,
-                transitions,
-                self.schedule,
-                self.train[:, : self.a.uturn_items],
-                heldout,
-                max(1, int(round(0.3 * self.schedule.num_steps))),
-                grid,
-                self.stat_key,
-            )
-        )  # [K, 4] each: at t/T = 0.3, mean over t
-        out["decomposition_steps"] = np.asarray(grid)
-        return out
-
-    def uturn(self, snapshot):
-        """U-turn ratios model / exact BP, [K, R] on own training and on held-out sequences."""
-        a = self.a
-        return uturn.twin_uturn_ratios(
-            self.twin_denoisers(snapshot.evaluated_params()),
-            jnp.asarray(self.grammar.transitions, jnp.float32),
-            self.schedule,
-            self.train[:, : a.uturn_items],
-            self.heldout[: a.uturn_items],
-            a.uturn_ratios,
-            self.stat_key,
-            repeats=a.get("uturn_repeats", 1),
-        )
-
-    def kl_along_t(self, snapshot):
-        """KL(BP_k || model) per sequence along t on held-out sequences: [twins, k, R]."""
-        ratios = kl_bp.kl_along_t_ratios(self.a.get("kl_along_t_points", 25))
-        steps = uturn.uturn_steps(self.schedule, ratios)
-        values = kl_bp.twin_kl_bp(
-            self.twin_denoisers(snapshot.evaluated_params()),
-            jnp.asarray(self.grammar.transitions, jnp.float32),
-            self.schedule,
-            self.heldout[: self.a.uturn_items],
-            steps,
-            self.stat_key,
-        )
-        return dict(values=values, steps=np.asarray(steps), ratios=ratios)
 
 
 def _cached(path, compute):
@@ -391,10 +126,10 @@ class _Walk:
         self.num_steps = len(ckpts.snapshot_steps())
 
     def at(self, index, step, prefix, method):
-        """`_Instrument.<method>(snapshot)` of snapshot `index` (at `step`), cached."""
+        """`Instrument.<method>(snapshot)` of snapshot `index` (at `step`), cached."""
 
         def compute():
-            self.instrument = self.instrument or _Instrument(self.config, self.workdir)
+            self.instrument = self.instrument or instrument.Instrument(self.config, self.workdir)
             return getattr(self.instrument, method)(self.ckpts.read_snapshot(step))
 
         path = os.path.join(self.cache_dir, f"{prefix}_{step}_{self.tag}.npz")

@@ -3,7 +3,7 @@
 Over 350 lines because ~70 of them are `STATISTICS_SCHEMA`, kept beside the code that writes it.
 
 The analysis walks the snapshots and hands each one's arrays (a dict per
-snapshot, see `analysis._Instrument.compute`) here; the entries are described
+snapshot, see `instrument.Instrument.compute`) here; the entries are described
 in `STATISTICS_SCHEMA`. Curves are assembled per kind (images,
 tokens), then the verdict, the stopping rules replayed over the curves, and
 what the onset and the test-loss minimum hold.

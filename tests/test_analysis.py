@@ -9,6 +9,7 @@ import pytest
 
 from configs import smoke
 from diffusion_bias import analysis
+from diffusion_bias import instrument
 from diffusion_bias import run as run_lib
 from diffusion_bias import train
 from diffusion_bias.diffusion import schedules
@@ -85,9 +86,9 @@ def test_rerun_reads_the_cache_and_gives_the_same_statistics(trained):
 
 def test_sampling_steps_0_is_the_full_chain_and_others_respace():
     schedule = schedules.token_schedule(100)
-    assert analysis.sampling_schedule(schedule, 0) is schedule
-    assert analysis.sampling_schedule(schedule, None) is schedule
-    assert analysis.sampling_schedule(schedule, 20).num_steps == 20
-    assert analysis.sampling_schedule(schedule, 500).num_steps == 100
+    assert instrument.sampling_schedule(schedule, 0) is schedule
+    assert instrument.sampling_schedule(schedule, None) is schedule
+    assert instrument.sampling_schedule(schedule, 20).num_steps == 20
+    assert instrument.sampling_schedule(schedule, 500).num_steps == 100
     with pytest.raises(run_lib.ConfigError, match="sampling_steps"):
-        analysis.sampling_schedule(schedule, -3)
+        instrument.sampling_schedule(schedule, -3)

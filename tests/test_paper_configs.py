@@ -4,7 +4,7 @@ from configs import celeba_paper
 from configs import digits_cpu
 from configs import grammar_cpu
 from configs import grammar_paper
-from diffusion_bias import analysis
+from diffusion_bias import instrument
 from diffusion_bias import summary
 from diffusion_bias.diffusion import schedules
 from diffusion_bias.statistics import uturn
@@ -16,7 +16,7 @@ def test_grammar_paper_analysis_is_the_papers_protocol():
         a = config.analysis
         schedule = schedules.token_schedule(config.diffusion.num_steps)
         # Full reverse chain of T = 500 steps, not a respacing.
-        assert analysis.sampling_schedule(schedule, a.sampling_steps) is schedule
+        assert instrument.sampling_schedule(schedule, a.sampling_steps) is schedule
         assert schedule.num_steps == 500
         assert a.num_samples == 50_000
         assert (a.uturn_items, a.uturn_repeats) == (1000, 100)
@@ -30,7 +30,7 @@ def test_grammar_paper_analysis_is_the_papers_protocol():
 def test_celeba_paper_samples_512_per_model_on_the_full_chain():
     config = celeba_paper.get_config()
     schedule = schedules.image_schedule(config.diffusion.num_steps)
-    assert analysis.sampling_schedule(schedule, config.analysis.sampling_steps) is schedule
+    assert instrument.sampling_schedule(schedule, config.analysis.sampling_steps) is schedule
     assert schedule.num_steps == 1000 and config.analysis.num_samples == 512
 
 
