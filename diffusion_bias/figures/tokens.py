@@ -76,13 +76,8 @@ def fig_sequential_learning(stats, path):
         )
         plotted.append(twin)
     common.mark_snapshots(ax, stats)
-    finite = np.concatenate(plotted) if plotted else np.array([])
-    finite = finite[np.isfinite(finite)]
-    # KLs span decades; a log axis only when every plotted value allows it.
-    if len(finite) and (finite > 0).all():
-        ax.set_yscale("log")
     common.epoch_axis(ax, epochs)
-    ax.set_ylabel("KL divergence per sequence (summed over tokens) at the critical time")
+    common.value_axis(ax, "KL per sequence (summed over tokens), critical time", *plotted)
     ax.set_title("Sequential learning: exact factorised scores BP_k vs the model (BP_0 is exact)")
     common.legend(ax, loc="best")
     common.save(fig, path)
