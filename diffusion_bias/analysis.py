@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from diffusion_bias import checkpoints
+from diffusion_bias import config_file
 from diffusion_bias import default_config
 from diffusion_bias import files
 from diffusion_bias import instrument
@@ -32,7 +33,7 @@ CACHE_VERSION = 4
 
 def analysis_config(workdir, overrides=None):
     """The run's config with its analysis section (defaults where absent)."""
-    saved = checkpoints.load_config(workdir)
+    saved = config_file.load_config(workdir)
     defaults = default_config.get_config()
     analysis = defaults.analysis.to_dict()
     analysis.update(saved.get("analysis", {}))
