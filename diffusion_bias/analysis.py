@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from diffusion_bias import checkpoints
+from diffusion_bias import config_file
 from diffusion_bias import default_config
 from diffusion_bias import files
 from diffusion_bias import instrument
@@ -32,7 +33,7 @@ CACHE_VERSION = 4
 
 def analysis_config(workdir, overrides=None):
     """The run's config with its analysis section (defaults where absent)."""
-    saved = checkpoints.load_config(workdir)
+    saved = config_file.load_config(workdir)
     defaults = default_config.get_config()
     analysis = defaults.analysis.to_dict()
     analysis.update(saved.get("analysis", {}))
@@ -93,13 +94,11 @@ def analyze(workdir, overrides=None):
     if stats["setting"] == "tokens":
         # The U-turn is costly: run it where Fig. 5 looks, at the onset and the minimum.
         v = stats["verdict"]
-        epochs = sorted(
-            {e for e in (v.get("bias_onset_epoch"), v.get("test_loss_min_epoch")) if e is not None}
-            or {stats["checkpoints"][-1]}
-        )
+        where = {v["bias_onset_index"], v["test_loss_min_index"]} - {None}
+        indices = sorted(where or {len(steps) - 1})
+        epochs = [stats["checkpoints"][i] for i in indices]
         uturns, kl_curves = [], []
-        for epoch in epochs:
-            i = stats["checkpoints"].index(epoch)
+        for i in indices:
             uturns.append(walk.at(i, steps[i], "uturn", "uturn"))
             kl_curves.append(walk.at(i, steps[i], "kl_along_t", "kl_along_t"))
         stats["uturn"] = summary.uturn(config.analysis, epochs, uturns)

@@ -3,6 +3,7 @@
 A run's workdir holds
 
     config.json         the resolved config the run was started with
+                        (`config_file.py`)
     checkpoints/STEP/   Orbax checkpoints of one manager: the planned snapshot
                         steps (`run.snapshot_steps`), never deleted, and the
                         newest step, kept for resuming
@@ -21,19 +22,16 @@ deletes anything: the analysis reads the snapshots complete so far while the
 training still runs and saves. A checkpoint damaged afterwards is reported by
 name, set aside and skipped on resume.
 
-SIGTERM (how schedulers announce a preemption) is caught while training runs:
-the loop saves the step it reached and exits with status 75 (EX_TEMPFAIL,
-"rerun to resume"); the same command then resumes from that step.
+SIGTERM (how schedulers announce a preemption) is caught while training runs
+(`preemption.py`): the loop saves the step it reached and exits; the same
+command then resumes from that step.
 
 This layout (one `checkpoints/` folder) replaced `snapshots/` and `latest/`;
 workdirs of the old layout are not read.
 """
 
 import dataclasses
-import json
 import os
-import signal
-import threading
 from typing import Any
 
 from absl import logging
@@ -43,8 +41,6 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
-
-from diffusion_bias import files
 
 
 @flax.struct.dataclass
@@ -109,51 +105,6 @@ def snapshot_plan(total_steps, num_snapshots, first_step, multiple_of=1):
     steps = np.round(steps / multiple_of).astype(np.int64) * multiple_of
     steps = np.clip(steps, multiple_of, total_steps)
     return np.unique(np.append(steps, total_steps))
-
-
-def save_config(workdir, config):
-    """Writes `config.json`, or checks that a resumed run has the same config.
-
-    Fields under `analysis` are not compared: they do not change training. In a
-    multi-process run every process checks, and process 0 alone writes.
-
-    Raises:
-        ValueError: the workdir holds a run with a different config; the
-            message names the fields that differ.
-    """
-    path = os.path.join(workdir, "config.json")
-    current = json.loads(config.to_json_best_effort(sort_keys=True))
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        # The analysis section does not change training; it may differ.
-        diffs = sorted(d for d in _diff(saved, current) if not d.startswith("analysis"))
-        if diffs:
-            raise ValueError(
-                f"{workdir} holds a run with a different config; differing fields: "
-                f"{', '.join(diffs)}. Use a new --workdir, or the same config to resume."
-            )
-        return
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() != 0:
-        # One writer: the others would each replace the same file.
-        return
-    with files.atomic_write(path) as f:
-        json.dump(current, f, indent=2, sort_keys=True)
-
-
-def load_config(workdir):
-    """The config dict saved by `save_config`."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        return json.load(f)
-
-
-def _diff(a, b, prefix=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in set(a) | set(b):
-            yield from _diff(a.get(key), b.get(key), f"{prefix}{key}.")
-    elif a != b:
-        yield prefix.rstrip(".")
 
 
 class TwinCheckpoints:
@@ -296,69 +247,6 @@ class TwinCheckpoints:
 
     def close(self):
         self._manager.close()
-
-
-# Exit status of a run stopped by SIGTERM after saving: EX_TEMPFAIL of
-# sysexits.h, "temporary failure, the user is invited to retry".
-PREEMPTED_EXIT_STATUS = 75
-
-
-class Preempted(SystemExit):
-    """Training stopped on SIGTERM after saving `step`; exits with status 75."""
-
-    def __init__(self, step):
-        super().__init__(PREEMPTED_EXIT_STATUS)
-        self.step = step
-
-
-class PreemptionNotice:
-    """Records SIGTERM from `install()` to `uninstall()`; the loop asks `received()`.
-
-    The handler only sets a flag (no logging or I/O inside a signal handler);
-    the training loop checks it between compiled calls, saves and stops. With
-    several processes, a SIGTERM to any of them counts for all: `received()`
-    gathers every process's flag, so all stop at the same step (each call of it
-    is a collective, made once per compiled call by every process). Outside the
-    main thread, where Python cannot set handlers, SIGTERM keeps its action.
-
-    Not Orbax's PreemptionCheckpointingPolicy: it asks JAX's preemption sync
-    point, which fires only when called with the exact step id after the
-    fastest process's last one, and the loop's steps go by `steps_per_call`.
-    The handler here replaces JAX's SIGTERM notifier (set by
-    jax.distributed.initialize), which records the signal and keeps running.
-    """
-
-    def __init__(self):
-        self._flag = False
-        self._installed = False
-        self._previous = None
-
-    @classmethod
-    def install(cls):
-        """A notice whose handler now catches SIGTERM."""
-        notice = cls()
-        if threading.current_thread() is threading.main_thread():
-            notice._previous = signal.signal(signal.SIGTERM, notice._handle)
-            notice._installed = True
-        return notice
-
-    def uninstall(self):
-        """Gives SIGTERM back its previous action."""
-        if self._installed:
-            # None: a handler set outside Python (JAX's, after jax.distributed).
-            previous = signal.SIG_DFL if self._previous is None else self._previous
-            signal.signal(signal.SIGTERM, previous)
-            self._installed = False
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self._flag = True
-
-    def received(self):
-        """Whether any process got SIGTERM; the same answer on every process."""
-        if jax.process_count() == 1:
-            return self._flag
-        return bool(np.any(multihost_utils.process_allgather(np.int32(self._flag))))
 
 
 def abstract(state):

@@ -74,7 +74,9 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      the midpoint grid mean_t_steps [G]
   verdict            {bias_onset_epoch, bias_onset_interval, test_loss_min_epoch,
                      test_loss_min_interval, gap_epochs, gap_interval, conclusive,
-                     reasons, bias_statistic, grammaticality_gate (tokens: the
+                     reasons, bias_onset_index, test_loss_min_index (the snapshots
+                     of the onset and the minimum: indices into checkpoints, None
+                     with the epochs), bias_statistic, grammaticality_gate (tokens: the
                      share of grammatical samples a snapshot needs to hold the
                      onset, 0 = off as in the paper), ungated (tokens, when the
                      gate is on: the verdict without it), other_statistics: {name: the same
@@ -248,7 +250,7 @@ def token_curves(per_step, length):
 
 def examples(epochs, per_step, decision):
     """The examples entry: samples and their nearest training items at the onset."""
-    onset = epochs.index(decision["bias_onset_epoch"])
+    onset = decision["bias_onset_index"]
     return dict(
         epoch=epochs[onset],
         samples=per_step[onset]["example_samples"][..., 0].tolist(),
@@ -344,11 +346,8 @@ def stopping_rules(config, stats, loss, bias, bias_boot):
 
 def at_onset_and_test_min(stats):
     """{name: [value at the onset, value at the test-loss minimum]}, None where absent."""
-    v, epochs = stats["verdict"], stats["checkpoints"]
-    where = [
-        epochs.index(v[name]) if v.get(name) is not None else None
-        for name in ("bias_onset_epoch", "test_loss_min_epoch")
-    ]
+    v = stats["verdict"]
+    where = [v["bias_onset_index"], v["test_loss_min_index"]]
     curves = dict(
         membership_auc=stats["membership_auc"],
         memorized_fraction=stats["nearest"]["memorized_fraction"],

@@ -13,7 +13,7 @@ checkpoints into the shared workdir, and process 0 alone writes the other files
 and logs progress.
 
 SIGTERM (preemption) stops the run at the next call boundary, after saving that
-step: the process exits with status 75 (`checkpoints.PREEMPTED_EXIT_STATUS`) and
+step: the process exits with status 75 (`preemption.PREEMPTED_EXIT_STATUS`) and
 the same command resumes, to the same parameters as an uninterrupted run.
 """
 
@@ -29,8 +29,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from diffusion_bias import checkpoints
+from diffusion_bias import config_file
 from diffusion_bias import metric_writers
 from diffusion_bias import monitor_run
+from diffusion_bias import preemption
 from diffusion_bias import run as run_lib
 from diffusion_bias import twin_steps
 
@@ -42,7 +44,7 @@ def train_and_evaluate(config, workdir):
         The final checkpoints.TwinState.
 
     Raises:
-        checkpoints.Preempted: (a SystemExit, status 75) on SIGTERM, once the
+        preemption.Preempted: (a SystemExit, status 75) on SIGTERM, once the
             step reached is saved; the same call resumes from it.
     """
     run = _begin(config, workdir)
@@ -62,14 +64,14 @@ def train_and_evaluate(config, workdir):
     progress = _Progress(config, workdir, run, start) if primary else None
     board = progress.board if primary else None
     # SIGTERM from here on: save the step reached, then raise Preempted (exit 75).
-    preemption = checkpoints.PreemptionNotice.install()
+    notice = preemption.PreemptionNotice.install()
     try:
         monitor, stopped = _resume_monitor(config, run, workdir, state, start, ckpts, board)
         if not stopped:
-            loop = _Loop(config, run, workdir, ckpts, preemption, monitor, progress)
+            loop = _Loop(config, run, workdir, ckpts, notice, monitor, progress)
             state = loop.train(chunk, state, data, start)
     finally:
-        preemption.uninstall()
+        notice.uninstall()
         ckpts.wait_until_finished()
         ckpts.close()
         if primary:
@@ -82,7 +84,7 @@ def _begin(config, workdir):
     # Every check, the pool size included, before the first write into the workdir.
     run_lib.check_config(config)
     try:
-        checkpoints.save_config(workdir, config)
+        config_file.save_config(workdir, config)
     except ValueError as err:  # a resumed run with another config: the fields are named
         raise run_lib.ConfigError(str(err)) from None
     run = run_lib.prepare(config, workdir)
@@ -143,11 +145,11 @@ def _resume_monitor(config, run, workdir, state, start, ckpts, board):
 class _Loop:
     """The training calls from a step to the end: save, monitor, log, stop on SIGTERM."""
 
-    def __init__(self, config, run, workdir, ckpts, preemption, monitor, progress):
+    def __init__(self, config, run, workdir, ckpts, notice, monitor, progress):
         self.per_call = config.training.steps_per_call
         self.log_every = config.training.log_every_steps
         self.run, self.workdir, self.ckpts = run, workdir, ckpts
-        self.preemption, self.monitor, self.progress = preemption, monitor, progress
+        self.notice, self.monitor, self.progress = notice, monitor, progress
 
     def train(self, chunk, state, data, step):
         """Runs `chunk` from `step` to the run's total; returns the last state."""
@@ -159,7 +161,7 @@ class _Loop:
             if self.progress is not None:
                 self.progress.add(losses)
             # Asked of every process at every call: with several, it is a collective.
-            preempted = self.preemption.received() and step < total
+            preempted = self.notice.received() and step < total
             self.ckpts.save(step, state, force=preempted)
             if self.monitor is not None and step in plan and self._monitor_stops(state, step):
                 break
@@ -184,9 +186,9 @@ class _Loop:
                 step,
                 self.run.total_steps,
                 os.path.join(self.workdir, "checkpoints"),
-                checkpoints.PREEMPTED_EXIT_STATUS,
+                preemption.PREEMPTED_EXIT_STATUS,
             )
-        raise checkpoints.Preempted(step)
+        raise preemption.Preempted(step)
 
 
 def _finite_losses(losses, step, workdir):

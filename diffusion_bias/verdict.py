@@ -167,7 +167,11 @@ def decide(epochs, bias, bias_boot, loss, loss_boot, mode, valid=None, bias_name
 
     Returns:
         dict: bias_onset_epoch, test_loss_min_epoch, gap_epochs, their 95%
-        intervals, conclusive (bool) and reasons (list of str).
+        intervals, conclusive (bool) and reasons (list of str); and
+        bias_onset_index, test_loss_min_index, the snapshots (indices into
+        `epochs`) at the onset and the minimum, so that readers address them
+        by index rather than by matching float epochs. Without a valid
+        checkpoint, the epochs and indices are None.
     """
     epochs = np.asarray(epochs, np.float64)
     valid = np.ones(len(epochs), bool) if valid is None else np.asarray(valid, bool)
@@ -178,6 +182,8 @@ def decide(epochs, bias, bias_boot, loss, loss_boot, mode, valid=None, bias_name
             bias_onset_epoch=None,
             test_loss_min_epoch=None,
             gap_epochs=None,
+            bias_onset_index=None,
+            test_loss_min_index=None,
         )
     onset = int(_arg_extremum(np.asarray(bias), mode, valid))
     loss_min = int(np.argmin(loss))
@@ -195,6 +201,8 @@ def decide(epochs, bias, bias_boot, loss, loss_boot, mode, valid=None, bias_name
         gap_interval=_interval(gap_b),
         conclusive=not reasons,
         reasons=reasons,
+        bias_onset_index=onset,
+        test_loss_min_index=loss_min,
     )
 
 

@@ -48,6 +48,9 @@ def test_analyze_writes_statistics_figures_and_verdict(trained):
         "conclusive",
         "reasons",
     }
+    for which in ("bias_onset", "test_loss_min"):
+        i, epoch = stats["verdict"][f"{which}_index"], stats["verdict"][f"{which}_epoch"]
+        assert (i is None) == (epoch is None) and (i is None or stats["checkpoints"][i] == epoch)
     if setting == "grammar":
         assert len(stats["nn_divergence"]) == num and len(stats["kl_bp"]["values"][0]) == 4
         assert len(stats["nn_divergence_per_model"][0]) == 2

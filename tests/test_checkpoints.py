@@ -12,7 +12,7 @@ import time
 import jax
 import pytest
 
-from diffusion_bias import checkpoints
+from diffusion_bias import preemption
 from tests import test_train
 
 
@@ -98,7 +98,9 @@ def _start_and_wait_for_a_save(workdir, after=-1):
 
 
 # One workdir takes both interruptions in turn (SIGTERM, then kill -9 of the resumed
-# run), so that the pair costs one run of 40 epochs, not two.
+# run), so that the pair costs one run of 40 epochs, not two. The SIGTERM half tests
+# preemption.py too; it stays here, beside the uninterrupted `long_run` it is
+# compared with, as a test_preemption.py of its own would need its own 40-epoch run.
 def test_sigterm_saves_the_step_reached_kill_9_loses_no_save_and_reruns_resume_bit_identically(
     long_run, tmp_path
 ):
@@ -106,7 +108,7 @@ def test_sigterm_saves_the_step_reached_kill_9_loses_no_save_and_reruns_resume_b
     proc = _start_and_wait_for_a_save(workdir)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == checkpoints.PREEMPTED_EXIT_STATUS, out
+    assert proc.returncode == preemption.PREEMPTED_EXIT_STATUS, out
     assert "Traceback" not in out, out
     match = re.search(r"SIGTERM: saved step (\d+)/160", out)
     assert match, out

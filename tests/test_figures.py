@@ -38,10 +38,15 @@ def _verdict(epochs, conclusive):
             bias_onset_epoch=None,
             test_loss_min_epoch=None,
             gap_epochs=None,
+            bias_onset_index=None,
+            test_loss_min_index=None,
             bias_statistic="nn_divergence (minimum)",
         )
-    onset, test_min = epochs[len(epochs) // 3], epochs[(2 * len(epochs)) // 3]
+    onset_index, test_min_index = len(epochs) // 3, (2 * len(epochs)) // 3
+    onset, test_min = epochs[onset_index], epochs[test_min_index]
     return dict(
+        bias_onset_index=onset_index,
+        test_loss_min_index=test_min_index,
         bias_onset_epoch=onset,
         bias_onset_interval=[epochs[0], epochs[len(epochs) // 2]],
         test_loss_min_epoch=test_min,
@@ -198,6 +203,22 @@ def test_one_checkpoint_and_no_verdict(tmp_path, low_dpi):
     del stats["verdict"]
     paths = figures.draw_all(stats, str(tmp_path), strict=True)
     _check_pngs(paths, IMAGE_FIGURES, tmp_path)
+
+
+def test_key_snapshots_are_the_verdicts_indices_or_its_epochs_in_an_older_file(tmp_path, low_dpi):
+    stats = synthetic_stats("tokens", num_checkpoints=9)
+    expected = [(0, "first"), (3, "bias onset"), (6, "test-loss min"), (8, "last")]
+    assert common.key_snapshots(stats) == expected
+    # A statistics.json written before the verdict carried indices: found by epoch.
+    older = json.loads(json.dumps(stats))
+    for key in ("bias_onset_index", "test_loss_min_index"):
+        del older["verdict"][key]
+    assert common.key_snapshots(older) == expected
+    paths = figures.draw_all(older, str(tmp_path), strict=True)
+    _check_pngs(paths, TOKEN_FIGURES, tmp_path)
+    # An inconclusive verdict without an onset marks the ends alone.
+    none = synthetic_stats("tokens", num_checkpoints=9, conclusive=False)
+    assert common.key_snapshots(none) == [(0, "first"), (8, "last")]
 
 
 def test_snapshot_at_epoch_zero(tmp_path, low_dpi):

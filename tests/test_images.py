@@ -1,6 +1,7 @@
 """Image pools: the digits, tfds through its mock, and the preprocessing."""
 
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -113,6 +114,46 @@ def test_tfds_pool_chunks_like_one_batch(monkeypatch):
         pool = images_lib.tfds_pool("cifar10", image_size=16, grayscale=False)
     assert pool.items.shape == (7, 16, 16, 3)
     np.testing.assert_allclose(pool.items, images_lib.preprocess_images(raw, 16, False))
+
+
+def _fake_tfds(monkeypatch, records):
+    """A stand-in tensorflow_datasets whose every data source serves `records` (a list)."""
+    fake = types.ModuleType("tensorflow_datasets")
+    fake.data_source = lambda name, split, data_dir: records
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+
+
+def test_tfds_pool_reads_in_chunks_records_of_varying_sizes_with_their_labels(monkeypatch):
+    # Runs without tensorflow-datasets: the source is a list of records, as
+    # `tfds.data_source` serves them (random access, numpy out).
+    rng = np.random.default_rng(3)
+    shapes = [(20, 12, 3)] * 4 + [(15, 18, 3)] + [(20, 12, 3)] * 2  # chunk 2 of 3 varies
+    records = [
+        {"image": rng.integers(0, 256, size=shape, dtype=np.uint8), "label": np.int64(i % 3)}
+        for i, shape in enumerate(shapes)
+    ]
+    _fake_tfds(monkeypatch, records)
+    monkeypatch.setattr(images_lib, "_TFDS_CHUNK", 3)
+    pool = images_lib.tfds_pool("fake", image_size=8, grayscale=False, pixel_range="unit")
+    expected = np.concatenate(
+        [images_lib.preprocess_images(r["image"][None], 8, False, "unit") for r in records]
+    )
+    np.testing.assert_array_equal(pool.items, expected)
+    assert pool.labels.dtype == np.int64 and pool.labels.tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert pool.info["num_items"] == 7 and pool.info["source_image_shape"] == [20, 12, 3]
+    limited = images_lib.tfds_pool("fake", image_size=8, grayscale=False, max_items=5)
+    assert limited.items.shape == (5, 8, 8, 3) and limited.labels.tolist() == [0, 1, 2, 0, 1]
+
+
+def test_tfds_pool_refuses_an_empty_split_and_records_without_images(monkeypatch):
+    _fake_tfds(monkeypatch, [])
+    with pytest.raises(ValueError, match="'fake' split 'test' is empty"):
+        images_lib.tfds_pool("fake", split="test")
+    _fake_tfds(monkeypatch, [{"pixels": np.zeros((2, 2, 1), np.uint8)}])
+    with pytest.raises(ValueError, match=r"no 'image' feature \(features: \['pixels'\]\)"):
+        images_lib.tfds_pool("fake")
+    with pytest.raises(ValueError, match="image_size"):
+        images_lib.tfds_pool("fake", image_size=0)
 
 
 def test_tfds_pool_without_tfds_says_how_to_install(monkeypatch):

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from configs import smoke
-from diffusion_bias import checkpoints
+from diffusion_bias import config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -94,7 +94,7 @@ def _prepare(workdir, kind):
     if kind == "one_twin":
         with config.unlocked():
             config.splits.num_splits = 1
-    checkpoints.save_config(workdir, config)
+    config_file.save_config(workdir, config)
 
 
 def _contents(workdir):

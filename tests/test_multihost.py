@@ -11,7 +11,7 @@ import time
 import pytest
 
 from configs import smoke
-from diffusion_bias import checkpoints
+from diffusion_bias import preemption
 from diffusion_bias import train
 from tests import test_train
 
@@ -160,7 +160,7 @@ def test_sigterm_to_one_process_stops_both_at_one_saved_step_and_the_rerun_resum
                 p.kill()
                 p.wait()
     # Both stop, after the save, with the preemption status.
-    assert [p.returncode for p in procs] == [checkpoints.PREEMPTED_EXIT_STATUS] * 2, _read(logs)
+    assert [p.returncode for p in procs] == [preemption.PREEMPTED_EXIT_STATUS] * 2, _read(logs)
     match = re.search(r"SIGTERM: saved step (\d+)/160", _read(logs[:1]))
     assert match, _read(logs)
     stopped = int(match[1])

@@ -160,6 +160,20 @@ def test_memorised_fraction_is_the_strict_ratio_test_and_copies_are_counted_apar
     assert set(stats["at_onset_and_test_min"]) >= {"memorized_fraction", "copy_fraction"}
 
 
+def test_the_verdicts_snapshots_are_indices_into_checkpoints_and_index_the_curves():
+    per_step = _per_step(5)
+    stats = _summarize(_config(min_grammatical=0.5), per_step)
+    v, epochs = stats["verdict"], stats["checkpoints"]
+    for found in (v, v["ungated"], *v["other_statistics"].values()):
+        assert epochs[found["bias_onset_index"]] == found["bias_onset_epoch"]
+        assert epochs[found["test_loss_min_index"]] == found["test_loss_min_epoch"]
+    assert v["test_loss_min_index"] == int(np.argmin(stats["test_loss"]))
+    at = stats["at_onset_and_test_min"]
+    where = [v["bias_onset_index"], v["test_loss_min_index"]]
+    assert at["memorized_fraction"] == [stats["nearest"]["memorized_fraction"][i] for i in where]
+    assert at["membership_auc"] == [stats["membership_auc"][i] for i in where]
+
+
 def test_grammaticality_gate_is_optional_and_the_ungated_onset_is_reported_beside_it():
     per_step = _per_step(3)
     gated = _summarize(_config(min_grammatical=0.5), per_step)["verdict"]

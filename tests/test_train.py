@@ -12,6 +12,7 @@ import pytest
 
 from configs import smoke
 from diffusion_bias import checkpoints
+from diffusion_bias import config_file
 from diffusion_bias import run as run_lib
 from diffusion_bias import train
 from diffusion_bias import twin_steps
@@ -21,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _plan(workdir):
     """The planned snapshot steps of the run in `workdir`, from its config.json."""
-    return run_lib.snapshot_steps(ml_collections.ConfigDict(checkpoints.load_config(workdir)))
+    return run_lib.snapshot_steps(ml_collections.ConfigDict(config_file.load_config(workdir)))
 
 
 def _reader(workdir):
@@ -92,7 +93,7 @@ def reference(tmp_path_factory):
 def test_run_writes_config_snapshot_plan_and_metrics(reference):
     workdir, state = reference
     config = smoke.get_config()
-    assert checkpoints.load_config(workdir)["splits"]["split_size"] == 64
+    assert config_file.load_config(workdir)["splits"]["split_size"] == 64
     ckpts = _reader(workdir)
     assert ckpts.snapshot_steps() == list(run_lib.snapshot_steps(config))
     # The latest saves between snapshots (every 8 steps) were deleted as newer came.

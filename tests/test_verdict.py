@@ -66,6 +66,22 @@ def test_invalid_checkpoints_are_not_searched_for_an_onset():
     assert v["bias_onset_epoch"] == EPOCHS[5]
 
 
+def test_the_verdict_names_the_snapshots_of_its_epochs_by_index():
+    for onset, loss_min, mode, valid in (
+        (3, 8, "max", None),
+        (8, 3, "max", None),
+        (5, 9, "min", np.arange(len(EPOCHS)) >= 3),
+    ):
+        bias = _bump(onset) if mode == "max" else -_bump(onset)
+        v = _decide(bias, -_bump(loss_min), mode=mode, valid=valid)
+        assert (v["bias_onset_index"], v["test_loss_min_index"]) == (onset, loss_min)
+        assert type(v["bias_onset_index"]) is int and type(v["test_loss_min_index"]) is int
+        assert EPOCHS[v["bias_onset_index"]] == v["bias_onset_epoch"]
+        assert EPOCHS[v["test_loss_min_index"]] == v["test_loss_min_epoch"]
+    none = _decide(_bump(3), -_bump(8), valid=np.zeros(len(EPOCHS), bool))
+    assert none["bias_onset_index"] is None and none["test_loss_min_index"] is None
+
+
 def test_kl_bootstrap_curves_center_on_the_point_estimates():
     rng = np.random.default_rng(0)
     held = np.repeat(np.arange(5), [50, 300, 400, 200, 50])[None]  # [K=1, m] bins

@@ -174,50 +174,17 @@ def tfds_pool(
         ImportError: tensorflow-datasets is not installed.
         ValueError: bad arguments, or the data set has no "image" feature.
     """
-    try:
-        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-    except ImportError as e:
-        raise ImportError(
-            "tfds_pool needs tensorflow-datasets (TensorFlow is not needed); install "
-            "it with: pip install -e '.[tfds]'"
-        ) from e
-    if not checks.is_int(image_size) or image_size < 1:
-        raise ValueError(f"image_size must be an integer >= 1, got {image_size!r}")
-    if max_items is not None and (not checks.is_int(max_items) or max_items < 1):
-        raise ValueError(f"max_items must be None or an integer >= 1, got {max_items!r}")
-    _check_pixel_range(pixel_range)
+    tfds = _import_tfds()
+    _check_tfds_arguments(image_size, max_items, pixel_range)
     image_size = int(image_size)
-
     source = tfds.data_source(name, split=split, data_dir=data_dir)
-    num_items = len(source) if max_items is None else min(len(source), max_items)
-    if num_items == 0:
-        raise ValueError(f"tfds {name!r} split {split!r} is empty")
-    first = source[0]
-    if not isinstance(first, dict) or "image" not in first:
-        keys = sorted(first) if isinstance(first, dict) else type(first).__name__
-        raise ValueError(f"tfds {name!r} has no 'image' feature (features: {keys})")
+    num_items, first = _check_source(source, name, split, max_items)
     has_labels = "label" in first
 
     start = time.perf_counter()
-    items, labels = None, []
-    for lo in range(0, num_items, _TFDS_CHUNK):
-        # One record at a time: `source[i]` is the random-access read every tfds
-        # data source (and its offline mock) supports.
-        examples = [source[i] for i in range(lo, min(lo + _TFDS_CHUNK, num_items))]
-        images = [np.asarray(ex["image"]) for ex in examples]
-        if len({im.shape for im in images}) == 1:
-            chunk = preprocess_images(np.stack(images), image_size, grayscale, pixel_range)
-        else:  # data sets with images of varying sizes
-            chunk = np.concatenate(
-                [preprocess_images(im[None], image_size, grayscale, pixel_range) for im in images]
-            )
-        if items is None:
-            items = np.empty((num_items,) + chunk.shape[1:], dtype=np.float32)
-        items[lo : lo + len(chunk)] = chunk
-        if has_labels:
-            labels.extend(int(ex["label"]) for ex in examples)
-        if (lo // _TFDS_CHUNK) % 50 == 49:
-            logging.info("tfds %s: %d / %d images", name, lo + len(chunk), num_items)
+    items, labels = _read_images(
+        source, num_items, has_labels, name, image_size, grayscale, pixel_range
+    )
     logging.info(
         "tfds %s[%s]: %d images %s in %.1f s",
         name,
@@ -242,4 +209,73 @@ def tfds_pool(
         kind="images",
         info=info,
         labels=np.array(labels, dtype=np.int64) if has_labels else None,
+    )
+
+
+def _import_tfds():
+    """tensorflow_datasets, imported on first use: only this pool needs it."""
+    try:
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise ImportError(
+            "tfds_pool needs tensorflow-datasets (TensorFlow is not needed); install "
+            "it with: pip install -e '.[tfds]'"
+        ) from e
+    return tfds
+
+
+def _check_tfds_arguments(image_size, max_items, pixel_range):
+    if not checks.is_int(image_size) or image_size < 1:
+        raise ValueError(f"image_size must be an integer >= 1, got {image_size!r}")
+    if max_items is not None and (not checks.is_int(max_items) or max_items < 1):
+        raise ValueError(f"max_items must be None or an integer >= 1, got {max_items!r}")
+    _check_pixel_range(pixel_range)
+
+
+def _check_source(source, name, split, max_items):
+    """The number of items to read and the first record, once the source is checked.
+
+    Raises:
+        ValueError: the split is empty, or its records have no "image" feature.
+    """
+    num_items = len(source) if max_items is None else min(len(source), max_items)
+    if num_items == 0:
+        raise ValueError(f"tfds {name!r} split {split!r} is empty")
+    first = source[0]
+    if not isinstance(first, dict) or "image" not in first:
+        keys = sorted(first) if isinstance(first, dict) else type(first).__name__
+        raise ValueError(f"tfds {name!r} has no 'image' feature (features: {keys})")
+    return num_items, first
+
+
+def _read_images(source, num_items, has_labels, name, image_size, grayscale, pixel_range):
+    """The first `num_items` records, preprocessed `_TFDS_CHUNK` at a time.
+
+    Returns:
+        (items float32 [N, S, S, C], labels: a list of N ints, empty without labels).
+    """
+    items, labels = None, []
+    for lo in range(0, num_items, _TFDS_CHUNK):
+        # One record at a time: `source[i]` is the random-access read every tfds
+        # data source (and its offline mock) supports.
+        examples = [source[i] for i in range(lo, min(lo + _TFDS_CHUNK, num_items))]
+        chunk = _preprocess_records(examples, image_size, grayscale, pixel_range)
+        if items is None:
+            items = np.empty((num_items,) + chunk.shape[1:], dtype=np.float32)
+        items[lo : lo + len(chunk)] = chunk
+        if has_labels:
+            labels.extend(int(ex["label"]) for ex in examples)
+        if (lo // _TFDS_CHUNK) % 50 == 49:
+            logging.info("tfds %s: %d / %d images", name, lo + len(chunk), num_items)
+    return items, labels
+
+
+def _preprocess_records(examples, image_size, grayscale, pixel_range):
+    """float32 [B, S, S, C] of the records' "image" features (`preprocess_images`)."""
+    images = [np.asarray(ex["image"]) for ex in examples]
+    if len({im.shape for im in images}) == 1:
+        return preprocess_images(np.stack(images), image_size, grayscale, pixel_range)
+    # Data sets with images of varying sizes: one at a time.
+    return np.concatenate(
+        [preprocess_images(im[None], image_size, grayscale, pixel_range) for im in images]
     )

@@ -65,15 +65,26 @@ def index_of_epoch(epochs, epoch):
     return i if diffs[i] <= 1e-6 * max(1.0, abs(epoch)) else None
 
 
+def verdict_index(stats, which):
+    """Index of the verdict's snapshot `which` ("bias_onset" or "test_loss_min"); None if none.
+
+    The verdict names it (`<which>_index`). A statistics.json written before the
+    verdict carried indices has the epoch alone: that one is found by its epoch,
+    so that the figures of older workdirs still mark it.
+    """
+    v = stats.get("verdict") or {}
+    if f"{which}_index" in v:
+        return v[f"{which}_index"]
+    return index_of_epoch(epochs_of(stats), v.get(f"{which}_epoch"))
+
+
 def key_snapshots(stats):
     """[(index, label)] of the first, onset, test-loss-minimum and last snapshots."""
-    epochs = epochs_of(stats)
-    v = stats.get("verdict") or {}
     candidates = [
         (0, "first"),
-        (index_of_epoch(epochs, v.get("bias_onset_epoch")), "bias onset"),
-        (index_of_epoch(epochs, v.get("test_loss_min_epoch")), "test-loss min"),
-        (len(epochs) - 1, "last"),
+        (verdict_index(stats, "bias_onset"), "bias onset"),
+        (verdict_index(stats, "test_loss_min"), "test-loss min"),
+        (len(stats["checkpoints"]) - 1, "last"),
     ]
     out = {}
     for i, label in candidates:

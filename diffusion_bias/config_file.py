@@ -1,0 +1,59 @@
+"""config.json: the resolved config a run was started with, checked when it resumes.
+
+`save_config` writes it beside the checkpoints when a run starts (so the
+analysis rebuilds the same run from the workdir alone) and, when the workdir
+already holds one, refuses a config that would train differently.
+"""
+
+import json
+import os
+
+import jax
+
+from diffusion_bias import files
+
+
+def save_config(workdir, config):
+    """Writes `config.json`, or checks that a resumed run has the same config.
+
+    Fields under `analysis` are not compared: they do not change training. In a
+    multi-process run every process checks, and process 0 alone writes.
+
+    Raises:
+        ValueError: the workdir holds a run with a different config; the
+            message names the fields that differ.
+    """
+    path = os.path.join(workdir, "config.json")
+    current = json.loads(config.to_json_best_effort(sort_keys=True))
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        # The analysis section does not change training; it may differ.
+        diffs = sorted(d for d in _diff(saved, current) if not d.startswith("analysis"))
+        if diffs:
+            raise ValueError(
+                f"{workdir} holds a run with a different config; differing fields: "
+                f"{', '.join(diffs)}. Use a new --workdir, or the same config to resume."
+            )
+        return
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() != 0:
+        # One writer: the others would each replace the same file.
+        return
+    with files.atomic_write(path) as f:
+        json.dump(current, f, indent=2, sort_keys=True)
+
+
+def load_config(workdir):
+    """The config dict saved by `save_config`."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        return json.load(f)
+
+
+def _diff(a, b, prefix=""):
+    """The dotted names of the fields where the nested dicts `a` and `b` differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in set(a) | set(b):
+            yield from _diff(a.get(key), b.get(key), f"{prefix}{key}.")
+    elif a != b:
+        yield prefix.rstrip(".")

@@ -1,0 +1,44 @@
+"""config.json: written once, read back as saved, a different config refused by name."""
+
+import json
+import os
+
+import pytest
+
+from configs import smoke
+from diffusion_bias import config_file
+
+
+def test_the_saved_config_reads_back_as_its_json(tmp_path):
+    workdir = str(tmp_path / "run")
+    config = smoke.get_config()
+    config_file.save_config(workdir, config)
+    assert config_file.load_config(workdir) == json.loads(
+        config.to_json_best_effort(sort_keys=True)
+    )
+
+
+def test_resuming_with_the_same_config_or_other_analysis_fields_passes(tmp_path):
+    workdir = str(tmp_path)
+    config_file.save_config(workdir, smoke.get_config())
+    with open(os.path.join(workdir, "config.json"), "rb") as f:
+        saved = f.read()
+    config = smoke.get_config()
+    config_file.save_config(workdir, config)
+    with config.unlocked():
+        config.analysis.seed = config.analysis.seed + 1
+    config_file.save_config(workdir, config)
+    # A resumed run never rewrites the file.
+    with open(os.path.join(workdir, "config.json"), "rb") as f:
+        assert f.read() == saved
+
+
+def test_a_different_config_is_refused_naming_each_differing_field(tmp_path):
+    workdir = str(tmp_path)
+    config_file.save_config(workdir, smoke.get_config())
+    config = smoke.get_config()
+    with config.unlocked():
+        config.optimizer.learning_rate = 0.5
+        config.seed = config.seed + 1
+    with pytest.raises(ValueError, match=r"differing fields: optimizer.learning_rate, seed\."):
+        config_file.save_config(workdir, config)
