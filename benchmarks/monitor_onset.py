@@ -39,7 +39,6 @@ def one_seed(seed, workdir):
         config.splits.seed = seed
     train.train_and_evaluate(config, workdir)
     stats = analysis.analyze(workdir)
-    epochs = stats["checkpoints"]
     v = stats["verdict"]
     with config.unlocked():
         config.monitor.update(enabled=True, stop="bias_onset")
@@ -58,10 +57,12 @@ def one_seed(seed, workdir):
     ckpts.close()
     onset = v.get("bias_onset_epoch")
     kept = None if stop is None else stop["kept_epoch"]
+    onset_index = v.get("bias_onset_index")
     within = (
-        kept is not None
-        and onset is not None
-        and abs(epochs.index(kept) - epochs.index(onset)) <= 1
+        stop is not None
+        and stop["kept_index"] is not None
+        and onset_index is not None
+        and abs(stop["kept_index"] - onset_index) <= 1
     )
     print(
         f"seed {seed}: rule stops at epoch {None if stop is None else stop['epoch']:g} "

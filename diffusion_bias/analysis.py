@@ -101,8 +101,8 @@ def analyze(workdir, overrides=None):
         for i in indices:
             uturns.append(walk.at(i, steps[i], "uturn", "uturn"))
             kl_curves.append(walk.at(i, steps[i], "kl_along_t", "kl_along_t"))
-        stats["uturn"] = summary.uturn(config.analysis, epochs, uturns)
-        stats["kl_bp_along_t"] = summary.kl_along_t(kl_curves, epochs)
+        stats["uturn"] = summary.uturn(config.analysis, indices, epochs, uturns)
+        stats["kl_bp_along_t"] = summary.kl_along_t(kl_curves, indices, epochs)
     ckpts.close()
     with files.atomic_write(os.path.join(out_dir, "statistics.json")) as f:
         json.dump(stats, f, indent=1)

@@ -70,6 +70,7 @@ class BiasMonitor:
     Attributes:
         rows: one dict per snapshot seen (see `__call__`).
         kept_epoch: the epoch the rule kept once it stopped, else None.
+        kept_index: that snapshot's index in `rows`, else None.
     """
 
     def __init__(
@@ -96,6 +97,7 @@ class BiasMonitor:
         offsets=None,
     ):
         """Builds the monitor (see the class for the arguments); raises ValueError on a bad one."""
+        # Over 60 lines by its 20 keyword arguments, documented once in the class.
         train_sets, heldout = np.asarray(train_sets), np.asarray(heldout)
         _check_arguments(
             train_sets,
@@ -132,7 +134,7 @@ class BiasMonitor:
         self.rows = []
         self._history = {}  # name -> list of per-snapshot arrays
         self._scalars = []  # per snapshot: {statistic: value}
-        self.kept_epoch, self.reason = None, ""
+        self.kept_epoch, self.kept_index, self.reason = None, None, ""
 
     @property
     def bias_mode(self):
@@ -197,8 +199,8 @@ class BiasMonitor:
 
         Returns:
             The row appended to `rows`: epoch, the scalar statistics,
-            "decision" ("continue" or "stop"), "reason", and "kept_epoch"
-            once the rule has stopped (it stays stopped).
+            "decision" ("continue" or "stop"), "reason", and "kept_epoch" and
+            "kept_index" (into `rows`) once the rule has stopped (it stays stopped).
         """
         if self.rows and epoch <= self.rows[-1]["epoch"]:
             raise ValueError(f"epochs must increase: {epoch} after {self.rows[-1]['epoch']}")
@@ -258,6 +260,7 @@ class BiasMonitor:
             if decision.stop:
                 epochs = [r["epoch"] for r in self.rows] + [epoch]
                 kept = decision.kept_index
+                self.kept_index = kept
                 self.kept_epoch = epochs[kept] if kept is not None else float("nan")
                 self.reason = decision.reason
             row["decision"] = "stop" if decision.stop else "continue"
@@ -265,7 +268,7 @@ class BiasMonitor:
         else:
             row["decision"], row["reason"] = "stop", self.reason
         if self.kept_epoch is not None:
-            row["kept_epoch"] = self.kept_epoch
+            row["kept_epoch"], row["kept_index"] = self.kept_epoch, self.kept_index
         self.rows.append(row)
         return row
 
@@ -286,7 +289,8 @@ class BiasMonitor:
         """
         epochs = np.asarray(state["epochs"], np.float64)
         keep = len(epochs) if upto_epoch is None else int(np.sum(epochs <= upto_epoch))
-        self.rows, self._history, self._scalars, self.kept_epoch = [], {}, [], None
+        self.rows, self._history, self._scalars = [], {}, []
+        self.kept_epoch, self.kept_index = None, None
         for c in range(keep):
             stats = {k.split("/", 1)[1]: np.asarray(v[c]) for k, v in state.items() if "/" in k}
             self._append(stats)

@@ -60,13 +60,14 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
   twin_kl            [C] KL(model_a || model_b) of x0 distributions at t/T =
                      critical_ratio on held-out inputs, mean over pairs and sequences
   kl_bp              {k: [K], values: [C][K]} KL(BP_k || model) at critical_ratio
-  kl_bp_along_t      {ratios: [R], steps: [R], k: [K], epochs: [E], values: [E][K][R],
-                     peak_ratio: [E][K]} KL(BP_k || model) along t at the test-loss
-                     minimum and the onset, mean over twins; peak_ratio the t/T of
+  kl_bp_along_t      {ratios: [R], steps: [R], k: [K], indices: [E], epochs: [E],
+                     values: [E][K][R], peak_ratio: [E][K]} KL(BP_k || model) along
+                     t at the test-loss minimum and the onset (snapshot indices
+                     into checkpoints), mean over twins; peak_ratio the t/T of
                      each curve's maximum (the critical time)
-  uturn              {ratios: [R], epochs: [U], repeats, items, train: [U][R],
-                     heldout: [U][R]} overlap ratio model / exact BP at the onset and
-                     test-loss minimum: per sequence, mean model overlap over the
+  uturn              {ratios: [R], indices: [U], epochs: [U], repeats, items,
+                     train: [U][R], heldout: [U][R]} overlap ratio model / exact BP
+                     at the onset and test-loss minimum: per sequence, mean model overlap over the
                      repeats / mean BP overlap, then the mean over sequences and twins
   loss_decomposition {l_star_train, l_tilde_train, l_star_heldout, l_tilde_heldout:
                      [C]} at t/T = t_ratio = 0.3, per token; the same names with
@@ -388,12 +389,13 @@ def summarize(config, steps, per_step):
     return stats
 
 
-def kl_along_t(curves, epochs):
-    """The kl_bp_along_t entry from `kl_bp.twin_kl_bp` curves at `epochs`.
+def kl_along_t(curves, indices, epochs):
+    """The kl_bp_along_t entry from `kl_bp.twin_kl_bp` curves at snapshots `indices`.
 
     Args:
-        curves: per epoch, dict values [K, k, R] (twins, BP depth, t), steps [R], ratios [R].
-        epochs: [E] the epochs of the curves.
+        curves: per snapshot, dict values [K, k, R] (twins, BP depth, t), steps [R], ratios [R].
+        indices: [E] the snapshots' indices in `checkpoints`.
+        epochs: [E] their epochs.
     """
     values = np.stack([c["values"].mean(0) for c in curves])  # [E, k, R]: mean over twins
     ratios = curves[0]["ratios"]
@@ -401,17 +403,19 @@ def kl_along_t(curves, epochs):
         ratios=ratios.tolist(),
         steps=curves[0]["steps"].tolist(),
         k=list(range(values.shape[1])),
+        indices=list(indices),
         epochs=list(epochs),
         values=values.tolist(),
         peak_ratio=ratios[values.argmax(-1)].tolist(),
     )
 
 
-def uturn(a, epochs, ratios):
-    """The uturn entry from `uturn.twin_uturn_ratios` results at `epochs`."""
+def uturn(a, indices, epochs, ratios):
+    """The uturn entry from `uturn.twin_uturn_ratios` results at snapshots `indices`."""
     return dict(
         ratios=list(a.uturn_ratios),
-        epochs=epochs,
+        indices=list(indices),
+        epochs=list(epochs),
         repeats=a.get("uturn_repeats", 1),
         items=int(a.uturn_items),
         train=[u["train"].mean(0).tolist() for u in ratios],

@@ -55,7 +55,10 @@ def test_analyze_writes_statistics_figures_and_verdict(trained):
         assert len(stats["nn_divergence"]) == num and len(stats["kl_bp"]["values"][0]) == 4
         assert len(stats["nn_divergence_per_model"][0]) == 2
         along = stats["kl_bp_along_t"]
-        assert along["epochs"] == stats["uturn"]["epochs"]
+        assert along["indices"] == stats["uturn"]["indices"]
+        assert along["epochs"] == [stats["checkpoints"][i] for i in along["indices"]]
+        v = stats["verdict"]
+        assert {v["bias_onset_index"], v["test_loss_min_index"]} - {None} <= set(along["indices"])
         assert [len(row) for row in along["values"][0]] == [len(along["ratios"])] * 4
         assert len(stats["loss_decomposition"]["l_star_train_mean_t"]) == num
         assert stats["protocol"]["min_grammatical"] == 0.5

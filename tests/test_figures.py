@@ -119,6 +119,7 @@ def synthetic_stats(setting, num_checkpoints=8, num_twins=3, conclusive=True, se
         ),
         uturn=dict(
             ratios=ratios,
+            indices=[c // 3, (2 * c) // 3],
             epochs=[float(epochs[c // 3]), float(epochs[(2 * c) // 3])],
             train=(1.0 - 0.1 * np.outer(1 - s[[c // 3, (2 * c) // 3]], ratios)).tolist(),
             heldout=(1.0 - 0.2 * np.outer(1 - s[[c // 3, (2 * c) // 3]], ratios)).tolist(),
@@ -127,6 +128,7 @@ def synthetic_stats(setting, num_checkpoints=8, num_twins=3, conclusive=True, se
             ratios=(np.arange(1, 26) / 25).tolist(),
             steps=list(range(20, 501, 20)),
             k=list(range(5)),
+            indices=[c // 3, (2 * c) // 3],
             epochs=[float(epochs[c // 3]), float(epochs[(2 * c) // 3])],
             values=[
                 [
@@ -290,3 +292,24 @@ def test_kl_along_t_and_decomposition_take_a_log_axis_from_their_range(monkeypat
     fig = _drawn(monkeypatch, figures.fig_loss_decomposition, stats, str(tmp_path / "d"))
     # l* within a factor of 2, l~ crosses zero: both linear.
     assert [ax.get_yscale() for ax in fig.axes] == ["linear", "linear"]
+
+
+@pytest.mark.parametrize("written_before_indices", [False, True])
+def test_per_snapshot_panels_are_titled_by_the_verdict_snapshot_they_show(
+    monkeypatch, tmp_path, written_before_indices
+):
+    stats = synthetic_stats("tokens")
+    if written_before_indices:  # an older statistics.json: found by epoch
+        for entry in (stats["uturn"], stats["kl_bp_along_t"], stats["verdict"]):
+            for key in ("indices", "bias_onset_index", "test_loss_min_index"):
+                entry.pop(key, None)
+    for fig_fn in (figures.fig_uturn, figures.fig_kl_along_t):
+        fig = _drawn(monkeypatch, fig_fn, stats, str(tmp_path / "p"))
+        titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        assert titles[0].startswith("bias onset: epoch") and titles[1].startswith("test-loss min")
+    # One snapshot both the onset and the minimum: both names in its title.
+    if not written_before_indices:
+        stats["verdict"]["test_loss_min_index"] = stats["verdict"]["bias_onset_index"]
+    stats["verdict"]["test_loss_min_epoch"] = stats["verdict"]["bias_onset_epoch"]
+    fig = _drawn(monkeypatch, figures.fig_uturn, stats, str(tmp_path / "q"))
+    assert fig.axes[0].get_title().startswith("bias onset = test-loss min: epoch")

@@ -67,9 +67,9 @@ def test_privacy_budget_stops_and_stays_stopped_keeping_the_last_good_snapshot()
     )
     assert mon(good, epoch=10)["decision"] == "continue"
     row = mon(leaky, epoch=20)
-    assert row["decision"] == "stop" and row["kept_epoch"] == 10.0
+    assert row["decision"] == "stop" and row["kept_epoch"] == 10.0 and row["kept_index"] == 0
     assert mon(good, epoch=30)["decision"] == "stop"
-    assert mon.kept_epoch == 10.0
+    assert mon.kept_epoch == 10.0 and mon.kept_index == 0
 
 
 def test_rows_are_reproducible_and_a_restored_monitor_continues_identically():

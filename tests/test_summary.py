@@ -232,12 +232,13 @@ def test_kl_along_t_summary_is_the_twin_mean_and_its_peak_is_the_critical_time()
         dict(values=rng.random((K, 4, 25)), steps=np.arange(4, 101, 4), ratios=ratios)
         for _ in range(2)
     ]
-    out = summary.kl_along_t(curves, [10.0, 30.0])
+    out = summary.kl_along_t(curves, [1, 3], [10.0, 30.0])
     for e, c in enumerate(curves):
         mean = c["values"].mean(0)  # [k, R]
         np.testing.assert_allclose(out["values"][e], mean)
         assert out["peak_ratio"][e] == [ratios[np.argmax(row)] for row in mean]
-    assert out["epochs"] == [10.0, 30.0] and out["k"] == [0, 1, 2, 3]
+    assert out["indices"] == [1, 3] and out["epochs"] == [10.0, 30.0]
+    assert out["k"] == [0, 1, 2, 3]
 
 
 def test_three_twins_keep_per_model_and_per_pair_curves_and_two_do_not():

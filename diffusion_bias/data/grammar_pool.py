@@ -43,6 +43,22 @@ def grammar_cache_path(cache_dir, params: dict[str, Any]) -> str:
     return os.path.join(os.fspath(cache_dir), f"grammar_pool_{key}.npz")
 
 
+def _read_cache(path, params, grammar):
+    """The cached items [N, L], or None when the file is absent or unusable."""
+    if not os.path.exists(path):
+        return None
+    try:
+        items = _load_grammar_cache(path, params, grammar)
+    except Exception as e:  # pylint: disable=broad-except
+        # Any unreadable or mismatched file is only a cache: redraw the pool.
+        logging.warning(
+            "grammar pool: cache %s is unusable (%s: %s); regenerating", path, type(e).__name__, e
+        )
+        return None
+    logging.info("grammar pool: read %s", path)
+    return items
+
+
 def _load_grammar_cache(path, params, grammar) -> np.ndarray:
     """Reads a cached pool, checking it against the parameters that asked for it.
 
@@ -117,25 +133,14 @@ def grammar_pool(
     Raises:
         ValueError: a parameter is out of range (from `random_grammar`/`sample`).
     """
+    # Over 60 lines by its docstring: the body is grammar, cache or sample, info.
     # The grammar first: it validates q, depth, sigma and q_eff with clear messages.
     grammar = grammar_lib.random_grammar(
         q=q, depth=depth, sigma=sigma, q_eff=q_eff, seed=grammar_seed
     )
     params = _grammar_params(q, depth, sigma, q_eff, grammar_seed, pool_size, pool_seed)
     path = grammar_cache_path(cache_dir, params) if cache_dir else None
-    items = None
-    if path is not None and os.path.exists(path):
-        try:
-            items = _load_grammar_cache(path, params, grammar)
-            logging.info("grammar pool: read %s", path)
-        except Exception as e:  # pylint: disable=broad-except
-            # Any unreadable or mismatched file is only a cache: redraw the pool.
-            logging.warning(
-                "grammar pool: cache %s is unusable (%s: %s); regenerating",
-                path,
-                type(e).__name__,
-                e,
-            )
+    items = _read_cache(path, params, grammar) if path is not None else None
     if items is None:
         start = time.perf_counter()
         items = grammar_lib.sample(grammar, pool_size, pool_seed)

@@ -96,6 +96,22 @@ def sample(
         ValueError: on an unknown parametrization or step rule, start_step out of
             range, or the "paper" rule with x0 models or clipping.
     """
+    start = _check_sample_arguments(
+        parametrization, step_rule, clip_x0, start_step, schedule.num_steps
+    )
+
+    def step(x_t, i):
+        x_prev = reverse_step(
+            denoise_fn, schedule, x_t, i, key, parametrization, clip_x0, item_ids, step_rule
+        )
+        return x_prev, None
+
+    x0, _ = jax.lax.scan(step, x_T, jnp.arange(start, 0, -1, dtype=jnp.int32))
+    return x0
+
+
+def _check_sample_arguments(parametrization, step_rule, clip_x0, start_step, num_steps):
+    """The first step of the chain, 1..num_steps; ValueError on a bad argument of `sample`."""
     if parametrization not in PARAMETRIZATIONS:
         raise ValueError(
             f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}."
@@ -107,19 +123,10 @@ def sample(
             "step_rule 'paper' needs parametrization 'eps' and no clip_x0 (it never "
             f"forms x0_hat), got {parametrization!r} and clip_x0={clip_x0!r}."
         )
-    num_steps = schedule.num_steps
     start = num_steps if start_step is None else start_step
     if not checks.is_int(start) or not 1 <= start <= num_steps:
         raise ValueError(f"start_step must be an integer in 1..{num_steps}, got {start_step!r}.")
-
-    def step(x_t, i):
-        x_prev = reverse_step(
-            denoise_fn, schedule, x_t, i, key, parametrization, clip_x0, item_ids, step_rule
-        )
-        return x_prev, None
-
-    x0, _ = jax.lax.scan(step, x_T, jnp.arange(start, 0, -1, dtype=jnp.int32))
-    return x0
+    return start
 
 
 def reverse_step(

@@ -78,6 +78,26 @@ def verdict_index(stats, which):
     return index_of_epoch(epochs_of(stats), v.get(f"{which}_epoch"))
 
 
+def snapshot_indices(stats, entry):
+    """Snapshot indices of a per-snapshot entry (uturn, kl_bp_along_t).
+
+    Older statistics.json files list the epochs alone: those are found by epoch.
+    """
+    if "indices" in entry:
+        return list(entry["indices"])
+    return [index_of_epoch(epochs_of(stats), epoch) for epoch in entry.get("epochs") or []]
+
+
+def verdict_roles(stats, index):
+    """What the verdict makes of snapshot `index`, e.g. "bias onset = test-loss min"."""
+    names = [
+        name
+        for which, name in (("bias_onset", "bias onset"), ("test_loss_min", "test-loss min"))
+        if index is not None and verdict_index(stats, which) == index
+    ]
+    return " = ".join(names) or "snapshot"
+
+
 def key_snapshots(stats):
     """[(index, label)] of the first, onset, test-loss-minimum and last snapshots."""
     candidates = [

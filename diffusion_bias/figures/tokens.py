@@ -93,7 +93,7 @@ def fig_kl_along_t(stats, path):
     ratios = common.vector(along["ratios"])
     ks = list(along.get("k") or [])
     epochs = along.get("epochs") or []
-    v = stats.get("verdict") or {}
+    indices = common.snapshot_indices(stats, along)
     fig = common.new_figure(4.8 * max(1, len(epochs)) + 1, 4.5)
     axes = np.atleast_1d(fig.subplots(1, max(1, len(epochs)), sharey=True, squeeze=False)[0])
     for i, (ax, epoch) in enumerate(zip(axes, epochs)):
@@ -105,15 +105,8 @@ def fig_kl_along_t(stats, path):
             peak = (along.get("peak_ratio") or [[]])[i]
             if j < len(peak or []) and peak[j] is not None:
                 ax.axvline(peak[j], color=color, linestyle=":", linewidth=0.8)
-        names = [
-            name
-            for key, name in (
-                ("bias_onset_epoch", "bias onset"),
-                ("test_loss_min_epoch", "test-loss min"),
-            )
-            if v.get(key) is not None and abs(v[key] - epoch) < 1e-6
-        ]
-        ax.set_title(f"{' = '.join(names) or 'snapshot'}: epoch {common.fmt(epoch)}")
+        role = common.verdict_roles(stats, indices[i])
+        ax.set_title(f"{role}: epoch {common.fmt(epoch)}")
         ax.set_xlabel("t/T")
         common.legend(ax, loc="best")
     # The panels share their y-axis: one scale for all of them.
@@ -179,18 +172,7 @@ def fig_uturn(stats, path):
     ratios = common.vector(uturn["ratios"])
     train = common.matrix(uturn.get("train"), len(ratios))
     heldout = common.matrix(uturn.get("heldout"), len(ratios))
-    v = stats.get("verdict") or {}
-    roles = []
-    for epoch in uturn["epochs"]:
-        names = [
-            name
-            for key, name in (
-                ("bias_onset_epoch", "bias onset"),
-                ("test_loss_min_epoch", "test-loss min"),
-            )
-            if v.get(key) is not None and abs(v[key] - epoch) < 1e-6
-        ]
-        roles.append(" = ".join(names) or "snapshot")
+    roles = [common.verdict_roles(stats, i) for i in common.snapshot_indices(stats, uturn)]
     fig = common.new_figure(4.5 * len(roles) + 1, 4.5)
     axes = np.atleast_1d(fig.subplots(1, len(roles), sharey=True, squeeze=False)[0])
     for i, (ax, name) in enumerate(zip(axes, roles)):

@@ -72,6 +72,20 @@ class UNet(nn.Module):
     attention_levels: Sequence[int] = (1, 2)
     dropout_rate: float = 0.1
 
+    def _check_input(self, x_t):
+        """ValueError unless x_t is [B, H, W, C] with H, W halvable at every level."""
+        num_levels = len(self.channel_mults)
+        factor = 2 ** (num_levels - 1)
+        if x_t.ndim != 4 or x_t.shape[1] % factor or x_t.shape[2] % factor:
+            raise ValueError(
+                f"UNet with {num_levels} levels needs [B, H, W, C] with H, W "
+                f"divisible by {factor}, got {x_t.shape}"
+            )
+        if any(not 0 <= level < num_levels for level in self.attention_levels):
+            raise ValueError(
+                f"attention_levels {self.attention_levels} outside 0..{num_levels - 1}"
+            )
+
     @nn.compact
     def __call__(self, x_t: jax.Array, t: jax.Array, train: bool) -> jax.Array:
         """Predicts the noise eps.
@@ -84,17 +98,8 @@ class UNet(nn.Module):
         Returns:
             Predicted noise.  # [B, H, W, C]
         """
+        self._check_input(x_t)
         num_levels = len(self.channel_mults)
-        factor = 2 ** (num_levels - 1)
-        if x_t.ndim != 4 or x_t.shape[1] % factor or x_t.shape[2] % factor:
-            raise ValueError(
-                f"UNet with {num_levels} levels needs [B, H, W, C] with H, W "
-                f"divisible by {factor}, got {x_t.shape}"
-            )
-        if any(not 0 <= level < num_levels for level in self.attention_levels):
-            raise ValueError(
-                f"attention_levels {self.attention_levels} outside 0..{num_levels - 1}"
-            )
         t = jnp.broadcast_to(t, x_t.shape[:1])
         temb_dim = 4 * self.base_channels
         temb = sinusoidal_embedding(t, self.base_channels)
