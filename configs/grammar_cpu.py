@@ -44,7 +44,14 @@ def get_config():
     config.splits.update(num_splits=2, split_size=100, heldout_size=2000, drop_overlap=True)
     config.diffusion.update(schedule="token", num_steps=500)
     config.model = ml_collections.ConfigDict(
-        dict(name="transformer", width=64, num_layers=2, num_heads=4, dropout_rate=0.1)
+        dict(
+            name="transformer",
+            width=64,
+            num_layers=2,
+            num_heads=4,
+            dropout_rate=0.1,
+            dtype="float32",
+        )
     )
     config.optimizer.update(learning_rate=1e-3, schedule="constant")
     config.training.update(

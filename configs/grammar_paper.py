@@ -67,6 +67,7 @@ def get_config(arg="5000"):
             num_heads=4,
             dropout_rate=0.1,
             param_init="torch",  # the authors' torch model (see models/transformer.py)
+            dtype="float32",  # the paper's; "bfloat16" on an accelerator for speed
         )
     )
     config.optimizer.update(learning_rate=3e-4, schedule="paper")

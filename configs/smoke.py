@@ -42,7 +42,7 @@ def get_config(arg="digits"):
         config.splits.drop_overlap = False
         config.diffusion.update(schedule="token", num_steps=100)
         config.model = ml_collections.ConfigDict(
-            dict(name="transformer", width=16, num_layers=1, num_heads=2)
+            dict(name="transformer", width=16, num_layers=1, num_heads=2, dtype="float32")
         )
     elif arg != "digits":
         raise ValueError(f"smoke.py:ARG takes 'digits' or 'grammar', got {arg!r}")

@@ -298,6 +298,10 @@ def _check_model(config):
             _number_in(config, "model.dropout_rate", 0.0, 1.0, high_open=True)
         elif fields[field].type in (int, "int"):
             _positive_int(config, f"model.{field}")
+    if config.model.get("dtype", "float32") not in models.DTYPES:
+        raise ConfigError(
+            f"config.model.dtype must be one of {list(models.DTYPES)}, got {config.model.dtype!r}"
+        )
     if name == "transformer" and config.model.get("param_init", "flax") not in transformer.INITS:
         raise ConfigError(
             f"config.model.param_init must be one of {list(transformer.INITS)}, got "

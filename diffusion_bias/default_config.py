@@ -32,8 +32,10 @@ def get_config():
     # "token": betas 1e-4..0.02 rescaled by 1000 / num_steps, x0-logits, cross-entropy.
     config.diffusion = ml_collections.ConfigDict(dict(schedule="image", num_steps=1000))
 
-    # Fields of the module named by `name` (see diffusion_bias/models).
-    config.model = ml_collections.ConfigDict(dict(name="mlp", width=256, depth=3))
+    # Fields of the module named by `name` (see diffusion_bias/models). Every model
+    # has `dtype`, its layers' compute dtype: "float32", or "bfloat16" on an
+    # accelerator (parameters and optimizer state stay float32).
+    config.model = ml_collections.ConfigDict(dict(name="mlp", width=256, depth=3, dtype="float32"))
 
     # "constant", or "paper": a per-epoch factor 1.0 -> 0.5 over 50 epochs,
     # then cosine to 0.1.

@@ -22,6 +22,8 @@ from diffusion_bias import config_checks
         ("digits", "snapshots.first_epoch", 11, "config.snapshots.first_epoch"),
         ("digits", "training.twin_devices", 3, "config.training.twin_devices"),
         ("digits", "model.dropout_rate", 1.0, "config.model.dropout_rate"),
+        ("digits", "model.dtype", "float16", "config.model.dtype"),
+        ("grammar", "model.dtype", "half", "config.model.dtype"),
         ("digits", "optimizer.b2", 1.0, "config.optimizer.b2"),
         ("digits", "analysis.critical_ratio", 0.0, "config.analysis.critical_ratio"),
         ("digits", "analysis.clip_x0", -1.0, "config.analysis.clip_x0"),

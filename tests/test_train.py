@@ -1,5 +1,6 @@
 """The twin training engine on the smoke config: determinism, resume, errors (signals: test_checkpoints.py)."""
 
+import json
 import logging
 import os
 import subprocess
@@ -213,6 +214,26 @@ def test_sequential_twin_strategy_matches_vmap(reference, tmp_path):
     _assert_trees_equal(
         jax.device_get(state.params), _final_params(workdir)[0], rtol=1e-4, atol=1e-5
     )
+
+
+def _train_losses(workdir):
+    """[logs, K] the twins' train losses in metrics.jsonl."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return np.array([json.loads(line)["train_loss"] for line in f])
+
+
+def test_bfloat16_compute_trains_like_float32_on_float32_parameters(reference, tmp_path):
+    workdir, _ = reference
+    config = smoke.get_config()
+    with config.unlocked():
+        config.model.dtype = "bfloat16"
+    state = train.train_and_evaluate(config, str(tmp_path))
+    # Parameters, EMA and optimizer moments stay float32 (the step counters int32).
+    leaves = jax.tree.leaves((state.params, state.ema_params, state.opt_state))
+    assert {str(a.dtype) for a in leaves} == {"float32", "int32"}
+    half, full = _train_losses(str(tmp_path)), _train_losses(workdir)
+    assert half.shape == full.shape and np.all(half[-1] < half[0])
+    np.testing.assert_allclose(half, full, rtol=1e-2)
 
 
 def test_four_devices_give_the_one_device_result(reference, tmp_path):

@@ -15,9 +15,14 @@ from diffusion_bias.models.mlp import MLPDenoiser
 from diffusion_bias.models.transformer import TokenTransformer
 from diffusion_bias.models.unet import UNet
 
-__all__ = ["MLPDenoiser", "TokenTransformer", "UNet", "get_model", "sinusoidal_embedding"]
+__all__ = ["DTYPES", "MLPDenoiser", "TokenTransformer", "UNet", "get_model", "sinusoidal_embedding"]
 
 MODELS = {"transformer": TokenTransformer, "unet": UNet, "mlp": MLPDenoiser}
+
+# Every model's `dtype`: the compute dtype of its layers. Parameters, optimizer
+# state and the EMA stay float32; bfloat16 is for accelerators (on a CPU it is
+# slower: no bfloat16 matmul units).
+DTYPES = ("float32", "bfloat16")
 
 # Fields every linen Module has that are not hyper-parameters.
 _MODULE_FIELDS = {"parent", "name"}

@@ -15,6 +15,10 @@ Initialisation, `param_init` (`init` is taken by linen's Module.init):
   projection a Linear's kernel with bias 0; LayerNorm 1 and 0. And
   nn.TransformerEncoder deep-copies one layer, so every encoder layer starts
   from the same parameters.
+
+`dtype` is the layers' compute dtype ("float32" or "bfloat16"); parameters stay
+float32 (so do the optimizer state and the EMA), layer norms keep float32
+statistics, and the logits are returned as float32.
 """
 
 import math
@@ -74,12 +78,14 @@ class EncoderLayer(nn.Module):
         dropout_rate: dropout on attention weights, on each residual branch and
             inside the feed-forward.
         param_init: "flax" or "torch" (see the module docstring).
+        dtype: compute dtype, "float32" or "bfloat16".
     """
 
     width: int
     num_heads: int
     dropout_rate: float = 0.1
     param_init: str = "flax"
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, init_key: jax.Array | None = None) -> jax.Array:
@@ -95,6 +101,7 @@ class EncoderLayer(nn.Module):
             Token features.  # [B, L, H]
         """
         deterministic = not train
+        dtype = jnp.dtype(self.dtype)
         attention, ff_in, ff_out = {}, {}, {}
         if self.param_init == "torch":
             keyed = _KeysInOrder(init_key) if init_key is not None else (lambda init: init)
@@ -108,15 +115,19 @@ class EncoderLayer(nn.Module):
             ff_in = {k: keyed(v) for k, v in _torch_linear(self.width).items()}
             ff_out = {k: keyed(v) for k, v in _torch_linear(2 * self.width).items()}
         h = nn.MultiHeadDotProductAttention(
-            num_heads=self.num_heads, dropout_rate=self.dropout_rate, name="attention", **attention
+            num_heads=self.num_heads,
+            dropout_rate=self.dropout_rate,
+            dtype=dtype,
+            name="attention",
+            **attention,
         )(x, x, deterministic=deterministic)
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-        x = nn.LayerNorm(epsilon=_LN_EPSILON, name="norm_attention")(x + h)
-        h = nn.Dense(2 * self.width, name="ff_in", **ff_in)(x)  # [B, L, 2H]
+        x = nn.LayerNorm(epsilon=_LN_EPSILON, dtype=dtype, name="norm_attention")(x + h)
+        h = nn.Dense(2 * self.width, dtype=dtype, name="ff_in", **ff_in)(x)  # [B, L, 2H]
         h = nn.Dropout(self.dropout_rate)(nn.relu(h), deterministic=deterministic)
-        h = nn.Dense(self.width, name="ff_out", **ff_out)(h)
+        h = nn.Dense(self.width, dtype=dtype, name="ff_out", **ff_out)(h)
         h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-        return nn.LayerNorm(epsilon=_LN_EPSILON, name="norm_ff")(x + h)
+        return nn.LayerNorm(epsilon=_LN_EPSILON, dtype=dtype, name="norm_ff")(x + h)
 
 
 class TokenTransformer(nn.Module):
@@ -135,6 +146,7 @@ class TokenTransformer(nn.Module):
         dropout_rate: dropout everywhere in the encoder layers (paper: 0.1).
         time_embed_dim: channels of the sinusoidal time embedding (paper: 32).
         param_init: "flax" (default) or "torch", the authors' (module docstring).
+        dtype: compute dtype, "float32" (default) or "bfloat16" (module docstring).
     """
 
     num_symbols: int
@@ -145,6 +157,7 @@ class TokenTransformer(nn.Module):
     dropout_rate: float = 0.1
     time_embed_dim: int = 32
     param_init: str = "flax"
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x_t: jax.Array, t: jax.Array, train: bool) -> jax.Array:
@@ -156,7 +169,7 @@ class TokenTransformer(nn.Module):
             train: enables dropout (needs the "dropout" RNG stream).
 
         Returns:
-            Logits of x_0.  # [B, L, q]
+            Logits of x_0, float32.  # [B, L, q]
 
         Raises:
             ValueError: if x_t is not [B, length, num_symbols], or on an unknown
@@ -172,6 +185,7 @@ class TokenTransformer(nn.Module):
                 f"TokenTransformer param_init must be one of {INITS}, got {self.param_init!r}"
             )
         torch = self.param_init == "torch"
+        dtype = jnp.dtype(self.dtype)
         t = jnp.broadcast_to(t, x_t.shape[:1])
         pos = self.param(
             "pos_embedding",
@@ -179,17 +193,29 @@ class TokenTransformer(nn.Module):
             (self.length, self.width),
         )  # [L, H]
         temb = nn.Dense(
-            self.width, name="embed_time", **(_torch_linear(self.time_embed_dim) if torch else {})
+            self.width,
+            dtype=dtype,
+            name="embed_time",
+            **(_torch_linear(self.time_embed_dim) if torch else {}),
         )(sinusoidal_embedding(t, self.time_embed_dim))  # [B, H]
         embed = nn.Dense(
-            self.width, name="embed_tokens", **(_torch_linear(self.num_symbols) if torch else {})
+            self.width,
+            dtype=dtype,
+            name="embed_tokens",
+            **(_torch_linear(self.num_symbols) if torch else {}),
         )
-        h = embed(x_t) + pos[None] + temb[:, None, :]  # [B, L, H]
+        h = embed(x_t) + pos[None].astype(dtype) + temb[:, None, :]  # [B, L, H]
         # One key for all layers: torch's encoder clones one initialised layer.
         layer_key = self.make_rng("params") if torch and self.is_initializing() else None
         for i in range(self.num_layers):
             h = EncoderLayer(
-                self.width, self.num_heads, self.dropout_rate, self.param_init, name=f"layer_{i}"
+                self.width,
+                self.num_heads,
+                self.dropout_rate,
+                self.param_init,
+                self.dtype,
+                name=f"layer_{i}",
             )(h, train, layer_key)
         out = _torch_linear(self.width) if torch else {}
-        return nn.Dense(self.num_symbols, name="output", **out)(h)
+        logits = nn.Dense(self.num_symbols, dtype=dtype, name="output", **out)(h)
+        return logits.astype(jnp.float32)
