@@ -49,7 +49,7 @@ def train_and_evaluate(config, workdir):
     """
     run = _begin(config, workdir)
     mesh = twin_steps.make_mesh(config)
-    state, data = _initial_state_and_data(config, run, mesh)
+    state, data = initial_state_and_data(config, run, mesh)
     per_call = config.training.steps_per_call
     latest_every = -(-config.snapshots.latest_every_steps // per_call) * per_call
     # Saves at the planned steps (the last is `total`) and every `latest_every`.
@@ -97,7 +97,7 @@ def _begin(config, workdir):
     return run
 
 
-def _initial_state_and_data(config, run, mesh):
+def initial_state_and_data(config, run, mesh):
     """The TwinState at step 0 and the twins' data [K, n, ...], placed on `mesh`."""
     example = run.train[0, :1]
     if run.kind == "tokens":
