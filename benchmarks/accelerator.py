@@ -50,15 +50,20 @@ from diffusion_bias import run as run_lib
 from diffusion_bias import train
 from diffusion_bias import twin_steps
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/grammar_paper.py:5000", "Experiment config file (a token setting)."
-)
-_TRAIN_SECONDS = flags.DEFINE_float("train_seconds", 180.0, "Training time measured.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Coupled samples per model.")
-_UTURN_ITEMS = flags.DEFINE_integer("uturn_items", 100, "U-turn and KL-along-t sequences.")
-_UTURN_REPEATS = flags.DEFINE_integer("uturn_repeats", 4, "U-turn noise repetitions.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Pool cache folder (default: a temporary one).")
-_OUT = flags.DEFINE_string("out", None, "Where to write the numbers as JSON.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command line; only when run as a program, so that tests can import this module."""
+    config_flags.DEFINE_config_file(
+        "config", "configs/grammar_paper.py:5000", "Experiment config file (a token setting)."
+    )
+    flags.DEFINE_float("train_seconds", 180.0, "Training time measured.")
+    flags.DEFINE_integer("num_samples", 1000, "Coupled samples per model.")
+    flags.DEFINE_integer("uturn_items", 100, "U-turn and KL-along-t sequences.")
+    flags.DEFINE_integer("uturn_repeats", 4, "U-turn noise repetitions.")
+    flags.DEFINE_string("workdir", None, "Pool cache folder (default: a temporary one).")
+    flags.DEFINE_string("out", None, "Where to write the numbers as JSON.")
 
 
 def matmul_peak(dtype, size, calls=10):
@@ -138,9 +143,9 @@ def duration(seconds):
 
 def main(argv):
     del argv
-    config = _CONFIG.value
+    config = FLAGS.config
     run_lib.check_config(config)
-    workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="accelerator_")
+    workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="accelerator_")
     run = run_lib.prepare(config, workdir)
     if run.kind != "tokens":
         raise app.UsageError("benchmarks.accelerator takes a token setting (grammar configs)")
@@ -170,7 +175,7 @@ def main(argv):
 
     chunk = twin_steps.make_train_chunk(config, run.model, run.schedule, run.kind, mesh)
     per_call = config.training.steps_per_call
-    state, steps_per_s, first = train_for(chunk, state, data, _TRAIN_SECONDS.value, per_call)
+    state, steps_per_s, first = train_for(chunk, state, data, FLAGS.train_seconds, per_call)
     achieved = steps_per_s * out["flops_per_step"]
     out.update(
         train_compile_and_first_call_s=first,
@@ -187,21 +192,26 @@ def main(argv):
         f"{duration(out['train_total_s_extrapolated'])} (extrapolated)",
         flush=True,
     )
-    out.update(analysis(config, workdir, state, run, out["matmul_peak_flops"]))
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
+    reduced = dict(
+        num_samples=FLAGS.num_samples,
+        uturn_items=FLAGS.uturn_items,
+        uturn_repeats=FLAGS.uturn_repeats,
+    )
+    out.update(analysis(config, workdir, state, run, out["matmul_peak_flops"], **reduced))
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
             json.dump(out, f, indent=1, default=str)
-        print(f"wrote {os.path.abspath(_OUT.value)}")
+        print(f"wrote {os.path.abspath(FLAGS.out)}")
 
 
-def analysis(config, workdir, state, run, peak):
+def analysis(config, workdir, state, run, peak, *, num_samples, uturn_items, uturn_repeats):
     """One snapshot's analysis at reduced sizes, timed, and extrapolated to the config's."""
     full = config.analysis
     reduced = config.copy_and_resolve_references()
     with reduced.unlocked():
-        reduced.analysis.num_samples = min(_NUM_SAMPLES.value, full.num_samples)
-        reduced.analysis.uturn_items = min(_UTURN_ITEMS.value, full.uturn_items)
-        reduced.analysis.uturn_repeats = min(_UTURN_REPEATS.value, full.get("uturn_repeats", 1))
+        reduced.analysis.num_samples = min(num_samples, full.num_samples)
+        reduced.analysis.uturn_items = min(uturn_items, full.uturn_items)
+        reduced.analysis.uturn_repeats = min(uturn_repeats, full.get("uturn_repeats", 1))
     r = reduced.analysis
     inst = instrument_lib.Instrument(reduced, workdir)
     first, steady = timed(inst.compute, state)
@@ -248,4 +258,5 @@ def analysis(config, workdir, state, run, peak):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -9,6 +9,10 @@ Run from the repository root:  python -m benchmarks.train_step
    Both sides run the same steps_per_call; the ratio is measured in this
    process, the timed runs of the two sides interleaved, so that machine load
    cancels out (as far as it can).
+   1b. The same with a CPU device per twin (`jax_num_cpu_devices`,
+   twin_devices = num_devices = K), the layout `launch.reproduce` gives the
+   grammar twins on a CPU, and with two twins per device.
+   1c. Where one small transformer step spends its time (`step_breakdown`).
 2. The transformer step at the paper's size (512 x 8 layers x 4 heads, L=16,
    q=6, batch 512; K=1, one step per call) and at 128 x 4 layers: samples/s
    and achieved GFLOP/s, against a float32 matmul peak (jnp.dot of 2048x2048)
@@ -23,17 +27,19 @@ Compilation is excluded from the rates (reported separately); every line ends
 with the 1-minute load average.
 """
 
+import functools
+import os
 import time
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
 import numpy as np
 
 from configs import digits_cpu, grammar_cpu, grammar_paper
 from diffusion_bias import models
 from diffusion_bias import run as run_lib
+from diffusion_bias import train
 from diffusion_bias import twin_steps
 from benchmarks import timing
 
@@ -56,17 +62,23 @@ class _Engine:
         rng = np.random.default_rng(0)
         if kind == "tokens":
             data = rng.integers(0, num_symbols, (k, n, *item_shape), dtype=np.int32)
-            example = jax.nn.one_hot(data[0, :1], num_symbols)
         else:
             data = rng.normal(size=(k, n, *item_shape)).astype(np.float32)
-            example = data[0, :1]
         mesh = twin_steps.make_mesh(config)
-        tx = twin_steps.get_optimizer(config)
-        self.state = twin_steps.place(twin_steps.init_state(config, model, example, tx), mesh, True)
-        self.state = self.state.replace(
-            step=jax.device_put(self.state.step, NamedSharding(mesh, P()))
+        # The trainer's own placement, on a run of these synthetic items.
+        run = run_lib.Run(
+            pool=None,
+            twin_data=None,
+            train=data,
+            offsets=None,
+            kind=kind,
+            model=model,
+            schedule=run_lib.get_schedule(config),
+            steps_per_epoch=run_lib.steps_per_epoch(config),
+            total_steps=None,
+            snapshot_steps=None,
         )
-        self.data = twin_steps.place(jnp.asarray(data), mesh, twin_axis=True)
+        self.state, self.data = train.initial_state_and_data(config, run, mesh)
         if chunk is None:
             chunk = twin_steps.make_train_chunk(
                 config, model, run_lib.get_schedule(config), kind, mesh
@@ -89,17 +101,32 @@ def _first_calls(engine):
 
 
 def twins_against_singles(
-    name, config_fn, kind, item_shape, num_symbols=None, calls=10, repeats=3, **training
+    name,
+    config_fn,
+    kind,
+    item_shape,
+    num_symbols=None,
+    calls=10,
+    repeats=3,
+    num_splits=None,
+    **training,
 ):
-    """Prints steps/s of K stacked twins and of K single-model engines run in turn."""
+    """Prints steps/s of K stacked twins and of K single-model engines run in turn.
+
+    The single models run on one device; the twins as `training` lays them out
+    (one device unless it says num_devices).
+    """
     config = config_fn()
-    config.training.update(training)
+    config.training.update(dict(dict(num_devices=1), **training))
+    if num_splits:
+        config.splits.num_splits = num_splits
     num_twins = config.splits.num_splits
     twins = _Engine(config, kind, item_shape, num_symbols)
     compile_twins, second_twins = _first_calls(twins)
 
     single_config = config_fn()
     single_config.training.update(training)
+    single_config.training.update(twin_devices=1, num_devices=1)
     single_config.splits.num_splits = 1
     singles = [_Engine(single_config, kind, item_shape, num_symbols)]
     # One jitted chunk (same shapes) for every single model: it compiles once.
@@ -121,8 +148,9 @@ def twins_against_singles(
     steps = calls * config.training.steps_per_call
     # A second jit cache entry means the second call re-traced (see the report).
     retraced = twins.chunk._cache_size() - 1
+    where = config.training.num_devices
     print(
-        f"{name} (K={num_twins}, batch {config.training.batch_size}, "
+        f"{name} (K={num_twins} on {where} device(s), batch {config.training.batch_size}, "
         f"{config.training.steps_per_call} steps/call): twins {steps / fast:,.1f} steps/s; "
         f"{num_twins} single-model calls {steps / base:,.1f} steps/s; ratio {base / fast:.2f}x; "
         f"compile {compile_twins:.0f} s vs {compile_single:.0f} s; "
@@ -164,7 +192,7 @@ def transformer_step(width, num_layers, batch, calls, repeats, reference):
     config = grammar_paper.get_config()
     config.splits.update(num_splits=1, split_size=10 * batch)
     config.model.update(width=width, num_layers=num_layers)
-    config.training.update(batch_size=batch, steps_per_call=1)
+    config.training.update(batch_size=batch, steps_per_call=1, num_devices=1)
     length, q = 16, 6
     engine = _Engine(config, "tokens", (length,), q)
     start = time.perf_counter()
@@ -187,20 +215,142 @@ def transformer_step(width, num_layers, batch, calls, repeats, reference):
     print(f"  quoted, not measured here: the authors' torch code did {reference} steps/s")
 
 
+def _matmul_chain(width, num_layers, length, num_symbols, batch, heads=4, time_dim=32):
+    """[(batch dims, M, K, N)] the matmuls of one training step: forward, then dX and dW."""
+    tokens, d = batch * length, width // heads
+    forward = [((), tokens, num_symbols, width), ((), batch, time_dim, width)]
+    for _ in range(num_layers):
+        forward += [((), tokens, width, width)] * 4  # Q, K, V, output projections
+        forward += [((), tokens, width, 2 * width), ((), tokens, 2 * width, width)]
+        forward += [((batch * heads,), length, d, length), ((batch * heads,), length, length, d)]
+    forward.append(((), tokens, width, num_symbols))
+    backward = [(b, m, n, k) for b, m, k, n in forward] + [(b, k, m, n) for b, m, k, n in forward]
+    return forward + backward
+
+
+def _chain_time(chain, steps, repeats):
+    """Seconds per step of the matmuls of `chain` alone, on random operands."""
+    rng = np.random.default_rng(1)
+    operands = [
+        (
+            jnp.asarray(rng.normal(size=(*b, m, k)), jnp.float32),
+            jnp.asarray(rng.normal(size=(*b, k, n)), jnp.float32),
+        )
+        for b, m, k, n in chain
+    ]
+    # `w + i` keeps XLA from hoisting the products out of the loop.
+    matmuls = jax.jit(
+        lambda ops: jax.lax.fori_loop(
+            0, steps, lambda i, acc: acc + sum(jnp.sum(a @ (w + i)) for a, w in ops), 0.0
+        )
+    )
+    matmuls(operands).block_until_ready()
+    return timing.best_time(lambda: matmuls(operands).block_until_ready(), repeats) / steps
+
+
+def step_breakdown(width, num_layers, batch, steps=10, repeats=3):
+    """Prints where one training step of one transformer (K=1, L=16, q=6) spends its time.
+
+    The same compiled loop of `steps` steps, cut down piece by piece: the full
+    step (loss, gradient, Adam, EMA); without dropout; the loss and gradient
+    alone; the loss alone; and the step's matmuls alone, with the shapes of the
+    forward and backward passes (`_matmul_chain`), on random operands. What
+    the matmuls do not explain is the step's elementwise rest: layer norms,
+    softmax, GELU/ReLU, dropout, noise, the cross-entropy and the optimizer.
+    """
+    length, q = 16, 6
+    config = grammar_cpu.get_config()
+    config.model.update(width=width, num_layers=num_layers)
+    config.splits.update(num_splits=1, split_size=batch)
+    config.training.update(batch_size=batch, steps_per_call=steps, num_devices=1)
+
+    def engine_time(dropout):
+        config.model.dropout_rate = dropout
+        engine = _Engine(config, "tokens", (length,), q)
+        engine()
+        return timing.best_time(engine, repeats) / steps
+
+    full, no_dropout = engine_time(0.1), engine_time(0.0)
+    config.model.dropout_rate = 0.1
+    model_config = ml_collections.ConfigDict(config.model)
+    with model_config.unlocked():
+        model_config.update(num_symbols=q, length=length)
+    model = models.get_model(model_config)
+    x0 = jnp.asarray(np.random.default_rng(0).integers(0, q, (batch, length)), jnp.int32)
+    example = jax.nn.one_hot(x0[:1], q)
+    params = model.init(jax.random.key(0), example, jnp.ones(1, jnp.int32), False)["params"]
+    loss_fn = functools.partial(
+        twin_steps.denoising_loss,
+        model=model,
+        schedule=run_lib.get_schedule(config),
+        kind="tokens",
+        train=True,
+    )
+
+    def looped(body):
+        # The results are summed so that XLA cannot drop the work.
+        fn = jax.jit(lambda *a: jax.lax.fori_loop(0, steps, lambda i, acc: acc + body(i, *a), 0.0))
+        fn(params, x0).block_until_ready()
+        return timing.best_time(lambda: fn(params, x0).block_until_ready(), repeats) / steps
+
+    def grad_body(i, p, x):
+        loss, grads = jax.value_and_grad(loss_fn)(p, x, jax.random.key(i))
+        return loss + sum(jnp.sum(g) for g in jax.tree.leaves(grads))
+
+    grad = looped(grad_body)
+    forward = looped(lambda i, p, x: loss_fn(p, x, jax.random.key(i)))
+    chain = _matmul_chain(width, num_layers, length, q, batch)
+    flops = sum(2 * m * k * n * int(np.prod(b)) for b, m, k, n in chain)
+    matmul = _chain_time(chain, steps, repeats)
+    print(
+        f"step breakdown, transformer {width} x {num_layers}, batch {batch} (K=1, one device): "
+        f"full step {full * 1e3:.2f} ms; without dropout {no_dropout / full:.0%} of it; "
+        f"loss and gradient {grad / full:.0%}; loss alone {forward / full:.0%}; its "
+        f"{len(chain)} matmuls alone {matmul / full:.0%} ({flops / matmul / 1e9:.1f} GFLOP/s) "
+        f"{timing.load()}"
+    )
+
+
+def twin_rows():
+    """Sections 1, 1b and 1c of the module docstring."""
+    # 1. K twins in one step against K single-model engines, same steps per call.
+    digits = (digits_cpu.get_config, "images", (8, 8, 1))
+    twins_against_singles("digits MLP, vmap", *digits, calls=10)
+    twins_against_singles("digits MLP, map", *digits, calls=10, twin_strategy="map")
+    grammar = (grammar_cpu.get_config, "tokens", (16,), 6)
+    twins_against_singles("grammar_cpu transformer, vmap", *grammar, calls=2)
+    twins_against_singles("grammar_cpu transformer, map", *grammar, calls=2, twin_strategy="map")
+
+    # 1b. A CPU device per twin (launch.reproduce's layout for the grammar):
+    # the devices share the cores, but each runs its own stream of small ops.
+    own = dict(twin_devices=2, num_devices=2)
+    if jax.device_count() < 2:
+        print("one core: no rows with a CPU device per twin")
+    else:
+        twins_against_singles("digits MLP, a device per twin", *digits, calls=10, **own)
+        twins_against_singles(
+            "grammar_cpu transformer, a device per twin", *grammar, calls=2, **own
+        )
+        twins_against_singles(
+            "grammar_cpu transformer, 2 twins per device", *grammar, calls=1, num_splits=4, **own
+        )
+
+    # 1c. Where the small step's time goes (what bounds it).
+    step_breakdown(64, 2, 100)
+    step_breakdown(128, 4, 512, steps=2)
+
+
 def main():
+    # Before anything starts JAX: a CPU device per core, for the rows that lay
+    # twins out one per device; every other row runs on one device. (More
+    # devices than cores slow every row, the one-device rows too.)
+    jax.config.update("jax_num_cpu_devices", os.cpu_count())
     print(
         f"devices: {jax.devices()}; jax_threefry_partitionable: "
         f"{jax.config.jax_threefry_partitionable}"
     )
     print(f"float32 matmul peak (2048x2048 jnp.dot): {_matmul_peak():.1f} GFLOP/s {timing.load()}")
-
-    # 1. K twins in one step against K single-model engines, same steps per call.
-    digits = (digits_cpu.get_config, "images", (8, 8, 1))
-    twins_against_singles("digits MLP, vmap", *digits, calls=10)
-    twins_against_singles("digits MLP, map", *digits, calls=10, twin_strategy="map")
-    grammar = (grammar_cpu.get_config, "tokens", (8,), 6)
-    twins_against_singles("grammar_cpu transformer, vmap", *grammar, calls=2)
-    twins_against_singles("grammar_cpu transformer, map", *grammar, calls=2, twin_strategy="map")
+    twin_rows()
 
     # 2. The transformer step at a small size and at the paper's size (about 30 s a step).
     transformer_step(128, 4, 512, calls=4, repeats=2, reference=TORCH_SMALL_SIZE)

@@ -95,13 +95,15 @@ def _number_in(config, path, low, high, low_open=False, high_open=False):
     return value
 
 
-def check_config(config, pool_size=None):
+def check_config(config, pool_size=None, devices=True):
     """Raises ConfigError naming the first invalid field of `config`.
 
     Every check needs only the config (and, for the pool size, a look at the
     data that writes nothing), so that a launcher runs them all before it
     touches the workdir. `pool_size` (when the pool is loaded already) skips
-    finding it.
+    finding it. `devices=False` skips the device layout (twin_devices,
+    num_devices): it concerns training only, and a run may be analysed on
+    another machine than the one it trained on.
     """
     for section, names in _POSITIVE_INTS:
         for name in names.split():
@@ -113,7 +115,8 @@ def check_config(config, pool_size=None):
             f"config.centering must be one of {list(sources.CENTERINGS)}, got {centering(config)!r}"
         )
     _check_training(config)
-    _check_devices(config)
+    if devices:
+        _check_devices(config)
     _check_monitor(config)
     _check_splits(config)
     _number_in(config, "optimizer.b1", 0.0, 1.0, high_open=True)
@@ -160,14 +163,30 @@ def _check_training(config):
         )
 
 
+def _num_devices(config):
+    """The devices the run uses (config.training.num_devices, 0 = all), checked."""
+    wanted = config.training.get("num_devices", 0)
+    available = jax.device_count()
+    if not checks.is_int(wanted) or not 0 <= wanted <= available:
+        raise ConfigError(
+            f"config.training.num_devices = {wanted!r} must be 0 (all) or at most the "
+            f"{available} devices present"
+        )
+    if wanted and wanted != available and jax.process_count() > 1:
+        raise ConfigError(
+            "config.training.num_devices must be 0 (all devices) in a multi-process run"
+        )
+    return wanted or available
+
+
 def _check_devices(config):
     """The mesh: twin devices divide the devices and the twins; data devices the batch."""
     twin_devices = config.training.twin_devices
-    data_devices = jax.device_count() // twin_devices
-    if jax.device_count() % twin_devices:
+    devices = _num_devices(config)
+    data_devices = devices // twin_devices
+    if devices % twin_devices:
         raise ConfigError(
-            f"config.training.twin_devices = {twin_devices} must divide "
-            f"the {jax.device_count()} devices"
+            f"config.training.twin_devices = {twin_devices} must divide the {devices} devices"
         )
     if twin_devices > 1 and config.training.twin_strategy != "vmap":
         raise ConfigError("config.training.twin_devices > 1 needs twin_strategy = 'vmap'")

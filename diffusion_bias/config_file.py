@@ -13,11 +13,21 @@ import jax
 from diffusion_bias import files
 
 
+# Where the twins run, not what they learn.
+LAYOUT = ("training.twin_devices", "training.num_devices")
+
+# Fields added after runs were saved without them, with the value that trains as
+# those runs did: a saved config lacking one resumes under that value.
+ADDED = {"model.dtype": "float32"}
+
+
 def save_config(workdir, config):
     """Writes `config.json`, or checks that a resumed run has the same config.
 
-    Fields under `analysis` are not compared: they do not change training. In a
-    multi-process run every process checks, and process 0 alone writes.
+    Fields under `analysis` are not compared: they do not change training; nor
+    is the device layout (`LAYOUT`): a run may resume on other devices, to the
+    same numbers up to float reassociation. In a multi-process run every
+    process checks, and process 0 alone writes.
 
     Raises:
         ValueError: the workdir holds a run with a different config; the
@@ -28,8 +38,14 @@ def save_config(workdir, config):
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
-        # The analysis section does not change training; it may differ.
-        diffs = sorted(d for d in _diff(saved, current) if not d.startswith("analysis"))
+        # The analysis section and the device layout do not change what is trained.
+        diffs = sorted(
+            d
+            for d in _diff(saved, current)
+            if not d.startswith("analysis")
+            and d not in LAYOUT
+            and not (d in ADDED and _absent(saved, d) and _get(current, d) == ADDED[d])
+        )
         if diffs:
             raise ValueError(
                 f"{workdir} holds a run with a different config; differing fields: "
@@ -48,6 +64,18 @@ def load_config(workdir):
     """The config dict saved by `save_config`."""
     with open(os.path.join(workdir, "config.json")) as f:
         return json.load(f)
+
+
+def _get(tree, dotted):
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _absent(tree, dotted):
+    *parents, last = dotted.split(".")
+    node = _get(tree, ".".join(parents)) if parents else tree
+    return isinstance(node, dict) and last not in node
 
 
 def _diff(a, b, prefix=""):

@@ -50,6 +50,7 @@ def get_config():
             steps_per_call=10,  # steps fused in one compiled call (lax.scan)
             twin_strategy="vmap",  # "vmap" (dense models) or "map" (convolutions on CPU)
             twin_devices=1,  # devices the twin axis is sharded over (vmap only)
+            num_devices=0,  # devices the run uses: 0 = all; n = the first n (one process)
             shared_init=False,  # all twins start from the same parameters
             ema_decay=0.0,  # 0 keeps no moving average of the parameters
             log_every_steps=500,

@@ -88,7 +88,8 @@ def snapshot_steps(config):
 def prepare(config, workdir):
     """The run `config` describes (a `Run`); the pool is cached in `workdir`."""
     pool = sources.load_pool(config.data, cache_dir=workdir)
-    check_config(config, pool_size=pool.items.shape[0])
+    # Training checked the device layout before; an analysis may run on other devices.
+    check_config(config, pool_size=pool.items.shape[0], devices=False)
     twin_data = sources.make_twin_data(
         pool,
         config.splits.num_splits,

@@ -223,13 +223,14 @@ class _Progress:
         self._spe, self._total = run.steps_per_epoch, run.total_steps
         logging.info(
             "Training %d twins of %s for %d steps (%d epochs of %d steps) on %d "
-            "device(s); %d snapshots planned.",
+            "device(s), the twins over %d; %d snapshots planned.",
             config.splits.num_splits,
             type(run.model).__name__,
             self._total,
             config.training.num_epochs,
             self._spe,
-            jax.device_count(),
+            config.training.get("num_devices", 0) or jax.device_count(),
+            config.training.twin_devices,
             len(run.snapshot_steps),
         )
         self._window_start, self._window_step, self._window_losses = time.time(), start, []

@@ -201,8 +201,12 @@ def init_state(config, model, example, tx):
 
 
 def make_mesh(config):
-    """The device mesh: config.training.twin_devices rows ("twins") by the rest ("data")."""
-    devices = np.asarray(jax.devices()).reshape(config.training.twin_devices, -1)
+    """The device mesh: config.training.twin_devices rows ("twins") by the rest ("data").
+
+    Over all devices, or the first config.training.num_devices of them.
+    """
+    used = jax.devices()[: config.training.get("num_devices", 0) or None]
+    devices = np.asarray(used).reshape(config.training.twin_devices, -1)
     return jax.sharding.Mesh(devices, ("twins", "data"))
 
 

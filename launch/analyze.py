@@ -48,7 +48,7 @@ def checked_config(workdir, overrides):
             f"--workdir={workdir} holds no config.json: train it first (launch.train)"
         )
     config = analysis.analysis_config(workdir, overrides)
-    run_lib.check_config(config)
+    run_lib.check_config(config, devices=False)
     # Read only: nothing is created in the workdir, and a running training is safe.
     found = []
     if os.path.isdir(os.path.join(workdir, "checkpoints")):

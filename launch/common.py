@@ -35,6 +35,27 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 
 
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices",
+    None,
+    "CPU devices JAX makes of this machine's cores (default: JAX's, one). With "
+    "--cpu_devices=K --config.training.twin_devices=K --config.training.num_devices=K "
+    "each of K twins trains on its own device, in parallel: on a CPU, small "
+    "transformers train faster so (README, Speed).",
+)
+
+
+def set_cpu_devices(default=None):
+    """Applies --cpu_devices (else `default`; None leaves JAX's one) before JAX starts."""
+    count = _CPU_DEVICES.value if _CPU_DEVICES.value is not None else default
+    if count is None:
+        return
+    if count < 1:
+        raise app.UsageError(f"--cpu_devices must be at least 1, got {count}")
+    # Only the CPU backend reads it: on an accelerator the CPU devices are unused.
+    jax.config.update("jax_num_cpu_devices", count)
+
+
 class _DropLibraryInfo(std_logging.Filter):
     """Drops INFO records of Orbax, which logs every step of every save."""
 

@@ -1,12 +1,16 @@
 """The main job: train and analyse the embedded settings, then write a report.
 
     python -m launch.reproduce [--workdir=workdirs/reproduce] [--settings=digits,grammar]
-        [--num_splits=2] [--seeds=0,1,2]
+        [--num_splits=2] [--seeds=0,1,2] [--cpu_devices=N]
 
 Run from the repository root. Each setting trains its twins (configs/<name>_cpu.py),
 analyses every snapshot and draws its figures; then W/report.md gathers the
 verdicts, numbers and figures. Interrupted, the same command resumes: training
 from its latest checkpoint, analysis from its per-snapshot cache.
+
+On a CPU the grammar twins train each on its own CPU device, in parallel
+(`cpu_layout`; --cpu_devices, by default one per twin, splits the cores into
+that many JAX devices); the digits twins, too small to gain, share one.
 
 Workdirs: without --seeds each setting runs once, with its config's seeds, in
 W/<setting> (W/digits, W/grammar). With --seeds=S1,S2,... each setting runs once
@@ -26,6 +30,7 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 
 from diffusion_bias import analysis
 from diffusion_bias import figures
@@ -36,6 +41,12 @@ from diffusion_bias import verdict
 from launch import common
 
 SETTINGS = {"digits": "configs.digits_cpu", "grammar": "configs.grammar_cpu"}
+
+# On a CPU, whether a setting's twins each train on their own CPU device
+# (`cpu_layout`), as measured on the 2-core machine (benchmarks/train_step.py,
+# README "Speed"): the grammar transformer's twins 1.4x faster so than on one
+# device (its training stage 1.55x); the digits MLP's 0.8-1.0x, so it keeps one.
+TWIN_PER_CPU_DEVICE = {"digits": False, "grammar": True}
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/reproduce", "Folder of all outputs.")
 _SETTINGS = flags.DEFINE_list("settings", list(SETTINGS), f"Settings among {list(SETTINGS)}.")
@@ -124,7 +135,7 @@ def run(workdir, configs, seeds=None):
         name = setting if seeds is None else f"{setting}, seed {seed}"
         logging.info("[%d/%d] training the %s twins in %s", 2 * i + 1, stages, name, run_dir)
         start = time.time()
-        train.train_and_evaluate(config, run_dir)
+        train.train_and_evaluate(cpu_layout(setting, config), run_dir)
         timings[f"{name}: training"] = time.time() - start
         logging.info("[%d/%d] analysing the %s snapshots", 2 * i + 2, stages, name)
         start = time.time()
@@ -138,6 +149,28 @@ def run(workdir, configs, seeds=None):
     return path
 
 
+def cpu_layout(setting, config):
+    """`config` laid out on this process's CPU devices (`TWIN_PER_CPU_DEVICE`).
+
+    With several CPU devices (--cpu_devices) in one process, a setting whose
+    twins gain runs twin k on device k (twin_devices = num_devices = K, if there
+    are K devices); every other setting runs on one device, as a batch split
+    over virtual devices of the same cores only adds synchronisation. On an
+    accelerator, or with one device, `config` is returned as it is. The layout
+    changes no number beyond float reassociation (tests/test_train.py).
+    """
+    k = config.splits.num_splits
+    if jax.default_backend() != "cpu" or jax.process_count() > 1 or jax.device_count() == 1:
+        return config
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        if TWIN_PER_CPU_DEVICE.get(setting) and jax.device_count() >= k:
+            config.training.update(twin_devices=k, num_devices=k)
+        else:
+            config.training.update(twin_devices=1, num_devices=1)
+    return config
+
+
 def seed_label(config):
     """The seed a report row names: S, or "S (splits S')" when the two seeds differ."""
     if config.seed == config.splits.seed:
@@ -149,9 +182,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.setup_logging()
-    common.refuse_distributed("launch.reproduce")
     seeds = parse_seeds(_SEEDS.value)
     configs = setting_configs(_SETTINGS.value, _NUM_SPLITS.value)
+    # Before JAX starts: a CPU device per twin for the settings that gain
+    # (cpu_layout), if there are cores enough; more devices than cores only slow.
+    per_twin = [c.splits.num_splits for s, c in configs.items() if TWIN_PER_CPU_DEVICE.get(s)]
+    wanted = max(per_twin, default=None)
+    common.set_cpu_devices(default=wanted if wanted and wanted <= os.cpu_count() else None)
+    common.refuse_distributed("launch.reproduce")
     # Every run's config is checked before the first one starts training.
     for _, _, config, _ in runs(configs, seeds):
         common.exit_on_config_error(run_lib.check_config, config)

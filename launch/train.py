@@ -32,6 +32,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.setup_logging()
+    common.set_cpu_devices()
     common.maybe_initialize_distributed()
     common.exit_on_config_error(train.train_and_evaluate, _CONFIG.value, _WORKDIR.value)
 

@@ -21,6 +21,8 @@ from diffusion_bias import config_checks
         ("digits", "training.batch_size", 0, "config.training.batch_size"),
         ("digits", "snapshots.first_epoch", 11, "config.snapshots.first_epoch"),
         ("digits", "training.twin_devices", 3, "config.training.twin_devices"),
+        ("digits", "training.num_devices", 2, "config.training.num_devices"),
+        ("digits", "training.num_devices", -1, "config.training.num_devices"),
         ("digits", "model.dropout_rate", 1.0, "config.model.dropout_rate"),
         ("digits", "model.dtype", "float16", "config.model.dtype"),
         ("grammar", "model.dtype", "half", "config.model.dtype"),

@@ -42,3 +42,33 @@ def test_a_different_config_is_refused_naming_each_differing_field(tmp_path):
         config.seed = config.seed + 1
     with pytest.raises(ValueError, match=r"differing fields: optimizer.learning_rate, seed\."):
         config_file.save_config(workdir, config)
+
+
+def test_a_run_resumes_on_another_device_layout(tmp_path):
+    workdir = str(tmp_path)
+    config_file.save_config(workdir, smoke.get_config())
+    config = smoke.get_config()
+    with config.unlocked():
+        config.training.update(twin_devices=2, num_devices=2)
+    config_file.save_config(workdir, config)  # where the twins run, not what they learn
+    with config.unlocked():
+        config.training.batch_size = 8
+    with pytest.raises(ValueError, match=r"differing fields: training.batch_size\."):
+        config_file.save_config(workdir, config)
+
+
+def test_a_run_saved_before_a_field_existed_resumes_under_its_old_value(tmp_path):
+    workdir = str(tmp_path)
+    config_file.save_config(workdir, smoke.get_config())
+    path = os.path.join(workdir, "config.json")
+    with open(path) as f:
+        saved = json.load(f)
+    del saved["model"]["dtype"]  # as written before config.model.dtype existed
+    with open(path, "w") as f:
+        json.dump(saved, f)
+    config_file.save_config(workdir, smoke.get_config())  # float32, as it trained
+    config = smoke.get_config()
+    with config.unlocked():
+        config.model.dtype = "bfloat16"
+    with pytest.raises(ValueError, match=r"differing fields: model.dtype\."):
+        config_file.save_config(workdir, config)

@@ -392,7 +392,7 @@ def test_bfloat16_compute_runs_the_matmuls_in_bfloat16_on_float32_parameters(nam
     )
     assert {str(a.dtype) for a in jax.tree.leaves(_abstract_variables(half, shape))} == {"float32"}
     variables, (x, t) = _random_params(model, shape, seed=0), _inputs(shape)
-    apply = lambda m: (lambda v, x, t: m.apply(v, x, t, False))  # noqa: E731
+    apply = lambda m: lambda v, x, t: m.apply(v, x, t, False)  # noqa: E731
     matmuls = _matmul_input_dtypes(jax.make_jaxpr(apply(half))(variables, x, t).jaxpr)
     assert matmuls and set(matmuls) == {"bfloat16"}
     assert set(_matmul_input_dtypes(jax.make_jaxpr(apply(model))(variables, x, t).jaxpr)) == {

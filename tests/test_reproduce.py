@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 from absl import app
+import jax
 import pytest
 
 from configs import smoke
@@ -116,3 +117,19 @@ def test_command_line_refuses_a_bad_seed_list_before_writing_anything(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "--seeds takes integers" in proc.stderr
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("backend,devices", [("cpu", 1), ("gpu", 2), ("cpu", 2), ("cpu", 4)])
+def test_cpu_layout_gives_a_device_per_twin_only_to_the_settings_that_gain(
+    backend, devices, monkeypatch
+):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(jax, "device_count", lambda: devices)
+    grammar, digits = smoke.get_config("grammar"), smoke.get_config("digits")
+    laid_out = reproduce.cpu_layout("grammar", grammar), reproduce.cpu_layout("digits", digits)
+    if backend != "cpu" or devices == 1:
+        assert laid_out == (grammar, digits)  # as they are
+        return
+    layout = [(c.training.twin_devices, c.training.num_devices) for c in laid_out]
+    assert layout == [(2, 2), (1, 1)]
+    assert (grammar.training.twin_devices, grammar.training.num_devices) == (1, 0)  # a copy
