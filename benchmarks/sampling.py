@@ -14,7 +14,9 @@ compilation is excluded from the rates and reported separately. Every line ends
 with the 1-minute load average.
 
 The twins are freshly initialised (untrained): the cost does not depend on the
-parameters' values.
+parameters' values. Each line gives the coupled sampler's achieved GFLOP/s (XLA's
+count of one forward pass, times samples and steps) against a float32 matmul
+peak (jnp.dot of 2048 x 2048) measured in this process.
 """
 
 import functools
@@ -109,6 +111,11 @@ def compare(
     loop_out = loop()
     compile_loop = time.perf_counter() - start
     fast, base = timing.best_times([run, loop], repeats)
+    forward = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t, False))
+    single = jax.tree.map(lambda a: a[0], stacked)
+    batch = jnp.zeros((64, *item_shape), jnp.float32)
+    per_sample = forward.lower(single, batch, jnp.ones((64,), jnp.int32)).cost_analysis()
+    flops = per_sample["flops"] / 64 * twins * num_samples * schedule.num_steps
     if kind == "tokens":
         agree = f"tokens equal: {np.mean(fast_samples == loop_out):.4f}"
     else:
@@ -117,9 +124,19 @@ def compare(
     print(
         f"{name} (K={twins}, N={num_samples} per twin, {schedule.num_steps} steps): coupled "
         f"{n / fast:,.0f} samples/s; per-twin per-step loop {n / base:,.0f} samples/s; ratio "
-        f"{base / fast:.1f}x; {agree}; first call {compile_fast:.1f} s vs {compile_loop:.1f} s "
-        f"{timing.load()}"
+        f"{base / fast:.1f}x; {agree}; first call {compile_fast:.1f} s vs {compile_loop:.1f} s; "
+        f"{flops / fast / 1e9:.1f} GFLOP/s, {flops / fast / 1e9 / _matmul_peak():.0%} of the "
+        f"matmul peak {timing.load()}"
     )
+
+
+def _matmul_peak(size=2048, calls=5):
+    """float32 GFLOP/s of a jitted jnp.dot of two size x size matrices."""
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    best = timing.best_time(lambda: [dot(a, a).block_until_ready() for _ in range(calls)])
+    return 2 * size**3 * calls / best / 1e9
 
 
 def main():
@@ -134,10 +151,18 @@ def main():
     image = schedules.respace(schedules.image_schedule(1000), steps)
     compare("digits MLP 256 x 3", mlp, "images", image, (8, 8, 1), clip_x0=1.0, repeats=5)
 
-    # Setting 2, embedded: the transformer of configs/grammar_cpu.py (L=8, q=6).
-    small = models.TokenTransformer(num_symbols=6, length=8, width=64, num_layers=2, num_heads=4)
+    # Setting 2, embedded: the transformer of configs/grammar_cpu.py (L=16, q=6).
+    small = models.TokenTransformer(num_symbols=6, length=16, width=64, num_layers=2, num_heads=4)
     token = schedules.respace(schedules.token_schedule(500), steps)
-    compare("transformer 64 x 2 layers (L=8, q=6)", small, "tokens", token, (8, 6))
+    compare("transformer 64 x 2 layers (L=16, q=6)", small, "tokens", token, (16, 6))
+
+    # The 128 x 4 transformer at N=1000 per twin, on a 20-step chain (the cost
+    # per step does not depend on the chain's length).
+    medium = models.TokenTransformer(num_symbols=6, length=16, width=128, num_layers=4, num_heads=4)
+    short = schedules.respace(schedules.token_schedule(500), 20)
+    compare(
+        "transformer 128 x 4 layers (L=16, q=6)", medium, "tokens", short, (16, 6), 1000, None, 2, 2
+    )
 
     size = coupled._chunk._cache_size()
     print(f"coupled sampler: {size} compiled chunk(s) for the 2 models")
