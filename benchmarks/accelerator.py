@@ -49,6 +49,7 @@ from diffusion_bias import instrument as instrument_lib
 from diffusion_bias import run as run_lib
 from diffusion_bias import train
 from diffusion_bias import twin_steps
+from benchmarks import timing
 
 FLAGS = flags.FLAGS
 
@@ -64,22 +65,6 @@ def define_flags():
     flags.DEFINE_integer("uturn_repeats", 4, "U-turn noise repetitions.")
     flags.DEFINE_string("workdir", None, "Pool cache folder (default: a temporary one).")
     flags.DEFINE_string("out", None, "Where to write the numbers as JSON.")
-
-
-def matmul_peak(dtype, size, calls=10):
-    """FLOP/s of a jitted jnp.dot of two size x size matrices of `dtype`, best of 3."""
-    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
-    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
-    dot = jax.jit(jnp.dot)
-    dot(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(calls):
-            out = dot(a, b)
-        out.block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 * calls / best
 
 
 def step_flops(config, run, mesh, state, data):
@@ -165,7 +150,7 @@ def main(argv):
     out["flops_per_step"] = step_flops(config, run, mesh, state, data)
     out["forward_flops_per_sequence"] = forward_flops(run, state.params)
     size = 2048 if devices[0].platform == "cpu" else 8192
-    out["matmul_peak_flops"] = matmul_peak(dtype, size)
+    out["matmul_peak_flops"] = timing.matmul_peak(size, dtype, calls=10)
     print(
         f"FLOPs (XLA): {out['flops_per_step']:.3e} per step of {num_twins} twins x batch "
         f"{batch}; {out['forward_flops_per_sequence']:.3e} per sequence and forward pass; "

@@ -125,18 +125,9 @@ def compare(
         f"{name} (K={twins}, N={num_samples} per twin, {schedule.num_steps} steps): coupled "
         f"{n / fast:,.0f} samples/s; per-twin per-step loop {n / base:,.0f} samples/s; ratio "
         f"{base / fast:.1f}x; {agree}; first call {compile_fast:.1f} s vs {compile_loop:.1f} s; "
-        f"{flops / fast / 1e9:.1f} GFLOP/s, {flops / fast / 1e9 / _matmul_peak():.0%} of the "
+        f"{flops / fast / 1e9:.1f} GFLOP/s, {flops / fast / timing.matmul_peak():.0%} of the "
         f"matmul peak {timing.load()}"
     )
-
-
-def _matmul_peak(size=2048, calls=5):
-    """float32 GFLOP/s of a jitted jnp.dot of two size x size matrices."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    dot(a, a).block_until_ready()
-    best = timing.best_time(lambda: [dot(a, a).block_until_ready() for _ in range(calls)])
-    return 2 * size**3 * calls / best / 1e9
 
 
 def main():

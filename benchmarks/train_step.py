@@ -158,20 +158,6 @@ def twins_against_singles(
     )
 
 
-def _matmul_peak(size=2048, calls=5):
-    """float32 GFLOP/s of a jitted jnp.dot of two size x size matrices."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    dot(a, b).block_until_ready()
-
-    def run():
-        for _ in range(calls):
-            dot(a, b).block_until_ready()
-
-    return 2 * size**3 * calls / timing.best_time(run) / 1e9
-
-
 def hand_flops(width, num_layers, length, num_symbols, batch, time_embed_dim=32):
     """Matmul FLOPs of one training step: 3 x the forward (backward ~ 2 x forward).
 
@@ -203,7 +189,7 @@ def transformer_step(width, num_layers, batch, calls, repeats, reference):
     xla = cost.get("flops", float("nan")) if cost else float("nan")
     hand = hand_flops(width, num_layers, length, q, batch)
     engine.chunk = compiled
-    peak = _matmul_peak()
+    peak = timing.matmul_peak() / 1e9
     step = timing.best_time(lambda: [engine() for _ in range(calls)], repeats) / calls
     print(
         f"transformer {width} x {num_layers} layers, batch {batch}: {1 / step:.3f} steps/s, "
@@ -349,7 +335,9 @@ def main():
         f"devices: {jax.devices()}; jax_threefry_partitionable: "
         f"{jax.config.jax_threefry_partitionable}"
     )
-    print(f"float32 matmul peak (2048x2048 jnp.dot): {_matmul_peak():.1f} GFLOP/s {timing.load()}")
+    print(
+        f"float32 matmul peak (2048x2048 jnp.dot): {timing.matmul_peak() / 1e9:.1f} GFLOP/s {timing.load()}"
+    )
     twin_rows()
 
     # 2. The transformer step at a small size and at the paper's size (about 30 s a step).
