@@ -20,8 +20,8 @@ __all__ = ["DTYPES", "MLPDenoiser", "TokenTransformer", "UNet", "get_model", "si
 MODELS = {"transformer": TokenTransformer, "unet": UNet, "mlp": MLPDenoiser}
 
 # Every model's `dtype`: the compute dtype of its layers. Parameters, optimizer
-# state and the EMA stay float32; bfloat16 is for accelerators (on a CPU it is
-# slower: no bfloat16 matmul units).
+# state and the EMA stay float32; bfloat16 is for accelerators with bfloat16
+# matmul units (on this project's CPU it was no speed-up to count on; README).
 DTYPES = ("float32", "bfloat16")
 
 # Fields every linen Module has that are not hyper-parameters.
