@@ -94,7 +94,8 @@ def train_for(chunk, state, data, seconds, steps_per_call):
     jax.block_until_ready(losses)
     first = time.perf_counter() - start
     calls, start, shown = 0, time.perf_counter(), time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    # At least one timed call, however short `seconds`.
+    while calls == 0 or time.perf_counter() - start < seconds:
         state, losses = chunk(state, data)
         calls += 1
         if time.perf_counter() - shown > 30:
@@ -105,7 +106,7 @@ def train_for(chunk, state, data, seconds, steps_per_call):
             )
     jax.block_until_ready((state, losses))
     elapsed = time.perf_counter() - start
-    return state, max(calls, 1) * steps_per_call / max(elapsed, 1e-9), first
+    return state, calls * steps_per_call / elapsed, first
 
 
 def timed(fn, *args):
@@ -182,15 +183,21 @@ def main(argv):
         uturn_items=FLAGS.uturn_items,
         uturn_repeats=FLAGS.uturn_repeats,
     )
-    out.update(analysis(config, workdir, state, run, out["matmul_peak_flops"], **reduced))
+    peak, forward = out["matmul_peak_flops"], out["forward_flops_per_sequence"]
+    out.update(analysis(config, workdir, state, run, peak, forward, **reduced))
     if FLAGS.out:
         with open(FLAGS.out, "w") as f:
             json.dump(out, f, indent=1, default=str)
         print(f"wrote {os.path.abspath(FLAGS.out)}")
 
 
-def analysis(config, workdir, state, run, peak, *, num_samples, uturn_items, uturn_repeats):
-    """One snapshot's analysis at reduced sizes, timed, and extrapolated to the config's."""
+def analysis(
+    config, workdir, state, run, peak, forward, *, num_samples, uturn_items, uturn_repeats
+):
+    """One snapshot's analysis at reduced sizes, timed, and extrapolated to the config's.
+
+    `peak` is the matmul peak (FLOP/s), `forward` one forward pass's FLOPs per sequence.
+    """
     full = config.analysis
     reduced = config.copy_and_resolve_references()
     with reduced.unlocked():
@@ -209,9 +216,7 @@ def analysis(config, workdir, state, run, peak, *, num_samples, uturn_items, utu
     )
     extra = 2 * (t_uturn * uturn_scale + t_kl * full.uturn_items / r.uturn_items)
     chain = inst.sampling.num_steps
-    sampling_flops = (
-        config.splits.num_splits * r.num_samples * chain * forward_flops(run, state.params)
-    )
+    sampling_flops = config.splits.num_splits * r.num_samples * chain * forward
     out = dict(
         analysis_reduced=dict(
             num_samples=r.num_samples, uturn_items=r.uturn_items, uturn_repeats=r.uturn_repeats

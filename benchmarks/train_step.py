@@ -114,15 +114,22 @@ def twins_against_singles(
     """Prints steps/s of K stacked twins and of K single-model engines run in turn.
 
     The single models run on one device; the twins as `training` lays them out
-    (one device unless it says num_devices).
+    (one device unless it says num_devices). When that is several devices, the
+    same twins on one device are timed too, interleaved with the other two.
     """
     config = config_fn()
-    config.training.update(dict(dict(num_devices=1), **training))
+    config.training.update({"num_devices": 1, **training})
     if num_splits:
         config.splits.num_splits = num_splits
     num_twins = config.splits.num_splits
     twins = _Engine(config, kind, item_shape, num_symbols)
     compile_twins, second_twins = _first_calls(twins)
+    laid_out = config.training.num_devices > 1
+    if laid_out:
+        together_config = config.copy_and_resolve_references()
+        together_config.training.update(twin_devices=1, num_devices=1)
+        together = _Engine(together_config, kind, item_shape, num_symbols)
+        _first_calls(together)
 
     single_config = config_fn()
     single_config.training.update(training)
@@ -138,13 +145,13 @@ def twins_against_singles(
     for engine in singles[1:]:
         engine()
 
-    fast, base = timing.best_times(
-        [
-            lambda: [twins() for _ in range(calls)],
-            lambda: [[engine() for engine in singles] for _ in range(calls)],
-        ],
-        repeats,
-    )
+    runs = [
+        lambda: [twins() for _ in range(calls)],
+        lambda: [[engine() for engine in singles] for _ in range(calls)],
+    ]
+    if laid_out:
+        runs.append(lambda: [together() for _ in range(calls)])
+    fast, base, *one_device = timing.best_times(runs, repeats)
     steps = calls * config.training.steps_per_call
     # A second jit cache entry means the second call re-traced (see the report).
     retraced = twins.chunk._cache_size() - 1
@@ -153,7 +160,13 @@ def twins_against_singles(
         f"{name} (K={num_twins} on {where} device(s), batch {config.training.batch_size}, "
         f"{config.training.steps_per_call} steps/call): twins {steps / fast:,.1f} steps/s; "
         f"{num_twins} single-model calls {steps / base:,.1f} steps/s; ratio {base / fast:.2f}x; "
-        f"compile {compile_twins:.0f} s vs {compile_single:.0f} s; "
+        + (
+            f"the same twins on one device {steps / one_device[0]:,.1f} steps/s, ratio "
+            f"{one_device[0] / fast:.2f}x; "
+            if laid_out
+            else ""
+        )
+        + f"compile {compile_twins:.0f} s vs {compile_single:.0f} s; "
         f"{retraced} re-trace(s), 2nd call {second_twins:.2f} s {timing.load()}"
     )
 
@@ -242,7 +255,7 @@ def step_breakdown(width, num_layers, batch, steps=10, repeats=3):
     alone; the loss alone; and the step's matmuls alone, with the shapes of the
     forward and backward passes (`_matmul_chain`), on random operands. What
     the matmuls do not explain is the step's elementwise rest: layer norms,
-    softmax, GELU/ReLU, dropout, noise, the cross-entropy and the optimizer.
+    softmax, ReLU, dropout, noise, the cross-entropy and the optimizer.
     """
     length, q = 16, 6
     config = grammar_cpu.get_config()

@@ -236,18 +236,24 @@ def test_bfloat16_compute_trains_like_float32_on_float32_parameters(reference, t
     np.testing.assert_allclose(half, full, rtol=1e-2)
 
 
+def _launch_as_reference(reference_dir, workdir, *flags, env=None):
+    """launch.train's log for a smoke run in `workdir`, whose parameters equal the reference's."""
+    proc = _launch(workdir, *flags, env={"JAX_PLATFORMS": "cpu", **(env or {})})
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    _assert_trees_equal(
+        _final_params(workdir)[0], _final_params(reference_dir)[0], rtol=1e-4, atol=1e-5
+    )
+    return out
+
+
 def test_twins_on_their_own_cpu_devices_give_the_one_device_result_and_analyse_on_one(
     reference, tmp_path
 ):
     workdir, _ = reference
     layout = ["--config.training.twin_devices=2", "--config.training.num_devices=2"]
-    proc = _launch(str(tmp_path), "--cpu_devices=2", *layout, env={"JAX_PLATFORMS": "cpu"})
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
+    out = _launch_as_reference(workdir, str(tmp_path), "--cpu_devices=2", *layout)
     assert "on 2 device(s), the twins over 2" in out
-    _assert_trees_equal(
-        _final_params(str(tmp_path))[0], _final_params(workdir)[0], rtol=1e-4, atol=1e-5
-    )
     # Snapshots saved from two devices read back on this process's one.
     assert jax.device_count() == 1
     assert len(_all_snapshot_params(str(tmp_path))) == len(_all_snapshot_params(workdir))
@@ -255,13 +261,6 @@ def test_twins_on_their_own_cpu_devices_give_the_one_device_result_and_analyse_o
 
 def test_four_devices_give_the_one_device_result(reference, tmp_path):
     workdir, _ = reference
-    proc = _launch(
-        str(tmp_path),
-        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"},
-    )
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out
+    four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    out = _launch_as_reference(workdir, str(tmp_path), env=four)
     assert "on 4 device(s)" in out
-    _assert_trees_equal(
-        _final_params(str(tmp_path))[0], _final_params(workdir)[0], rtol=1e-4, atol=1e-5
-    )
