@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax.linen import dot_product_attention as flax_attention
 
 from diffusion_bias import models
 
@@ -300,6 +301,37 @@ def test_dropout(name):
     np.testing.assert_array_equal(train_0, train(params, x, t, k0))
     assert float(jnp.max(jnp.abs(train_0 - train(params, x, t, k1)))) > 1e-3
     assert float(jnp.max(jnp.abs(train_0 - eval_out))) > 1e-3
+
+
+def test_torch_attention_without_dropout_is_flax_attention_bit_for_bit():
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, L, 4, 8))
+    np.testing.assert_array_equal(
+        models.transformer.torch_attention(q, k, v), flax_attention(q, k, v)
+    )
+    mask = jax.random.bernoulli(jax.random.key(3), 0.7, (2, 4, L, L)).at[..., 0].set(True)
+    np.testing.assert_array_equal(
+        models.transformer.torch_attention(q, k, v, mask=mask), flax_attention(q, k, v, mask=mask)
+    )
+
+
+def test_torch_attention_drops_each_weight_of_each_sequence_and_head_on_its_own():
+    # Values one-hot in the key position: the output is the (dropped) weights themselves.
+    batch, heads = 64, 4
+    q, k = jax.random.normal(jax.random.key(1), (2, batch, L, heads, 8))
+    v = jnp.broadcast_to(jnp.eye(L)[None, :, None, :], (batch, L, heads, L))
+    weights = np.asarray(flax_attention(q, k, v))  # [B, L(q), heads, L(k)]
+    out = np.asarray(
+        models.transformer.torch_attention(
+            q, k, v, dropout_rng=jax.random.key(2), dropout_rate=0.1, deterministic=False
+        )
+    )
+    dropped = out == 0
+    p = 6554 / 65536
+    assert abs(dropped.mean() - p) < 5 * np.sqrt(p * (1 - p) / dropped.size)
+    np.testing.assert_allclose(out[~dropped], weights[~dropped] / (1 - p), rtol=1e-5)
+    # flax's default would share one mask across batch and heads; torch's does not.
+    assert np.mean(dropped[0] != dropped[1]) > 0.1
+    assert np.mean(dropped[:, :, 0] != dropped[:, :, 1]) > 0.1
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

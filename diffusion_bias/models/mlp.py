@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_bias.models.dropout import Dropout
 from diffusion_bias.models.embeddings import sinusoidal_embedding
 
 
@@ -61,7 +62,7 @@ class MLPDenoiser(nn.Module):
         for i in range(self.depth):
             branch = nn.LayerNorm(dtype=dtype, name=f"norm_{i}")(h + temb)
             branch = nn.silu(nn.Dense(self.width, dtype=dtype, name=f"hidden_{i}")(branch))
-            h = h + nn.Dropout(self.dropout_rate)(branch, deterministic=not train)
+            h = h + Dropout(self.dropout_rate)(branch, deterministic=not train)
         h = nn.LayerNorm(dtype=dtype, name="norm_out")(h)
         out = nn.Dense(features, dtype=dtype, name="output")(h)
         return out.reshape(x_t.shape).astype(jnp.float32)

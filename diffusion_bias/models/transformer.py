@@ -3,7 +3,10 @@
 The denoiser of the controlled setting (PAPER.md, "Setting 2"): it mirrors a
 stack of torch.nn.TransformerEncoderLayer(d_model=H, nhead, dim_feedforward=2H,
 dropout=0.1, activation="relu", norm_first=False), so torch's LayerNorm epsilon
-(1e-5) and its dropout on the attention weights are kept as well.
+(1e-5) and its dropout on the attention weights are kept as well: torch drops
+each attention weight of each sequence and head on its own (`torch_attention`),
+where flax's default would share one L x L mask across batch and heads. Every
+dropout is `models.dropout` (16 random bits a mask element).
 
 Initialisation, `param_init` (`init` is taken by linen's Module.init):
 - "flax": Flax's defaults (lecun-normal kernels, zero biases, positional table
@@ -27,12 +30,49 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion_bias.models.dropout import Dropout, dropout
 from diffusion_bias.models.embeddings import sinusoidal_embedding
 
 # torch.nn.LayerNorm's default, which the paper's model used.
 _LN_EPSILON = 1e-5
 
 INITS = ("flax", "torch")
+
+
+def torch_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    mask: jax.Array | None = None,
+    dropout_rng: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    deterministic: bool = True,
+    dtype=None,
+    precision=None,
+) -> jax.Array:
+    """Scaled dot-product attention with torch's dropout, an `attention_fn` for flax.
+
+    softmax(q k^T / sqrt(d)) with every weight dropped on its own (torch's
+    nn.MultiheadAttention), then the weighted sum of the values.
+
+    Args:
+        query, key, value: per-head projections.  # [B, L, heads, d]
+        mask: where attention is allowed (flax's convention), or None.  # [B, heads, L, L]
+        dropout_rng: the key of the weights' mask (when not deterministic).
+        dropout_rate: probability of dropping a weight.
+        deterministic: no dropout.
+        dtype: the computation's dtype.
+        precision: the matmuls' precision.
+
+    Returns:
+        The attended values.  # [B, L, heads, d]
+    """
+    weights = nn.dot_product_attention_weights(
+        query, key, mask=mask, deterministic=True, dtype=dtype, precision=precision
+    )  # [B, heads, L, L]
+    if not deterministic and dropout_rate > 0.0:
+        weights = dropout(dropout_rng, dropout_rate, weights)
+    return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
 
 
 def _uniform(bound):
@@ -117,16 +157,17 @@ class EncoderLayer(nn.Module):
         h = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
             dropout_rate=self.dropout_rate,
+            attention_fn=torch_attention,
             dtype=dtype,
             name="attention",
             **attention,
         )(x, x, deterministic=deterministic)
-        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        h = Dropout(self.dropout_rate)(h, deterministic=deterministic)
         x = nn.LayerNorm(epsilon=_LN_EPSILON, dtype=dtype, name="norm_attention")(x + h)
         h = nn.Dense(2 * self.width, dtype=dtype, name="ff_in", **ff_in)(x)  # [B, L, 2H]
-        h = nn.Dropout(self.dropout_rate)(nn.relu(h), deterministic=deterministic)
+        h = Dropout(self.dropout_rate)(nn.relu(h), deterministic=deterministic)
         h = nn.Dense(self.width, dtype=dtype, name="ff_out", **ff_out)(h)
-        h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        h = Dropout(self.dropout_rate)(h, deterministic=deterministic)
         return nn.LayerNorm(epsilon=_LN_EPSILON, dtype=dtype, name="norm_ff")(x + h)
 
 

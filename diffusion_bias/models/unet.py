@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffusion_bias.models.dropout import Dropout
 from diffusion_bias.models.embeddings import sinusoidal_embedding
 
 
@@ -42,7 +43,7 @@ class ResBlock(nn.Module):
         h = nn.Conv(self.channels, (3, 3), dtype=dtype, name="conv_0")(h)
         h = h + nn.Dense(self.channels, dtype=dtype, name="time")(nn.silu(temb))[:, None, None, :]
         h = nn.silu(_group_norm(self.channels, dtype)(h))
-        h = nn.Dropout(self.dropout_rate)(h, deterministic=not train)
+        h = Dropout(self.dropout_rate)(h, deterministic=not train)
         h = nn.Conv(self.channels, (3, 3), dtype=dtype, name="conv_1")(h)
         if x.shape[-1] != self.channels:
             x = nn.Dense(self.channels, dtype=dtype, name="skip")(x)  # a 1x1 conv
