@@ -12,7 +12,8 @@ Run from the repository root:  python -m benchmarks.train_step
    1b. The same with a CPU device per twin (`jax_num_cpu_devices`,
    twin_devices = num_devices = K), the layout `launch.reproduce` gives the
    grammar twins on a CPU, and with two twins per device.
-   1c. Where one small transformer step spends its time (`step_breakdown`).
+   1c. Where one small transformer step spends its time (`step_breakdown`), and
+   the cost of its dropout masks, ours against flax's (`dropout_masks`).
 2. The transformer step at the paper's size (512 x 8 layers x 4 heads, L=16,
    q=6, batch 512; K=1, one step per call) and at 128 x 4 layers: samples/s
    and achieved GFLOP/s, against a float32 matmul peak (jnp.dot of 2048x2048)
@@ -38,6 +39,7 @@ import numpy as np
 
 from configs import digits_cpu, grammar_cpu, grammar_paper
 from diffusion_bias import models
+from diffusion_bias.models import dropout as dropout_lib
 from diffusion_bias import run as run_lib
 from diffusion_bias import train
 from diffusion_bias import twin_steps
@@ -227,8 +229,8 @@ def _matmul_chain(width, num_layers, length, num_symbols, batch, heads=4, time_d
     return forward + backward
 
 
-def _chain_time(chain, steps, repeats):
-    """Seconds per step of the matmuls of `chain` alone, on random operands."""
+def _chain_fn(chain, steps):
+    """A call that runs the matmuls of `chain` alone, `steps` times, on random operands."""
     rng = np.random.default_rng(1)
     operands = [
         (
@@ -243,8 +245,7 @@ def _chain_time(chain, steps, repeats):
             0, steps, lambda i, acc: acc + sum(jnp.sum(a @ (w + i)) for a, w in ops), 0.0
         )
     )
-    matmuls(operands).block_until_ready()
-    return timing.best_time(lambda: matmuls(operands).block_until_ready(), repeats) / steps
+    return lambda: matmuls(operands).block_until_ready()
 
 
 def step_breakdown(width, num_layers, batch, steps=10, repeats=3):
@@ -253,9 +254,11 @@ def step_breakdown(width, num_layers, batch, steps=10, repeats=3):
     The same compiled loop of `steps` steps, cut down piece by piece: the full
     step (loss, gradient, Adam, EMA); without dropout; the loss and gradient
     alone; the loss alone; and the step's matmuls alone, with the shapes of the
-    forward and backward passes (`_matmul_chain`), on random operands. What
-    the matmuls do not explain is the step's elementwise rest: layer norms,
-    softmax, ReLU, dropout, noise, the cross-entropy and the optimizer.
+    forward and backward passes (`_matmul_chain`), on random operands. The five
+    are compiled first, then timed interleaved (`timing.best_times`), so that a
+    change of load hits all alike. What the matmuls do not explain is the step's
+    elementwise rest: layer norms, softmax, ReLU, dropout, noise, the
+    cross-entropy and the optimizer.
     """
     length, q = 16, 6
     config = grammar_cpu.get_config()
@@ -263,13 +266,11 @@ def step_breakdown(width, num_layers, batch, steps=10, repeats=3):
     config.splits.update(num_splits=1, split_size=batch)
     config.training.update(batch_size=batch, steps_per_call=steps, num_devices=1)
 
-    def engine_time(dropout):
+    def engine(dropout):
         config.model.dropout_rate = dropout
-        engine = _Engine(config, "tokens", (length,), q)
-        engine()
-        return timing.best_time(engine, repeats) / steps
+        return _Engine(config, "tokens", (length,), q)
 
-    full, no_dropout = engine_time(0.1), engine_time(0.0)
+    full, no_dropout = engine(0.1), engine(0.0)
     config.model.dropout_rate = 0.1
     model_config = ml_collections.ConfigDict(config.model)
     with model_config.unlocked():
@@ -289,24 +290,56 @@ def step_breakdown(width, num_layers, batch, steps=10, repeats=3):
     def looped(body):
         # The results are summed so that XLA cannot drop the work.
         fn = jax.jit(lambda *a: jax.lax.fori_loop(0, steps, lambda i, acc: acc + body(i, *a), 0.0))
-        fn(params, x0).block_until_ready()
-        return timing.best_time(lambda: fn(params, x0).block_until_ready(), repeats) / steps
+        return lambda: fn(params, x0).block_until_ready()
 
     def grad_body(i, p, x):
         loss, grads = jax.value_and_grad(loss_fn)(p, x, jax.random.key(i))
         return loss + sum(jnp.sum(g) for g in jax.tree.leaves(grads))
 
-    grad = looped(grad_body)
-    forward = looped(lambda i, p, x: loss_fn(p, x, jax.random.key(i)))
     chain = _matmul_chain(width, num_layers, length, q, batch)
     flops = sum(2 * m * k * n * int(np.prod(b)) for b, m, k, n in chain)
-    matmul = _chain_time(chain, steps, repeats)
+    calls = [
+        full,
+        no_dropout,
+        looped(grad_body),
+        looped(lambda i, p, x: loss_fn(p, x, jax.random.key(i))),
+        _chain_fn(chain, steps),
+    ]
+    for call in calls:
+        call()  # compiles
+    times = [t / steps for t in timing.best_times(calls, repeats)]
+    step, no_dropout, grad, forward, matmul = times
     print(
         f"step breakdown, transformer {width} x {num_layers}, batch {batch} (K=1, one device): "
-        f"full step {full * 1e3:.2f} ms; without dropout {no_dropout / full:.0%} of it; "
-        f"loss and gradient {grad / full:.0%}; loss alone {forward / full:.0%}; its "
-        f"{len(chain)} matmuls alone {matmul / full:.0%} ({flops / matmul / 1e9:.1f} GFLOP/s) "
+        f"full step {step * 1e3:.2f} ms; without dropout {no_dropout / step:.0%} of it; "
+        f"loss and gradient {grad / step:.0%}; loss alone {forward / step:.0%}; its "
+        f"{len(chain)} matmuls alone {matmul / step:.0%} ({flops / matmul / 1e9:.1f} GFLOP/s) "
         f"{timing.load()}"
+    )
+
+
+def dropout_masks(width, num_layers, batch, heads=4, length=16, repeats=5):
+    """Prints the time of one training step's dropout masks: flax's draw against ours.
+
+    Per layer and sequence: the attention weights (heads x L x L), the attention
+    output and the feed-forward output (L x H each) and its hidden layer (L x 2H).
+    flax.linen.Dropout draws `jax.random.bernoulli` (a float32 uniform, one
+    threefry evaluation per element under jax_threefry_partitionable);
+    `models.dropout.keep_mask` takes 16 bits a mask element (four per evaluation).
+    """
+    size = num_layers * batch * (heads * length**2 + 4 * length * width)
+    key = jax.random.key(0)
+    flax_draw = jax.jit(lambda k: jnp.sum(jax.random.bernoulli(k, 0.9, (size,))))
+    ours = jax.jit(lambda k: jnp.sum(dropout_lib.keep_mask(k, 0.1, (size,))))
+    for fn in (flax_draw, ours):
+        fn(key).block_until_ready()
+    base, fast = timing.best_times(
+        [lambda f=f: f(key).block_until_ready() for f in (flax_draw, ours)], repeats
+    )
+    print(
+        f"dropout masks of one {width} x {num_layers} step, batch {batch} ({size / 1e6:.1f}M "
+        f"elements): models.dropout {fast * 1e3:.1f} ms, flax's bernoulli {base * 1e3:.1f} ms, "
+        f"ratio {base / fast:.2f}x {timing.load()}"
     )
 
 
@@ -334,9 +367,11 @@ def twin_rows():
             "grammar_cpu transformer, 2 twins per device", *grammar, calls=1, num_splits=4, **own
         )
 
-    # 1c. Where the small step's time goes (what bounds it).
+    # 1c. Where the small step's time goes (what bounds it), and its dropout masks.
     step_breakdown(64, 2, 100)
-    step_breakdown(128, 4, 512, steps=2)
+    step_breakdown(128, 4, 512, steps=4)
+    dropout_masks(64, 2, 100)
+    dropout_masks(128, 4, 512)
 
 
 def main():
