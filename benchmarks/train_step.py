@@ -12,8 +12,9 @@ Run from the repository root:  python -m benchmarks.train_step
    1b. The same with a CPU device per twin (`jax_num_cpu_devices`,
    twin_devices = num_devices = K), the layout `launch.reproduce` gives the
    grammar twins on a CPU, and with two twins per device.
-   1c. Where one small transformer step spends its time (`step_breakdown`), and
-   the cost of its dropout masks, ours against flax's (`dropout_masks`).
+   1c. Where one small step spends its time (`step_breakdown`: the digits MLP,
+   the grammar_cpu transformer and 128 x 4), and the cost of the transformer's
+   dropout masks, ours against flax's (`dropout_masks`).
 2. The transformer step at the paper's size (512 x 8 layers x 4 heads, L=16,
    q=6, batch 512; K=1, one step per call) and at 128 x 4 layers: samples/s
    and achieved GFLOP/s, against a float32 matmul peak (jnp.dot of 2048x2048)
@@ -216,8 +217,13 @@ def transformer_step(width, num_layers, batch, calls, repeats, reference):
     print(f"  quoted, not measured here: the authors' torch code did {reference} steps/s")
 
 
-def _matmul_chain(width, num_layers, length, num_symbols, batch, heads=4, time_dim=32):
-    """[(batch dims, M, K, N)] the matmuls of one training step: forward, then dX and dW."""
+def _backward(forward):
+    """[(batch dims, M, K, N)] the dX and dW matmuls of the `forward` ones."""
+    return [(b, m, n, k) for b, m, k, n in forward] + [(b, k, m, n) for b, m, k, n in forward]
+
+
+def _transformer_chain(width, num_layers, length, num_symbols, batch, heads=4, time_dim=32):
+    """[(batch dims, M, K, N)] the matmuls of one transformer training step."""
     tokens, d = batch * length, width // heads
     forward = [((), tokens, num_symbols, width), ((), batch, time_dim, width)]
     for _ in range(num_layers):
@@ -225,8 +231,15 @@ def _matmul_chain(width, num_layers, length, num_symbols, batch, heads=4, time_d
         forward += [((), tokens, width, 2 * width), ((), tokens, 2 * width, width)]
         forward += [((batch * heads,), length, d, length), ((batch * heads,), length, length, d)]
     forward.append(((), tokens, width, num_symbols))
-    backward = [(b, m, n, k) for b, m, k, n in forward] + [(b, k, m, n) for b, m, k, n in forward]
-    return forward + backward
+    return forward + _backward(forward)
+
+
+def _mlp_chain(width, depth, features, batch, time_dim=64):
+    """[(batch dims, M, K, N)] the matmuls of one `MLPDenoiser` training step."""
+    forward = [((), batch, time_dim, width), ((), batch, features, width)]
+    forward += [((), batch, width, width)] * depth
+    forward.append(((), batch, width, features))
+    return forward + _backward(forward)
 
 
 def _chain_fn(chain, steps):
@@ -248,42 +261,45 @@ def _chain_fn(chain, steps):
     return lambda: matmuls(operands).block_until_ready()
 
 
-def step_breakdown(width, num_layers, batch, steps=10, repeats=3):
-    """Prints where one training step of one transformer (K=1, L=16, q=6) spends its time.
+def step_breakdown(label, config, kind, item_shape, num_symbols, chain, steps, repeats):
+    """Prints where one training step of one model (K=1, one device) spends its time.
 
     The same compiled loop of `steps` steps, cut down piece by piece: the full
-    step (loss, gradient, Adam, EMA); without dropout; the loss and gradient
-    alone; the loss alone; and the step's matmuls alone, with the shapes of the
-    forward and backward passes (`_matmul_chain`), on random operands. The five
-    are compiled first, then timed interleaved (`timing.best_times`), so that a
-    change of load hits all alike. What the matmuls do not explain is the step's
-    elementwise rest: layer norms, softmax, ReLU, dropout, noise, the
-    cross-entropy and the optimizer.
+    step (loss, gradient, Adam, EMA); without dropout (when the model has it);
+    the loss and gradient alone; the loss alone; and the step's matmuls alone,
+    with the shapes of the forward and backward passes (`chain`), on random
+    operands. The pieces are compiled first, then timed interleaved
+    (`timing.best_times`), so that a change of load hits all alike. What the
+    matmuls do not explain is the step's elementwise rest: layer norms,
+    activations, dropout, noise, the loss and the optimizer.
     """
-    length, q = 16, 6
-    config = grammar_cpu.get_config()
-    config.model.update(width=width, num_layers=num_layers)
+    batch = config.training.batch_size
     config.splits.update(num_splits=1, split_size=batch)
-    config.training.update(batch_size=batch, steps_per_call=steps, num_devices=1)
-
-    def engine(dropout):
-        config.model.dropout_rate = dropout
-        return _Engine(config, "tokens", (length,), q)
-
-    full, no_dropout = engine(0.1), engine(0.0)
-    config.model.dropout_rate = 0.1
+    config.training.update(steps_per_call=steps, num_devices=1)
+    rate = config.model.get("dropout_rate", 0.0)
+    full = _Engine(config, kind, item_shape, num_symbols)
+    calls = {"full": full}
+    if rate > 0:
+        config.model.dropout_rate = 0.0
+        calls["no_dropout"] = _Engine(config, kind, item_shape, num_symbols)
+        config.model.dropout_rate = rate
     model_config = ml_collections.ConfigDict(config.model)
-    with model_config.unlocked():
-        model_config.update(num_symbols=q, length=length)
+    rng = np.random.default_rng(0)
+    if kind == "tokens":
+        with model_config.unlocked():
+            model_config.update(num_symbols=num_symbols, length=item_shape[0])
+        x0 = jnp.asarray(rng.integers(0, num_symbols, (batch, *item_shape)), jnp.int32)
+        example = jax.nn.one_hot(x0[:1], num_symbols)
+    else:
+        x0 = jnp.asarray(rng.normal(size=(batch, *item_shape)), jnp.float32)
+        example = x0[:1]
     model = models.get_model(model_config)
-    x0 = jnp.asarray(np.random.default_rng(0).integers(0, q, (batch, length)), jnp.int32)
-    example = jax.nn.one_hot(x0[:1], q)
     params = model.init(jax.random.key(0), example, jnp.ones(1, jnp.int32), False)["params"]
     loss_fn = functools.partial(
         twin_steps.denoising_loss,
         model=model,
         schedule=run_lib.get_schedule(config),
-        kind="tokens",
+        kind=kind,
         train=True,
     )
 
@@ -296,26 +312,43 @@ def step_breakdown(width, num_layers, batch, steps=10, repeats=3):
         loss, grads = jax.value_and_grad(loss_fn)(p, x, jax.random.key(i))
         return loss + sum(jnp.sum(g) for g in jax.tree.leaves(grads))
 
-    chain = _matmul_chain(width, num_layers, length, q, batch)
-    flops = sum(2 * m * k * n * int(np.prod(b)) for b, m, k, n in chain)
-    calls = [
-        full,
-        no_dropout,
-        looped(grad_body),
-        looped(lambda i, p, x: loss_fn(p, x, jax.random.key(i))),
-        _chain_fn(chain, steps),
-    ]
-    for call in calls:
+    calls["grad"] = looped(grad_body)
+    calls["forward"] = looped(lambda i, p, x: loss_fn(p, x, jax.random.key(i)))
+    calls["matmul"] = _chain_fn(chain, steps)
+    for call in calls.values():
         call()  # compiles
-    times = [t / steps for t in timing.best_times(calls, repeats)]
-    step, no_dropout, grad, forward, matmul = times
-    print(
-        f"step breakdown, transformer {width} x {num_layers}, batch {batch} (K=1, one device): "
-        f"full step {step * 1e3:.2f} ms; without dropout {no_dropout / step:.0%} of it; "
-        f"loss and gradient {grad / step:.0%}; loss alone {forward / step:.0%}; its "
-        f"{len(chain)} matmuls alone {matmul / step:.0%} ({flops / matmul / 1e9:.1f} GFLOP/s) "
-        f"{timing.load()}"
+    times = dict(zip(calls, [t / steps for t in timing.best_times(list(calls.values()), repeats)]))
+    step, matmul = times["full"], times["matmul"]
+    flops = sum(2 * m * k * n * int(np.prod(b)) for b, m, k, n in chain)
+    no_dropout = (
+        f"without dropout {times['no_dropout'] / step:.0%} of it; " if "no_dropout" in times else ""
     )
+    print(
+        f"step breakdown, {label} (K=1, one device): full step {step * 1e3:.2f} ms; {no_dropout}"
+        f"loss and gradient {times['grad'] / step:.0%}; loss alone {times['forward'] / step:.0%}; "
+        f"its {len(chain)} matmuls alone {matmul / step:.0%} ({flops / matmul / 1e9:.1f} GFLOP/s; "
+        f"the step {flops / step / 1e9:.1f}) {timing.load()}"
+    )
+
+
+def transformer_breakdown(width, num_layers, batch, steps=10, repeats=3):
+    """`step_breakdown` of the grammar_cpu transformer at another width, depth and batch."""
+    length, q = 16, 6
+    config = grammar_cpu.get_config()
+    config.model.update(width=width, num_layers=num_layers)
+    config.training.batch_size = batch
+    chain = _transformer_chain(width, num_layers, length, q, batch)
+    label = f"transformer {width} x {num_layers}, batch {batch}"
+    step_breakdown(label, config, "tokens", (length,), q, chain, steps, repeats)
+
+
+def mlp_breakdown(steps=10, repeats=3):
+    """`step_breakdown` of the digits MLP (configs/digits_cpu.py)."""
+    config = digits_cpu.get_config()
+    shape, m = (8, 8, 1), config.model
+    chain = _mlp_chain(m.width, m.depth, int(np.prod(shape)), config.training.batch_size)
+    label = f"digits MLP {m.width} x {m.depth}, batch {config.training.batch_size}"
+    step_breakdown(label, config, "images", shape, None, chain, steps, repeats)
 
 
 def dropout_masks(width, num_layers, batch, heads=4, length=16, repeats=5):
@@ -368,8 +401,9 @@ def twin_rows():
         )
 
     # 1c. Where the small step's time goes (what bounds it), and its dropout masks.
-    step_breakdown(64, 2, 100)
-    step_breakdown(128, 4, 512, steps=4)
+    mlp_breakdown()
+    transformer_breakdown(64, 2, 100)
+    transformer_breakdown(128, 4, 512, steps=4)
     dropout_masks(64, 2, 100)
     dropout_masks(128, 4, 512)
 
