@@ -1,14 +1,16 @@
 """Dropout whose mask costs a quarter of the random bits flax's does.
 
-On a CPU the random bits are the dearest part of dropout, and dropout was the
-largest non-matmul cost of the small transformer's training step (27-29% of it,
-`benchmarks/train_step.py` step_breakdown). `flax.linen.Dropout` draws a float32
-uniform per element; under `jax_threefry_partitionable` (JAX's default) that is
-one threefry2x32 evaluation per element, of whose 64 output bits 32 are kept.
-Here one evaluation gives two 32-bit words and each word two 16-bit uniforms,
-so four elements per evaluation (`random_halves`); the counters are built
-elementwise from the shape, as JAX's partitionable ones, so a batch-sharded
-activation draws its mask where it lives.
+On a CPU the random bits are the dearest part of dropout, and flax's dropout
+was the largest non-matmul cost of the small transformer's training step
+(27-29% of it, `benchmarks/train_step.py` step_breakdown). `flax.linen.Dropout`
+draws a float32 uniform per element; under `jax_threefry_partitionable` (JAX's
+default) that is one threefry2x32 evaluation per element, its two 32-bit words
+XORed into one. Here one evaluation gives two 32-bit words and each word two
+16-bit uniforms, so four elements per evaluation (`random_halves`). The
+primitive is called directly because `jax.random.bits` has no cheaper way: at
+32 bits or fewer it spends one evaluation per element, and 64-bit words need
+jax_enable_x64. The counters are built elementwise from the shape, as JAX's
+partitionable ones, so a batch-sharded activation draws its mask where it lives.
 
 The rate is resolved to 1/65536: an element is dropped when its 16-bit uniform
 is below round(rate * 65536), and kept ones are scaled by the exact keep

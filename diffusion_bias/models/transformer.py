@@ -53,7 +53,9 @@ def torch_attention(
     """Scaled dot-product attention with torch's dropout, an `attention_fn` for flax.
 
     softmax(q k^T / sqrt(d)) with every weight dropped on its own (torch's
-    nn.MultiheadAttention), then the weighted sum of the values.
+    nn.MultiheadAttention), then the weighted sum of the values. Flax's own
+    attention does the same with broadcast_dropout=False, but draws its mask with
+    `jax.random.bernoulli` inside; this one draws it with `models.dropout`.
 
     Args:
         query, key, value: per-head projections.  # [B, L, heads, d]
@@ -70,7 +72,7 @@ def torch_attention(
     weights = nn.dot_product_attention_weights(
         query, key, mask=mask, deterministic=True, dtype=dtype, precision=precision
     )  # [B, heads, L, L]
-    if not deterministic and dropout_rate > 0.0:
+    if not deterministic:
         weights = dropout(dropout_rng, dropout_rate, weights)
     return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
 
