@@ -28,7 +28,7 @@ from diffusion_bias import run as run_lib
 from diffusion_bias import summary
 
 # Bumped whenever the per-snapshot arrays change meaning, so old caches are not reused.
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 
 
 def analysis_config(workdir, overrides=None):

@@ -37,7 +37,7 @@ _POSITIVE_INTS = (
 _MONITOR_POSITIVE_INTS = "num_samples sampling_steps loss_items loss_repeats patience bootstrap"
 _ANALYSIS_POSITIVE_INTS = (
     "num_samples loss_items loss_repeats uturn_items uturn_repeats kl_along_t_points "
-    "decomposition_times bootstrap"
+    "decomposition_times bootstrap privacy_bootstrap"
 )
 _CHOICES = (
     ("diffusion.schedule", {"image", "token"}),
@@ -212,9 +212,10 @@ def _check_monitor(config):
         )
     for name in _MONITOR_POSITIVE_INTS.split():
         _positive_int(config, f"monitor.{name}")
-    for name in ("auc_threshold", "memorized_threshold"):
-        if not 0 <= m[name] <= 1:
+    for name in ("auc_threshold", "memorized_threshold", "tpr_threshold"):
+        if not checks.is_number(m[name]) or not 0 <= m[name] <= 1:
             raise ConfigError(f"config.monitor.{name} must be in [0, 1], got {m[name]!r}")
+    _number_in(config, "monitor.epsilon_threshold", 0.0, np.inf)
     if m.stop != "none" and not m.enabled:
         raise ConfigError(f"config.monitor.stop = {m.stop!r} needs config.monitor.enabled = True")
     if m.enabled and jax.process_count() > 1:
@@ -347,11 +348,14 @@ def check_analysis(config):
     _number_in(config, "analysis.clip_x0", 0.0, np.inf)
     _number_in(config, "analysis.critical_ratio", 0.0, 1.0, low_open=True)
     _number_in(config, "analysis.min_grammatical", 0.0, 1.0)
+    _number_in(config, "analysis.privacy_confidence", 0.0, 1.0, low_open=True, high_open=True)
+    _number_in(config, "analysis.privacy_delta", 0.0, 1.0, low_open=True)
     num_steps = config.diffusion.num_steps
     # (field, its values are integers?, its interval (low, high], both excluding 0)
     for path, integers, low, high in (
         ("score_times", True, 1, num_steps),
         ("uturn_ratios", False, 0.0, 1.0),
+        ("privacy_times", False, 0.0, 1.0),
     ):
         values = config.analysis[path]
         is_value = checks.is_int if integers else checks.is_number

@@ -83,6 +83,13 @@ def get_config():
             decomposition_times=20,  # tokens: grid of the loss decomposition's mean over t
             min_grammatical=0.5,  # tokens: onset sought where this share is grammatical; 0 = off
             bootstrap=1000,  # resamples of the verdict's intervals
+            # Membership audit (statistics/privacy.py): the t/T grid of the best-time
+            # score, the bootstrap of its TPR/AUC intervals, the epsilon bound's
+            # confidence (also the intervals') and delta.
+            privacy_times=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
+            privacy_bootstrap=200,
+            privacy_confidence=0.95,
+            privacy_delta=1e-5,
         )
     )
     # The bias monitor (diffusion_bias/monitor.py): a cheap instrument at every
@@ -100,6 +107,10 @@ def get_config():
             patience=2,  # snapshots confirming a stop
             auc_threshold=0.6,  # privacy budget: membership AUC
             memorized_threshold=0.0,  # privacy budget: memorised fraction
+            # privacy budget, 0 = not used: the one-run epsilon lower bound (95%,
+            # delta 1e-5) and the loss attack's TPR at 1% FPR
+            epsilon_threshold=0.0,
+            tpr_threshold=0.0,
             bootstrap=200,  # replicates for the bias-onset rule
             seed=0,
         )

@@ -78,6 +78,10 @@ class Instrument:
         )
         self.score_key = jax.random.fold_in(key, 2)
         self.stat_key = jax.random.fold_in(key, 3)
+        # Membership scores: every item at each time of a grid (t/T = privacy_times).
+        self.privacy_t = losses.time_grid(largest, self.schedule.num_steps, self.a.privacy_times)
+        self.privacy_noise = jax.random.fold_in(key, 4)
+        self._bp_losses = None
         labels = run.pool.labels
         self.classifier = None
         if self.kind == "images" and labels is not None:
@@ -108,10 +112,10 @@ class Instrument:
         shift = sources.twin_offsets(self.offsets, samples.ndim)
         return (samples + shift).astype(samples.dtype)
 
-    def losses_of(self, params, items):
+    def losses_of(self, params, items, apply_fn=None):
         """Per-item losses of one twin on items of its own space ([B] numpy)."""
         return losses.item_losses(
-            self.apply_fn,
+            apply_fn or self.apply_fn,
             params,
             items,
             self.loss_t[: len(items)],
@@ -120,6 +124,56 @@ class Instrument:
             kind=self.kind,
             num_symbols=self.q,
         )
+
+    def losses_at_times(self, params, items):
+        """[S, B] losses of one twin on items of its own space at each time of the privacy grid."""
+        return losses.item_losses(
+            self.apply_fn,
+            params,
+            items,
+            self.privacy_t[: len(items)],
+            self.privacy_noise,
+            self.schedule,
+            kind=self.kind,
+            num_symbols=self.q,
+            per_repeat=True,
+        ).T
+
+    def membership_losses(self, params):
+        """Each twin's losses on its own items, its partner's (twin k + 1 mod K) and the held-out
+        items, on the loss grid and at each time of the privacy grid (`statistics.privacy`)."""
+        num_twins, n_items = self.train_items.shape[:2]
+        out = {}
+        for k, p in enumerate(params):
+            partner = np.asarray(self.in_twin_space(self.train[(k + 1) % num_twins, :n_items], k))
+            heldout = np.asarray(self.in_twin_space(self.heldout, k))
+            out.setdefault("partner_losses", []).append(self.losses_of(p, partner))
+            for name, items in (
+                ("own", self.train_items[k]),
+                ("partner", partner),
+                ("heldout", heldout),
+            ):
+                out.setdefault(f"{name}_losses_t", []).append(self.losses_at_times(p, items))
+        out = {name: np.stack(v) for name, v in out.items()}
+        if self.kind == "tokens":
+            out.update(self.bp_losses())
+        return out
+
+    def bp_losses(self):
+        """Tokens: the exact BP denoiser's losses on the loss grid, own items [K, n], held-out [m].
+
+        The same at every snapshot: computed once.
+        """
+        if self._bp_losses is None:
+            bp_params = (jnp.asarray(self.grammar.transitions, jnp.float32), self.schedule)
+            exact = losses.exact_token_apply
+            self._bp_losses = dict(
+                bp_own_losses=np.stack(
+                    [self.losses_of(bp_params, items, exact) for items in self.train_items]
+                ),
+                bp_heldout_losses=self.losses_of(bp_params, self.heldout, exact),
+            )
+        return self._bp_losses
 
     def compute(self, snapshot):
         """All per-snapshot arrays, as a flat dict of numpy arrays."""
@@ -153,6 +207,7 @@ class Instrument:
         out["train_losses"] = np.stack(
             [self.losses_of(p, self.train_items[k]) for k, p in enumerate(params)]
         )
+        out.update(self.membership_losses(params))
         if self.classifier is not None:
             out["quality"] = np.stack(
                 [quality.classifier_confidence(self.classifier, x) for x in samples]

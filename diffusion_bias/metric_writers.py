@@ -99,6 +99,13 @@ def analysis_scalars(stats):
     if "kl_bp" in stats:
         for j, k in enumerate(stats["kl_bp"]["k"]):
             curves[f"kl_bp/BP_{k}"] = [row[j] for row in stats["kl_bp"]["values"]]
+    p = stats.get("privacy")
+    if p:
+        curves["privacy/epsilon_lower_bound"] = p["epsilon"]
+        for name in p["scores"]:
+            curves[f"privacy/auc/{name}"] = p["auc"][name]
+            for j, fpr in enumerate(p["fprs"]):
+                curves[f"privacy/tpr_at_fpr_{fpr:g}/{name}"] = [row[j] for row in p["tpr"][name]]
     return [
         (
             int(round(epoch)),

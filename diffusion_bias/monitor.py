@@ -2,7 +2,8 @@
 
 Called with the twins' stacked parameters at each snapshot, it draws a few
 coupled samples with a short respaced chain, finds their nearest neighbours,
-evaluates the denoising loss on a fixed grid and the membership AUC, and lets
+evaluates the denoising loss on a fixed grid and the membership attack on it
+(AUC, TPR at 1% FPR, the one-run epsilon lower bound), and lets
 a stopping rule (`diffusion_bias.stopping`) decide whether training should
 end, and which snapshot to keep. It needs no files and no config: any model
 with the denoiser contract of `coupled.coupled_samples` works,
@@ -30,6 +31,7 @@ from diffusion_bias.data import sources
 from diffusion_bias.diffusion import schedules
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
+from diffusion_bias.statistics import privacy
 from diffusion_bias.statistics import sample_split
 
 KINDS = ("images", "tokens")
@@ -56,6 +58,10 @@ class BiasMonitor:
         loss_repeats: (t, noise) draws per item on the loss grid.
         patience: snapshots a rule waits for confirmation.
         auc_threshold, memorized_threshold: the privacy budget.
+        epsilon_threshold, tpr_threshold: the privacy budget in the auditors'
+            units, 0 = not used: the one-run epsilon lower bound (95%, delta
+            1e-5) and the TPR at 1% FPR of the loss attack (`statistics.privacy`;
+            the monitor scores every item with the loss, a score that chooses nothing).
         bootstrap: replicates for the bias rule's noise.
         seed: fixes the coupling noise, the loss grid and the bootstrap.
         num_symbols: q, for tokens.
@@ -89,6 +95,8 @@ class BiasMonitor:
         patience=2,
         auc_threshold=0.6,
         memorized_threshold=0.0,
+        epsilon_threshold=0.0,
+        tpr_threshold=0.0,
         bootstrap=200,
         seed=0,
         num_symbols=None,
@@ -112,8 +120,15 @@ class BiasMonitor:
             patience=patience,
             bootstrap=bootstrap,
         )
+        _check_thresholds(
+            auc_threshold=auc_threshold,
+            memorized_threshold=memorized_threshold,
+            tpr_threshold=tpr_threshold,
+            epsilon_threshold=epsilon_threshold,
+        )
         self.kind, self.stop, self.patience = kind, stop, patience
         self.auc_threshold, self.memorized_threshold = auc_threshold, memorized_threshold
+        self.epsilon_threshold, self.tpr_threshold = epsilon_threshold, tpr_threshold
         self.num_samples, self.bootstrap, self.seed = num_samples, bootstrap, seed
         self._apply_fn, self._schedule = apply_fn, schedule
         self._num_symbols, self._clip_x0, self._twin_strategy = num_symbols, clip_x0, twin_strategy
@@ -146,7 +161,8 @@ class BiasMonitor:
 
         Returns:
             dict: similarity [N] (mean over twin pairs), own_d1, own_d2,
-            other_d1 [K, N], heldout_d1 [K, m], test_losses, train_losses [K, m].
+            other_d1 [K, N], heldout_d1 [K, m], test_losses, train_losses,
+            partner_losses [K, m] (twin k on the items of twin (k + 1) mod K).
         """
         samples = coupled.coupled_samples(
             self._apply_fn,
@@ -163,13 +179,16 @@ class BiasMonitor:
         out = dict(similarity=sample_split.pair_similarity(samples, self.kind).mean(axis=0))
         nn = nearest.nearest_statistics(samples, self._train, self._heldout, self.kind)
         out.update({k: nn[k] for k in ("own_d1", "own_d2", "other_d1", "heldout_d1")})
-        test, train = [], []
-        for k in range(len(self._train)):
+        test, train, partner = [], [], []
+        num_twins = len(self._train)
+        for k in range(num_twins):
             params = jax.tree.map(lambda x, k=k: x[k], stacked_params)
             shift = self._shift(k, self._heldout.ndim)
             test.append(self._losses(params, self._heldout - shift))
             train.append(self._losses(params, self._train_items[k] - shift))
+            partner.append(self._losses(params, self._train_items[(k + 1) % num_twins] - shift))
         out["test_losses"], out["train_losses"] = np.stack(test), np.stack(train)
+        out["partner_losses"] = np.stack(partner)
         return out
 
     def _shift(self, twins, ndim):
@@ -224,6 +243,7 @@ class BiasMonitor:
                 ),
                 memorized_fraction=nearest.memorized_fraction(stats["own_d1"], stats["own_d2"]),
                 closer_to_own=nearest.closer_to_own_share(stats["own_d1"], stats["other_d1"]),
+                **_loss_attack(stats),
             )
         )
 
@@ -244,7 +264,15 @@ class BiasMonitor:
     def _decide(self, epoch):
         curves = self._curves()
         row = dict(epoch=epoch)
-        names = ["test_loss", "train_loss", "membership_auc", "memorized_fraction", "closer_to_own"]
+        names = [
+            "test_loss",
+            "train_loss",
+            "membership_auc",
+            "tpr",
+            "epsilon",
+            "memorized_fraction",
+            "closer_to_own",
+        ]
         row.update({name: float(curves[name][-1]) for name in names})
         bias_name = "similarity" if self.kind == "images" else "nn_divergence"
         row[bias_name] = float(curves["bias"][-1])
@@ -255,6 +283,8 @@ class BiasMonitor:
                 patience=self.patience,
                 auc_threshold=self.auc_threshold,
                 memorized_threshold=self.memorized_threshold,
+                epsilon_threshold=self.epsilon_threshold,
+                tpr_threshold=self.tpr_threshold,
                 bias_mode=self.bias_mode,
             )
             if decision.stop:
@@ -295,6 +325,30 @@ class BiasMonitor:
             stats = {k.split("/", 1)[1]: np.asarray(v[c]) for k, v in state.items() if "/" in k}
             self._append(stats)
             self._decide(float(epochs[c]))
+
+
+def _loss_attack(stats):
+    """The loss attack's TPR at 1% FPR (against the held-out items, pooled over twins) and
+    its one-run epsilon lower bound (own against partner items); NaN for a state saved
+    before the monitor kept partner losses."""
+    tpr = privacy.tpr_at_fpr(-stats["train_losses"], -stats["test_losses"], privacy.FPRS[:1])[0]
+    if "partner_losses" not in stats:
+        return dict(tpr=tpr, epsilon=float("nan"))
+    epsilon, _ = privacy.epsilon_lower_bound(
+        -stats["train_losses"],
+        -stats["partner_losses"],
+        confidence=privacy.CONFIDENCE,
+        delta=privacy.DELTA,
+    )
+    return dict(tpr=tpr, epsilon=epsilon)
+
+
+def _check_thresholds(**thresholds):
+    """Raises ValueError on a privacy budget out of range (rates in [0, 1], epsilon >= 0)."""
+    for name, value in thresholds.items():
+        high = np.inf if name == "epsilon_threshold" else 1.0
+        if not checks.is_number(value) or not 0 <= value <= high or np.isnan(value):
+            raise ValueError(f"{name} must be a number in [0, {high:g}], got {value!r}")
 
 
 def _check_arguments(train_sets, heldout, kind, stop, num_symbols, **counts):

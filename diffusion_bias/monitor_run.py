@@ -52,6 +52,8 @@ def build(config, run):
         patience=m.patience,
         auc_threshold=m.auc_threshold,
         memorized_threshold=m.memorized_threshold,
+        epsilon_threshold=m.epsilon_threshold,
+        tpr_threshold=m.tpr_threshold,
         bootstrap=m.bootstrap,
         seed=m.seed,
         num_symbols=getattr(run.model, "num_symbols", None),

@@ -79,8 +79,8 @@ def stopping_rules_table(stats):
         + "):",
         "",
         f"| rule | stops at epoch | keeps epoch | test loss over its minimum | membership AUC "
-        f"| memorised fraction | closer to own set | {quality} |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| TPR at 1% FPR | epsilon >= | memorised fraction | closer to own set | {quality} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         excess = r.get("test_loss_excess")
@@ -89,9 +89,54 @@ def stopping_rules_table(stats):
             f"{verdict.number(r.get('kept_epoch'))} | "
             f"{'-' if excess is None else f'{100 * excess:+.1f}%'} | "
             f"{verdict.number(r.get('membership_auc'))} | "
+            f"{verdict.number(r.get('tpr'))} | {verdict.number(r.get('epsilon'))} | "
             f"{verdict.number(r.get('memorized_fraction'))} | "
             f"{verdict.number(r.get('closer_to_own'))} | {verdict.number(r.get('quality'))} |"
         )
+    return lines + [""]
+
+
+def privacy_table(stats):
+    """Lines: the membership audit at the onset, the test-loss minimum and the last snapshot."""
+    p, v = stats.get("privacy"), stats["verdict"]
+    if not p:
+        return []
+    last = len(stats["checkpoints"]) - 1
+    where = [
+        ("bias onset", v.get("bias_onset_index")),
+        ("test-loss minimum", v.get("test_loss_min_index")),
+        ("last snapshot", last),
+    ]
+    confidence = f"{100 * p['confidence']:g}%"
+    lines = [
+        f"Membership audit (the strongest attack score of each snapshot, chosen on half of "
+        f"the items and measured on the other half; {confidence} bootstrap intervals; the "
+        f"one-run epsilon lower bound at {confidence} confidence, delta = {p['delta']:g}, "
+        "from the twins' split; README, Privacy):",
+        "",
+        "| | epoch | score | AUC | TPR at 1% FPR | TPR at 0.1% FPR | epsilon >= (score) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, i in where:
+        if i is None:
+            continue
+        score = p["strongest"][i]
+        tpr, tpr_iv = p["tpr"][score][i], p["tpr_interval"][i]
+        lines.append(
+            f"| {name} | {verdict.number(stats['checkpoints'][i])} | {score} | "
+            f"{verdict.with_interval(p['auc'][score][i], p['auc_interval'][i])} | "
+            f"{verdict.with_interval(tpr[0], tpr_iv[0])} | "
+            f"{verdict.with_interval(tpr[1], tpr_iv[1])} | "
+            f"{verdict.number(p['epsilon'][i])} ({p['epsilon_score'][i]}) |"
+        )
+    onset, test_min = v.get("bias_onset_index"), v.get("test_loss_min_index")
+    if onset is not None and test_min is not None:
+        lines += [
+            "",
+            f"At the test-loss minimum the one-run audit gives epsilon >= "
+            f"{verdict.number(p['epsilon'][test_min])} ({confidence}); at the bias onset, "
+            f"{verdict.number(p['epsilon'][onset])}.",
+        ]
     return lines + [""]
 
 
@@ -174,6 +219,7 @@ def setting_section(name, stats, figure_paths, report_dir):
             f"{verdict.number(max(g))} at best, {verdict.number(g[-1])} at the last."
         )
     lines.append("")
+    lines += privacy_table(stats)
     lines += stopping_rules_table(stats)
     for path in figure_paths:
         rel = os.path.relpath(path, report_dir)

@@ -11,8 +11,9 @@ it over a finished run's curves to show what each rule would have cost).
   moved away from its extremum beyond bootstrap noise at each of the last
   `patience` snapshots; keeps the extremum, the onset of biased
   generalisation (PAPER.md, "The claim").
-- "privacy_budget": the membership AUC or the memorised fraction has exceeded
-  its threshold; keeps the last snapshot under both.
+- "privacy_budget": the membership AUC, the memorised fraction, or (where
+  their thresholds are set) the one-run epsilon lower bound or the TPR at 1%
+  FPR has exceeded its threshold; keeps the last snapshot under all of them.
 - "none": only monitors.
 """
 
@@ -102,7 +103,16 @@ def bias_onset_rule(bias, bias_boot, mode, patience, valid=None):
     )
 
 
-def privacy_budget_rule(auc, memorized, auc_threshold, memorized_threshold):
+def privacy_budget_rule(
+    auc,
+    memorized,
+    auc_threshold,
+    memorized_threshold,
+    epsilon=None,
+    epsilon_threshold=0.0,
+    tpr=None,
+    tpr_threshold=0.0,
+):
     """Stops at the first snapshot over budget; keeps the one before it.
 
     Args:
@@ -110,30 +120,53 @@ def privacy_budget_rule(auc, memorized, auc_threshold, memorized_threshold):
         memorized: [C] memorised fraction of the samples.
         auc_threshold: the largest acceptable AUC (0.5 = no leak).
         memorized_threshold: the largest acceptable memorised fraction.
+        epsilon: optional [C] one-run epsilon lower bound.
+        epsilon_threshold: the largest acceptable bound; 0 leaves it unused.
+        tpr: optional [C] TPR at 1% FPR of the membership attack.
+        tpr_threshold: the largest acceptable TPR; 0 leaves it unused.
     """
-    auc, memorized = np.asarray(auc, np.float64), np.asarray(memorized, np.float64)
-    over = (auc > auc_threshold) | (memorized > memorized_threshold)
-    if not over.any():
+    budgets = [
+        ("membership AUC", auc, auc_threshold),
+        ("memorised fraction", memorized, memorized_threshold),
+    ]
+    if epsilon_threshold:
+        budgets.append(("epsilon lower bound", epsilon, epsilon_threshold))
+    if tpr_threshold:
+        budgets.append(("TPR at 1% FPR", tpr, tpr_threshold))
+    over = {name: np.asarray(v, np.float64) > limit for name, v, limit in budgets}
+    any_over = np.any(list(over.values()), axis=0)
+    if not any_over.any():
         return _CONTINUE
-    first = int(np.argmax(over))
+    first = int(np.argmax(any_over))
     kept = first - 1 if first > 0 else None
-    return Decision(
-        True,
-        kept,
-        f"snapshot {first} exceeds the privacy budget (membership AUC {auc[first]:.3f} > "
-        f"{auc_threshold:g} or memorised fraction {memorized[first]:.3f} > "
-        f"{memorized_threshold:g})",
+    exceeded = ", ".join(
+        f"{name} {float(np.asarray(v)[first]):.3f} > {limit:g}"
+        for name, v, limit in budgets
+        if over[name][first]
     )
+    return Decision(True, kept, f"snapshot {first} exceeds the privacy budget ({exceeded})")
 
 
-def decide(rule, curves, *, patience, auc_threshold, memorized_threshold, bias_mode):
+def decide(
+    rule,
+    curves,
+    *,
+    patience,
+    auc_threshold,
+    memorized_threshold,
+    bias_mode,
+    epsilon_threshold=0.0,
+    tpr_threshold=0.0,
+):
     """The decision of `rule` on the curves seen so far.
 
     Args:
         rule: one of `RULES`.
         curves: dict with "test_loss" [C], "bias" [C], "bias_boot" [B, C], "membership_auc"
-            [C], "memorized_fraction" [C], optional "valid" [C] bool.
-        patience, auc_threshold, memorized_threshold: the rules' settings.
+            [C], "memorized_fraction" [C], optional "valid" [C] bool, "epsilon" [C]
+            and "tpr" [C] (TPR at 1% FPR; needed where their thresholds are set).
+        patience, auc_threshold, memorized_threshold, epsilon_threshold,
+            tpr_threshold: the rules' settings.
         bias_mode: "max" or "min", the kind of extremum of the bias curve.
     """
     if rule == "none":
@@ -150,6 +183,10 @@ def decide(rule, curves, *, patience, auc_threshold, memorized_threshold, bias_m
             curves["memorized_fraction"],
             auc_threshold,
             memorized_threshold,
+            curves.get("epsilon"),
+            epsilon_threshold,
+            curves.get("tpr"),
+            tpr_threshold,
         )
     raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
 
@@ -193,7 +230,8 @@ def rule_costs(epochs, curves, quality=None, **settings):
         list of dicts, one per rule of `RULES`: rule, stop_epoch and kept_epoch
         (None where the rule never fired; "none" keeps the last snapshot),
         test_loss_excess (relative to the run's minimum), membership_auc,
-        memorized_fraction, closer_to_own, quality, reason.
+        memorized_fraction, closer_to_own, epsilon and tpr (where the curves
+        have them), quality, reason.
     """
     epochs = np.asarray(epochs, np.float64)
     test = np.asarray(curves["test_loss"], np.float64)
@@ -207,8 +245,9 @@ def rule_costs(epochs, curves, quality=None, **settings):
             kept_epoch=None if kept is None else float(epochs[kept]),
             reason="" if decision is None else decision.reason,
         )
-        for name in ("membership_auc", "memorized_fraction", "closer_to_own"):
-            row[name] = None if kept is None else float(curves[name][kept])
+        for name in ("membership_auc", "memorized_fraction", "closer_to_own", "epsilon", "tpr"):
+            if name in curves:
+                row[name] = None if kept is None else float(curves[name][kept])
         row["test_loss_excess"] = None if kept is None else float(test[kept] / test.min() - 1)
         row["quality"] = None if kept is None or quality is None else float(quality[kept])
         rows.append(row)

@@ -22,6 +22,7 @@ from diffusion_bias import stopping
 from diffusion_bias import verdict
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
+from diffusion_bias.statistics import privacy
 from diffusion_bias.statistics import sample_split
 
 
@@ -43,6 +44,17 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      d1 = d2 = 0 is 0/0, not counted), copy_fraction and
                      heldout_copy_fraction (d1 = 0, exact copies)
   membership_auc     [C] ROC AUC of "lower loss = training member", mean over twins
+  privacy            the membership audit (statistics/privacy.py), every number on the
+                     evaluation half of the items (odd positions; even ones choose):
+                     scores [names], fprs [F], times [S] (t/T grid), time_index [C]
+                     (the best-time score's), confidence, delta; auc {score: [C]},
+                     tpr {score: [C][F]} (members: own items, non-members: held-out,
+                     pooled over twins); strongest [C] (the largest AUC on the
+                     selection half), auc_interval [C][2], tpr_interval [C][F][2]
+                     (its bootstrap intervals); epsilon [C] (one-run lower bound at
+                     `confidence`, the largest over twins, Bonferroni), epsilon_score
+                     [C], epsilon_per_twin [C][K]; roc {indices, epochs, score: [E],
+                     fpr, tpr: [E][P]} at the onset, the test-loss minimum, the last
   with K >= 3 twins only (the bootstrap then resamples twins, or twin pairs, and
   items; verdict.MIN_RESAMPLED_UNITS): test_loss_per_model [C][K];
                      sample_split.mean_per_pair [C][P]; tokens: twin_kl_per_pair [C][P]
@@ -95,7 +107,8 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      the snapshots as online with the config.monitor settings: rule,
                      stop_epoch, kept_epoch, test_loss_excess (relative to the
                      minimum), membership_auc, memorized_fraction, closer_to_own,
-                     quality (sample_quality, or grammatical_fraction), reason
+                     epsilon, tpr (the strongest score's TPR at 1% FPR), quality
+                     (sample_quality, or grammatical_fraction), reason
 """
 
 
@@ -324,6 +337,88 @@ def token_verdict(a, epochs, per_step, length, loss, loss_boot, rng):
     return divergence, bias_boot, decision
 
 
+def _membership_losses(record):
+    """One snapshot's losses in the layout of `privacy.attack_scores` (and its BP reference)."""
+    losses_ = dict(
+        own=record["train_losses"],
+        partner=record["partner_losses"],
+        heldout=record["test_losses"],
+        own_t=record["own_losses_t"],
+        partner_t=record["partner_losses_t"],
+        heldout_t=record["heldout_losses_t"],
+    )
+    bp = None
+    if "bp_own_losses" in record:
+        bp = dict(own=record["bp_own_losses"], heldout=record["bp_heldout_losses"])
+    return losses_, bp
+
+
+def privacy_audit(a, per_step):
+    """The privacy entry (without its roc) and each snapshot's attack scores."""
+    scores, time_index, audits = [], [], []
+    for record in per_step:
+        losses_, bp = _membership_losses(record)
+        snapshot_scores, s = privacy.attack_scores(losses_, bp=bp)
+        scores.append(snapshot_scores)
+        time_index.append(s)
+        audits.append(
+            privacy.audit(
+                snapshot_scores,
+                num_resamples=a.privacy_bootstrap,
+                confidence=a.privacy_confidence,
+                delta=a.privacy_delta,
+                seed=a.seed,
+            )
+        )
+    names = list(scores[0])
+    entry = dict(
+        scores=names,
+        fprs=list(privacy.FPRS),
+        times=list(a.privacy_times),
+        time_index=time_index,
+        confidence=a.privacy_confidence,
+        delta=a.privacy_delta,
+        auc={n: [r["auc"][n] for r in audits] for n in names},
+        tpr={n: [r["tpr"][n] for r in audits] for n in names},
+    )
+    for field in (
+        "strongest",
+        "auc_interval",
+        "tpr_interval",
+        "epsilon",
+        "epsilon_score",
+        "epsilon_per_twin",
+    ):
+        entry[field] = [r[field] for r in audits]
+    return entry, scores
+
+
+def privacy_roc(entry, scores, indices, epochs):
+    """The privacy roc entry: the strongest score's ROC (evaluation half) at snapshots `indices`."""
+    out = dict(indices=list(indices), epochs=list(epochs), score=[], fpr=[], tpr=[])
+    for i in indices:
+        name = entry["strongest"][i]
+        s = scores[i][name]
+        fpr, tpr = privacy.roc(
+            privacy.evaluation_half(s["members"]), privacy.evaluation_half(s["heldout"])
+        )
+        out["score"].append(name)
+        out["fpr"].append(fpr.tolist())
+        out["tpr"].append(tpr.tolist())
+    return out
+
+
+def strongest_tpr(entry, fpr_index=0):
+    """[C] the strongest score's TPR at `fprs[fpr_index]` (1% FPR by default)."""
+    return [t[s][fpr_index] for t, s in zip(_transpose(entry["tpr"]), entry["strongest"])]
+
+
+def _transpose(per_score):
+    """{score: [C] values} -> [C] dicts {score: value}."""
+    names = list(per_score)
+    return [dict(zip(names, values)) for values in zip(*per_score.values())]
+
+
 def stopping_rules(config, stats, loss, bias, bias_boot):
     """The stopping_rules entry: each rule replayed over the curves as it would run online."""
     m = config.monitor
@@ -336,11 +431,15 @@ def stopping_rules(config, stats, loss, bias, bias_boot):
             membership_auc=np.asarray(stats["membership_auc"]),
             memorized_fraction=np.asarray(stats["nearest"]["memorized_fraction"]),
             closer_to_own=np.asarray(stats["nearest"]["closer_to_own"]),
+            epsilon=np.asarray(stats["privacy"]["epsilon"]),
+            tpr=np.asarray(strongest_tpr(stats["privacy"])),
         ),
         quality=stats.get("sample_quality", stats.get("grammatical_fraction")),
         patience=m.patience,
         auc_threshold=m.auc_threshold,
         memorized_threshold=m.memorized_threshold,
+        epsilon_threshold=m.epsilon_threshold,
+        tpr_threshold=m.tpr_threshold,
         bias_mode="max" if stats["setting"] == "images" else "min",
     )
 
@@ -353,6 +452,8 @@ def at_onset_and_test_min(stats):
         membership_auc=stats["membership_auc"],
         memorized_fraction=stats["nearest"]["memorized_fraction"],
         copy_fraction=stats["nearest"]["copy_fraction"],
+        epsilon=stats["privacy"]["epsilon"],
+        tpr_at_1pct_fpr=strongest_tpr(stats["privacy"]),
     )
     return {
         name: [curve[i] if i is not None else None for i in where] for name, curve in curves.items()
@@ -382,6 +483,12 @@ def summarize(config, steps, per_step):
         bias, bias_boot, decision = token_verdict(a, epochs, per_step, length, loss, loss_boot, rng)
     stats["verdict"] = decision
     stats["protocol"] = protocol(config)
+    stats["privacy"], scores = privacy_audit(a, per_step)
+    last = len(steps) - 1
+    roc_at = sorted({decision["bias_onset_index"], decision["test_loss_min_index"], last} - {None})
+    stats["privacy"]["roc"] = privacy_roc(
+        stats["privacy"], scores, roc_at, [epochs[i] for i in roc_at]
+    )
     if "quality" in per_step[0]:
         stats["sample_quality"] = _col(per_step, "quality").mean(axis=(1, 2)).tolist()
     stats["stopping_rules"] = stopping_rules(config, stats, loss, bias, bias_boot)

@@ -31,6 +31,11 @@ from diffusion_bias import config_checks
         ("digits", "analysis.clip_x0", -1.0, "config.analysis.clip_x0"),
         ("digits", "analysis.score_times", (), "config.analysis.score_times"),
         ("digits", "analysis.loss_repeats", 0, "config.analysis.loss_repeats"),
+        ("digits", "analysis.privacy_times", (0.0, 0.1), "config.analysis.privacy_times"),
+        ("grammar", "analysis.privacy_times", (1.5,), "config.analysis.privacy_times"),
+        ("digits", "analysis.privacy_confidence", 1.0, "config.analysis.privacy_confidence"),
+        ("digits", "analysis.privacy_delta", 0.0, "config.analysis.privacy_delta"),
+        ("digits", "analysis.privacy_bootstrap", 0, "config.analysis.privacy_bootstrap"),
     ],
 )
 def test_check_config_names_the_field(setting, path, value, match):
@@ -86,6 +91,9 @@ def test_steps_per_call_must_divide_the_ceil_based_total():
         ("stop", "bias_onset", "config.monitor.enabled"),
         ("patience", 0, "config.monitor.patience"),
         ("auc_threshold", 1.5, "config.monitor.auc_threshold"),
+        ("tpr_threshold", -0.1, "config.monitor.tpr_threshold"),
+        ("epsilon_threshold", -1.0, "config.monitor.epsilon_threshold"),
+        ("epsilon_threshold", float("inf"), "config.monitor.epsilon_threshold"),
     ],
 )
 def test_monitor_fields_are_checked(field, value, match):

@@ -81,7 +81,13 @@ def test_analysis_events_equal_statistics_json_and_a_rerun_rewrites_them(workdir
         "train_loss": stats["train_loss"],
         "membership_auc": stats["membership_auc"],
         "memorized_fraction": stats["nearest"]["memorized_fraction"],
+        "privacy/epsilon_lower_bound": stats["privacy"]["epsilon"],
     }
+    for name in stats["privacy"]["scores"]:
+        curves[f"privacy/auc/{name}"] = stats["privacy"]["auc"][name]
+        for j, fpr in enumerate(stats["privacy"]["fprs"]):
+            tpr = [row[j] for row in stats["privacy"]["tpr"][name]]
+            curves[f"privacy/tpr_at_fpr_{fpr:g}/{name}"] = tpr
     assert set(events) == set(curves)
     for tag, values in curves.items():
         assert sorted(events[tag]) == epochs  # one value per snapshot, not one per run

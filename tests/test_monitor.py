@@ -14,6 +14,7 @@ from diffusion_bias import run as run_lib
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import schedules
+from diffusion_bias.statistics import privacy
 
 SCHEDULE = schedules.image_schedule(50)
 SHAPE = (4, 4, 1)
@@ -70,6 +71,32 @@ def test_privacy_budget_stops_and_stays_stopped_keeping_the_last_good_snapshot()
     assert row["decision"] == "stop" and row["kept_epoch"] == 10.0 and row["kept_index"] == 0
     assert mon(good, epoch=30)["decision"] == "stop"
     assert mon.kept_epoch == 10.0 and mon.kept_index == 0
+
+
+def test_an_epsilon_budget_alone_stops_the_monitor_and_equals_the_audit_of_its_losses():
+    train, heldout = _data()
+    common = jnp.asarray(np.concatenate([train[0], train[1], heldout]))
+    good, leaky = jnp.stack([common, common]), jnp.asarray(train)
+    mon = _monitor(
+        train,
+        heldout,
+        stop="privacy_budget",
+        auc_threshold=1.0,
+        memorized_threshold=1.0,
+        epsilon_threshold=0.5,
+    )
+    first = mon(good, epoch=10)
+    assert first["decision"] == "continue" and first["epsilon"] <= 0.5
+    row = mon(leaky, epoch=20)
+    assert row["decision"] == "stop" and row["kept_epoch"] == 10.0
+    assert "epsilon lower bound" in row["reason"] and row["epsilon"] > 0.5
+    # The bound is the loss attack's: own items in, the partner twin's items out.
+    stats = mon.statistics(leaky)
+    assert (stats["partner_losses"] > stats["train_losses"]).all()  # memorised: own items only
+    expected, _ = privacy.epsilon_lower_bound(
+        -stats["train_losses"], -stats["partner_losses"], confidence=0.95, delta=1e-5
+    )
+    assert row["epsilon"] == pytest.approx(expected)
 
 
 def test_rows_are_reproducible_and_a_restored_monitor_continues_identically():

@@ -117,3 +117,36 @@ def test_rule_costs_describe_the_snapshot_each_rule_keeps():
     first_over = int(np.argmax(auc > SETTINGS["auc_threshold"]))
     assert rows["privacy_budget"]["kept_epoch"] == epochs[first_over - 1]
     assert rows["privacy_budget"]["stop_epoch"] == epochs[first_over]
+
+
+def test_privacy_budget_in_epsilon_and_tpr_stops_at_the_first_snapshot_over_either():
+    auc, memorized = np.full(6, 0.55), np.zeros(6)
+    epsilon = np.array([0.0, 0.1, 0.4, 1.2, 2.0, 3.0])
+    tpr = np.array([0.01, 0.02, 0.2, 0.3, 0.5, 0.9])
+    # Thresholds of 0 leave the auditors' units unused: the AUC budget alone holds.
+    assert not stopping.privacy_budget_rule(auc, memorized, 0.6, 0.0, epsilon, 0.0, tpr).stop
+    decision = stopping.privacy_budget_rule(auc, memorized, 0.6, 0.0, epsilon, 1.0)
+    assert (
+        decision.stop
+        and decision.kept_index == 2
+        and "epsilon lower bound 1.200" in decision.reason
+    )
+    decision = stopping.privacy_budget_rule(auc, memorized, 0.6, 0.0, epsilon, 1.0, tpr, 0.1)
+    assert decision.kept_index == 1 and "TPR at 1% FPR 0.200" in decision.reason
+    rows = stopping.rule_costs(
+        np.arange(6.0),
+        dict(
+            test_loss=np.linspace(1, 0.5, 6),
+            bias=np.zeros(6),
+            bias_boot=np.zeros((1, 6)),
+            membership_auc=auc,
+            memorized_fraction=memorized,
+            closer_to_own=np.full(6, 0.5),
+            epsilon=epsilon,
+            tpr=tpr,
+        ),
+        **SETTINGS,
+        epsilon_threshold=1.0,
+    )
+    budget = next(r for r in rows if r["rule"] == "privacy_budget")
+    assert (budget["kept_epoch"], budget["epsilon"], budget["tpr"]) == (2.0, 0.4, 0.2)

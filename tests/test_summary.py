@@ -44,6 +44,12 @@ def _per_step(seed=0):
                 heldout_d2=heldout_d2,
                 test_losses=rng.random((K, M)) + np.abs(c - 3),
                 train_losses=rng.random((K, 32)),
+                partner_losses=rng.random((K, 32)),
+                own_losses_t=rng.random((K, 3, 32)),
+                partner_losses_t=rng.random((K, 3, 32)),
+                heldout_losses_t=rng.random((K, 3, M)),
+                bp_own_losses=rng.random((K, 32)),
+                bp_heldout_losses=rng.random(M),
                 grammatical=np.full(K, [0.1, 0.3, 0.8, 0.9, 0.9][c]),
                 twin_kl=rng.random((K * (K - 1) // 2, M)),
                 kl_bp=rng.random((K, 4)),
@@ -251,8 +257,12 @@ def test_three_twins_keep_per_model_and_per_pair_curves_and_two_do_not():
         stats["sample_split"]["mean_per_pair"], [r["similarity"].mean(1) for r in per_step]
     )
     np.testing.assert_allclose(stats["twin_kl_per_pair"], [r["twin_kl"].mean(1) for r in per_step])
+    whole = ("similarity", "twin_kl", "bp_heldout_losses")  # not per twin
     two = [
-        {k: (v[:2] if k not in ("similarity", "twin_kl") else v[:1]) for k, v in r.items()}
+        {
+            k: (v[:2] if k not in whole else v[:1] if k != "bp_heldout_losses" else v)
+            for k, v in r.items()
+        }
         for r in per_step
     ]
     stats = _summarize(_config(), two)

@@ -12,7 +12,8 @@ skipped, never interpolated. Matplotlib's object API (`Figure`, no pyplot) is
 used so that drawing needs no GUI backend and leaves pyplot's global state alone.
 
 `draw_all` is the entry point. The figures live by setting: `figures/bias.py`
-(both settings), `figures/images.py`, `figures/tokens.py`; what they share
+(both settings), `figures/images.py`, `figures/tokens.py`, and the membership
+audit in `figures/privacy.py`; what they share
 (reading the dict, axes, curves) in `figures/common.py`.
 """
 
@@ -27,6 +28,7 @@ from diffusion_bias.figures.bias import fig_similarity_histograms
 from diffusion_bias.figures.common import spans_decades
 from diffusion_bias.figures.images import fig_examples
 from diffusion_bias.figures.images import fig_score_cosine
+from diffusion_bias.figures.privacy import fig_privacy
 from diffusion_bias.figures.tokens import fig_kl_along_t
 from diffusion_bias.figures.tokens import fig_loss_decomposition
 from diffusion_bias.figures.tokens import fig_nn_histograms
@@ -39,6 +41,7 @@ FIGURES = (
     (fig_similarity_histograms, ("sample_split.hist", "sample_split.edges")),
     (fig_score_cosine, ("score_cosine.t",)),
     (fig_nearest, ("nearest",)),
+    (fig_privacy, ("privacy.epsilon", "privacy.tpr")),
     (fig_nn_histograms, ("nn_hist.generated",)),
     (fig_sequential_learning, ("kl_bp.values",)),
     (fig_kl_along_t, ("kl_bp_along_t.values",)),

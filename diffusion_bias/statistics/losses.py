@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_bias import chunking
+from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 
@@ -21,9 +22,11 @@ def loss_grid(key, num_items, num_steps, repeats):
     return t, jax.random.fold_in(key, 1)
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "kind", "num_symbols"))
-def _item_losses(params, items, item_ids, t, noise_key, schedule, *, apply_fn, kind, num_symbols):
-    """Per-item loss [B] averaged over its repeats; t [B, R]."""
+@functools.partial(jax.jit, static_argnames=("apply_fn", "kind", "num_symbols", "per_repeat"))
+def _item_losses(
+    params, items, item_ids, t, noise_key, schedule, *, apply_fn, kind, num_symbols, per_repeat
+):
+    """Per-item loss [B] averaged over its repeats ([B, R] if `per_repeat`); t [B, R]."""
 
     def one_repeat(r):
         tr = t[:, r]
@@ -37,11 +40,22 @@ def _item_losses(params, items, item_ids, t, noise_key, schedule, *, apply_fn, k
             return -jnp.sum(clean * log_p, axis=(-1, -2)) / items.shape[1]
         return jnp.mean((out - noise) ** 2, axis=tuple(range(1, out.ndim)))
 
-    return jax.lax.map(one_repeat, jnp.arange(t.shape[1])).mean(axis=0)
+    values = jax.lax.map(one_repeat, jnp.arange(t.shape[1]))  # [R, B]
+    return values.T if per_repeat else values.mean(axis=0)
 
 
 def item_losses(
-    apply_fn, params, items, t, noise_key, schedule, *, kind, num_symbols=None, chunk_size=512
+    apply_fn,
+    params,
+    items,
+    t,
+    noise_key,
+    schedule,
+    *,
+    kind,
+    num_symbols=None,
+    chunk_size=512,
+    per_repeat=False,
 ):
     """Denoising loss of one model on each item, on the fixed grid.
 
@@ -54,9 +68,10 @@ def item_losses(
         schedule: the training schedule.
         kind: "tokens" (cross-entropy, mean per token) or "images" (noise MSE).
         num_symbols: q, for tokens.
+        per_repeat: keep each (t, noise) draw apart instead of their mean.
 
     Returns:
-        numpy float [M].
+        numpy float [M], or [M, R] with `per_repeat`.
     """
     out = []
     num = len(items)
@@ -72,9 +87,31 @@ def item_losses(
                 apply_fn=apply_fn,
                 kind=kind,
                 num_symbols=num_symbols,
+                per_repeat=per_repeat,
             )
         )
     return chunking.gather(out, num)
+
+
+def time_grid(num_items, num_steps, ratios):
+    """Every item at the same diffusion times: int32 [num_items, S], t = round(r * T) >= 1.
+
+    With `item_losses(..., per_repeat=True)` it gives each item's loss at each
+    time of `ratios` (t/T), one noise draw per item and time.
+    """
+    steps = np.maximum(1, np.round(np.asarray(ratios, np.float64) * num_steps)).astype(np.int32)
+    return jnp.asarray(np.broadcast_to(steps, (num_items, len(steps))))
+
+
+def exact_token_apply(params, x_t, t):
+    """The exact BP denoiser with the contract of `coupled.denoiser`: params = (M, schedule).
+
+    A reference model that knows the grammar and nothing of any training set:
+    `item_losses` with it gives the exact denoiser's loss of each item on the
+    same (t, noise) grid as a twin's.
+    """
+    transitions, schedule = params
+    return denoisers.exact_denoiser(transitions, schedule, x_t, t)
 
 
 def membership_auc(member_losses, nonmember_losses):
