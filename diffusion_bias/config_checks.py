@@ -19,6 +19,7 @@ from diffusion_bias import grammar as grammar_lib
 from diffusion_bias import models
 from diffusion_bias import stopping
 from diffusion_bias.data import sources
+from diffusion_bias.data import splits as splits_lib
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.models import transformer
 
@@ -224,6 +225,13 @@ def _check_monitor(config):
 
 def _check_splits(config):
     """The twins (two at least), the held-out items, the explicit snapshot epochs."""
+    # Runs saved before the field existed were split the fixed way.
+    assignment = config.splits.get("assignment", "fixed")
+    if assignment not in splits_lib.ASSIGNMENTS:
+        raise ConfigError(
+            f"config.splits.assignment must be one of {list(splits_lib.ASSIGNMENTS)}, "
+            f"got {assignment!r}"
+        )
     if config.splits.num_splits < 2:
         raise ConfigError(
             f"config.splits.num_splits must be >= 2 (the statistics compare twins), "

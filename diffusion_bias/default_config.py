@@ -24,8 +24,18 @@ def get_config():
     # own split's mean, the paper's CelebA); the analysis maps samples back.
     config.centering = "none"
 
+    # assignment: "fixed" (split i takes the i-th n items of a seeded permutation)
+    # or "coin" (each position's items dealt to the twins by an independent random
+    # permutation: the independent coins the one-run epsilon bound assumes).
     config.splits = ml_collections.ConfigDict(
-        dict(num_splits=2, split_size=848, heldout_size=100, seed=0, drop_overlap=True)
+        dict(
+            num_splits=2,
+            split_size=848,
+            heldout_size=100,
+            seed=0,
+            drop_overlap=True,
+            assignment="fixed",
+        )
     )
 
     # "image": DDPM betas 1e-4..0.02 over num_steps, eps-prediction, MSE.

@@ -82,6 +82,8 @@ class Instrument:
         self.privacy_t = losses.time_grid(largest, self.schedule.num_steps, self.a.privacy_times)
         self.privacy_noise = jax.random.fold_in(key, 4)
         self._bp_losses = None
+        canary = run.twin_data.splits.canary_twin  # [n] with splits.assignment = "coin"
+        self.canary_twin = None if canary is None else canary[:n_items]
         labels = run.pool.labels
         self.classifier = None
         if self.kind == "images" and labels is not None:
@@ -155,6 +157,8 @@ class Instrument:
             ):
                 out.setdefault(f"{name}_losses_t", []).append(self.losses_at_times(p, items))
         out = {name: np.stack(v) for name, v in out.items()}
+        if self.canary_twin is not None:
+            out["canary_twin"] = self.canary_twin
         if self.kind == "tokens":
             out.update(self.bp_losses())
         return out

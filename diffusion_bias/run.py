@@ -97,6 +97,8 @@ def prepare(config, workdir):
         config.splits.heldout_size,
         config.splits.seed,
         config.splits.drop_overlap,
+        # Runs saved before the field existed were split the fixed way.
+        config.splits.get("assignment", "fixed"),
     )
     centering = config_checks.centering(config)
     train_items, offsets = twin_data.train, None

@@ -53,7 +53,8 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      selection half), auc_interval [C][2], tpr_interval [C][F][2]
                      (its bootstrap intervals); epsilon [C] (one-run lower bound at
                      `confidence`, the largest over twins, Bonferroni), epsilon_score
-                     [C], epsilon_per_twin [C][K]; roc {indices, epochs, score: [E],
+                     [C], epsilon_per_twin [C][K], canaries ("coin": the coin-dealt
+                     canaries only, or "fixed-size split": every own and partner item); roc {indices, epochs, score: [E],
                      fpr, tpr: [E][P]} at the onset, the test-loss minimum, the last
   with K >= 3 twins only (the bootstrap then resamples twins, or twin pairs, and
   items; verdict.MIN_RESAMPLED_UNITS): test_loss_per_model [C][K];
@@ -368,6 +369,7 @@ def privacy_audit(a, per_step):
                 confidence=a.privacy_confidence,
                 delta=a.privacy_delta,
                 seed=a.seed,
+                canary_twin=record.get("canary_twin"),
             )
         )
     names = list(scores[0])
@@ -378,6 +380,7 @@ def privacy_audit(a, per_step):
         time_index=time_index,
         confidence=a.privacy_confidence,
         delta=a.privacy_delta,
+        canaries="coin" if "canary_twin" in per_step[0] else "fixed-size split",
         auc={n: [r["auc"][n] for r in audits] for n in names},
         tpr={n: [r["tpr"][n] for r in audits] for n in names},
     )

@@ -73,11 +73,36 @@ def test_analyze_writes_statistics_figures_and_verdict(trained):
     if rules["test_loss"]["kept_epoch"] is not None:
         best = stats["checkpoints"][stats["test_loss"].index(min(stats["test_loss"]))]
         assert rules["test_loss"]["kept_epoch"] <= best
+    # The membership audit at every snapshot, the one-run bound on the fixed-size split.
+    privacy = stats["privacy"]
+    assert len(privacy["epsilon"]) == len(privacy["strongest"]) == num
+    assert privacy["canaries"] == "fixed-size split"
+    scores = {"loss", "loss_at_t", "calibrated_twin"} | (
+        {"calibrated_bp"} if setting == "grammar" else set()
+    )
+    assert set(privacy["scores"]) == scores
+    assert all(e >= 0 for e in privacy["epsilon"]) and set(privacy["epsilon_score"]) <= scores
+    assert all(lo <= hi for lo, hi in privacy["auc_interval"])
     if setting == "digits":
         assert len(stats["sample_quality"]) == num
         assert all(0 < q <= 1 for q in stats["sample_quality"])
     pngs = [p for p in proc.stdout.split() if p.endswith(".png")]
     assert pngs and all(os.path.getsize(p) > 1000 for p in pngs)
+
+
+def test_coin_assignment_audits_only_the_canaries_its_coins_dealt(tmp_path):
+    config = smoke.get_config()
+    with config.unlocked():
+        config.splits.assignment = "coin"
+        config.training.num_epochs = 2
+        config.snapshots.update(num_snapshots=2, first_epoch=1)
+    train.train_and_evaluate(config, str(tmp_path))
+    stats = analysis.analyze(str(tmp_path))
+    assert stats["privacy"]["canaries"] == "coin"
+    canary = run_lib.prepare(config, str(tmp_path)).twin_data.splits.canary_twin
+    # Half of the positions on each side, by coin: at most all of a twin's items.
+    assert 0.3 < canary.mean() < 0.7
+    assert len(stats["privacy"]["epsilon_per_twin"][0]) == 2
 
 
 def test_rerun_reads_the_cache_and_gives_the_same_statistics(trained):

@@ -148,3 +148,17 @@ def test_the_one_run_bound_exceeds_the_true_epsilon_rarely_under_either_assignme
         exceeded += bound > true_epsilon
     # Binomial(300, 0.05) exceeds 25 with probability < 0.5%.
     assert exceeded <= 25
+
+
+def test_with_coins_each_twin_is_audited_on_the_canaries_dealt_to_it_or_its_partner():
+    members = np.arange(12.0).reshape(2, 6)
+    partner = -np.arange(12.0).reshape(2, 6)
+    canary_twin = np.array([0, 1, 1, 0, 1, 0])
+    (in0, out0), (in1, out1) = privacy.canaries(members, partner, canary_twin)
+    np.testing.assert_array_equal(in0, members[0, [0, 3, 5]])
+    np.testing.assert_array_equal(out0, partner[0, [1, 2, 4]])
+    np.testing.assert_array_equal(in1, members[1, [1, 2, 4]])
+    np.testing.assert_array_equal(out1, partner[1, [0, 3, 5]])
+    # Without coins, every own item is in and every partner item out.
+    (in0, out0), _ = privacy.canaries(members, partner)
+    assert len(in0) == len(out0) == 6

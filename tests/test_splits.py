@@ -288,3 +288,42 @@ def test_a_realistic_pool_with_repeats_overlaps_and_drop_overlap_cleans_it():
     cross, heldout, pair = _brute_overlap(items, dropped)
     assert cross == heldout == 0 and not pair.any()
     _assert_disjoint_by_index(dropped)
+
+
+def test_coin_assignment_deals_each_position_by_an_independent_fair_coin():
+    pool = np.arange(50_000)[:, None]  # distinct items
+    fixed, _ = splits_lib.make_splits(pool, 2, 20_000, 100, seed=3)
+    coin, overlap = splits_lib.make_splits(pool, 2, 20_000, 100, seed=3, assignment="coin")
+    # Each position keeps its pair of items, and every split its size: disjoint by index.
+    np.testing.assert_array_equal(np.sort(coin.train, axis=0), np.sort(fixed.train, axis=0))
+    assert coin.train.shape == (2, 20_000) and overlap.clean
+    np.testing.assert_array_equal(coin.heldout, fixed.heldout)
+    # The canary (row 0 of the fixed split) lands where canary_twin says ...
+    canary = coin.canary_twin
+    np.testing.assert_array_equal(coin.train[canary, np.arange(20_000)], fixed.train[0])
+    # ... in each twin half of the time, positions independent of their neighbours.
+    assert abs(canary.mean() - 0.5) < 0.02
+    assert abs(np.corrcoef(canary[:-1], canary[1:])[0, 1]) < 0.03
+    again, _ = splits_lib.make_splits(pool, 2, 20_000, 100, seed=3, assignment="coin")
+    np.testing.assert_array_equal(again.canary_twin, canary)
+
+
+def test_coin_assignment_of_k_twins_is_a_uniform_permutation_per_position():
+    pool = np.arange(40_000)[:, None]
+    coin, _ = splits_lib.make_splits(pool, 4, 9_000, 10, seed=0, assignment="coin")
+    counts = np.bincount(coin.canary_twin, minlength=4) / 9_000
+    np.testing.assert_allclose(counts, 0.25, atol=0.02)
+    assert len(np.unique(coin.train)) == 4 * 9_000
+
+
+def test_coin_assignment_with_drop_overlap_sends_no_repeat_to_another_twin():
+    rng = np.random.default_rng(0)
+    pool = rng.integers(0, 300, (2000, 1))  # heavy repeats
+    splits, overlap = splits_lib.make_splits(
+        pool, 2, 100, 50, seed=1, drop_overlap=True, assignment="coin"
+    )
+    assert overlap.clean
+    brute = [set(pool[g, 0]) for g in list(splits.train) + [splits.heldout]]
+    assert not (brute[0] & brute[1]) and not ((brute[0] | brute[1]) & brute[2])
+    with pytest.raises(ValueError, match="assignment"):
+        splits_lib.make_splits(pool, 2, 100, 50, seed=1, assignment="coins")

@@ -191,6 +191,7 @@ def make_twin_data(
     heldout_size: int,
     seed: int,
     drop_overlap: bool = False,
+    assignment: str = "fixed",
 ) -> TwinData:
     """Gathers K disjoint training splits and a held-out pool from a pool.
 
@@ -204,6 +205,7 @@ def make_twin_data(
         heldout_size: m.
         seed: seed of the permutation.
         drop_overlap: skip items whose content is already in another group.
+        assignment: "fixed" or "coin" (`splits.make_splits`).
 
     Returns:
         TwinData with train [K, n, ...] and heldout [m, ...] items.
@@ -215,6 +217,7 @@ def make_twin_data(
         heldout_size=heldout_size,
         seed=seed,
         drop_overlap=drop_overlap,
+        assignment=assignment,
     )
     logging.info("%s pool of %d: %s", pool.info.get("name"), len(pool), overlap.summary())
     return TwinData(

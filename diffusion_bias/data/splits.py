@@ -10,6 +10,13 @@ sequence twice); twins that both train on it agree on it without generalising.
 groups that share no content.
 
 The permutation is always `np.random.default_rng(seed).permutation(pool_size)`.
+
+`assignment="coin"` then deals each position i of the splits out by an
+independent uniformly random permutation of the K twins (for K = 2, one fair
+coin per pair): the item drawn for twin 0 at position i, the position's
+*canary*, lands in each twin with probability 1/K, independently across
+positions, while every split keeps n items. The one-run privacy audit
+(`statistics.privacy`) assumes exactly such independent coins.
 """
 
 import dataclasses
@@ -30,6 +37,8 @@ class Splits:
 
     train: np.ndarray  # [K, n]
     heldout: np.ndarray  # [m]
+    # With assignment="coin": [n], the twin each position's canary landed in.
+    canary_twin: np.ndarray | None = None
 
     def __post_init__(self):
         # Read-only copies: `frozen` alone would still let a caller overwrite the
@@ -45,6 +54,12 @@ class Splits:
         heldout.setflags(write=False)
         object.__setattr__(self, "train", train)
         object.__setattr__(self, "heldout", heldout)
+        if self.canary_twin is not None:
+            canary = np.array(self.canary_twin, dtype=np.int64)
+            if canary.shape != train.shape[1:]:
+                raise ValueError(f"canary_twin must be [n] = {train.shape[1:]}, got {canary.shape}")
+            canary.setflags(write=False)
+            object.__setattr__(self, "canary_twin", canary)
 
     @property
     def num_splits(self) -> int:
@@ -227,18 +242,20 @@ def content_overlap(items, splits: Splits) -> Overlap:
     return _overlap_from_ids(content_ids(items), splits)
 
 
-def _fill_without_overlap(ids, perm, sizes):
+def _fill_without_overlap(ids, perm, sizes, distinct=()):
     """Walks `perm` once, filling groups in order, skipping content owned elsewhere.
 
     Equal to the item-by-item walk: while group g fills, only contents owned by an
-    earlier group are skipped (g's own repeats are kept), so the allowed set is fixed
-    over g's whole stretch and one vectorised pass per group finds its first `size`
-    allowed positions.
+    earlier group are skipped (g's own repeats are kept, unless g is in `distinct`:
+    then a content's later occurrences are skipped too), so the allowed set is
+    fixed over g's whole stretch and one vectorised pass per group finds its first
+    `size` allowed positions.
 
     Args:
         ids: int64 [N], content id of each pool item.
         perm: int64 [N], the permutation of the pool.
         sizes: K+1 group sizes (the splits, then the held-out pool).
+        distinct: indices of the groups that keep one item per content.
 
     Returns:
         K+1 int64 arrays of pool indices, of lengths `sizes`.
@@ -251,7 +268,12 @@ def _fill_without_overlap(ids, perm, sizes):
             groups.append(np.zeros(0, dtype=np.int64))
             continue
         rest = walked[start:]
-        positions = np.flatnonzero(owner[rest] == -1)[:size]
+        allowed = owner[rest] == -1
+        if g in distinct:
+            first = np.zeros(len(rest), bool)
+            first[np.unique(rest, return_index=True)[1]] = True
+            allowed &= first
+        positions = np.flatnonzero(allowed)[:size]
         if len(positions) < size:
             name = "the held-out pool" if g == len(sizes) - 1 else f"split {g}"
             raise ValueError(
@@ -267,6 +289,29 @@ def _fill_without_overlap(ids, perm, sizes):
     return groups
 
 
+ASSIGNMENTS = ("fixed", "coin")
+
+
+def assign_by_coins(splits: Splits, seed: int) -> Splits:
+    """Deals each position of the splits out by an independent random permutation of the twins.
+
+    Position i's items (one per split) go to the K twins in the order of a
+    uniformly random permutation drawn for i alone (seeded by (seed, 1), a
+    stream apart from the pool's permutation). The item of row 0, the
+    position's canary, lands in twin `canary_twin[i]`.
+
+    Returns:
+        Splits with the same items per position, train [K, n], and canary_twin [n].
+    """
+    num_splits, split_size = splits.train.shape
+    order = np.tile(np.arange(num_splits), (split_size, 1))  # [n, K]
+    order = np.random.default_rng([seed, 1]).permuted(order, axis=1)
+    train = np.empty_like(splits.train)
+    # The item of row j at position i goes to twin order[i, j].
+    train[order.T, np.arange(split_size)[None]] = splits.train
+    return Splits(train=train, heldout=splits.heldout, canary_twin=order[:, 0])
+
+
 def make_splits(
     items,
     num_splits: int,
@@ -274,6 +319,7 @@ def make_splits(
     heldout_size: int,
     seed: int,
     drop_overlap: bool = False,
+    assignment: str = "fixed",
 ) -> tuple[Splits, Overlap]:
     """Builds the splits of a pool and audits them for shared content.
 
@@ -292,6 +338,10 @@ def make_splits(
         seed: non-negative integer; the walk is
             np.random.default_rng(seed).permutation(N).
         drop_overlap: skip cross-group duplicates instead of only reporting them.
+        assignment: "fixed" (split i takes the i-th n items of the walk) or
+            "coin" (then `assign_by_coins`; with `drop_overlap` the splits' K*n
+            items are walked as one group of distinct contents, so that no coin
+            can send a repeat to another twin).
 
     Returns:
         (splits, overlap): Splits with train int64 [K, n] and heldout int64 [m], and
@@ -302,14 +352,25 @@ def make_splits(
             distinct content to fill every group.
     """
     items = _as_pool(items)
+    if assignment not in ASSIGNMENTS:
+        raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
+    coin = assignment == "coin"
     if not drop_overlap:
         splits = split_indices(items.shape[0], num_splits, split_size, heldout_size, seed)
+        splits = assign_by_coins(splits, seed) if coin else splits
         return splits, content_overlap(items, splits)
     pool_size, num_splits, split_size, heldout_size, seed = _check_args(
         items.shape[0], num_splits, split_size, heldout_size, seed
     )
     ids = content_ids(items)
     perm = np.random.default_rng(seed).permutation(pool_size)
-    groups = _fill_without_overlap(ids, perm, [split_size] * num_splits + [heldout_size])
-    splits = Splits(train=np.stack(groups[:-1]), heldout=groups[-1])
+    if coin:
+        twins, heldout = _fill_without_overlap(
+            ids, perm, [num_splits * split_size, heldout_size], distinct=(0,)
+        )
+        splits = Splits(train=twins.reshape(num_splits, split_size), heldout=heldout)
+        splits = assign_by_coins(splits, seed)
+    else:
+        groups = _fill_without_overlap(ids, perm, [split_size] * num_splits + [heldout_size])
+        splits = Splits(train=np.stack(groups[:-1]), heldout=groups[-1])
     return splits, _overlap_from_ids(ids, splits)
