@@ -1,4 +1,4 @@
-"""The paper's real-image setting (PAPER.md, Setting 1), for accelerators.
+"""The paper's real-image setting (the paper (arXiv 2603.03469), Setting 1), for accelerators.
 
 CelebA through tensorflow-datasets (`pip install -e '.[tfds]'` and the data set
 prepared in the tfds data dir), grey-scale 32x32, pixels in [0, 1] (ToTensor);

@@ -1,4 +1,4 @@
-"""The paper's controlled setting (PAPER.md, Setting 2), for accelerators.
+"""The paper's controlled setting (the paper (arXiv 2603.03469), Setting 2), for accelerators.
 
 Grammar q=6, depth 4, sigma 1, q_eff 4; a pool of 10^6 sequences (larger when
 15 splits of n need it); 15 twins, split i for seed i; transformer 512 x 8

@@ -13,7 +13,7 @@ smallest normal number, and elements that fail are recomputed in log space,
 where sums are log-sum-exps and nothing underflows. Both give the same numbers
 to float tolerance; the log-space path costs ~q times more.
 
-`factorized_layers=k` is BP_k of PAPER.md: the top k levels are replaced by
+`factorized_layers=k` is BP_k of the paper (arXiv 2603.03469): the top k levels are replaced by
 independent channels from the root to each level-k node, the channel of a node
 being the product, along its path from the root, of the marginal transition
 matrices M_L[a, b] = sum_c M[a, b, c] (left turn) and M_R[a, c] = sum_b M[a, b, c]

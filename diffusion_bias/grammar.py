@@ -1,4 +1,4 @@
-"""The random tree grammar of the controlled setting (PAPER.md, "Setting 2").
+"""The random tree grammar of the controlled setting (the paper (arXiv 2603.03469), "Setting 2").
 
 A sequence is the leaf row of a full binary tree of depth `depth`: the root symbol
 is uniform over `q` symbols and a node with symbol `a` emits the ordered (left,
@@ -61,7 +61,7 @@ def _check_int(name, value, minimum, maximum=None):
 def random_grammar(
     q: int = 6, depth: int = 4, sigma: float = 1.0, q_eff: int = 4, seed: int = 0
 ) -> Grammar:
-    """Draws the random grammar of PAPER.md.
+    """Draws the random grammar of the paper (arXiv 2603.03469).
 
     The q**2 ordered child pairs are shuffled and dealt out in blocks of q, one
     block per parent, so each pair has at most one parent (which makes the

@@ -10,7 +10,7 @@ it over a finished run's curves to show what each rule would have cost).
 - "bias_onset": the bias curve (similarity: peak; divergence: minimum) has
   moved away from its extremum beyond bootstrap noise at each of the last
   `patience` snapshots; keeps the extremum, the onset of biased
-  generalisation (PAPER.md, "The claim").
+  generalisation (the paper (arXiv 2603.03469), "The claim").
 - "privacy_budget": the membership AUC, the memorised fraction, or (where
   their thresholds are set) the one-run epsilon lower bound or the TPR at 1%
   FPR has exceeded its threshold; keeps the last snapshot under all of them.

@@ -1,4 +1,4 @@
-"""The paper configs carry the paper's analysis protocol (PAPER.md, "Protocol details")."""
+"""The paper configs carry the paper's analysis protocol (the paper (arXiv 2603.03469), "Protocol details")."""
 
 from configs import celeba_paper
 from configs import digits_cpu

@@ -1,6 +1,6 @@
 """statistics.json of the token setting from synthetic per-snapshot arrays.
 
-Each paper definition is recomputed here in plain numpy (PAPER.md, "Protocol
+Each paper definition is recomputed here in plain numpy (the paper (arXiv 2603.03469), "Protocol
 details") and compared with what `summary.summarize` writes.
 """
 

@@ -1,4 +1,4 @@
-"""The pool of the random tree grammar (PAPER.md, "Setting 2"), cached on disk.
+"""The pool of the random tree grammar (the paper (arXiv 2603.03469), "Setting 2"), cached on disk.
 
 The pool is fully determined by its parameters; drawing 10^6 sequences takes
 a while, so with a cache directory it is stored once, under a hash of the
@@ -106,7 +106,7 @@ def grammar_pool(
     pool_seed: int,
     cache_dir=None,
 ) -> pool_lib.Pool:
-    """A pool of sequences of the random tree grammar (PAPER.md, "Setting 2").
+    """A pool of sequences of the random tree grammar (the paper (arXiv 2603.03469), "Setting 2").
 
     The grammar is `grammar.random_grammar(q, depth, sigma, q_eff, grammar_seed)`
     and the items are `grammar.sample(grammar, pool_size, pool_seed)`, so the pool

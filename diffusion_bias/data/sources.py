@@ -1,6 +1,6 @@
 """The data of a run: the pool a config names, the twins' splits, their centring.
 
-Three sources (PAPER.md, "Setting 1", "Setting 2", "Data no one here wrote"):
+Three sources (the paper (arXiv 2603.03469), "Setting 1", "Setting 2", "Data no one here wrote"):
 "grammar" (`grammar_pool.grammar_pool`, int32 tokens [N, L]), "digits" and
 "tfds" (`images.digits_pool`, `images.tfds_pool`, float32 images [N, H, W, C]).
 `load_pool` builds the one `config.name` names, `make_twin_data` gathers the

@@ -1,7 +1,7 @@
 """Disjoint training splits and a held-out pool, with a content-overlap audit.
 
 The instrument of the paper trains K twin models on K disjoint sets of n items each
-and evaluates them on one held-out pool (PAPER.md, "The instrument"). Split i takes
+and evaluates them on one held-out pool (the paper (arXiv 2603.03469), "The instrument"). Split i takes
 positions [i*n, (i+1)*n) of one seeded permutation of the pool and the held-out pool
 takes the next m positions, so the groups are disjoint *by index*. A pool drawn from
 a distribution can still hold the same content at two indices (the same 16-token

@@ -1,4 +1,4 @@
-"""Exact nearest and second-nearest reference of every query (PAPER.md, NN retrieval).
+"""Exact nearest and second-nearest reference of every query (the paper (arXiv 2603.03469), NN retrieval).
 
 Two metrics, for the two kinds of data: the number of differing tokens of
 token sequences [N, L] ("hamming", `kernels.hamming`) and the Euclidean

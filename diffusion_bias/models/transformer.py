@@ -1,6 +1,6 @@
 """Post-LN transformer encoder that predicts x_0 logits of one-hot tokens.
 
-The denoiser of the controlled setting (PAPER.md, "Setting 2"): it mirrors a
+The denoiser of the controlled setting (the paper (arXiv 2603.03469), "Setting 2"): it mirrors a
 stack of torch.nn.TransformerEncoderLayer(d_model=H, nhead, dim_feedforward=2H,
 dropout=0.1, activation="relu", norm_first=False), so torch's LayerNorm epsilon
 (1e-5) and its dropout on the attention weights are kept as well: torch drops

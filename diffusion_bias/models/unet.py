@@ -1,4 +1,4 @@
-"""DDPM U-Net (Ho et al. 2020) eps-denoiser for NHWC images, PAPER.md "Setting 1".
+"""DDPM U-Net (Ho et al. 2020) eps-denoiser for NHWC images, the paper (arXiv 2603.03469) "Setting 1".
 
 Layout for channel_mults=(1, 2, 4), num_res_blocks=2 on 32x32 (levels 0, 1, 2 at
 32, 16, 8 pixels): conv_in, then per level `num_res_blocks` ResBlocks (each followed

@@ -1,6 +1,6 @@
 """The controlled (tree grammar) setting's shared ground: denoisers, noise, checks, KLs.
 
-PAPER.md, Setting 2. The statistics against exact inference each have a module
+the paper (arXiv 2603.03469), Setting 2. The statistics against exact inference each have a module
 of their own, named after them, with their per-twin form beside them:
 `statistics/uturn.py` (Fig. 5), `statistics/loss_decomposition.py` (CE = l* + l~,
 Fig. 4b) and `statistics/kl_bp.py` (KL(BP_k || model), Fig. 3b, 1b, 6). Here:

@@ -1,4 +1,4 @@
-"""Score divergence KL(BP_k || model) (PAPER.md Fig. 3b, 1b, 6), per model and per twin.
+"""Score divergence KL(BP_k || model) (the paper (arXiv 2603.03469) Fig. 3b, 1b, 6), per model and per twin.
 
 BP_k is exact belief propagation with the k lowest layers factorised (BP_0 is
 exact); `kl_along_t_ratios` is where Fig. 3b reads it along time. Denoiser
@@ -41,7 +41,7 @@ def kl_bp_model(
     factorized_layers=None,
     chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
 ) -> dict[str, np.ndarray]:
-    """Score divergence KL(BP_k || model) (PAPER.md Fig. 3b, 1b, 6).
+    """Score divergence KL(BP_k || model) (the paper (arXiv 2603.03469) Fig. 3b, 1b, 6).
 
     At each step t, x_t ~ q(x_t | x_0) is drawn once and shared by every k; the
     per-token categorical KL is summed over q and over the L tokens (the KL

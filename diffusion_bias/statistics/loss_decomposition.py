@@ -1,4 +1,4 @@
-"""The loss decomposition CE = l* + l~ (PAPER.md Fig. 4b), per model and per twin.
+"""The loss decomposition CE = l* + l~ (the paper (arXiv 2603.03469) Fig. 4b), per model and per twin.
 
 l* is the distillation of the exact BP denoiser, l~ the data-dependent excess
 (zero in expectation on held-out data). Denoiser contract, chunking and noise:
@@ -40,7 +40,7 @@ def loss_decomposition(
     key: jax.Array,
     chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
 ) -> dict[str, np.ndarray]:
-    """CE = l* + l~ (PAPER.md Fig. 4b) at each step t.
+    """CE = l* + l~ (the paper (arXiv 2603.03469) Fig. 4b) at each step t.
 
     With p the model's probabilities on x_t ~ q(x_t | x_0) and x0_BP the exact
     posterior marginals E[x_0 | x_t]: CE = -x_0 . log p, l* = -x0_BP . log p

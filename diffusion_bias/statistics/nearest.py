@@ -1,4 +1,4 @@
-"""Nearest neighbours of samples in the training sets (PAPER.md, statistic NN).
+"""Nearest neighbours of samples in the training sets (the paper (arXiv 2603.03469), statistic NN).
 
 A sample closer to its own twin's training set than to the other twins' sets,
 or a copy of a training item, is the signature of biased generalisation; the
@@ -124,7 +124,7 @@ def nn_histogram(distances, length, bins=NN_BINS):
 
 
 def nn_divergence(sample_d1, heldout_d1, length, bins=NN_BINS):
-    """KL(generated || held-out) of the NN-distance histograms (PAPER.md, Fig. 4a).
+    """KL(generated || held-out) of the NN-distance histograms (the paper (arXiv 2603.03469), Fig. 4a).
 
     One KL per model, as in the paper: model k's samples against the held-out
     sequences, both measured in model k's own training set. The paper's curve

@@ -1,6 +1,6 @@
 """Sample quality that needs no download: does a classifier of real items recognise the samples?
 
-A stopping rule trades privacy against quality (PAPER.md: early snapshots are
+A stopping rule trades privacy against quality (the paper (arXiv 2603.03469): early snapshots are
 less biased, and less finished). For images with class labels (the digits),
 quality is the mean confidence (largest class probability) of a multinomial
 logistic regression fitted on the held-out items: never on the twins'

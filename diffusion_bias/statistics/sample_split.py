@@ -1,4 +1,4 @@
-"""Sample-split similarity: how alike twins' coupled samples are (PAPER.md, statistic 1).
+"""Sample-split similarity: how alike twins' coupled samples are (the paper (arXiv 2603.03469), statistic 1).
 
 Sample j of every twin comes from the same x_T and step noise. While the twins
 generalise without bias they map it to nearly the same sample; as each drifts

@@ -1,6 +1,6 @@
 """Score cosine: how alike twins' predicted noise is on the same noisy inputs.
 
-PAPER.md, the score divergence of the image setting: at a diffusion step t the
+the paper (arXiv 2603.03469), the score divergence of the image setting: at a diffusion step t the
 twins see the same x_t; while they generalise without bias they predict nearly
 the same noise, and the cosine of their predictions falls as each drifts
 toward its own training set.

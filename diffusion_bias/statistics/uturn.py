@@ -1,4 +1,4 @@
-"""The U-turn (PAPER.md Fig. 5): noise a sequence to t = r T, denoise back, count what returns.
+"""The U-turn (the paper (arXiv 2603.03469) Fig. 5): noise a sequence to t = r T, denoise back, count what returns.
 
 The model's overlap with x_0 is compared with exact BP's from the same x_t and
 with the same chain noise; `twin_uturn_ratios` is the per-twin form the
@@ -99,7 +99,7 @@ def uturn_overlap(
     repeats: int = 1,
     chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
 ) -> dict[str, np.ndarray]:
-    """U-turn (PAPER.md Fig. 5): noise to t = r T, denoise back, count recovered tokens.
+    """U-turn (the paper (arXiv 2603.03469) Fig. 5): noise to t = r T, denoise back, count recovered tokens.
 
     For each ratio and repeat, x_0 is noised once to x_t; the model and exact BP
     then run the reverse chain from x_t with the same per-step noise, and the
