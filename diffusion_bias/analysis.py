@@ -2,8 +2,14 @@
 
 At each snapshot the instrument draws the coupled samples and evaluates the
 twins; the statistics themselves are the pure functions of `statistics/`.
-Per snapshot the results are cached in `analysis/cache/step_<S>.npz`, so a
-rerun after new snapshots computes only what is new. `summary.summarize`
+Per snapshot the results are cached in `analysis/cache/step_<S>_<tag>.npz`, so a
+rerun after new snapshots computes only what is new. The tag digests the
+analysis config and the snapshot's identity (the checksum saved with its
+evaluated parameters; for a snapshot saved without one, the run's training
+config and step), so statistics of one model are never read for another. A
+damaged snapshot (`checkpoints.DamagedCheckpoint`) is named in the log, left
+out, and listed in statistics.json under `damaged_snapshots`; the others are
+analysed. `summary.summarize`
 turns them into the curves and the verdict, written to
 `analysis/statistics.json` (schema in `summary.STATISTICS_SCHEMA`); figures and
 report read only that file.
@@ -63,10 +69,20 @@ def _load_cached(path):
         return None
 
 
-def _cache_tag(config):
-    """Cached files are valid for one analysis config: its fingerprint names them."""
-    fingerprint = json.dumps([CACHE_VERSION, config.analysis.to_dict()], sort_keys=True).encode()
-    return hashlib.sha256(fingerprint).hexdigest()[:10]
+def _cache_tag(config, snapshot):
+    """Cached files are valid for one analysis config and one snapshot: both name them."""
+    fingerprint = [CACHE_VERSION, config.analysis.to_dict(), snapshot]
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def snapshot_identity(ckpts, step, training):
+    """What identifies snapshot `step`: its evaluated parameters' checksum, if saved.
+
+    A snapshot saved without checksums is identified by `training` (the run's
+    `config_file.training_fingerprint`) and its step.
+    """
+    recorded = ckpts.recorded_checksums(step).get(ckpts.evaluated_field(step))
+    return recorded or f"{training}:{step}"
 
 
 def analyze(workdir, overrides=None):
@@ -89,8 +105,19 @@ def analyze(workdir, overrides=None):
     if not steps:
         raise ValueError(f"{workdir} holds no snapshots: train it first (launch.train)")
     walk = _Walk(config, workdir, ckpts, cache_dir)
-    per_step = [walk.at(i, step, "step", "compute") for i, step in enumerate(steps)]
-    stats = summary.summarize(config, steps, per_step)
+    per_step, damaged = {}, []
+    for i, step in enumerate(steps):
+        try:
+            per_step[step] = walk.at(i, step, "step", "compute")
+        except checkpoints.DamagedCheckpoint as err:
+            logging.warning("%s; left out of the analysis.", err)
+            damaged.append(dict(step=int(step), reason=err.reason))
+    steps = list(per_step)
+    if not steps:
+        raise ValueError(f"every snapshot of {workdir} is damaged: {damaged}")
+    stats = summary.summarize(config, steps, list(per_step.values()))
+    spe = run_lib.steps_per_epoch(config)
+    stats["damaged_snapshots"] = [dict(d, epoch=d["step"] / spe) for d in damaged]
     if stats["setting"] == "tokens":
         # The U-turn is costly: run it where Fig. 5 looks, at the onset and the minimum.
         v = stats["verdict"]
@@ -119,26 +146,38 @@ class _Walk:
 
     def __init__(self, config, workdir, ckpts, cache_dir):
         self.config, self.workdir, self.ckpts, self.cache_dir = config, workdir, ckpts, cache_dir
-        self.tag = _cache_tag(config)
+        self.training = config_file.training_fingerprint(config_file.load_config(workdir))
         self.instrument = None
         self.start = time.time()
         self.num_steps = len(ckpts.snapshot_steps())
 
     def at(self, index, step, prefix, method):
-        """`Instrument.<method>(snapshot)` of snapshot `index` (at `step`), cached."""
+        """`Instrument.<method>(snapshot)` of snapshot `index` (at `step`), cached.
+
+        Raises:
+            checkpoints.DamagedCheckpoint: the snapshot is needed and damaged.
+        """
+
+        computed = []
 
         def compute():
+            computed.append(True)
+            snapshot = self.ckpts.read_snapshot(step, evaluated_only=True)
             self.instrument = self.instrument or instrument.Instrument(self.config, self.workdir)
-            return getattr(self.instrument, method)(self.ckpts.read_snapshot(step))
+            return getattr(self.instrument, method)(snapshot)
 
-        path = os.path.join(self.cache_dir, f"{prefix}_{step}_{self.tag}.npz")
+        identity = snapshot_identity(self.ckpts, step, self.training)
+        path = os.path.join(
+            self.cache_dir, f"{prefix}_{step}_{_cache_tag(self.config, identity)}.npz"
+        )
         result = _cached(path, compute)
         logging.info(
-            "%s of snapshot %d/%d (step %d) done  %.0f s elapsed",
+            "%s of snapshot %d/%d (step %d) %s  %.0f s elapsed",
             method,
             index + 1,
             self.num_steps,
             step,
+            "computed" if computed else "read from the cache",
             time.time() - self.start,
         )
         return result

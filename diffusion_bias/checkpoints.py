@@ -7,7 +7,7 @@ A run's workdir holds
     checkpoints/STEP/   Orbax checkpoints of one manager: the planned snapshot
                         steps (`run.snapshot_steps`), never deleted, and the
                         newest step, kept for resuming
-    damaged/STEP/       checkpoints found unreadable on resume, set aside
+    damaged/STEP/       checkpoints found unreadable or altered on resume, set aside
 
 Orbax's own policies decide what is written and what is kept: a save at the
 planned steps and every `latest_every` steps (SpecificStepsPolicy,
@@ -19,8 +19,17 @@ complete, so a reader only ever lists complete checkpoints, and a run killed
 mid-save leaves no half checkpoint behind (the next run's writer removes the
 temporary folder). Opened with `read_only=True`, a manager neither creates nor
 deletes anything: the analysis reads the snapshots complete so far while the
-training still runs and saves. A checkpoint damaged afterwards is reported by
-name, set aside and skipped on resume.
+training still runs and saves.
+
+Orbax keeps no checksum of the arrays, so every save records one of its own in
+the checkpoint's custom metadata (`checksums`: per field of the state, a digest
+of the arrays' bits, computed on the devices that hold them), and every read
+compares the arrays it restored with it. A checkpoint damaged afterwards
+(unreadable, or bytes overwritten so that it reads back other numbers) raises
+`DamagedCheckpoint` naming it; resuming sets it aside and tries the one before.
+The same digest is the snapshot's identity: the analysis keys its cache by it,
+so a retrained run never reuses another run's statistics. Checkpoints saved
+before checksums were recorded read back unchecked.
 
 SIGTERM (how schedulers announce a preemption) is caught while training runs
 (`preemption.py`): the loop saves the step it reached and exits; the same
@@ -31,6 +40,7 @@ workdirs of the old layout are not read.
 """
 
 import dataclasses
+import hashlib
 import os
 from typing import Any
 
@@ -38,6 +48,7 @@ from absl import logging
 import flax.struct
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -67,6 +78,83 @@ class TwinState:
         """The parameters the statistics read: the average if kept, else the trained ones."""
         ema = self.ema_params
         return ema if ema is not None and jax.tree.leaves(ema) else self.params
+
+
+# The fields of a TwinState that hold arrays, each with its own checksum.
+FIELDS = ("params", "opt_state", "ema_params")
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be read, or reads back other numbers than were saved."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"checkpoint {path} is damaged: {reason}")
+        self.path, self.reason = path, reason
+
+    @classmethod
+    def unreadable(cls, path, err):
+        """From the error reading it raised, in one line (TensorStore's run to pages)."""
+        first = (str(err).splitlines() or [""])[0].split(" [tensorstore_spec")[0]
+        return cls(path, f"unreadable ({type(err).__name__}: {first[:300]})")
+
+
+def _words(x):
+    """The bits of array `x` as uint32, its shape kept (64-bit types gain a last axis of 2)."""
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    bits = x.dtype.itemsize * 8
+    if bits < 32:
+        return jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{bits}")).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+
+
+@jax.jit
+def _leaf_sums(leaves):
+    """[L, 2] uint32: per leaf, the sum of its words and their sum weighted by 2i+1.
+
+    i is a word's flat index. Integer sums wrap exactly, so the result is the
+    same for any reduction order, sharding or device; an odd weight is
+    invertible modulo 2^32, so changing any one word changes the weighted sum.
+    """
+    sums = []
+    for x in leaves:
+        w = _words(x)
+        # The flat index from per-axis iotas: a reshape would gather a sharded array.
+        strides = np.cumprod((w.shape + (1,))[:0:-1])[::-1] % 2**32
+        index = sum(
+            jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * np.uint32(stride)
+            for axis, stride in enumerate(strides)
+        )
+        index = jnp.asarray(index, jnp.uint32)
+        weighted = jnp.sum(w * (2 * index + 1), dtype=jnp.uint32)
+        sums.append(jnp.stack([jnp.sum(w, dtype=jnp.uint32), weighted]))
+    return jnp.stack(sums) if sums else jnp.zeros((0, 2), jnp.uint32)
+
+
+def checksum(tree):
+    """A hex digest of the bits, shapes and dtypes of `tree`'s arrays, wherever they live.
+
+    The arrays are reduced where they are (no transfer of the arrays to the
+    host), then the per-leaf sums are hashed with their names, shapes and
+    dtypes. Leaves are named as Orbax names them on disk (`ocp.tree.to_flat_dict`),
+    so a tree and its restored copy (tuples and namedtuples read back as
+    dicts) have the same digest.
+    """
+    flat = ocp.tree.to_flat_dict(tree, sep="/")
+    names = sorted(flat)
+    sums = _leaf_sums([jnp.asarray(flat[n]) for n in names])
+    # The sums come back replicated: any addressable copy is the whole result.
+    sums = np.asarray(sums.addressable_data(0))
+    digest = hashlib.sha256(np.ascontiguousarray(sums, np.uint32).tobytes())
+    for name in names:
+        x = flat[name]
+        digest.update(f"{name}:{tuple(x.shape)}:{jnp.dtype(x.dtype)};".encode())
+    return digest.hexdigest()[:16]
+
+
+def checksums(state):
+    """{field: checksum} of a TwinState's array fields (`FIELDS`)."""
+    return {name: checksum(getattr(state, name)) for name in FIELDS}
 
 
 def _to_tree(state):
@@ -150,17 +238,29 @@ class TwinCheckpoints:
             )
         self._manager = ocp.CheckpointManager(
             os.path.join(self._workdir, "checkpoints"),
-            item_handlers=ocp.StandardCheckpointHandler(),
+            # The PyTree handler (what StandardCheckpointHandler wraps; both
+            # read each other's checkpoints) restores a subtree: the analysis
+            # reads the evaluated parameters alone.
+            item_handlers=ocp.PyTreeCheckpointHandler(),
             options=options,
         )
 
     def save(self, step, state, force=False):
         """Saves the TwinState `state` at `step` if the policies ask for it (or `force`).
 
+        The save records the state's `checksums` in the checkpoint's metadata.
+
         Returns:
             Whether a save started (it completes in the background).
         """
-        return self._manager.save(step, args=ocp.args.StandardSave(_to_tree(state)), force=force)
+        if not (force or self._manager.should_save(step)):
+            return False
+        return self._manager.save(
+            step,
+            args=ocp.args.PyTreeSave(_to_tree(state)),
+            force=force,
+            custom_metadata={"checksums": checksums(state)},
+        )
 
     def all_steps(self):
         """Every complete checkpoint's step, planned or not, sorted."""
@@ -171,28 +271,87 @@ class TwinCheckpoints:
         planned = set(self._planned)
         return [s for s in self.all_steps() if s in planned]
 
-    def read_snapshot(self, step):
-        """Checkpoint `step` as saved, on this process's first device.
+    def recorded_checksums(self, step):
+        """{field: checksum} saved with checkpoint `step`; {} for one saved without.
+
+        Raises:
+            DamagedCheckpoint: its metadata cannot be read.
+        """
+        try:
+            custom = self._manager.metadata(step).custom_metadata or {}
+        except Exception as err:  # Orbax and TensorStore raise many types for damaged files.
+            raise DamagedCheckpoint.unreadable(self._path(step), err) from err
+        return dict(custom.get("checksums") or {})
+
+    def evaluated_field(self, step):
+        """The field the statistics read: "ema_params" if `step` keeps an average, else "params".
+
+        Raises:
+            DamagedCheckpoint: its metadata cannot be read.
+        """
+        try:
+            ema = self._manager.item_metadata(step).get("ema_params")
+        except Exception as err:  # Orbax and TensorStore raise many types for damaged files.
+            raise DamagedCheckpoint.unreadable(self._path(step), err) from err
+        return "ema_params" if ema is not None and jax.tree.leaves(ema) else "params"
+
+    def read_snapshot(self, step, evaluated_only=False):
+        """Checkpoint `step` as saved, on this process's first device, checked.
 
         Needs no target state, and reads checkpoints written on any number of
         devices (the analysis may run elsewhere than the training).
 
+        Args:
+            step: a complete checkpoint's step.
+            evaluated_only: restore only the parameters the statistics read
+                (`TwinState.evaluated_params`); the other fields come back None.
+
         Returns:
             The TwinState saved at `step`.
+
+        Raises:
+            DamagedCheckpoint: unreadable, or its arrays differ from their checksum.
         """
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-            self._manager.item_metadata(step),
+        try:
+            target = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                dict(self._manager.item_metadata(step)),
+            )
+            if evaluated_only:
+                field = self.evaluated_field(step)
+                target = {"step": target["step"], field: target[field]}
+            tree = self._restore(step, target, partial=evaluated_only)
+        except Exception as err:  # Orbax and TensorStore raise many types for damaged files.
+            raise DamagedCheckpoint.unreadable(self._path(step), err) from err
+        state = _from_tree({"params": None, "opt_state": None, **tree})
+        self._verify(step, state, [f for f in FIELDS if f in tree])
+        return state
+
+    def _restore(self, step, target, partial=False):
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        return self._manager.restore(
+            step,
+            args=ocp.args.PyTreeRestore(
+                item=target, restore_args=restore_args, partial_restore=partial
+            ),
         )
-        return _from_tree(self._manager.restore(step, args=ocp.args.StandardRestore(target)))
+
+    def _verify(self, step, state, fields):
+        """Raises DamagedCheckpoint when a field of `state` differs from its recorded checksum."""
+        recorded = self.recorded_checksums(step)
+        for field in fields:
+            if field in recorded and checksum(getattr(state, field)) != recorded[field]:
+                raise DamagedCheckpoint(
+                    self._path(step), f"its {field} differ from the checksum saved with them"
+                )
 
     def restore_newest(self, abstract_state):
-        """The newest readable TwinState; unreadable newer ones are set aside.
+        """The newest intact TwinState; damaged newer ones are set aside.
 
         `abstract_state` (a TwinState of `abstract`) is the target restored into.
 
-        A checkpoint that fails to load is logged by name and moved to
+        A checkpoint that fails to load or to match its checksums is logged by name and moved to
         workdir/damaged/, so that the resumed run saves that step again in its
         place (Orbax saves no step at or below an existing one).
 
@@ -204,21 +363,21 @@ class TwinCheckpoints:
         damaged, found = [], (0, None)
         for step in reversed(self.all_steps()):
             try:
-                state = self._manager.restore(
-                    step, args=ocp.args.StandardRestore(_to_tree(abstract_state))
-                )
-            except Exception as err:  # Orbax raises many types for damaged files.
+                try:
+                    tree = self._restore(step, _to_tree(abstract_state))
+                except Exception as err:  # Orbax raises many types for damaged files.
+                    raise DamagedCheckpoint.unreadable(self._path(step), err) from err
+                state = _from_tree(tree)
+                self._verify(step, state, FIELDS)
+            except DamagedCheckpoint as err:
                 logging.warning(
-                    "Checkpoint %s is unreadable (%s: %s); setting it aside in %s and "
-                    "trying an older one.",
-                    self._path(step),
-                    type(err).__name__,
+                    "%s; setting it aside in %s and trying an older one.",
                     err,
                     os.path.join(self._workdir, "damaged"),
                 )
                 damaged.append(step)
                 continue
-            found = (step, _from_tree(state))
+            found = (step, state)
             break
         if damaged:
             self._set_aside(damaged)

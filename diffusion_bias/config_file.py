@@ -5,6 +5,7 @@ analysis rebuilds the same run from the workdir alone) and, when the workdir
 already holds one, refuses a config that would train differently.
 """
 
+import hashlib
 import json
 import os
 
@@ -58,6 +59,22 @@ def save_config(workdir, config):
         return
     with files.atomic_write(path) as f:
         json.dump(current, f, indent=2, sort_keys=True)
+
+
+def training_fingerprint(saved):
+    """A digest of what a config dict trains: every field but the analysis and the layout.
+
+    Two runs with the same fingerprint train the same twins (up to float
+    reassociation), so their snapshots may share cached statistics.
+    """
+    saved = json.loads(json.dumps(saved))
+    saved.pop("analysis", None)
+    for dotted in LAYOUT:
+        *parents, last = dotted.split(".")
+        node = _get(saved, ".".join(parents))
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return hashlib.sha256(json.dumps(saved, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_config(workdir):

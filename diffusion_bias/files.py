@@ -6,8 +6,12 @@ the writer is killed or raises midway.
 """
 
 import contextlib
+import fcntl
+import json
+import math
 import os
 import secrets
+import socket
 
 
 @contextlib.contextmanager
@@ -41,3 +45,66 @@ def atomic_write(path, mode="w"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def finite_or_none(obj):
+    """`obj` with every non-finite float (NaN, inf) replaced by None, recursively.
+
+    JSON has no NaN: Python's json writes a bare `NaN` that strict readers
+    (JavaScript, jq, most other languages) reject; null is what they read.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def json_line(obj):
+    """One line of strict JSON for `obj` (non-finite floats as null)."""
+    return json.dumps(finite_or_none(obj), allow_nan=False)
+
+
+class Busy(Exception):
+    """Another live process holds the lock."""
+
+
+@contextlib.contextmanager
+def exclusive(path, what):
+    """Holds an exclusive lock on file `path` for the block; `what` names the locked work.
+
+    The lock is the kernel's (flock): it dies with its process, so a lock left
+    by a killed process (kill -9, a crashed host) is no lock, and the next
+    caller takes it over. The file holds the holder's pid and host for the
+    message a second caller gets, and is removed when the block ends.
+
+    Raises:
+        Busy: another live process holds it (the message names it).
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise Busy(f"{what} is already running ({holder}); wait for it to end") from None
+        # The holder before us may have removed the file after we opened it: a lock
+        # on a removed file locks nothing, so take the one now at `path`.
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        # Removed while still locked, so no one else can hold this file meanwhile.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+        os.close(fd)

@@ -10,15 +10,20 @@ writes, in the workdir,
     result/              the kept snapshot's parameters (Orbax), the run's result
 
 A resumed run reloads the history up to the step it resumes from, so the rule
-sees exactly the curves an uninterrupted run would have seen.
+sees exactly the curves an uninterrupted run would have seen. The state and the
+result record the run's `config_file.training_fingerprint`: those of another
+run (a workdir retrained with another config) are not reloaded. Rows and
+result are strict JSON (null where a statistic is undefined).
 """
 
 import json
 import os
 
+from absl import logging
 import numpy as np
 import orbax.checkpoint as ocp
 
+from diffusion_bias import config_file
 from diffusion_bias import coupled
 from diffusion_bias import files
 from diffusion_bias import monitor as monitor_lib
@@ -63,41 +68,64 @@ def build(config, run):
     )
 
 
+def _training(workdir):
+    """The fingerprint of the run whose config.json `workdir` holds."""
+    return config_file.training_fingerprint(config_file.load_config(workdir))
+
+
 def restore(monitor, workdir, upto_epoch):
-    """Reloads the monitor's history up to `upto_epoch` and rewrites its rows to match."""
+    """Reloads the monitor's history up to `upto_epoch` and rewrites its rows to match.
+
+    A state saved by another run (another training fingerprint) is not reloaded.
+    """
+    training = _training(workdir)
     path = os.path.join(workdir, STATE)
     if not os.path.exists(path):
         return
     with np.load(path) as f:
-        monitor.load_state_dict({k: f[k] for k in f.files}, upto_epoch=upto_epoch)
+        state = {k: f[k] for k in f.files}
+    if str(state.pop("training", training)) == training:
+        monitor.load_state_dict(state, upto_epoch=upto_epoch)
+    else:
+        logging.warning("%s was saved by another run (another config); not reloaded.", path)
     _write_rows(monitor, workdir)
 
 
 def record(monitor, workdir):
-    """Saves the monitor's state and rows after a snapshot (process 0 only)."""
+    """Saves the monitor's state (with the run's fingerprint) and rows after a snapshot."""
+    training = _training(workdir)
     with files.atomic_write(os.path.join(workdir, STATE), "wb") as f:
-        np.savez(f, **monitor.state_dict())
+        np.savez(f, training=np.asarray(training), **monitor.state_dict())
     _write_rows(monitor, workdir)
 
 
 def _write_rows(monitor, workdir):
     with files.atomic_write(os.path.join(workdir, ROWS)) as f:
-        f.writelines(json.dumps(r) + "\n" for r in monitor.rows)
+        f.writelines(files.json_line(r) + "\n" for r in monitor.rows)
 
 
 def stopped_result(workdir):
-    """The saved result.json of a run a rule has stopped, else None."""
+    """The saved result.json of the workdir's run if a rule stopped it, else None."""
     path = os.path.join(workdir, RESULT)
     if not os.path.exists(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        result = json.load(f)
+    if result.get("training", _training(workdir)) != _training(workdir):
+        # Kept, renamed, so that no reader takes it for this run's result.
+        logging.warning(
+            "%s was written by another run (another config); renamed %s.old_run.", path, RESULT
+        )
+        os.replace(path, path + ".old_run")
+        return None
+    return result
 
 
 def save_result(workdir, monitor, kept_step, stop_step, kept_state):
     """Writes result.json and the kept snapshot's parameters (result/).
 
-    `kept_state` is the checkpoints.TwinState at `kept_step`, None when no snapshot is kept.
+    `kept_state` is the checkpoints.TwinState at `kept_step`, None when no
+    snapshot is kept (a rule that stops at the first snapshot: kept_epoch null).
     """
     params = {}
     if kept_state is not None:
@@ -110,11 +138,12 @@ def save_result(workdir, monitor, kept_step, stop_step, kept_state):
     result = dict(
         rule=monitor.stop,
         reason=monitor.reason,
-        kept_epoch=monitor.kept_epoch,
+        kept_epoch=monitor.kept_epoch if kept_step is not None else None,
         kept_step=kept_step,
         stopped_at_step=int(stop_step),
         parameters=RESULT_PARAMS if kept_step is not None else None,
+        training=_training(workdir),
     )
     with files.atomic_write(os.path.join(workdir, RESULT)) as f:
-        json.dump(result, f, indent=1)
+        json.dump(files.finite_or_none(result), f, indent=1, allow_nan=False)
     return result

@@ -197,6 +197,11 @@ def setting_section(name, stats, figure_paths, report_dir):
         protocol_text(stats.get("protocol")),
         "",
     ]
+    for d in stats.get("damaged_snapshots", []):
+        lines += [
+            f"Left out: the snapshot at epoch {verdict.number(d['epoch'])}, {d['reason']}.",
+            "",
+        ]
     lines += _onset_table(v, stats.get("at_onset_and_test_min", {}))
     words = verdict.in_words(v)
     if "gate" in words:

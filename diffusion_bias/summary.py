@@ -55,8 +55,11 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      (its bootstrap intervals); epsilon [C] (one-run lower bound at
                      `confidence`, the largest over twins, Bonferroni), epsilon_score
                      [C], epsilon_per_twin [C][K], canaries ("coin": the coin-dealt
-                     canaries only, or "fixed-size split": every own and partner item); roc {indices, epochs, score: [E],
-                     fpr, tpr: [E][P]} at the onset, the test-loss minimum, the last
+                     canaries only, or "fixed-size split": every own and partner
+                     item); roc {indices, epochs, score: [E], fpr, tpr: [E][P]} at
+                     the onset, the test-loss minimum, the last
+  damaged_snapshots  [{step, epoch, reason}] snapshots left out: unreadable, or their
+                     parameters differ from the checksum saved with them
   with K >= 3 twins only (the bootstrap then resamples twins, or twin pairs, and
   items; verdict.MIN_RESAMPLED_UNITS): test_loss_per_model [C][K];
                      sample_split.mean_per_pair [C][P]; tokens: twin_kl_per_pair [C][P]

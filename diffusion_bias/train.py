@@ -15,8 +15,14 @@ and logs progress.
 SIGTERM (preemption) stops the run at the next call boundary, after saving that
 step: the process exits with status 75 (`preemption.PREEMPTED_EXIT_STATUS`) and
 the same command resumes, to the same parameters as an uninterrupted run.
+
+One training per workdir: process 0 holds the lock `W/train.lock` while it
+trains, and a second training of the same workdir refuses to start
+(`files.Busy`); the lock dies with its process, so the file a killed run leaves
+behind is taken over by the next run.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -30,11 +36,14 @@ import numpy as np
 
 from diffusion_bias import checkpoints
 from diffusion_bias import config_file
+from diffusion_bias import files
 from diffusion_bias import metric_writers
 from diffusion_bias import monitor_run
 from diffusion_bias import preemption
 from diffusion_bias import run as run_lib
 from diffusion_bias import twin_steps
+
+LOCK = "train.lock"
 
 
 def train_and_evaluate(config, workdir):
@@ -46,7 +55,19 @@ def train_and_evaluate(config, workdir):
     Raises:
         preemption.Preempted: (a SystemExit, status 75) on SIGTERM, once the
             step reached is saved; the same call resumes from it.
+        files.Busy: another process is training in `workdir` (`LOCK`).
     """
+    # Every check, the pool size included, before the first write into the workdir.
+    run_lib.check_config(config)
+    with contextlib.ExitStack() as stack:
+        if jax.process_index() == 0:
+            os.makedirs(workdir, exist_ok=True)
+            what = f"a training in {workdir}"
+            stack.enter_context(files.exclusive(os.path.join(workdir, LOCK), what))
+        return _train(config, workdir)
+
+
+def _train(config, workdir):
     run = _begin(config, workdir)
     mesh = twin_steps.make_mesh(config)
     state, data = initial_state_and_data(config, run, mesh)
@@ -70,6 +91,8 @@ def train_and_evaluate(config, workdir):
         if not stopped:
             loop = _Loop(config, run, workdir, ckpts, notice, monitor, progress)
             state = loop.train(chunk, state, data, start)
+            if progress is not None:
+                progress.done(int(jax.device_get(state.step)))
     finally:
         notice.uninstall()
         ckpts.wait_until_finished()
@@ -80,9 +103,7 @@ def train_and_evaluate(config, workdir):
 
 
 def _begin(config, workdir):
-    """Checks `config`, saves it (or matches the saved one), builds the run, saves its splits."""
-    # Every check, the pool size included, before the first write into the workdir.
-    run_lib.check_config(config)
+    """Saves `config` (or matches the saved one), builds the run, saves its splits."""
     try:
         config_file.save_config(workdir, config)
     except ValueError as err:  # a resumed run with another config: the fields are named
@@ -155,11 +176,12 @@ class _Loop:
         """Runs `chunk` from `step` to the run's total; returns the last state."""
         total, plan = self.run.total_steps, self.run.snapshot_steps
         while step < total:
+            began = time.time()
             state, losses = chunk(state, data)
-            losses = _finite_losses(losses, step, self.workdir)
+            losses = _finite_losses(losses, step, self.workdir)  # waits for the call
             step += self.per_call
             if self.progress is not None:
-                self.progress.add(losses)
+                self.progress.add(losses, self.per_call, time.time() - began)
             # Asked of every process at every call: with several, it is a collective.
             preempted = self.notice.received() and step < total
             self.ckpts.save(step, state, force=preempted)
@@ -212,7 +234,8 @@ class _Progress:
     """Process 0's record of training: metrics.jsonl, TensorBoard scalars and log lines.
 
     Each record holds the mean train loss [K] over the calls since the last one
-    (the window), the steps per second over it, and the learning rate.
+    (the window), the steps per second of those calls (their own time: not saves, not
+    the monitor, not the compiling first call), and the learning rate.
     """
 
     def __init__(self, config, workdir, run, start):
@@ -221,28 +244,54 @@ class _Progress:
         self.board.hparams(config.to_dict())
         self._lr_at = twin_steps.learning_rate_schedule(config)
         self._spe, self._total = run.steps_per_epoch, run.total_steps
-        logging.info(
-            "Training %d twins of %s for %d steps (%d epochs of %d steps) on %d "
-            "device(s), the twins over %d; %d snapshots planned.",
-            config.splits.num_splits,
-            type(run.model).__name__,
-            self._total,
-            config.training.num_epochs,
-            self._spe,
-            config.training.get("num_devices", 0) or jax.device_count(),
-            config.training.twin_devices,
-            len(run.snapshot_steps),
-        )
-        self._window_start, self._window_step, self._window_losses = time.time(), start, []
+        self._workdir, self._start = workdir, start
+        if start >= self._total:
+            logging.info("%s: already complete (%d steps).", workdir, self._total)
+        else:
+            logging.info(
+                "Training %d twins of %s for %d steps (%d epochs of %d steps) on %d "
+                "device(s), the twins over %d; %d snapshots planned.",
+                config.splits.num_splits,
+                type(run.model).__name__,
+                self._total,
+                config.training.num_epochs,
+                self._spe,
+                config.training.get("num_devices", 0) or jax.device_count(),
+                config.training.twin_devices,
+                len(run.snapshot_steps),
+            )
+        self._window_losses, self._window_steps, self._window_seconds = [], 0, 0.0
+        self._first = None  # (steps, seconds) of the process's first call, which compiles
 
-    def add(self, losses):
-        """Adds one call's losses [S, K] to the window."""
+    def add(self, losses, steps, seconds):
+        """Adds one call's losses [S, K], its steps and its wall time to the window.
+
+        The rate counts the calls' time alone (not saves or the monitor), and
+        not the first call, which compiles, unless it is all there is.
+        """
         self._window_losses.append(losses)
+        if self._first is None:
+            self._first = (steps, seconds)
+        else:
+            self._window_steps += steps
+            self._window_seconds += seconds
+
+    def done(self, step):
+        """The closing log line: where the run stands and what to run next."""
+        if step >= self._total and self._start < self._total:
+            logging.info(
+                "Training done: %d steps in %s. Next: python -m launch.analyze --workdir=%s",
+                self._total,
+                self._workdir,
+                self._workdir,
+            )
 
     def log(self, step):
         """Records the window ending at `step`, and starts the next."""
-        elapsed = time.time() - self._window_start
-        rate = (step - self._window_step) / max(elapsed, 1e-9)
+        steps, seconds = (
+            (self._window_steps, self._window_seconds) if self._window_steps else self._first
+        )
+        rate = steps / max(seconds, 1e-9)
         mean = np.concatenate(self._window_losses).mean(0)
         # The rate of the window's last update (optax counts from 0).
         lr = float(self._lr_at(step - 1) if callable(self._lr_at) else self._lr_at)
@@ -265,7 +314,7 @@ class _Progress:
             rate,
             _eta((self._total - step) / max(rate, 1e-9)),
         )
-        self._window_start, self._window_step, self._window_losses = time.time(), step, []
+        self._window_losses, self._window_steps, self._window_seconds = [], 0, 0.0
 
 
 def _monitor_stops(monitor, state, step, spe, ckpts, workdir, board=None):
@@ -300,11 +349,11 @@ def _save_monitor_result(monitor, step, spe, ckpts, workdir):
     kept_state = ckpts.read_snapshot(kept_step) if kept_step is not None else None
     monitor_run.save_result(workdir, monitor, kept_step, step, kept_state)
     logging.info(
-        "Stopping at epoch %g (rule %s): %s; kept the snapshot at epoch %g.",
+        "Stopping at epoch %g (rule %s): %s; %s.",
         step / spe,
         monitor.stop,
         monitor.reason,
-        kept,
+        f"kept the snapshot at epoch {kept:g}" if kept_step is not None else "no snapshot kept",
     )
 
 

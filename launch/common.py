@@ -11,6 +11,7 @@ from absl import flags
 from absl import logging
 import jax
 
+from diffusion_bias import files
 from diffusion_bias import run as run_lib
 
 # A multi-process run starts the same command once per process. These flags, or
@@ -120,11 +121,15 @@ def parse_flags(argv):
 
 
 def exit_on_config_error(fn, *args):
-    """Runs fn(*args); a ConfigError ends the program with its message alone."""
+    """Runs fn(*args); a ConfigError, or a workdir busy with another run, ends the
+    program with its message alone (status 2)."""
     try:
         return fn(*args)
     except run_lib.ConfigError as err:
         print(f"Config error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except files.Busy as err:
+        print(f"Error: {err}", file=sys.stderr)
         sys.exit(2)
 
 

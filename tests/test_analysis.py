@@ -1,7 +1,9 @@
 """launch.analyze end to end on smoke workdirs (digits images and grammar tokens)."""
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,9 +12,12 @@ import pytest
 from configs import smoke
 from diffusion_bias import analysis
 from diffusion_bias import instrument
+from diffusion_bias import report
 from diffusion_bias import run as run_lib
 from diffusion_bias import train
+from diffusion_bias import verdict
 from diffusion_bias.diffusion import schedules
+from tests import test_checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,3 +128,49 @@ def test_sampling_steps_0_is_the_full_chain_and_others_respace():
     assert instrument.sampling_schedule(schedule, 500).num_steps == 100
     with pytest.raises(run_lib.ConfigError, match="sampling_steps"):
         instrument.sampling_schedule(schedule, -3)
+
+
+def _smoke_run(workdir, **model):
+    config = smoke.get_config()
+    with config.unlocked():
+        config.training.num_epochs = 4
+        config.snapshots.update(num_snapshots=3, first_epoch=1)
+        config.model.update(**model)
+    train.train_and_evaluate(config, workdir)
+    return analysis.analyze(workdir)
+
+
+def test_a_model_retrained_in_the_workdir_gets_its_own_statistics_not_the_cached_ones(tmp_path):
+    workdir = str(tmp_path)
+    first = _smoke_run(workdir)
+    # The run deleted but its analysis kept; another model trained in its place.
+    shutil.rmtree(os.path.join(workdir, "checkpoints"))
+    os.remove(os.path.join(workdir, "config.json"))
+    second = _smoke_run(workdir, width=48)
+    assert first["steps"] == second["steps"]
+    assert all(a != b for a, b in zip(first["test_loss"], second["test_loss"]))
+    # The same model analysed again reads its own cache: the same numbers.
+    assert analysis.analyze(workdir) == second
+
+
+def test_a_snapshot_with_overwritten_bytes_is_named_and_left_out(tmp_path, caplog):
+    workdir = str(tmp_path)
+    intact = _smoke_run(workdir)
+    damaged_step = intact["steps"][1]
+    shutil.rmtree(os.path.join(workdir, "analysis"))
+    test_checkpoints.overwrite_bytes(os.path.join(workdir, "checkpoints", str(damaged_step)))
+    caplog.set_level(logging.WARNING)
+    stats = analysis.analyze(workdir)
+    named = os.path.join("checkpoints", str(damaged_step))
+    assert [r for r in caplog.records if named in r.getMessage() and "damaged" in r.getMessage()]
+    assert [d["step"] for d in stats["damaged_snapshots"]] == [damaged_step]
+    kept = [i for i, s in enumerate(intact["steps"]) if s != damaged_step]
+    assert stats["steps"] == [intact["steps"][i] for i in kept]
+    # The other snapshots' statistics are those of the intact run.
+    assert stats["test_loss"] == [intact["test_loss"][i] for i in kept]
+    section = report.setting_section("digits", stats, [], workdir)
+    reason = stats["damaged_snapshots"][0]["reason"]
+    assert (
+        f"Left out: the snapshot at epoch {verdict.number(stats['damaged_snapshots'][0]['epoch'])}, {reason}"
+        in section
+    )

@@ -1,19 +1,112 @@
-"""Checkpoints of a training subprocess: read while saved, resumed after SIGTERM or kill -9.
+"""Checkpoints: checksums that name damage, and a training subprocess read while it saves,
+resumed after SIGTERM or kill -9.
 
-These need a run long enough for a signal to land mid-training; they live
-apart from test_train.py so that the two files run on separate workers.
+The subprocess tests need a run long enough for a signal to land mid-training;
+they live apart from test_train.py so that the two files run on separate workers.
 """
 
 import os
 import re
 import signal
+import socket
 import time
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+from diffusion_bias import checkpoints
 from diffusion_bias import preemption
 from tests import test_train
+
+
+def _state(seed=0, ema=True):
+    """A TwinState of random arrays of several dtypes, its opt_state a namedtuple like optax's."""
+    import optax
+
+    k = jax.random.split(jax.random.key(seed), 3)
+    params = {
+        "w": jax.random.normal(k[0], (2, 64, 40)),
+        "b": jax.random.normal(k[1], (2, 40)).astype(jnp.bfloat16),
+    }
+    opt_state = optax.adam(1e-3).init(params)
+    ema_params = jax.tree.map(lambda x: x + 1, params) if ema else None
+    return checkpoints.TwinState(jnp.int32(4), params, opt_state, ema_params)
+
+
+def test_checksum_changes_when_any_one_bit_of_any_leaf_changes():
+    state = _state()
+    base = checkpoints.checksum(state.params)
+    for name, shape in (("w", (2, 64, 40)), ("b", (2, 40))):
+        x = np.asarray(jax.device_get(state.params[name]))
+        for flat in (0, 1, x.size // 2, x.size - 1):
+            bits = x.view(np.uint16 if x.dtype.itemsize == 2 else np.uint32).copy()
+            bits.reshape(-1)[flat] ^= 1 << (flat % 8)
+            changed = dict(state.params, **{name: jnp.asarray(bits.view(x.dtype))})
+            assert checkpoints.checksum(changed) != base, (name, flat)
+    # Two leaves swapped, the same values elsewhere: the names are part of the digest.
+    swapped = {"w": state.params["w"], "b2": state.params["b"]}
+    assert checkpoints.checksum(swapped) != base
+    assert checkpoints.checksum(jax.device_get(state.params)) == base
+
+
+def test_saved_checksums_match_what_reads_back_whole_and_evaluated_only(tmp_path):
+    state = _state()
+    ckpts = checkpoints.TwinCheckpoints(str(tmp_path), [4])
+    assert ckpts.save(4, state)
+    ckpts.wait_until_finished()
+    assert ckpts.recorded_checksums(4) == checkpoints.checksums(state)
+    # The namedtuple opt_state reads back as dicts: the checksum is the same.
+    assert checkpoints.checksums(ckpts.read_snapshot(4)) == checkpoints.checksums(state)
+    only = ckpts.read_snapshot(4, evaluated_only=True)
+    assert only.params is None and only.opt_state is None
+    assert checkpoints.checksum(only.evaluated_params()) == checkpoints.checksum(state.ema_params)
+    ckpts.close()
+
+
+def overwrite_bytes(folder, every=512, count=16):
+    """Flips `count` bytes every `every` bytes of each array data file under `folder`."""
+    for root, _, files in os.walk(folder):
+        if os.path.basename(root) != "d":
+            continue
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                data = bytearray(f.read())
+            for start in range(every // 2, len(data), every):
+                for i in range(start, min(start + count, len(data))):
+                    data[i] ^= 0xFF
+            with open(path, "wb") as f:
+                f.write(bytes(data))
+
+
+def test_overwritten_bytes_and_a_wrong_checksum_are_named_as_damage(tmp_path):
+    state = _state()
+    ckpts = checkpoints.TwinCheckpoints(str(tmp_path), [4, 8])
+    ckpts.save(4, state)
+    ckpts.save(8, state)
+    ckpts.close()
+    overwrite_bytes(os.path.join(tmp_path, "checkpoints", "4"))
+    # Checkpoint 8 reads back intact, but its recorded checksum says otherwise.
+    meta = os.path.join(tmp_path, "checkpoints", "8", "_CHECKPOINT_METADATA")
+    with open(meta) as f:
+        text = f.read()
+    recorded = checkpoints.checksums(state)["ema_params"]
+    with open(meta, "w") as f:
+        f.write(text.replace(recorded, "0" * len(recorded)))
+    reader = checkpoints.TwinCheckpoints(str(tmp_path), [4, 8], read_only=True)
+    for step in (4, 8):
+        with pytest.raises(
+            checkpoints.DamagedCheckpoint, match=os.path.join("checkpoints", str(step))
+        ):
+            reader.read_snapshot(step, evaluated_only=True)
+    reader.close()
+    # A writer resuming sets both aside: nothing intact is left to resume from.
+    writer = checkpoints.TwinCheckpoints(str(tmp_path), [4, 8])
+    assert writer.restore_newest(checkpoints.abstract(state)) == (0, None)
+    assert sorted(os.listdir(os.path.join(tmp_path, "damaged"))) == ["4", "8"]
+    writer.close()
 
 
 def _checkpoints_after(workdir, step):
@@ -137,3 +230,21 @@ def test_sigterm_saves_the_step_reached_kill_9_loses_no_save_and_reruns_resume_b
     assert list(resumed) == list(uninterrupted) == list(test_train._plan(workdir))
     for step in resumed:
         test_train._assert_trees_equal(resumed[step], uninterrupted[step])
+
+
+def test_a_second_trainer_on_a_workdir_in_training_refuses_in_one_line(tmp_path):
+    from diffusion_bias import files
+    from diffusion_bias import train
+
+    workdir = str(tmp_path)
+    # The lock a first training holds (tests/test_files.py: it dies with its holder).
+    with files.exclusive(os.path.join(workdir, train.LOCK), f"a training in {workdir}"):
+        second = test_train._launch(workdir)
+        out, _ = second.communicate(timeout=120)
+    assert second.returncode == 2, out
+    assert out.strip().splitlines()[-1] == (
+        f"Error: a training in {workdir} is already running "
+        f"(pid {os.getpid()} on {socket.gethostname()}); wait for it to end"
+    ), out
+    assert "Traceback" not in out
+    assert os.listdir(workdir) == []  # the refused trainer wrote nothing

@@ -72,3 +72,18 @@ def test_a_run_saved_before_a_field_existed_resumes_under_its_old_value(tmp_path
         config.model.dtype = "bfloat16"
     with pytest.raises(ValueError, match=r"differing fields: model.dtype\."):
         config_file.save_config(workdir, config)
+
+
+def test_the_training_fingerprint_ignores_analysis_and_layout_but_not_training_fields():
+    saved = json.loads(smoke.get_config().to_json_best_effort())
+    base = config_file.training_fingerprint(saved)
+    for dotted, value in (("analysis.num_samples", 7), ("training.twin_devices", 2)):
+        other = json.loads(json.dumps(saved))
+        section, name = dotted.split(".")
+        other[section][name] = value
+        assert config_file.training_fingerprint(other) == base, dotted
+    other = json.loads(json.dumps(saved))
+    other["model"]["width"] += 1
+    assert config_file.training_fingerprint(other) != base
+    # The dict it was given is left as it was.
+    assert saved == json.loads(smoke.get_config().to_json_best_effort())

@@ -1,6 +1,10 @@
 """Tests of the atomic write: a file is replaced whole or not at all."""
 
+import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -60,3 +64,50 @@ def test_atomic_write_rejects_modes_other_than_w_and_wb(tmp_path):
         with files.atomic_write(tmp_path / "x", "a"):
             pass
     assert os.listdir(tmp_path) == []
+
+
+def test_json_line_writes_non_finite_floats_as_null_and_is_strict_json():
+    row = {"a": float("nan"), "b": [1.5, np.float64("inf"), -float("inf")], "c": {"d": 2}, "e": "x"}
+    line = files.json_line(row)
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    assert json.loads(line, parse_constant=refuse) == {
+        "a": None,
+        "b": [1.5, None, None],
+        "c": {"d": 2},
+        "e": "x",
+    }
+
+
+def test_exclusive_refuses_a_second_holder_naming_the_first_and_frees_on_exit(tmp_path):
+    path = str(tmp_path / "lock")
+    with files.exclusive(path, "the work"):
+        with pytest.raises(
+            files.Busy, match=rf"the work is already running \(pid {os.getpid()} on"
+        ):
+            with files.exclusive(path, "the work"):
+                pass
+    with files.exclusive(path, "the work"):
+        pass
+    assert not os.path.exists(path)
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    path = str(tmp_path / "lock")
+    code = (
+        "import sys, time; from diffusion_bias import files\n"
+        f"with files.exclusive({path!r}, 'w'):\n    print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(files.Busy, match=f"pid {holder.pid}"):
+            with files.exclusive(path, "w"):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with files.exclusive(path, "w"):
+        pass

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -274,3 +275,46 @@ def test_twins_in_their_own_shifted_spaces_give_the_unshifted_statistics():
     # Samples are mapped back: the copies land on their own (unshifted) training set.
     # (The chain itself is not shift-equivariant, so the copies drawn may differ.)
     assert moved["memorized_fraction"] > 0.9 and moved["closer_to_own"] > 0.9
+
+
+def _strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_rule_firing_at_the_first_snapshot_keeps_none_and_writes_strict_json(tmp_path):
+    from diffusion_bias import monitor_run
+    from diffusion_bias import train
+
+    # An AUC budget below any AUC: the rule fires at the first snapshot, before any to keep.
+    config = _monitored_smoke("privacy_budget", auc_threshold=0.01, memorized_threshold=1.0)
+    train.train_and_evaluate(config, str(tmp_path))
+    with open(os.path.join(tmp_path, monitor_run.RESULT)) as f:
+        result = _strict_json(f.read())
+    assert result["kept_epoch"] is None and result["kept_step"] is None
+    with open(os.path.join(tmp_path, monitor_run.ROWS)) as f:
+        rows = [_strict_json(line) for line in f]
+    assert len(rows) == 1 and rows[0]["decision"] == "stop"
+
+
+def test_a_stopped_result_of_another_config_does_not_stop_a_retrained_workdir(tmp_path):
+    from diffusion_bias import monitor_run
+    from diffusion_bias import train
+
+    config = _monitored_smoke("privacy_budget", auc_threshold=0.01, memorized_threshold=1.0)
+    train.train_and_evaluate(config, str(tmp_path))
+    assert monitor_run.stopped_result(str(tmp_path)) is not None
+    # The workdir emptied of the run (checkpoints, config) but not of the monitor's files,
+    # then retrained with another model and a budget no snapshot exceeds.
+    shutil.rmtree(os.path.join(tmp_path, "checkpoints"))
+    os.remove(os.path.join(tmp_path, "config.json"))
+    other = _monitored_smoke("privacy_budget", auc_threshold=1.0, memorized_threshold=1.0)
+    with other.unlocked():
+        other.model.width = 48
+    state = train.train_and_evaluate(other, str(tmp_path))
+    assert int(state.step) == run_lib.steps_per_epoch(other) * other.training.num_epochs
+    assert monitor_run.stopped_result(str(tmp_path)) is None
+    assert len(_rows(tmp_path)) == len(run_lib.snapshot_steps(other))
+    assert os.path.exists(os.path.join(tmp_path, monitor_run.RESULT + ".old_run"))

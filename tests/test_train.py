@@ -264,3 +264,24 @@ def test_four_devices_give_the_one_device_result(reference, tmp_path):
     four = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     out = _launch_as_reference(workdir, str(tmp_path), env=four)
     assert "on 4 device(s)" in out
+
+
+def test_a_run_ends_with_a_done_line_and_a_rerun_says_it_is_already_complete(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    workdir = str(tmp_path)
+    config = smoke.get_config()
+    train.train_and_evaluate(config, workdir)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(
+        m.startswith("Training done")
+        and m.endswith(f"Next: python -m launch.analyze --workdir={workdir}")
+        for m in messages
+    ), messages
+    # The logged rates are after compilation: none is far below the others.
+    rates = [float(m.split(" steps/s")[0].split()[-1]) for m in messages if "steps/s" in m]
+    assert len(rates) >= 2 and min(rates) > 0.2 * max(rates), rates
+    caplog.clear()
+    train.train_and_evaluate(config, workdir)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("already complete" in m for m in messages)
+    assert not any(m.startswith(("Training 2", "Training done")) for m in messages), messages
