@@ -85,18 +85,21 @@ def snapshot_identity(ckpts, step, training):
     return recorded or f"{training}:{step}"
 
 
-def analyze(workdir, overrides=None):
+def analyze(workdir, overrides=None, output_dir=None):
     """Computes the statistics of every snapshot of `workdir`, with a verdict.
 
     Args:
-        workdir: a run's folder (config.json and checkpoints/ inside).
+        workdir: a run's folder (config.json and checkpoints/ inside); only read.
         overrides: dict of analysis fields that replace the run's.
+        output_dir: where analysis/ and tensorboard/analysis/ are written
+            (default: `workdir`); another folder analyses a run one cannot write to.
 
     Returns:
-        The statistics dict, also written to workdir/analysis/statistics.json.
+        The statistics dict, also written to output_dir/analysis/statistics.json.
     """
     config = analysis_config(workdir, overrides)
-    out_dir = os.path.join(workdir, "analysis")
+    output_dir = output_dir or workdir
+    out_dir = os.path.join(output_dir, "analysis")
     cache_dir = os.path.join(out_dir, "cache")
     os.makedirs(cache_dir, exist_ok=True)
     # Read only: the training may still run and save; its complete snapshots are analysed.
@@ -133,7 +136,7 @@ def analyze(workdir, overrides=None):
     ckpts.close()
     with files.atomic_write(os.path.join(out_dir, "statistics.json")) as f:
         json.dump(stats, f, indent=1)
-    metric_writers.write_analysis(stats, workdir)
+    metric_writers.write_analysis(stats, output_dir)
     return stats
 
 

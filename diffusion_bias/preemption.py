@@ -1,9 +1,11 @@
-"""Preemption: SIGTERM caught while training runs, the step reached saved, exit 75.
+"""Preemption: SIGTERM or Ctrl-C caught while training runs, the step reached saved, exit 75.
 
-Schedulers announce a preemption with SIGTERM. While the training loop runs,
-`PreemptionNotice` records it; the loop saves the step it reached and raises
-`Preempted`, which exits with status 75 (EX_TEMPFAIL, "rerun to resume"). The
-same command then resumes from that step (`checkpoints.TwinCheckpoints`).
+Schedulers announce a preemption with SIGTERM; a person at the terminal presses
+Ctrl-C (SIGINT). While the training loop runs, `PreemptionNotice` records
+either; the loop saves the step it reached and raises `Preempted`, which exits
+with status 75 (EX_TEMPFAIL, "rerun to resume"). The same command then resumes
+from that step (`checkpoints.TwinCheckpoints`). A second Ctrl-C before the
+save completes interrupts at once, as Ctrl-C does elsewhere.
 """
 
 import signal
@@ -19,7 +21,7 @@ PREEMPTED_EXIT_STATUS = 75
 
 
 class Preempted(SystemExit):
-    """Training stopped on SIGTERM after saving `step`; exits with status 75."""
+    """Training stopped on SIGTERM or Ctrl-C after saving `step`; exits with status 75."""
 
     def __init__(self, step):
         super().__init__(PREEMPTED_EXIT_STATUS)
@@ -27,7 +29,7 @@ class Preempted(SystemExit):
 
 
 class PreemptionNotice:
-    """Records SIGTERM from `install()` to `uninstall()`; the loop asks `received()`.
+    """Records SIGTERM and SIGINT from `install()` to `uninstall()`; the loop asks `received()`.
 
     The handler only sets a flag (no logging or I/O inside a signal handler);
     the training loop checks it between compiled calls, saves and stops. With
@@ -43,31 +45,38 @@ class PreemptionNotice:
     jax.distributed.initialize), which records the signal and keeps running.
     """
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self):
         self._flag = False
         self._installed = False
-        self._previous = None
+        self._previous = {}
+        self.signal_name = None
 
     @classmethod
     def install(cls):
-        """A notice whose handler now catches SIGTERM."""
+        """A notice whose handler now catches SIGTERM and SIGINT."""
         notice = cls()
         if threading.current_thread() is threading.main_thread():
-            notice._previous = signal.signal(signal.SIGTERM, notice._handle)
+            for signum in cls.SIGNALS:
+                notice._previous[signum] = signal.signal(signum, notice._handle)
             notice._installed = True
         return notice
 
     def uninstall(self):
-        """Gives SIGTERM back its previous action."""
+        """Gives SIGTERM and SIGINT back their previous actions."""
         if self._installed:
-            # None: a handler set outside Python (JAX's, after jax.distributed).
-            previous = signal.SIG_DFL if self._previous is None else self._previous
-            signal.signal(signal.SIGTERM, previous)
+            for signum, previous in self._previous.items():
+                # None: a handler set outside Python (JAX's, after jax.distributed).
+                signal.signal(signum, signal.SIG_DFL if previous is None else previous)
             self._installed = False
 
     def _handle(self, signum, frame):
-        del signum, frame
+        del frame
+        if signum == signal.SIGINT and self._flag:
+            raise KeyboardInterrupt  # the second Ctrl-C: do not wait for the save
         self._flag = True
+        self.signal_name = signal.Signals(signum).name
 
     def received(self):
         """Whether any process got SIGTERM; the same answer on every process."""

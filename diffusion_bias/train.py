@@ -12,7 +12,7 @@ one global mesh: each holds the full replicated data, all of them save the
 checkpoints into the shared workdir, and process 0 alone writes the other files
 and logs progress.
 
-SIGTERM (preemption) stops the run at the next call boundary, after saving that
+SIGTERM (preemption) or Ctrl-C stops the run at the next call boundary, after saving that
 step: the process exits with status 75 (`preemption.PREEMPTED_EXIT_STATUS`) and
 the same command resumes, to the same parameters as an uninterrupted run.
 
@@ -59,12 +59,24 @@ def train_and_evaluate(config, workdir):
     """
     # Every check, the pool size included, before the first write into the workdir.
     run_lib.check_config(config)
+    _check_workdir(workdir)
     with contextlib.ExitStack() as stack:
         if jax.process_index() == 0:
             os.makedirs(workdir, exist_ok=True)
             what = f"a training in {workdir}"
             stack.enter_context(files.exclusive(os.path.join(workdir, LOCK), what))
         return _train(config, workdir)
+
+
+def _check_workdir(workdir):
+    """Raises ConfigError when `workdir` is a file or cannot be written (one line, not OSError)."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise run_lib.ConfigError(f"--workdir={workdir} is a file, not a folder")
+    existing = workdir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(os.path.abspath(existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise run_lib.ConfigError(f"--workdir={workdir}: {existing} cannot be written to")
 
 
 def _train(config, workdir):
@@ -203,8 +215,9 @@ class _Loop:
         self.ckpts.wait_until_finished()
         if jax.process_index() == 0:
             logging.warning(
-                "SIGTERM: saved step %d/%d in %s; exiting with status %d. "
+                "%s: saved step %d/%d in %s; exiting with status %d. "
                 "Rerun the same command to resume.",
+                self.notice.signal_name or "SIGTERM",
                 step,
                 self.run.total_steps,
                 os.path.join(self.workdir, "checkpoints"),

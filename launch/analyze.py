@@ -1,13 +1,16 @@
 """Computes the bias statistics, verdict and figures of a trained run.
 
-    python -m launch.analyze --workdir=workdirs/digits \
+    python -m launch.analyze --workdir=workdirs/digits [--output_dir=DIR] \
         [--analysis.num_samples=2048 --analysis.score_times='(50,100)' ...]
 
 Reads the config saved in the workdir; any field of its `analysis` section
 (diffusion_bias/default_config.py) can be overridden as --analysis.<field>=...,
-and is checked before anything is written. Writes workdir/analysis/statistics.json,
-the figures beside it and TensorBoard event files in workdir/analysis/tensorboard.
-Rerun after new snapshots: only new ones are computed.
+and is checked before anything is written. Writes O/analysis/statistics.json,
+the figures beside it and TensorBoard event files in O/tensorboard/analysis,
+where O is --output_dir, by default the workdir (a run one cannot write to, a
+shared one, is analysed with --output_dir). Rerun after new snapshots: only new
+ones are computed. SIGTERM or Ctrl-C stops it with status 75, the snapshots
+analysed so far kept in the cache.
 """
 
 import os
@@ -24,7 +27,13 @@ from diffusion_bias import run as run_lib
 from diffusion_bias import verdict
 from launch import common
 
+# --helpshort lists the shared flags (--cpu_devices, the distributed ones) too.
+flags.adopt_module_key_flags(common)
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of a run trained by launch.train.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Where analysis/ and tensorboard/analysis/ go (default: the workdir)."
+)
 try:
     # Reads the --analysis.<field> overrides from sys.argv already, here.
     _ANALYSIS = config_flags.DEFINE_config_dict(
@@ -37,16 +46,25 @@ except (AttributeError, KeyError) as err:
 flags.mark_flag_as_required("workdir")
 
 
-def checked_config(workdir, overrides):
+def checked_config(workdir, overrides, output_dir=None):
     """The run's config with `overrides` in its analysis section, every field checked.
 
     Raises:
-        ConfigError: the workdir holds no trained run, or a field is invalid.
+        ConfigError: the workdir holds no trained run, a field is invalid, or
+            the output folder cannot be written.
     """
     if not os.path.exists(os.path.join(workdir, "config.json")):
         raise run_lib.ConfigError(
             f"--workdir={workdir} holds no config.json: train it first (launch.train)"
         )
+    out = output_dir or workdir
+    writable = os.path.isdir(out) and os.access(out, os.W_OK | os.X_OK)
+    if output_dir is None and not writable:
+        raise run_lib.ConfigError(
+            f"--workdir={workdir} cannot be written to: pass --output_dir=DIR for the results"
+        )
+    if output_dir is not None and os.path.exists(out) and not writable:
+        raise run_lib.ConfigError(f"--output_dir={out} is not a folder one can write to")
     config = analysis.analysis_config(workdir, overrides)
     run_lib.check_config(config, devices=False)
     # Read only: nothing is created in the workdir, and a running training is safe.
@@ -67,16 +85,26 @@ def main(argv):
     common.refuse_distributed("launch.analyze")
     # Only the fields given on the command line: the others keep the run's values.
     overrides = dict(config_flags.get_override_values(flags.FLAGS["analysis"]))
-    common.exit_on_config_error(checked_config, _WORKDIR.value, overrides)
-    stats = common.exit_on_config_error(analysis.analyze, _WORKDIR.value, overrides)
+    workdir, output_dir = _WORKDIR.value, _OUTPUT_DIR.value
+    common.exit_on_config_error(checked_config, workdir, overrides, output_dir)
+    out = output_dir or workdir
+    stats = common.interruptible(
+        common.exit_on_config_error,
+        analysis.analyze,
+        workdir,
+        overrides,
+        output_dir,
+        resume=f"The snapshots analysed so far are cached in {out}/analysis/cache; "
+        "rerun the same command to go on.",
+    )
     # Imported here: matplotlib takes a second, which a bad config need not wait for.
     from diffusion_bias import figures
 
-    paths = figures.draw_all(stats, f"{_WORKDIR.value}/analysis")
+    paths = figures.draw_all(stats, os.path.join(out, "analysis"))
     print(verdict.sentence(stats["verdict"]))
     for path in paths:
         print(path)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=common.parse_flags)
+    common.run(main)

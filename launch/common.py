@@ -4,6 +4,7 @@ import ast
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 
 from absl import app
@@ -12,6 +13,7 @@ from absl import logging
 import jax
 
 from diffusion_bias import files
+from diffusion_bias import preemption
 from diffusion_bias import run as run_lib
 
 # A multi-process run starts the same command once per process. These flags, or
@@ -97,7 +99,27 @@ def unknown_field_exit(err, argv):
         if re.match(r"--?(config|analysis)\.", arg) and missing in arg.split("=")[0]
     ]
     flag = given[0] if given else f"--config.{missing}"
-    _config_error_exit(f"{flag} names no field of the config. {' '.join(lines[1:])}".strip())
+    hint = " ".join(lines[1:]) or _same_name_elsewhere(flag)
+    _config_error_exit(f"{flag} names no field of the config. {hint}".strip())
+
+
+def _same_name_elsewhere(flag):
+    """'Did you mean ...?' naming the fields of the default config with the flag's last name."""
+    from diffusion_bias import default_config
+
+    prefix, *path = flag.lstrip("-").split(".")
+    config = default_config.get_config()
+    tree = config.analysis.to_dict() if prefix == "analysis" else config.to_dict()
+
+    def dotted(node, at=()):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from dotted(value, at + (key,))
+            else:
+                yield at + (key,)
+
+    found = [f"--{prefix}." + ".".join(p) for p in dotted(tree) if path and p[-1] == path[-1]]
+    return f"Did you mean {' or '.join(found)}?" if found else ""
 
 
 def parse_flags(argv):
@@ -110,6 +132,10 @@ def parse_flags(argv):
     try:
         return flags.FLAGS(argv)
     except flags.Error as err:
+        if "Error whilst parsing config file" in str(err):
+            # The config file's own error, at the end of the traceback absl quotes.
+            flag = str(err).split(": Error whilst")[0].removeprefix("flag ")
+            _config_error_exit(f"{flag}: {_last_line(str(err))}")
         if re.search(r"(config|analysis)\.", str(err)):
             _config_error_exit(str(err))
         # What absl's own parser does with every other flag error.
@@ -118,6 +144,63 @@ def parse_flags(argv):
         sys.exit(1)
     except (AttributeError, KeyError) as err:
         unknown_field_exit(err, argv)
+
+
+def _last_line(text):
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
+def config_value(holder):
+    """The value of a config-file flag; a file that cannot be loaded ends the program in one line.
+
+    ml_collections defers a load failure to the first read of the value, as a
+    traceback that quotes the OS error on its last line.
+    """
+    try:
+        value = holder.value
+        value.to_dict  # noqa: B018  (a config that failed to load raises on any attribute)
+        return value
+    except (OSError, ImportError, SyntaxError) as err:
+        _config_error_exit(f"--{holder.name}: cannot load the config file: {_last_line(str(err))}")
+
+
+def run(main):
+    """`app.run(main)` with one-line errors: a usage error ends with its message and status 2.
+
+    absl's own handling prints the module docstring before the message.
+    """
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except app.UsageError as err:
+            print(f"Usage error: {err} (flags: --helpshort)", file=sys.stderr)
+            sys.exit(2)
+
+    app.run(guarded, flags_parser=parse_flags)
+
+
+def interruptible(fn, *args, resume):
+    """fn(*args), where SIGTERM or Ctrl-C ends the program with one line and status 75.
+
+    For the stages whose work is kept as it goes (the analysis' per-snapshot
+    cache): `resume` says what is kept and how to go on. The training installs
+    its own handlers (`preemption.py`) while it runs, to save the step reached.
+    """
+
+    def interrupt(signum, frame):
+        del frame
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return fn(*args)
+    except KeyboardInterrupt as err:
+        print(f"{err or 'SIGINT'}: stopped. {resume}", file=sys.stderr)
+        sys.exit(preemption.PREEMPTED_EXIT_STATUS)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def exit_on_config_error(fn, *args):

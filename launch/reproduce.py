@@ -40,6 +40,9 @@ from diffusion_bias import train
 from diffusion_bias import verdict
 from launch import common
 
+# --helpshort lists the shared flags (--cpu_devices, the distributed ones) too.
+flags.adopt_module_key_flags(common)
+
 SETTINGS = {"digits": "configs.digits_cpu", "grammar": "configs.grammar_cpu"}
 
 # On a CPU, whether a setting's twins each train on their own CPU device
@@ -194,9 +197,17 @@ def main(argv):
     # Every run's config is checked before the first one starts training.
     for _, _, config, _ in runs(configs, seeds):
         common.exit_on_config_error(run_lib.check_config, config)
-    path = common.exit_on_config_error(run, _WORKDIR.value, configs, seeds)
+    path = common.interruptible(
+        common.exit_on_config_error,
+        run,
+        _WORKDIR.value,
+        configs,
+        seeds,
+        resume=f"Training and analysis done so far are kept in {_WORKDIR.value}; "
+        "rerun the same command to go on.",
+    )
     print(path)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=common.parse_flags)
+    common.run(main)

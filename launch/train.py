@@ -23,6 +23,9 @@ from ml_collections import config_flags
 from diffusion_bias import train
 from launch import common
 
+# --helpshort lists the shared flags (--cpu_devices, the distributed ones) too.
+flags.adopt_module_key_flags(common)
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run's snapshots and logs.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -34,8 +37,9 @@ def main(argv):
     common.setup_logging()
     common.set_cpu_devices()
     common.maybe_initialize_distributed()
-    common.exit_on_config_error(train.train_and_evaluate, _CONFIG.value, _WORKDIR.value)
+    config = common.config_value(_CONFIG)
+    common.exit_on_config_error(train.train_and_evaluate, config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=common.parse_flags)
+    common.run(main)

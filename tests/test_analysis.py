@@ -4,8 +4,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -174,3 +176,62 @@ def test_a_snapshot_with_overwritten_bytes_is_named_and_left_out(tmp_path, caplo
         f"Left out: the snapshot at epoch {verdict.number(stats['damaged_snapshots'][0]['epoch'])}, {reason}"
         in section
     )
+
+
+def test_output_dir_takes_every_result_and_leaves_the_workdir_as_it_was(tmp_path):
+    workdir, out = str(tmp_path / "run"), str(tmp_path / "out")
+    config = smoke.get_config()
+    with config.unlocked():
+        config.training.num_epochs = 2
+        config.snapshots.update(num_snapshots=2, first_epoch=1)
+    train.train_and_evaluate(config, workdir)
+    before = {
+        os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
+        for d, _, names in os.walk(workdir)
+        for f in names
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.analyze", f"--workdir={workdir}", f"--output_dir={out}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert os.path.exists(os.path.join(out, "analysis", "statistics.json"))
+    assert os.listdir(os.path.join(out, "tensorboard", "analysis"))
+    after = {
+        os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
+        for d, _, names in os.walk(workdir)
+        for f in names
+    }
+    assert after == before
+
+
+def test_sigterm_stops_the_analysis_in_one_line_and_the_rerun_reads_what_it_cached(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(smoke.get_config(), workdir)
+    cache = os.path.join(workdir, "analysis", "cache")
+    cmd = [sys.executable, "-m", "launch.analyze", f"--workdir={workdir}"]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    while proc.poll() is None and not (os.path.isdir(cache) and os.listdir(cache)):
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the analysis ended before the signal landed")
+    assert proc.returncode == 75, out
+    assert "Traceback" not in out
+    assert out.strip().splitlines()[-1] == (
+        f"SIGTERM: stopped. The snapshots analysed so far are cached in {workdir}/analysis/cache; "
+        "rerun the same command to go on."
+    )
+    kept = set(os.listdir(cache))
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert kept <= set(os.listdir(cache))
+    assert "read from the cache" in rerun.stderr

@@ -248,3 +248,17 @@ def test_a_second_trainer_on_a_workdir_in_training_refuses_in_one_line(tmp_path)
     ), out
     assert "Traceback" not in out
     assert os.listdir(workdir) == []  # the refused trainer wrote nothing
+
+
+def test_ctrl_c_saves_the_step_reached_and_exits_75_like_sigterm(tmp_path):
+    workdir = str(tmp_path)
+    proc = _start_and_wait_for_a_save(workdir)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == preemption.PREEMPTED_EXIT_STATUS, out
+    assert "Traceback" not in out, out
+    match = re.search(r"SIGINT: saved step (\d+)/160", out)
+    assert match, out
+    ckpts = test_train._reader(workdir)
+    assert ckpts.all_steps()[-1] == int(match[1])
+    ckpts.close()

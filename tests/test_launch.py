@@ -1,4 +1,4 @@
-"""The entry points on bad configs: one "Config error" line, exit 2, workdir untouched.
+"""The entry points on bad configs, paths and arguments: one line, exit 2, workdir untouched.
 
 Each case runs the real command line in a subprocess. The checks come before
 any data, model or checkpoint work, so every case takes only the imports; the
@@ -83,12 +83,34 @@ CASES = {
         "--analysis.num_sample",
         "smoke",
     ),
+    "field_of_another_section": (
+        SMOKE,
+        ["--config.training.learning_rate=3"],
+        "Did you mean --config.optimizer.learning_rate?",
+        None,
+    ),
+    "missing_config_file": (("launch.train", "--config=configs/nope.py"), [], "nope.py", None),
+    "config_file_argument": (
+        ("launch.train", "--config=configs/smoke.py:cifar"),
+        [],
+        "cifar",
+        None,
+    ),
+    "workdir_is_a_file": (SMOKE, [], "is a file", "file"),
+    "extra_argument": (SMOKE, ["extra"], "Unexpected arguments", None),
+    "cpu_devices_0": (SMOKE, ["--cpu_devices=0"], "--cpu_devices", None),
+    "reproduce_settings": (("launch.reproduce", "--settings=foo"), [], "foo", None),
+    "analyze_extra_argument": (ANALYZE, ["extra"], "Unexpected arguments", "smoke"),
 }
 
 
 def _prepare(workdir, kind):
     """A workdir holding the config.json of a run (nothing else is read before the checks)."""
     if kind is None:
+        return
+    if kind == "file":
+        with open(workdir, "w") as f:
+            f.write("not a folder")
         return
     config = smoke.get_config()
     if kind == "one_twin":
@@ -101,6 +123,9 @@ def _contents(workdir):
     """{relative path: bytes} of every file under `workdir`, or None when it is absent."""
     if not os.path.exists(workdir):
         return None
+    if os.path.isfile(workdir):
+        with open(workdir, "rb") as f:
+            return f.read()
     out = {}
     for folder, _, files in os.walk(workdir):
         for name in files:
@@ -146,6 +171,7 @@ def test_bad_config_is_one_line_exit_2_and_leaves_the_workdir(results, case):
         if line.strip() and not re.match(r"[IWEF]\d{4} \d\d:\d\d:\d\d", line)
     ]
     assert len(said) == 1, output
-    assert said[0].startswith("Config error: ") and CASES[case][2] in said[0], output
+    assert said[0].startswith(("Config error: ", "Usage error: ")), output
+    assert CASES[case][2] in said[0], output
     assert "Traceback" not in output
     assert after == before

@@ -114,8 +114,8 @@ def test_command_line_refuses_a_bad_seed_list_before_writing_anything(tmp_path):
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "--seeds takes integers" in proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == "Usage error: --seeds takes integers, got 0,zero (flags: --helpshort)"
     assert not workdir.exists()
 
 
