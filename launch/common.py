@@ -44,7 +44,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "CPU devices JAX makes of this machine's cores (default: JAX's, one). With "
     "--cpu_devices=K --config.training.twin_devices=K --config.training.num_devices=K "
     "each of K twins trains on its own device, in parallel: on a CPU, small "
-    "transformers train faster so (README, Speed).",
+    "transformers train faster so (docs/speed.md).",
 )
 
 

@@ -47,7 +47,7 @@ SETTINGS = {"digits": "configs.digits_cpu", "grammar": "configs.grammar_cpu"}
 
 # On a CPU, whether a setting's twins each train on their own CPU device
 # (`cpu_layout`), as measured on the 2-core machine (benchmarks/train_step.py,
-# README "Speed"): the grammar transformer's twins faster so than on one device
+# docs/speed.md): the grammar transformer's twins faster so than on one device
 # (its training stage 1.55x); the digits MLP's 0.8-1.1x over runs, within the
 # noise, so it keeps one (and its statistics stay bit-identical).
 TWIN_PER_CPU_DEVICE = {"digits": False, "grammar": True}

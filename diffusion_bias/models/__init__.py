@@ -21,7 +21,7 @@ MODELS = {"transformer": TokenTransformer, "unet": UNet, "mlp": MLPDenoiser}
 
 # Every model's `dtype`: the compute dtype of its layers. Parameters, optimizer
 # state and the EMA stay float32; bfloat16 is for accelerators with bfloat16
-# matmul units (on this project's CPU it was no speed-up to count on; README).
+# matmul units (on this project's CPU it was no speed-up to count on; docs/speed.md).
 DTYPES = ("float32", "bfloat16")
 
 # Fields every linen Module has that are not hyper-parameters.
