@@ -215,6 +215,8 @@ def setting_section(name, stats, figure_paths, report_dir):
         )
         lines += [f"Critical time (t/T of the peak of KL(BP_k || model)): {peaks}.", ""]
     lines += _other_statistics_table(v.get("other_statistics", {}))
+    if "minimum" in words:
+        lines += [words["minimum"], ""]
     lines.append("**Verdict:** " + words["conclusion"])
     if "grammatical_fraction" in stats:
         g = stats["grammatical_fraction"]
@@ -247,13 +249,20 @@ def seeds_table(sections):
         by_setting[section.setting].append(section)
     lines = [
         "| setting | seed | bias onset (95% interval) | test-loss minimum (95% interval) "
-        "| gap, epochs (95% interval) | verdict |",
-        "|---|---|---|---|---|---|",
+        "| gap, epochs (95% interval) | first / last snapshot over the minimum "
+        "(paired s.e.) | novel grammatical at the minimum | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     summary = []
     for setting, rows in by_setting.items():
         for section in rows:
             v = section.stats["verdict"]
+            contrast = v.get("test_loss_min_contrast")
+            ends = (
+                f"{verdict.number(contrast['first'])} / {verdict.number(contrast['last'])}"
+                if contrast
+                else "n/a"
+            )
             lines.append(
                 f"| {setting} | {section.seed} | "
                 f"{verdict.with_interval(v.get('bias_onset_epoch'), v.get('bias_onset_interval'))}"
@@ -262,21 +271,36 @@ def seeds_table(sections):
                     v.get("test_loss_min_epoch"), v.get("test_loss_min_interval")
                 )
                 + f" | {verdict.with_interval(v.get('gap_epochs'), v.get('gap_interval'))} | "
+                f"{ends} | {_novel_grammatical_at_minimum(section.stats)} | "
                 f"{verdict.conclusion(v)} |"
             )
         verdicts = [section.stats["verdict"] for section in rows]
         gaps = [v["gap_epochs"] for v in verdicts if v.get("gap_epochs") is not None]
         conclusive = sum(bool(v.get("conclusive")) for v in verdicts)
         line = f"**{setting}**: conclusive in {conclusive} of {len(rows)} seeds; median gap "
-        line += (
-            (f"{verdict.number(float(np.median(gaps)))} epochs")
-            if gaps
-            else "n/a (no seed has an onset)"
-        )
+        if gaps:
+            line += f"{verdict.number(float(np.median(gaps)))} epochs"
+            if len(gaps) > 1:
+                line += f" (range {verdict.number(min(gaps))} to {verdict.number(max(gaps))})"
+        else:
+            line += "n/a (no seed has an onset)"
         if gaps and len(gaps) < len(rows):
             line += f" (over the {len(gaps)} seeds with an onset)"
         summary.append(line + ".")
-    return lines + [""] + [line for s in summary for line in (s, "")]
+    note = (
+        "With 2 twins a run's intervals resample items and samples, not trainings: how far "
+        "another training would move the extrema shows in the spread over seeds."
+    )
+    return lines + [""] + [line for s in summary for line in (s, "")] + [note, ""]
+
+
+def _novel_grammatical_at_minimum(stats):
+    """The share of samples grammatical and not a copy of a training sequence at the minimum."""
+    index = stats["verdict"].get("test_loss_min_index")
+    if "grammatical_fraction" not in stats or index is None:
+        return "n/a"
+    novel = stats["grammatical_fraction"][index] - stats["nearest"]["copy_fraction"][index]
+    return verdict.number(novel, 2)
 
 
 def write_report(report_dir, sections, timings=None):

@@ -99,7 +99,10 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      onset, 0 = off as in the paper), ungated (tokens, when the
                      gate is on: the verdict without it), other_statistics: {name: the same
                      fields for the other onset statistics (tokens: similarity peak,
-                     sample-split KL minimum)}}
+                     sample-split KL minimum)}, test_loss_min_contrast {first, last}:
+                     how many paired standard errors (per-item differences on the
+                     fixed grid) the first and last snapshots' held-out loss stands
+                     above the minimum's}
   protocol           {num_steps: T, chain_steps: steps of the sampling chain (T = the
                      full chain), num_samples, twins; tokens: uturn_items,
                      uturn_repeats, uturn_ratios, min_grammatical; images: clip_x0,
@@ -488,6 +491,9 @@ def summarize(config, steps, per_step):
         length = 2**config.data.depth
         stats.update(token_curves(per_step, length))
         bias, bias_boot, decision = token_verdict(a, epochs, per_step, length, loss, loss_boot, rng)
+    decision["test_loss_min_contrast"] = verdict.minimum_contrast(
+        test_losses.mean(axis=1), decision["test_loss_min_index"]
+    )
     stats["verdict"] = decision
     stats["protocol"] = protocol(config)
     stats["privacy"], scores = privacy_audit(a, per_step)

@@ -210,6 +210,32 @@ def decide(epochs, bias, bias_boot, loss, loss_boot, mode, valid=None, bias_name
 # The verdict in words: the console, the figures and the report all say it so.
 
 
+def minimum_contrast(item_losses, index):
+    """How far the loss curve's ends stand above snapshot `index`, in paired standard errors.
+
+    The held-out loss is measured on one fixed (item, t, noise) grid at every
+    snapshot, so two snapshots' losses are paired by item: the standard error
+    of their difference is that of the per-item differences, far below the
+    unpaired one.
+
+    Args:
+        item_losses: [C, m] per snapshot, each held-out item's loss (mean over twins).
+        index: the snapshot compared with the others (the test-loss minimum).
+
+    Returns:
+        {"first": z, "last": z}: mean(L_end - L_index) / (sd / sqrt(m)); 0 where
+        the end is `index` itself.
+    """
+
+    def z(end):
+        if end == index:
+            return 0.0
+        diff = item_losses[end] - item_losses[index]
+        return float(diff.mean() / (diff.std(ddof=1) / np.sqrt(len(diff))))
+
+    return {"first": z(0), "last": z(len(item_losses) - 1)}
+
+
 def number(x, digits=3):
     """A value as text: "n/a" for None; epochs and other large values in full (10000, not 1e+04)."""
     if x is None:
@@ -264,6 +290,13 @@ def in_words(v):
             f"{with_interval(ungated.get('bias_onset_epoch'), ungated.get('bias_onset_interval'))}"
             f", gap {with_interval(ungated.get('gap_epochs'), ungated.get('gap_interval'))}, "
             f"{conclusion(ungated)}."
+        )
+    contrast = v.get("test_loss_min_contrast")
+    if contrast is not None:
+        words["minimum"] = (
+            "The held-out loss at the first and at the last snapshot stands "
+            f"{number(contrast['first'])} and {number(contrast['last'])} paired standard errors "
+            "above its minimum."
         )
     if v.get("conclusive"):
         words["conclusion"] = "Conclusive: bias sets in before the test-loss minimum."

@@ -22,7 +22,15 @@ def _stats(onset, test_min, conclusive, others=None):
             test_loss_min_interval=[test_min - 20, test_min + 20],
             gap_interval=[test_min - onset - 30, test_min - onset + 30],
         )
+    if onset is not None:
+        verdict.update(test_loss_min_index=1, test_loss_min_contrast=dict(first=12.5, last=3.25))
     return dict(checkpoints=[10.0, 100.0, 1000.0], verdict=verdict)
+
+
+def _tokens(stats):
+    return dict(
+        stats, grammatical_fraction=[0.1, 0.6, 0.9], nearest=dict(copy_fraction=[0, 0.1, 0.5])
+    )
 
 
 def _sections():
@@ -34,7 +42,9 @@ def _sections():
         report.Section(
             "grammar", "0", _stats(None, None, False, {kl: dict(conclusive=True)}), [], "g0"
         ),
-        report.Section("grammar", "1", _stats(2200.0, 7750.0, True), [], "grammar, seed 1"),
+        report.Section(
+            "grammar", "1", _tokens(_stats(2200.0, 7750.0, True)), [], "grammar, seed 1"
+        ),
     ]
 
 
@@ -43,16 +53,23 @@ def test_seeds_table_has_a_row_per_setting_and_seed_with_intervals_and_verdicts(
     rows = [line for line in lines if line.startswith("| digits") or line.startswith("| grammar")]
     assert len(rows) == 5
     assert (
-        rows[0] == "| digits | 0 | 270 [260, 280] | 630 [610, 650] | 360 [330, 390] | conclusive |"
+        rows[0] == "| digits | 0 | 270 [260, 280] | 630 [610, 650] | 360 [330, 390] | 12.5 / 3.25 "
+        "| n/a | conclusive |"
     )
-    assert rows[2].endswith("| 600 [570, 630] | inconclusive |")
+    assert rows[2].endswith("| 600 [570, 630] | 12.5 / 3.25 | n/a | inconclusive |")
     # No onset: n/a, and the other statistic that is conclusive is named.
-    assert rows[3].startswith("| grammar | 0 | n/a | n/a | n/a | inconclusive (conclusive by ")
+    assert rows[3].startswith(
+        "| grammar | 0 | n/a | n/a | n/a | n/a | n/a | inconclusive (conclusive by "
+    )
+    # Tokens: the share grammatical and not a copy at the minimum (0.6 - 0.1).
+    assert rows[4].endswith("| 0.5 | conclusive |")
 
 
 def test_seeds_table_says_in_how_many_seeds_each_setting_is_conclusive_and_the_median_gap():
     text = "\n".join(report.seeds_table(_sections()))
-    assert "**digits**: conclusive in 2 of 3 seeds; median gap 360 epochs." in text
+    assert (
+        "**digits**: conclusive in 2 of 3 seeds; median gap 360 epochs (range 200 to 600)." in text
+    )
     # The median is over the seeds that have a gap, and says so.
     assert (
         "**grammar**: conclusive in 1 of 2 seeds; median gap 5550 epochs "

@@ -253,3 +253,18 @@ def test_conclusion_names_the_other_statistics_that_are_conclusive():
     assert verdict.conclusion(_decided(False, **others)) == "inconclusive (conclusive by KL)"
     assert verdict.number(None) == "n/a" and verdict.number(12000.0) == "12000"
     assert verdict.number(0.123456) == "0.123" and verdict.interval(None) == "n/a"
+
+
+def test_minimum_contrast_is_the_paired_z_of_the_ends_over_the_minimum():
+    rng = np.random.default_rng(0)
+    base = rng.normal(1.0, 0.3, 500)  # per-item difficulty, shared by every snapshot
+    item_losses = np.stack([base + 0.05, base + rng.normal(0, 0.01, 500), base + 0.02])
+    contrast = verdict.minimum_contrast(item_losses, 1)
+    for end, key in ((0, "first"), (2, "last")):
+        diff = item_losses[end] - item_losses[1]
+        expected = diff.mean() / (diff.std(ddof=1) / np.sqrt(500))
+        np.testing.assert_allclose(contrast[key], expected, rtol=1e-12)
+    # Paired, the shared difficulty cancels: far more standard errors than unpaired.
+    unpaired = 0.03 / np.sqrt(2 * 0.3**2 / 500)
+    assert contrast["last"] > 10 * unpaired
+    assert verdict.minimum_contrast(item_losses, 0)["first"] == 0.0
