@@ -47,7 +47,6 @@ from ml_collections import config_flags
 
 from diffusion_bias import instrument as instrument_lib
 from diffusion_bias import run as run_lib
-from diffusion_bias import train
 from diffusion_bias import twin_steps
 from benchmarks import timing
 
@@ -146,7 +145,7 @@ def main(argv):
     print(f"devices: {out['devices']}; compute dtype {dtype}", flush=True)
 
     mesh = twin_steps.make_mesh(config)
-    state, data = train.initial_state_and_data(config, run, mesh)
+    state, data = twin_steps.initial_state_and_data(config, run, mesh)
     num_twins, batch = config.splits.num_splits, config.training.batch_size
     out["flops_per_step"] = step_flops(config, run, mesh, state, data)
     out["forward_flops_per_sequence"] = forward_flops(run, state.params)

@@ -42,7 +42,6 @@ from configs import digits_cpu, grammar_cpu, grammar_paper
 from diffusion_bias import models
 from diffusion_bias.models import dropout as dropout_lib
 from diffusion_bias import run as run_lib
-from diffusion_bias import train
 from diffusion_bias import twin_steps
 from benchmarks import timing
 
@@ -81,7 +80,7 @@ class _Engine:
             total_steps=None,
             snapshot_steps=None,
         )
-        self.state, self.data = train.initial_state_and_data(config, run, mesh)
+        self.state, self.data = twin_steps.initial_state_and_data(config, run, mesh)
         if chunk is None:
             chunk = twin_steps.make_train_chunk(
                 config, model, run_lib.get_schedule(config), kind, mesh

@@ -30,6 +30,7 @@ from diffusion_bias import default_config
 from diffusion_bias import files
 from diffusion_bias import instrument
 from diffusion_bias import metric_writers
+from diffusion_bias import refine as refine_lib
 from diffusion_bias import run as run_lib
 from diffusion_bias import summary
 
@@ -85,7 +86,7 @@ def snapshot_identity(ckpts, step, training):
     return recorded or f"{training}:{step}"
 
 
-def analyze(workdir, overrides=None, output_dir=None):
+def analyze(workdir, overrides=None, output_dir=None, refine=False):
     """Computes the statistics of every snapshot of `workdir`, with a verdict.
 
     Args:
@@ -93,6 +94,10 @@ def analyze(workdir, overrides=None, output_dir=None):
         overrides: dict of analysis fields that replace the run's.
         output_dir: where analysis/ and tensorboard/analysis/ are written
             (default: `workdir`); another folder analyses a run one cannot write to.
+        refine: also replay the training around the bias onset and the test-loss
+            minimum with denser snapshots (`refine.py`, into output_dir/analysis/
+            refine/) and locate both on the denser grid: statistics.json's
+            `refined` entry.
 
     Returns:
         The statistics dict, also written to output_dir/analysis/statistics.json.
@@ -133,11 +138,51 @@ def analyze(workdir, overrides=None, output_dir=None):
             kl_curves.append(walk.at(i, steps[i], "kl_along_t", "kl_along_t"))
         stats["uturn"] = summary.uturn(config.analysis, indices, epochs, uturns)
         stats["kl_bp_along_t"] = summary.kl_along_t(kl_curves, indices, epochs)
+    if refine:
+        stats["refined"] = _refined(config, workdir, walk, per_step, stats, out_dir)
     ckpts.close()
     with files.atomic_write(os.path.join(out_dir, "statistics.json")) as f:
         json.dump(stats, f, indent=1)
     metric_writers.write_analysis(stats, output_dir)
     return stats
+
+
+# The entries of a summary over the refined grid that statistics.json keeps.
+REFINED_ENTRIES = ("checkpoints", "steps", "test_loss", "test_loss_sem", "verdict")
+
+
+def _refined(config, workdir, walk, per_step, stats, out_dir):
+    """The `refined` entry: the grid plus replayed snapshots around the two extrema.
+
+    Each extremum's neighbourhood (the grid intervals on either side) is
+    replayed from the snapshot before it, with `refine.refine_steps` new
+    snapshots, which are analysed as any other (their cache keyed by their
+    own checksums); the summary is then taken over the union of both grids.
+    """
+    v, steps = stats["verdict"], list(per_step)
+    per_call = config.training.steps_per_call
+    replays = []
+    for index in sorted({v["bias_onset_index"], v["test_loss_min_index"]} - {None}):
+        start, new = refine_lib.refine_steps(steps, index, per_call)
+        new = [s for s in new if s not in per_step]
+        if not new:
+            continue
+        folder = os.path.join(out_dir, "refine", f"from_{start}")
+        ckpts = refine_lib.replay(config, workdir, start, new, folder)
+        try:
+            for step in new:
+                per_step[step] = walk.at(len(per_step), step, "step", "compute", ckpts)
+        finally:
+            ckpts.close()
+        replays.append(dict(start=start, steps=new))
+    if not replays:
+        return None
+    union = sorted(per_step)
+    refined = summary.summarize(config, union, [per_step[s] for s in union])
+    out = {k: refined[k] for k in REFINED_ENTRIES}
+    out["bias"] = summary.bias_curve(refined)
+    out["replays"] = replays
+    return out
 
 
 class _Walk:
@@ -154,22 +199,25 @@ class _Walk:
         self.start = time.time()
         self.num_steps = len(ckpts.snapshot_steps())
 
-    def at(self, index, step, prefix, method):
+    def at(self, index, step, prefix, method, ckpts=None):
         """`Instrument.<method>(snapshot)` of snapshot `index` (at `step`), cached.
+
+        `ckpts` holds the snapshot (default: the run's checkpoints).
 
         Raises:
             checkpoints.DamagedCheckpoint: the snapshot is needed and damaged.
         """
+        ckpts = ckpts or self.ckpts
 
         computed = []
 
         def compute():
             computed.append(True)
-            snapshot = self.ckpts.read_snapshot(step, evaluated_only=True)
+            snapshot = ckpts.read_snapshot(step, evaluated_only=True)
             self.instrument = self.instrument or instrument.Instrument(self.config, self.workdir)
             return getattr(self.instrument, method)(snapshot)
 
-        identity = snapshot_identity(self.ckpts, step, self.training)
+        identity = snapshot_identity(ckpts, step, self.training)
         path = os.path.join(
             self.cache_dir, f"{prefix}_{step}_{_cache_tag(self.config, identity)}.npz"
         )

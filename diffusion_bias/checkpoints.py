@@ -328,6 +328,20 @@ class TwinCheckpoints:
         self._verify(step, state, [f for f in FIELDS if f in tree])
         return state
 
+    def restore(self, step, abstract_state):
+        """Checkpoint `step` restored into `abstract_state` (shardings included), checked.
+
+        Raises:
+            DamagedCheckpoint: unreadable, or its arrays differ from their checksums.
+        """
+        try:
+            tree = self._restore(step, _to_tree(abstract_state))
+        except Exception as err:  # Orbax raises many types for damaged files.
+            raise DamagedCheckpoint.unreadable(self._path(step), err) from err
+        state = _from_tree(tree)
+        self._verify(step, state, FIELDS)
+        return state
+
     def _restore(self, step, target, partial=False):
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
         return self._manager.restore(
@@ -363,12 +377,7 @@ class TwinCheckpoints:
         damaged, found = [], (0, None)
         for step in reversed(self.all_steps()):
             try:
-                try:
-                    tree = self._restore(step, _to_tree(abstract_state))
-                except Exception as err:  # Orbax raises many types for damaged files.
-                    raise DamagedCheckpoint.unreadable(self._path(step), err) from err
-                state = _from_tree(tree)
-                self._verify(step, state, FIELDS)
+                state = self.restore(step, abstract_state)
             except DamagedCheckpoint as err:
                 logging.warning(
                     "%s; setting it aside in %s and trying an older one.",

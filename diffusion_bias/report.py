@@ -217,6 +217,14 @@ def setting_section(name, stats, figure_paths, report_dir):
     lines += _other_statistics_table(v.get("other_statistics", {}))
     if "minimum" in words:
         lines += [words["minimum"], ""]
+    refined = stats.get("refined")
+    if refined:
+        added = len(refined["steps"]) - len(stats["steps"])
+        lines += [
+            f"Refined ({added} snapshots replayed around the extrema, "
+            f"{len(refined['steps'])} in all): {verdict.sentence(refined['verdict'])}",
+            "",
+        ]
     lines.append("**Verdict:** " + words["conclusion"])
     if "grammatical_fraction" in stats:
         g = stats["grammatical_fraction"]

@@ -58,6 +58,10 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      canaries only, or "fixed-size split": every own and partner
                      item); roc {indices, epochs, score: [E], fpr, tpr: [E][P]} at
                      the onset, the test-loss minimum, the last
+  refined            with `analyze --refine` only (null when nothing was replayed):
+                     checkpoints, steps, test_loss, test_loss_sem, verdict, bias (the
+                     bias statistic) over the grid plus the snapshots replayed around
+                     the onset and the minimum; replays [{start, steps}]
   damaged_snapshots  [{step, epoch, reason}] snapshots left out: unreadable, or their
                      parameters differ from the checksum saved with them
   with K >= 3 twins only (the bootstrap then resamples twins, or twin pairs, and
@@ -507,6 +511,13 @@ def summarize(config, steps, per_step):
     stats["stopping_rules"] = stopping_rules(config, stats, loss, bias, bias_boot)
     stats["at_onset_and_test_min"] = at_onset_and_test_min(stats)
     return stats
+
+
+def bias_curve(stats):
+    """[C] the verdict's bias statistic: tokens, the NN divergence; images, the similarity."""
+    if stats["setting"] == "tokens":
+        return stats["nn_divergence"]
+    return stats["sample_split"]["mean"]
 
 
 def kl_along_t(curves, indices, epochs):

@@ -29,9 +29,7 @@ import time
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from diffusion_bias import checkpoints
@@ -82,7 +80,7 @@ def _check_workdir(workdir):
 def _train(config, workdir):
     run = _begin(config, workdir)
     mesh = twin_steps.make_mesh(config)
-    state, data = initial_state_and_data(config, run, mesh)
+    state, data = twin_steps.initial_state_and_data(config, run, mesh)
     per_call = config.training.steps_per_call
     latest_every = -(-config.snapshots.latest_every_steps // per_call) * per_call
     # Saves at the planned steps (the last is `total`) and every `latest_every`.
@@ -128,22 +126,6 @@ def _begin(config, workdir):
             heldout=run.twin_data.splits.heldout,
         )
     return run
-
-
-def initial_state_and_data(config, run, mesh):
-    """The TwinState at step 0 and the twins' data [K, n, ...], placed on `mesh`."""
-    example = run.train[0, :1]
-    if run.kind == "tokens":
-        example = jax.nn.one_hot(example, run.model.num_symbols)
-    # With one twin device the twin axis stays unsharded: the step returns P()
-    # shardings, and inputs sharded P("twins") would make its second call retrace.
-    twin_axis = config.training.twin_devices > 1
-    tx = twin_steps.get_optimizer(config)
-    state = twin_steps.init_state(config, run.model, example, tx)
-    state = twin_steps.place(state, mesh, twin_axis=twin_axis)
-    state = state.replace(step=jax.device_put(state.step, NamedSharding(mesh, P())))
-    data = twin_steps.place(jnp.asarray(run.train), mesh, twin_axis=twin_axis)
-    return state, data
 
 
 def _resume_monitor(config, run, workdir, state, start, ckpts, board):

@@ -223,3 +223,19 @@ def place(tree, mesh, twin_axis):
         return jax.device_put(x, NamedSharding(mesh, spec))
 
     return jax.tree.map(put, tree)
+
+
+def initial_state_and_data(config, run, mesh):
+    """The TwinState at step 0 and the twins' data [K, n, ...], placed on `mesh`."""
+    example = run.train[0, :1]
+    if run.kind == "tokens":
+        example = jax.nn.one_hot(example, run.model.num_symbols)
+    # With one twin device the twin axis stays unsharded: the step returns P()
+    # shardings, and inputs sharded P("twins") would make its second call retrace.
+    twin_axis = config.training.twin_devices > 1
+    tx = get_optimizer(config)
+    state = init_state(config, run.model, example, tx)
+    state = place(state, mesh, twin_axis=twin_axis)
+    state = state.replace(step=jax.device_put(state.step, NamedSharding(mesh, P())))
+    data = place(jnp.asarray(run.train), mesh, twin_axis=twin_axis)
+    return state, data

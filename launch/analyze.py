@@ -1,6 +1,6 @@
 """Computes the bias statistics, verdict and figures of a trained run.
 
-    python -m launch.analyze --workdir=workdirs/digits [--output_dir=DIR] \
+    python -m launch.analyze --workdir=workdirs/digits [--output_dir=DIR] [--refine] \
         [--analysis.num_samples=2048 --analysis.score_times='(50,100)' ...]
 
 Reads the config saved in the workdir; any field of its `analysis` section
@@ -10,7 +10,10 @@ the figures beside it and TensorBoard event files in O/tensorboard/analysis,
 where O is --output_dir, by default the workdir (a run one cannot write to, a
 shared one, is analysed with --output_dir). Rerun after new snapshots: only new
 ones are computed. SIGTERM or Ctrl-C stops it with status 75, the snapshots
-analysed so far kept in the cache.
+analysed so far kept in the cache. --refine replays the training around the bias
+onset and the test-loss minimum (diffusion_bias/refine.py) and reports both on
+the denser grid as well; give it the run's CPU devices (--cpu_devices=K) to
+replay bit-identically a run trained with a device per twin.
 """
 
 import os
@@ -31,6 +34,12 @@ from launch import common
 flags.adopt_module_key_flags(common)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of a run trained by launch.train.")
+_REFINE = flags.DEFINE_bool(
+    "refine",
+    False,
+    "Also replay the training around the bias onset and the test-loss minimum with "
+    "denser snapshots, and locate both on the denser grid (statistics.json: refined).",
+)
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where analysis/ and tensorboard/analysis/ go (default: the workdir)."
 )
@@ -82,6 +91,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     common.setup_logging()
+    # --refine replays the training: on the run's device layout if given the devices.
+    common.set_cpu_devices()
     common.refuse_distributed("launch.analyze")
     # Only the fields given on the command line: the others keep the run's values.
     overrides = dict(config_flags.get_override_values(flags.FLAGS["analysis"]))
@@ -94,6 +105,7 @@ def main(argv):
         workdir,
         overrides,
         output_dir,
+        _REFINE.value,
         resume=f"The snapshots analysed so far are cached in {out}/analysis/cache; "
         "rerun the same command to go on.",
     )

@@ -102,7 +102,10 @@ def test_run_trains_and_analyses_each_run_in_its_workdir_and_reports_all(
         ]
         assert "| digits | 0 | 100 " in text and "| digits | 1 | 110 " in text
         assert "## digits, seed 0" in text and "## digits, seed 1" in text
-        assert "**digits**: conclusive in 1 of 2 seeds; median gap 395 epochs." in text
+        assert (
+            "**digits**: conclusive in 1 of 2 seeds; median gap 395 epochs (range 390 to 400)."
+            in text
+        )
 
 
 def test_command_line_refuses_a_bad_seed_list_before_writing_anything(tmp_path):
@@ -115,7 +118,10 @@ def test_command_line_refuses_a_bad_seed_list_before_writing_anything(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert proc.stderr.strip() == "Usage error: --seeds takes integers, got 0,zero (flags: --helpshort)"
+    assert (
+        proc.stderr.strip()
+        == "Usage error: --seeds takes integers, got 0,zero (flags: --helpshort)"
+    )
     assert not workdir.exists()
 
 
