@@ -3,10 +3,15 @@
 tensorboardX writes the event-file format TensorBoard reads, from numpy and
 protobuf alone (CLU's default writer needs TensorFlow). A run's workdir holds
 
-    tensorboard/train/     per twin train loss, learning rate, steps/s (x: step),
-                           and the config as hyper-parameters and text
-    tensorboard/analysis/  the per-snapshot statistics (x: epoch), rewritten by
-                           every analysis, so bias and test loss share one axis
+    tensorboard/train/     per twin train loss, learning rate, steps/s and the
+                           monitor's statistics, and the config as
+                           hyper-parameters and text
+    tensorboard/analysis/  the per-snapshot statistics, rewritten by every
+                           analysis, and the verdict and privacy numbers as
+                           the hyper-parameters' metrics
+
+The x axis of every scalar is the epoch (the training's: the epochs completed at
+the log point), so training, monitor and analysis curves line up.
 
 so that `tensorboard --logdir W` shows both. The JSON files (metrics.jsonl,
 analysis/statistics.json) stay the record; these are views of them.
@@ -55,17 +60,24 @@ class Writer:
         for tag, value in scalars.items():
             self._writer.add_scalar(tag, float(value), int(step))
 
-    def hparams(self, config):
+    def hparams(self, config, metrics=None):
         """Writes `config` (nested dict) as hyper-parameters and as JSON text.
 
-        The HParams summaries go into this folder's own event file (tensorboardX's
-        `add_hparams` would open a new folder per call).
+        `metrics` ({tag: float}) are written as scalars too, at step 0, which is
+        where TensorBoard's HParams view reads a metric. The HParams summaries go
+        into this folder's own event file (tensorboardX's `add_hparams` would
+        open a new folder per call).
         """
-        for summary in tbx_summary.hparams(flat_hparams(config), {}):
+        metrics = metrics or {}
+        for summary in tbx_summary.hparams(flat_hparams(config), metrics):
             self._writer.file_writer.add_summary(summary)
+        self.scalars(0, metrics)
         text = json.dumps(config, indent=2, sort_keys=True)
         # Four leading spaces: TensorBoard's text plugin renders markdown.
         self._writer.add_text("config", "\n".join("    " + s for s in text.splitlines()))
+
+    def flush(self):
+        self._writer.flush()
 
     def close(self):
         self._writer.close()
@@ -122,6 +134,25 @@ def write_analysis(stats, workdir):
     try:
         for epoch, scalars in analysis_scalars(stats):
             writer.scalars(epoch, scalars)
+        writer.hparams(stats.get("protocol") or {}, verdict_metrics(stats))
     finally:
         writer.close()
     return logdir
+
+
+def verdict_metrics(stats):
+    """{tag: float} of the verdict and the privacy audit at the test-loss minimum.
+
+    The HParams view compares runs by these; undefined ones are left out.
+    """
+    v = stats.get("verdict") or {}
+    out = {
+        "verdict/conclusive": float(bool(v.get("conclusive"))),
+        "verdict/bias_onset_epoch": v.get("bias_onset_epoch"),
+        "verdict/test_loss_min_epoch": v.get("test_loss_min_epoch"),
+        "verdict/gap_epochs": v.get("gap_epochs"),
+    }
+    index, p = v.get("test_loss_min_index"), stats.get("privacy")
+    if index is not None and p:
+        out["verdict/epsilon_at_test_loss_min"] = p["epsilon"][index]
+    return {k: float(x) for k, x in out.items() if x is not None}

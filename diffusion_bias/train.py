@@ -179,6 +179,9 @@ class _Loop:
             # Asked of every process at every call: with several, it is a collective.
             preempted = self.notice.received() and step < total
             self.ckpts.save(step, state, force=preempted)
+            if step in plan and self.progress is not None:
+                # A kill loses no logged point before the snapshot it can resume from.
+                self.progress.board.flush()
             if self.monitor is not None and step in plan and self._monitor_stops(state, step):
                 break
             log = step % self.log_every < self.per_call or step == total
@@ -299,7 +302,8 @@ class _Progress:
         )
         with open(self._metrics, "a") as f:
             f.write(json.dumps(record) + "\n")
-        self.board.scalars(step, metric_writers.training_scalars(mean, lr, rate))
+        # Epochs on the x axis, as the monitor's and the analysis' curves.
+        self.board.scalars(step // self._spe, metric_writers.training_scalars(mean, lr, rate))
         logging.info(
             "step %d/%d (epoch %d) train_loss %s  %.1f steps/s  ETA %s",
             step,
@@ -323,7 +327,10 @@ def _monitor_stops(monitor, state, step, spe, ckpts, workdir, board=None):
     monitor_run.record(monitor, workdir)
     scalars = {k: v for k, v in row.items() if isinstance(v, float) and k not in ("epoch",)}
     if board is not None:
-        board.scalars(step, {f"monitor/{k}": v for k, v in scalars.items() if k != "kept_epoch"})
+        monitored = {f"monitor/{k}": v for k, v in scalars.items() if k != "kept_epoch"}
+        board.scalars(int(round(step / spe)), monitored)
+        # A kill loses no snapshot's row: the event file is complete up to here.
+        board.flush()
     logging.info(
         "monitor at epoch %g: %s  (%.1f s)",
         row["epoch"],

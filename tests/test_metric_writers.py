@@ -13,6 +13,7 @@ from tensorboardX.proto import event_pb2
 from configs import smoke
 from diffusion_bias import analysis
 from diffusion_bias import metric_writers
+from diffusion_bias import run as run_lib
 from diffusion_bias import train
 
 
@@ -58,11 +59,13 @@ def test_training_events_equal_metrics_jsonl(workdir):
         "train_loss/twin_1",
     }
     assert all(r["learning_rate"] == smoke.get_config().optimizer.learning_rate for r in rows)
-    for tag, by_step in events.items():
-        assert sorted(by_step) == [r["step"] for r in rows]
+    # By epoch, as the monitor's and the analysis' curves.
+    spe = run_lib.steps_per_epoch(smoke.get_config())
+    for tag, by_epoch in events.items():
+        assert sorted(by_epoch) == [r["step"] // spe for r in rows]
         for r in rows:
             want = r["train_loss"][int(tag[-1])] if tag.startswith("train_loss") else r[tag]
-            np.testing.assert_allclose(by_step[r["step"]], want, rtol=1e-6)
+            np.testing.assert_allclose(by_epoch[r["step"] // spe], want, rtol=1e-6)
     # The config is recorded as hyper-parameters and as text.
     assert {"hparams", "text"} <= plugins
 
@@ -88,7 +91,11 @@ def test_analysis_events_equal_statistics_json_and_a_rerun_rewrites_them(workdir
         for j, fpr in enumerate(stats["privacy"]["fprs"]):
             tpr = [row[j] for row in stats["privacy"]["tpr"][name]]
             curves[f"privacy/tpr_at_fpr_{fpr:g}/{name}"] = tpr
-    assert set(events) == set(curves)
+    metrics = metric_writers.verdict_metrics(stats)
+    assert {"verdict/conclusive", "verdict/test_loss_min_epoch"} <= set(metrics)
+    assert set(events) == set(curves) | set(metrics)
+    for tag, value in metrics.items():
+        assert events[tag] == {0: pytest.approx(value)}
     for tag, values in curves.items():
         assert sorted(events[tag]) == epochs  # one value per snapshot, not one per run
         np.testing.assert_allclose([events[tag][e] for e in epochs], values, rtol=1e-6)

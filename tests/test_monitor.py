@@ -197,14 +197,13 @@ def test_training_writes_one_monitor_row_per_snapshot(monitored):
     assert [r["epoch"] for r in rows] == [s / spe for s in steps]
     assert all(r["decision"] == "continue" for r in rows)
     assert {"test_loss", "membership_auc", "similarity", "memorized_fraction"} <= set(rows[0])
-    # The same rows in TensorBoard, beside the training loss, at the snapshots' steps.
+    # The same rows in TensorBoard, beside the training loss, at the snapshots' epochs.
     scalars, _ = _event_scalars(os.path.join(workdir, "tensorboard", "train"))
     for name in ("test_loss", "similarity", "membership_auc"):
         by_step = scalars[f"monitor/{name}"]
-        assert sorted(by_step) == [int(s) for s in steps]
-        np.testing.assert_allclose(
-            [by_step[int(s)] for s in steps], [r[name] for r in rows], rtol=1e-6
-        )
+        epochs = [int(round(s / spe)) for s in steps]
+        assert sorted(by_step) == epochs
+        np.testing.assert_allclose([by_step[e] for e in epochs], [r[name] for r in rows], rtol=1e-6)
 
 
 def test_a_rule_that_fires_ends_training_and_saves_the_kept_parameters(monitored, tmp_path):
