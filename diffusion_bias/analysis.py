@@ -100,7 +100,8 @@ def analyze(workdir, overrides=None, output_dir=None, refine=False):
             `refined` entry.
 
     Returns:
-        The statistics dict, also written to output_dir/analysis/statistics.json.
+        The statistics dict, also written to output_dir/analysis/statistics.json
+        (undefined numbers as None: null in the file).
     """
     config = analysis_config(workdir, overrides)
     output_dir = output_dir or workdir
@@ -141,8 +142,10 @@ def analyze(workdir, overrides=None, output_dir=None, refine=False):
     if refine:
         stats["refined"] = _refined(config, workdir, walk, per_step, stats, out_dir)
     ckpts.close()
+    # Strict JSON, as every reader expects: an undefined number is null, not NaN.
+    stats = files.finite_or_none(stats)
     with files.atomic_write(os.path.join(out_dir, "statistics.json")) as f:
-        json.dump(stats, f, indent=1)
+        json.dump(stats, f, indent=1, allow_nan=False)
     metric_writers.write_analysis(stats, output_dir)
     return stats
 

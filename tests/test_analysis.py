@@ -235,3 +235,14 @@ def test_sigterm_stops_the_analysis_in_one_line_and_the_rerun_reads_what_it_cach
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert kept <= set(os.listdir(cache))
     assert "read from the cache" in rerun.stderr
+
+
+def test_statistics_json_is_strict_json(trained):
+    _, workdir = trained
+    analysis.analyze(workdir)
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    with open(os.path.join(workdir, "analysis", "statistics.json")) as f:
+        json.load(f, parse_constant=refuse)
