@@ -1,8 +1,14 @@
 """The paper's controlled setting (the paper (arXiv 2603.03469), Setting 2), for accelerators.
 
-Grammar q=6, depth 4, sigma 1, q_eff 4; a pool of 10^6 sequences (larger when
-15 splits of n need it); 15 twins, split i for seed i; transformer 512 x 8
-layers x 4 heads, dropout 0.1, initialised as the authors' torch model
+Grammar q=6, depth 4, sigma 1, q_eff 4, seed 0, drawn as the authors draw it
+(`grammar_rng="legacy"`: their `np.random.seed(0)` procedure on a local
+RandomState), so the grammar is theirs bit for bit. Only the grammar: the
+authors' sequence generator reseeds every tree from the operating system
+(`np.random.seed()` in `gen_tree`, their
+modules/gen_filtered_hierarchical_data_wforbidden.py), so their pool is not
+reproducible; ours is `grammar.sample` with `pool_seed`. A pool of 10^6
+sequences (larger when 15 splits of n need it); 15 twins, split i for seed i;
+transformer 512 x 8 layers x 4 heads, dropout 0.1, initialised as the authors' torch model
 (param_init="torch": Linear kaiming-uniform, positional embedding N(0, 1),
 attention in-projection xavier-uniform with zero biases, all encoder layers
 starting from the same parameters); Adam 3e-4, batch 512, epochs of
@@ -51,6 +57,7 @@ def get_config(arg="5000"):
             sigma=1.0,
             q_eff=4,
             grammar_seed=0,
+            grammar_rng="legacy",  # the authors' grammar (see the docstring)
             pool_size=max(1_000_000, num_splits * n + heldout),
             pool_seed=0,
         )

@@ -281,11 +281,22 @@ def _check_data(config):
 
 
 def _check_grammar(config):
-    """The grammar's parameters (by drawing it: its own checks), the pool's size and seed."""
+    """The grammar's generator and parameters (by drawing it), the pool's size and seed."""
     data = config.data
+    # Absent in configs saved before the field: the grammar they drew.
+    rng = data.get("grammar_rng", "default")
+    if rng not in grammar_lib.GRAMMAR_RNGS:
+        raise ConfigError(
+            f"config.data.grammar_rng must be one of {grammar_lib.GRAMMAR_RNGS}, got {rng!r}"
+        )
     try:
         grammar_lib.random_grammar(
-            q=data.q, depth=data.depth, sigma=data.sigma, q_eff=data.q_eff, seed=data.grammar_seed
+            q=data.q,
+            depth=data.depth,
+            sigma=data.sigma,
+            q_eff=data.q_eff,
+            seed=data.grammar_seed,
+            rng=rng,
         )
     except ValueError as err:
         # The grammar's messages start with the argument's name; the seed is grammar_seed.

@@ -16,7 +16,10 @@ def get_config():
     config = ml_collections.ConfigDict()
     config.seed = 0  # twins' initialisation, batches and training noise
 
-    # The pool the splits are drawn from; `name` picks the source and its fields.
+    # The pool the splits are drawn from; `name` picks the source and its fields
+    # (data/sources.py FIELDS). A grammar's optional `grammar_rng`: "default"
+    # (numpy's Generator; also what an absent field means) or "legacy" (the
+    # authors' draw with the legacy RandomState: their grammar for the same seed).
     config.data = ml_collections.ConfigDict(dict(name="digits"))
 
     # Images: subtract a per-channel mean from each twin's items: "none",

@@ -13,6 +13,11 @@ import numpy as np
 
 from diffusion_bias import checks
 
+# The generators `random_grammar` can draw with: "default", numpy's `Generator`
+# (this package's own draw), or "legacy", the authors' draw with the legacy
+# `RandomState` (their grammar, bit for bit, for the same seed).
+GRAMMAR_RNGS = ("default", "legacy")
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Grammar:
@@ -59,7 +64,12 @@ def _check_int(name, value, minimum, maximum=None):
 
 
 def random_grammar(
-    q: int = 6, depth: int = 4, sigma: float = 1.0, q_eff: int = 4, seed: int = 0
+    q: int = 6,
+    depth: int = 4,
+    sigma: float = 1.0,
+    q_eff: int = 4,
+    seed: int = 0,
+    rng: str = "default",
 ) -> Grammar:
     """Draws the random grammar of the paper (arXiv 2603.03469).
 
@@ -69,12 +79,24 @@ def random_grammar(
     `q_eff` pairs of a parent's block are allowed, with probabilities
     softmax(sigma * N(0, 1)) over them; all other pairs have probability zero.
 
+    `rng` picks the generator, and so which grammar a seed gives:
+
+    * "default": `np.random.default_rng(seed)` draws the permutation, then the
+      [q, q_eff] logits.
+    * "legacy": the authors' procedure (`get_M_wforbidden` of
+      modules/gen_filtered_hierarchical_data_wforbidden.py in their code, after
+      `np.random.seed(seed)`), on a local `np.random.RandomState(seed)`: the
+      global numpy state is neither read nor changed. The transitions equal
+      theirs bit for bit (tests/test_grammar.py re-implements their code).
+
     Args:
         q: vocabulary size, >= 2.
         depth: tree depth, >= 1 (sequences of 2**depth leaves).
         sigma: scale of the logits, >= 0 (0 gives uniform allowed pairs).
         q_eff: allowed pairs per parent, 1 <= q_eff <= q.
-        seed: seed of the numpy generator that draws the grammar.
+        seed: seed of the numpy generator that draws the grammar (< 2**32 for
+            "legacy").
+        rng: one of GRAMMAR_RNGS.
 
     Returns:
         The grammar.
@@ -86,18 +108,45 @@ def random_grammar(
     _check_int("q", q, minimum=2)
     _check_int("depth", depth, minimum=1)
     _check_int("q_eff", q_eff, minimum=1, maximum=q)
-    _check_int("seed", seed, minimum=0)
+    if rng not in GRAMMAR_RNGS:
+        raise ValueError(f"rng must be one of {GRAMMAR_RNGS}, got {rng!r}")
+    # RandomState takes seeds in [0, 2**32).
+    _check_int("seed", seed, minimum=0, maximum=2**32 - 1 if rng == "legacy" else None)
     if not checks.is_number(sigma) or not np.isfinite(sigma) or sigma < 0:
         raise ValueError(f"sigma must be a finite number >= 0, got {sigma!r}")
 
-    rng = np.random.default_rng(seed)
-    pairs = rng.permutation(q * q).reshape(q, q)  # [parent, slot] -> pair b*q+c
-    logits = sigma * rng.standard_normal((q, q_eff))
+    if rng == "legacy":
+        return Grammar(transitions=_legacy_transitions(q, sigma, q_eff, seed), depth=depth)
+    generator = np.random.default_rng(seed)
+    pairs = generator.permutation(q * q).reshape(q, q)  # [parent, slot] -> pair b*q+c
+    logits = sigma * generator.standard_normal((q, q_eff))
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     transitions = np.zeros((q, q * q))
     np.put_along_axis(transitions, pairs[:, :q_eff], probs, axis=-1)
     return Grammar(transitions=transitions.reshape(q, q, q), depth=depth)
+
+
+def _legacy_transitions(q, sigma, q_eff, seed) -> np.ndarray:
+    """The authors' transitions [q, q, q] for `seed`, drawn on a local RandomState.
+
+    Their procedure: shuffle the rows of the [q**2, 2] array of (left, right)
+    pairs in row-major order; then for each parent `a` in turn, for each of the
+    first `q_eff` pairs of block `a` (rows a*q .. a*q + q_eff - 1), one
+    `sigma * randn()`; then `scipy.special.softmax` of the parent's [q, q]
+    logits, -inf off the allowed pairs. The same draws, in bulk: shuffling the
+    rows consumes what `permutation(q * q)` does (the same Fisher-Yates swaps, so
+    row j of the shuffled array is pair `perm[j]`), and `standard_normal((q,
+    q_eff))` returns the successive `randn()` draws in row-major order. The
+    softmax is scipy's arithmetic (max, exp of the difference, division by the
+    sum over all q**2 entries of the parent), so the floats are theirs too.
+    """
+    state = np.random.RandomState(seed)
+    pairs = state.permutation(q * q).reshape(q, q)  # [parent, slot] -> pair b*q+c
+    logits = np.full((q, q * q), -np.inf)
+    np.put_along_axis(logits, pairs[:, :q_eff], sigma * state.standard_normal((q, q_eff)), axis=-1)
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return (shifted / shifted.sum(-1, keepdims=True)).reshape(q, q, q)
 
 
 def sample_levels(grammar: Grammar, n: int, seed: int) -> list[np.ndarray]:

@@ -15,6 +15,8 @@ from diffusion_bias import config_checks
     [
         ("grammar", "data.sigma", -1.0, "config.data.sigma"),
         ("grammar", "data.grammar_seed", -1, "config.data.grammar_seed"),
+        ("grammar", "data.grammar_rng", "numpy", "config.data.grammar_rng"),
+        ("grammar", "data.grammar_rng", None, "config.data.grammar_rng"),
         ("grammar", "model.num_heads", 3, "config.model.num_heads"),
         ("grammar", "model.name", "mlp", "config.model.name"),
         ("digits", "splits.heldout_size", 0, "config.splits.heldout_size"),
@@ -50,6 +52,18 @@ def test_check_config_names_the_field(setting, path, value, match):
 @pytest.mark.parametrize("setting", ["digits", "grammar"])
 def test_the_shipped_configs_pass(setting):
     config_checks.check_config(smoke.get_config(setting))
+
+
+def test_grammar_rng_is_optional_and_checks_the_legacy_seed():
+    config = smoke.get_config("grammar")
+    assert "grammar_rng" not in config.data  # as in configs saved before the field
+    with config.unlocked():
+        config.data.grammar_rng = "legacy"
+    config_checks.check_config(config)
+    with config.unlocked():
+        config.data.grammar_seed = 2**32
+    with pytest.raises(config_checks.ConfigError, match=re.escape("config.data.grammar_seed")):
+        config_checks.check_config(config)
 
 
 def test_data_pool_size_writes_nothing(tmp_path, monkeypatch):

@@ -23,9 +23,9 @@ from diffusion_bias.data import pool as pool_lib
 _CACHE_VERSION = 1
 
 
-def _grammar_params(q, depth, sigma, q_eff, grammar_seed, pool_size, pool_seed):
+def _grammar_params(q, depth, sigma, q_eff, grammar_seed, pool_size, pool_seed, grammar_rng):
     # Normalised types, so that 1 and 1.0 (sigma) or numpy ints hash alike.
-    return {
+    params = {
         "q": int(q),
         "depth": int(depth),
         "sigma": float(sigma),
@@ -35,6 +35,12 @@ def _grammar_params(q, depth, sigma, q_eff, grammar_seed, pool_size, pool_seed):
         "pool_seed": int(pool_seed),
         "version": _CACHE_VERSION,
     }
+    # The generator is hashed only when it is not the default, so the caches
+    # written before `grammar_rng` existed (all "default") keep their names, and
+    # a "legacy" pool never reads a "default" one.
+    if grammar_rng != "default":
+        params["grammar_rng"] = str(grammar_rng)
+    return params
 
 
 def grammar_cache_path(cache_dir, params: dict[str, Any]) -> str:
@@ -75,7 +81,7 @@ def _load_grammar_cache(path, params, grammar) -> np.ndarray:
     # The grammar is redrawn from its seed: a change in `random_grammar` would
     # otherwise pair a stale pool with a new grammar.
     if not np.array_equal(transitions, grammar.transitions):
-        raise ValueError("stored grammar differs from random_grammar(...) of its seed")
+        raise ValueError("stored grammar differs from random_grammar(...) of its seed and rng")
     shape = (params["pool_size"], grammar.length)
     if items.dtype != np.int32 or items.shape != shape:
         raise ValueError(f"items are {items.dtype} {items.shape}, expected int32 {shape}")
@@ -105,12 +111,13 @@ def grammar_pool(
     pool_size: int,
     pool_seed: int,
     cache_dir=None,
+    grammar_rng: str = "default",
 ) -> pool_lib.Pool:
     """A pool of sequences of the random tree grammar (the paper (arXiv 2603.03469), "Setting 2").
 
-    The grammar is `grammar.random_grammar(q, depth, sigma, q_eff, grammar_seed)`
-    and the items are `grammar.sample(grammar, pool_size, pool_seed)`, so the pool
-    is fully determined by the parameters. With `cache_dir` the pool is stored as
+    The grammar is `grammar.random_grammar(q, depth, sigma, q_eff, grammar_seed,
+    grammar_rng)` and the items are `grammar.sample(grammar, pool_size,
+    pool_seed)`, so the pool is fully determined by the parameters. With `cache_dir` the pool is stored as
     `cache_dir/grammar_pool_<hash of the parameters>.npz` and read back by the next
     call with the same parameters; a cache file that is unreadable or does not match
     the parameters is regenerated with a warning.
@@ -125,6 +132,9 @@ def grammar_pool(
         pool_seed: seed of the sampling.
         cache_dir: directory of the cache, created if missing; None or "" for no
             cache.
+        grammar_rng: generator of the grammar, one of `grammar.GRAMMAR_RNGS`
+            ("legacy": the authors' grammar for the seed). The items are drawn by
+            `grammar.sample` either way.
 
     Returns:
         Pool of kind "tokens": items int32 [N, L], `grammar` set, `info` holding the
@@ -136,9 +146,11 @@ def grammar_pool(
     # Over 60 lines by its docstring: the body is grammar, cache or sample, info.
     # The grammar first: it validates q, depth, sigma and q_eff with clear messages.
     grammar = grammar_lib.random_grammar(
-        q=q, depth=depth, sigma=sigma, q_eff=q_eff, seed=grammar_seed
+        q=q, depth=depth, sigma=sigma, q_eff=q_eff, seed=grammar_seed, rng=grammar_rng
     )
-    params = _grammar_params(q, depth, sigma, q_eff, grammar_seed, pool_size, pool_seed)
+    params = _grammar_params(
+        q, depth, sigma, q_eff, grammar_seed, pool_size, pool_seed, grammar_rng
+    )
     path = grammar_cache_path(cache_dir, params) if cache_dir else None
     items = _read_cache(path, params, grammar) if path is not None else None
     if items is None:
@@ -153,6 +165,7 @@ def grammar_pool(
     info = {
         "name": "grammar",
         **params,
+        "grammar_rng": grammar_rng,
         "num_items": int(pool_size),
         "length": grammar.length,
         "cache_path": path,

@@ -126,12 +126,13 @@ def twin_means(train_items, centering: str) -> np.ndarray:
 # ----------------------------------------------------------------------------
 
 # The config fields of each source: (required, optional). An optional field
-# absent from the config keeps the source's default. The tfds data set is
-# `config.dataset`, since `config.name` names the source.
+# absent from the config keeps the source's default (a grammar config saved
+# before `grammar_rng` existed draws the "default" grammar, as it did). The tfds
+# data set is `config.dataset`, since `config.name` names the source.
 FIELDS = {
     "grammar": (
         ("q", "depth", "sigma", "q_eff", "grammar_seed", "pool_size", "pool_seed"),
-        ("cache_dir",),
+        ("cache_dir", "grammar_rng"),
     ),
     "digits": ((), ("pixel_range",)),
     "tfds": (
