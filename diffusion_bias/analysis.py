@@ -70,9 +70,14 @@ def _load_cached(path):
         return None
 
 
+# Analysis fields that change which snapshots are analysed, not what one gives.
+NOT_PER_SNAPSHOT = ("refine",)
+
+
 def _cache_tag(config, snapshot):
     """Cached files are valid for one analysis config and one snapshot: both name them."""
-    fingerprint = [CACHE_VERSION, config.analysis.to_dict(), snapshot]
+    fields = {k: v for k, v in config.analysis.to_dict().items() if k not in NOT_PER_SNAPSHOT}
+    fingerprint = [CACHE_VERSION, fields, snapshot]
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -86,7 +91,7 @@ def snapshot_identity(ckpts, step, training):
     return recorded or f"{training}:{step}"
 
 
-def analyze(workdir, overrides=None, output_dir=None, refine=False):
+def analyze(workdir, overrides=None, output_dir=None, refine=None):
     """Computes the statistics of every snapshot of `workdir`, with a verdict.
 
     Args:
@@ -97,7 +102,7 @@ def analyze(workdir, overrides=None, output_dir=None, refine=False):
         refine: also replay the training around the bias onset and the test-loss
             minimum with denser snapshots (`refine.py`, into output_dir/analysis/
             refine/) and locate both on the denser grid: statistics.json's
-            `refined` entry.
+            `refined` entry. None: as `config.analysis.refine`.
 
     Returns:
         The statistics dict, also written to output_dir/analysis/statistics.json
@@ -139,7 +144,7 @@ def analyze(workdir, overrides=None, output_dir=None, refine=False):
             kl_curves.append(walk.at(i, steps[i], "kl_along_t", "kl_along_t"))
         stats["uturn"] = summary.uturn(config.analysis, indices, epochs, uturns)
         stats["kl_bp_along_t"] = summary.kl_along_t(kl_curves, indices, epochs)
-    if refine:
+    if config.analysis.refine if refine is None else refine:
         stats["refined"] = _refined(config, workdir, walk, per_step, stats, out_dir)
     ckpts.close()
     # Strict JSON, as every reader expects: an undefined number is null, not NaN.
@@ -172,6 +177,7 @@ def _refined(config, workdir, walk, per_step, stats, out_dir):
             continue
         folder = os.path.join(out_dir, "refine", f"from_{start}")
         ckpts = refine_lib.replay(config, workdir, start, new, folder)
+        walk.num_steps = len(per_step) + len(new)  # the log's "snapshot i/N"
         try:
             for step in new:
                 per_step[step] = walk.at(len(per_step), step, "step", "compute", ckpts)

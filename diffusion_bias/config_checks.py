@@ -367,6 +367,10 @@ def check_analysis(config):
     _number_in(config, "analysis.clip_x0", 0.0, np.inf)
     _number_in(config, "analysis.critical_ratio", 0.0, 1.0, low_open=True)
     _number_in(config, "analysis.min_grammatical", 0.0, 1.0)
+    if not isinstance(config.analysis.get("refine", False), bool):
+        raise ConfigError(
+            f"config.analysis.refine must be True or False, got {config.analysis.refine!r}"
+        )
     _number_in(config, "analysis.privacy_confidence", 0.0, 1.0, low_open=True, high_open=True)
     _number_in(config, "analysis.privacy_delta", 0.0, 1.0, low_open=True)
     num_steps = config.diffusion.num_steps

@@ -103,6 +103,9 @@ def get_config():
             privacy_bootstrap=200,
             privacy_confidence=0.95,
             privacy_delta=1e-5,
+            # Replay the training around the bias onset and the test-loss minimum with
+            # denser snapshots and locate both there too (diffusion_bias/refine.py).
+            refine=False,
         )
     )
     # The bias monitor (diffusion_bias/monitor.py): a cheap instrument at every

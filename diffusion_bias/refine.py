@@ -110,7 +110,8 @@ def replay(config, workdir, start, targets, out_dir):
         while step < targets[-1]:
             state, _ = chunk(state, data)
             step += per_call
-            out.save(step, state)
+            if out.save(step, state):
+                logging.info("replayed to step %d of %d", step, targets[-1])
     finally:
         out.wait_until_finished()
         out.close()

@@ -38,7 +38,8 @@ _REFINE = flags.DEFINE_bool(
     "refine",
     False,
     "Also replay the training around the bias onset and the test-loss minimum with "
-    "denser snapshots, and locate both on the denser grid (statistics.json: refined).",
+    "denser snapshots, and locate both on the denser grid (statistics.json: refined); "
+    "the same as --analysis.refine=True.",
 )
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where analysis/ and tensorboard/analysis/ go (default: the workdir)."
@@ -105,7 +106,7 @@ def main(argv):
         workdir,
         overrides,
         output_dir,
-        _REFINE.value,
+        _REFINE.value or None,
         resume=f"The snapshots analysed so far are cached in {out}/analysis/cache; "
         "rerun the same command to go on.",
     )
