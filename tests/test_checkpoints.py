@@ -190,6 +190,27 @@ def _start_and_wait_for_a_save(workdir, after=-1):
     return proc
 
 
+def _stop_with(signum, workdir):
+    """Sends `signum` to a LONG run once it has saved; asserts it saved and exited 75.
+
+    Returns:
+        The step it saved, the newest checkpoint of `workdir`.
+    """
+    proc = _start_and_wait_for_a_save(workdir)
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == preemption.PREEMPTED_EXIT_STATUS, out
+    assert "Traceback" not in out, out
+    match = re.search(rf"{signal.Signals(signum).name}: saved step (\d+)/160", out)
+    assert match, out
+    stopped = int(match[1])
+    assert 0 < stopped < 160
+    ckpts = test_train._reader(workdir)
+    assert ckpts.all_steps()[-1] == stopped
+    ckpts.close()
+    return stopped
+
+
 # One workdir takes both interruptions in turn (SIGTERM, then kill -9 of the resumed
 # run), so that the pair costs one run of 40 epochs, not two. The SIGTERM half tests
 # preemption.py too; it stays here, beside the uninterrupted `long_run` it is
@@ -198,18 +219,7 @@ def test_sigterm_saves_the_step_reached_kill_9_loses_no_save_and_reruns_resume_b
     long_run, tmp_path
 ):
     workdir = str(tmp_path)
-    proc = _start_and_wait_for_a_save(workdir)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == preemption.PREEMPTED_EXIT_STATUS, out
-    assert "Traceback" not in out, out
-    match = re.search(r"SIGTERM: saved step (\d+)/160", out)
-    assert match, out
-    stopped = int(match[1])
-    assert 0 < stopped < 160
-    ckpts = test_train._reader(workdir)
-    assert ckpts.all_steps()[-1] == stopped
-    ckpts.close()
+    stopped = _stop_with(signal.SIGTERM, workdir)
 
     # The rerun resumes from the step SIGTERM saved; killed once it has saved a later one...
     rerun = _start_and_wait_for_a_save(workdir, after=stopped)
@@ -251,14 +261,4 @@ def test_a_second_trainer_on_a_workdir_in_training_refuses_in_one_line(tmp_path)
 
 
 def test_ctrl_c_saves_the_step_reached_and_exits_75_like_sigterm(tmp_path):
-    workdir = str(tmp_path)
-    proc = _start_and_wait_for_a_save(workdir)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == preemption.PREEMPTED_EXIT_STATUS, out
-    assert "Traceback" not in out, out
-    match = re.search(r"SIGINT: saved step (\d+)/160", out)
-    assert match, out
-    ckpts = test_train._reader(workdir)
-    assert ckpts.all_steps()[-1] == int(match[1])
-    ckpts.close()
+    _stop_with(signal.SIGINT, str(tmp_path))
