@@ -169,9 +169,17 @@ def _refined(config, workdir, walk, per_step, stats, out_dir):
     """
     v, steps = stats["verdict"], list(per_step)
     per_call = config.training.steps_per_call
-    replays = []
+    # One replay per stretch of training: neighbourhoods that overlap (the onset and
+    # the minimum a snapshot or two apart) are replayed once, from the earlier start.
+    regions = []
     for index in sorted({v["bias_onset_index"], v["test_loss_min_index"]} - {None}):
         start, new = refine_lib.refine_steps(steps, index, per_call)
+        if regions and new and start < regions[-1][1][-1]:
+            regions[-1] = (regions[-1][0], sorted(set(regions[-1][1]) | set(new)))
+        elif new:
+            regions.append((start, new))
+    replays = []
+    for start, new in regions:
         new = [s for s in new if s not in per_step]
         if not new:
             continue

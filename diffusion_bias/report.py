@@ -112,7 +112,7 @@ def privacy_table(stats):
         f"Membership audit (the strongest attack score of each snapshot, chosen on half of "
         f"the items and measured on the other half; {confidence} bootstrap intervals; the "
         f"one-run epsilon lower bound at {confidence} confidence, delta = {p['delta']:g}, "
-        "from the twins' split; README, Privacy):",
+        "from the twins' split; docs/privacy.md):",
         "",
         "| | epoch | score | AUC | TPR at 1% FPR | TPR at 0.1% FPR | epsilon >= (score) |",
         "|---|---|---|---|---|---|---|",

@@ -106,19 +106,13 @@ def unknown_field_exit(err, argv):
 def _same_name_elsewhere(flag):
     """'Did you mean ...?' naming the fields of the default config with the flag's last name."""
     from diffusion_bias import default_config
+    from diffusion_bias import metric_writers
 
     prefix, *path = flag.lstrip("-").split(".")
     config = default_config.get_config()
     tree = config.analysis.to_dict() if prefix == "analysis" else config.to_dict()
-
-    def dotted(node, at=()):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                yield from dotted(value, at + (key,))
-            else:
-                yield at + (key,)
-
-    found = [f"--{prefix}." + ".".join(p) for p in dotted(tree) if path and p[-1] == path[-1]]
+    names = metric_writers.flat_hparams(tree)  # {dotted name: value}
+    found = [f"--{prefix}.{n}" for n in names if path and n.split(".")[-1] == path[-1]]
     return f"Did you mean {' or '.join(found)}?" if found else ""
 
 
