@@ -143,7 +143,9 @@ def run(workdir, configs, seeds=None):
         timings[f"{name}: training"] = time.time() - start
         logging.info("[%d/%d] analysing the %s snapshots", 2 * i + 2, stages, name)
         start = time.time()
-        stats = analysis.analyze(run_dir)
+        # The config in hand rules the analysis, not the copy the training saved:
+        # a run trained before an analysis option changed is read with the new one.
+        stats = analysis.analyze(run_dir, overrides=config.analysis.to_dict())
         paths = figures.draw_all(stats, os.path.join(run_dir, "analysis"))
         timings[f"{name}: analysis"] = time.time() - start
         logging.info("%s: %s", name, verdict.sentence(stats["verdict"]))

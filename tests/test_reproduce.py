@@ -63,13 +63,14 @@ def test_seeds_flag_takes_distinct_integers():
 def test_run_trains_and_analyses_each_run_in_its_workdir_and_reports_all(
     seeds, tmp_path, monkeypatch
 ):
-    trained = []
+    trained, analysed_with = [], []
 
     def fake_train(config, run_dir):
         trained.append((os.path.relpath(run_dir, tmp_path), config.seed, config.splits.seed))
         os.makedirs(run_dir, exist_ok=True)
 
-    def fake_analyze(run_dir):
+    def fake_analyze(run_dir, overrides):
+        analysed_with.append(overrides)
         seed = 0 if os.path.basename(run_dir) in ("digits", "seed0") else 1
         onset = 100.0 + 10 * seed
         return dict(
@@ -88,8 +89,11 @@ def test_run_trains_and_analyses_each_run_in_its_workdir_and_reports_all(
     monkeypatch.setattr(train, "train_and_evaluate", fake_train)
     monkeypatch.setattr(analysis, "analyze", fake_analyze)
     monkeypatch.setattr(figures, "draw_all", lambda stats, out_dir: [])
-    path = reproduce.run(str(tmp_path), {"digits": smoke.get_config("digits")}, seeds)
+    config = smoke.get_config("digits")
+    path = reproduce.run(str(tmp_path), {"digits": config}, seeds)
     text = open(path).read()
+    # The config in hand rules every analysis, whatever the run saved when it trained.
+    assert analysed_with and all(o == config.analysis.to_dict() for o in analysed_with)
     assert path == str(tmp_path / "report.md")
     if seeds is None:
         assert trained == [("digits", 0, 0)]
