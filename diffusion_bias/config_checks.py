@@ -18,6 +18,7 @@ from diffusion_bias import checks
 from diffusion_bias import grammar as grammar_lib
 from diffusion_bias import models
 from diffusion_bias import stopping
+from diffusion_bias import verdict
 from diffusion_bias.data import sources
 from diffusion_bias.data import splits as splits_lib
 from diffusion_bias.diffusion import samplers
@@ -364,6 +365,12 @@ def check_analysis(config):
             f"integer, got {steps!r}"
         )
     _seed(config, "analysis.seed")
+    # How the verdict's curves aggregate twins and pairs; saved configs without the field: the mean.
+    aggregate = config.analysis.get("aggregate", "mean")
+    if aggregate not in verdict.AGGREGATES:
+        raise ConfigError(
+            f"config.analysis.aggregate must be one of {list(verdict.AGGREGATES)}, got {aggregate!r}"
+        )
     _number_in(config, "analysis.clip_x0", 0.0, np.inf)
     _number_in(config, "analysis.critical_ratio", 0.0, 1.0, low_open=True)
     _number_in(config, "analysis.min_grammatical", 0.0, 1.0)
