@@ -251,6 +251,15 @@ def _check_splits(config):
             f"config.snapshots.epochs must list epochs in [1, config.training.num_epochs = "
             f"{num_epochs}], got {epochs!r}"
         )
+    # Configs saved before the field had the last epoch among their snapshots.
+    include_last = config.snapshots.get("include_last", True)
+    if not isinstance(include_last, bool):
+        raise ConfigError(f"config.snapshots.include_last must be a bool, got {include_last!r}")
+    if not include_last and not epochs:
+        raise ConfigError(
+            "config.snapshots.include_last = False needs explicit config.snapshots.epochs "
+            "(a log-spaced plan ends at the last epoch)"
+        )
 
 
 def _check_data(config):

@@ -71,9 +71,17 @@ def get_config():
     )
 
     # Log-spaced snapshots from `first_epoch` to the last epoch, unless `epochs`
-    # lists them explicitly; `latest` (for resuming) every `latest_every_steps`.
+    # lists them explicitly (with the last epoch, unless `include_last` is False:
+    # the final state is then saved as the `latest`, not analysed); `latest` (for
+    # resuming) every `latest_every_steps`.
     config.snapshots = ml_collections.ConfigDict(
-        dict(num_snapshots=15, first_epoch=30, epochs=(), latest_every_steps=1000)
+        dict(
+            num_snapshots=15,
+            first_epoch=30,
+            epochs=(),
+            include_last=True,
+            latest_every_steps=1000,
+        )
     )
     # The bias instrument (python -m launch.analyze), per snapshot.
     config.analysis = ml_collections.ConfigDict(

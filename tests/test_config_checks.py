@@ -40,6 +40,7 @@ from diffusion_bias import config_checks
         ("digits", "analysis.privacy_bootstrap", 0, "config.analysis.privacy_bootstrap"),
         ("digits", "analysis.aggregate", "mode", "config.analysis.aggregate"),
         ("grammar", "analysis.aggregate", None, "config.analysis.aggregate"),
+        ("digits", "snapshots.include_last", False, "config.snapshots.include_last"),
     ],
 )
 def test_check_config_names_the_field(setting, path, value, match):

@@ -11,6 +11,7 @@ import pytest
 from configs import celeba_paper
 from configs import grammar_paper
 from configs import smoke
+from diffusion_bias import checkpoints
 from diffusion_bias import models
 from diffusion_bias import run as run_lib
 from diffusion_bias import train
@@ -139,6 +140,32 @@ def test_a_run_with_a_partial_last_batch_counts_ceil_steps_per_epoch(tmp_path):
     state = train.train_and_evaluate(config, str(tmp_path))
     assert int(state.step) == 10 * 4
     assert list(run_lib.snapshot_steps(config))[-1] == 40
+
+
+def test_explicit_epochs_without_the_last_are_the_grid_and_the_final_state_is_still_saved(
+    tmp_path,
+):
+    config = smoke.get_config()
+    with config.unlocked():
+        # 4 steps per epoch, 40 in all; `latest` every 12 steps: never at step 40.
+        config.snapshots.update(epochs=(2, 5), include_last=False, latest_every_steps=12)
+    np.testing.assert_array_equal(run_lib.snapshot_steps(config), [8, 20])
+    with config.unlocked():
+        config.snapshots.include_last = True
+    np.testing.assert_array_equal(run_lib.snapshot_steps(config), [8, 20, 40])
+    with config.unlocked():
+        config.snapshots.include_last = False
+    workdir = str(tmp_path)
+    train.train_and_evaluate(config, workdir)
+    ckpts = checkpoints.TwinCheckpoints(workdir, run_lib.snapshot_steps(config), read_only=True)
+    try:
+        assert ckpts.snapshot_steps() == [8, 20]  # what the analysis walks
+        assert ckpts.all_steps() == [8, 20, 40]  # the final state, as the latest
+    finally:
+        ckpts.close()
+    # A rerun finds the run complete: it restores step 40 and trains nothing.
+    state = train.train_and_evaluate(config, workdir)
+    assert int(state.step) == 40
 
 
 def test_celeba_paper_snapshots_are_the_papers_truncated_epochs():
