@@ -7,13 +7,24 @@ by the same mean (the authors' protocol); 15 twins of n=1024, one shared
 held-out set; DDPM eps-prediction, T=1000; U-Net base 32, multiples (1, 2, 4),
 attention at the two lower resolutions, dropout 0.1; Adam 1e-4, batch 512, 5000
 epochs of ceil(n / batch) = 2 steps; snapshots at epochs
-linspace(10, 4999, 50)[1:21] truncated to integers (111, 213, ..., 2046).
+linspace(10, 4999, 50)[1:21] truncated to integers (111, 213, ..., 2046), the
+authors' grid exactly: `training_times` of their sample-split script
+(davide-beltrame/Why-Diffusion-Models-Don-t-Memorize,
+Experiments/src/Generation/sample_split_inference.py), the epochs their
+cos_dis_aggregate.py reads the test loss at as well (loss_compute.py evaluates
+[1:], a superset). No snapshot at the last epoch 5000 (`include_last=False`):
+the final state is saved for resuming, and not analysed.
 Samples for the statistics come from the paper's sampler (eps step with
 sigma^2 = beta, no clipping, no noise on the last two steps), mapped back by
 their twin's mean so that all twins compare in the space of the raw images.
 
 Analysis: the paper's protocol: 512 coupled samples per model on the full
-reverse chain (T=1000, `sampling_steps=0`).
+reverse chain (T=1000, `sampling_steps=0`). The verdict's curves aggregate by
+the median (`aggregate="median"`), as the authors' cos_dis_aggregate.py
+(Experiments/src/Generation/ of the same repository): the onset is the argmin
+over snapshots of the median over the 105 twin pairs of 1 - each pair's mean
+cosine similarity (the argmax of the median similarity), the test-loss minimum
+the argmin of the median over the 15 models of each model's test loss.
 
 Cost of one snapshot's analysis (an ESTIMATE, not a measurement on an
 accelerator): the U-Net costs 1.13 GFLOP per image and forward pass (XLA's
@@ -67,8 +78,12 @@ def get_config():
     )
     # The authors truncate (astype(int)), not round.
     epochs = np.linspace(10, 4999, 50)[1:21].astype(int)
-    config.snapshots.update(epochs=tuple(int(e) for e in epochs), latest_every_steps=1000)
-    # The paper's sampler on the full chain of T = 1000 steps.
-    config.analysis.update(sampling_steps=0, num_samples=512, image_sampler="paper")
+    config.snapshots.update(
+        epochs=tuple(int(e) for e in epochs), include_last=False, latest_every_steps=1000
+    )
+    # The paper's sampler on the full chain of T = 1000 steps; the authors' medians.
+    config.analysis.update(
+        sampling_steps=0, num_samples=512, image_sampler="paper", aggregate="median"
+    )
     config.lock()
     return config

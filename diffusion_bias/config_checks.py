@@ -18,6 +18,7 @@ from diffusion_bias import checks
 from diffusion_bias import grammar as grammar_lib
 from diffusion_bias import models
 from diffusion_bias import stopping
+from diffusion_bias import verdict
 from diffusion_bias.data import sources
 from diffusion_bias.data import splits as splits_lib
 from diffusion_bias.diffusion import samplers
@@ -250,6 +251,15 @@ def _check_splits(config):
             f"config.snapshots.epochs must list epochs in [1, config.training.num_epochs = "
             f"{num_epochs}], got {epochs!r}"
         )
+    # Configs saved before the field had the last epoch among their snapshots.
+    include_last = config.snapshots.get("include_last", True)
+    if not isinstance(include_last, bool):
+        raise ConfigError(f"config.snapshots.include_last must be a bool, got {include_last!r}")
+    if not include_last and not epochs:
+        raise ConfigError(
+            "config.snapshots.include_last = False needs explicit config.snapshots.epochs "
+            "(a log-spaced plan ends at the last epoch)"
+        )
 
 
 def _check_data(config):
@@ -364,6 +374,12 @@ def check_analysis(config):
             f"integer, got {steps!r}"
         )
     _seed(config, "analysis.seed")
+    # How the verdict's curves aggregate twins and pairs; saved configs without the field: the mean.
+    aggregate = config.analysis.get("aggregate", "mean")
+    if aggregate not in verdict.AGGREGATES:
+        raise ConfigError(
+            f"config.analysis.aggregate must be one of {list(verdict.AGGREGATES)}, got {aggregate!r}"
+        )
     _number_in(config, "analysis.clip_x0", 0.0, np.inf)
     _number_in(config, "analysis.critical_ratio", 0.0, 1.0, low_open=True)
     _number_in(config, "analysis.min_grammatical", 0.0, 1.0)

@@ -22,7 +22,7 @@ Section = collections.namedtuple("Section", "setting seed stats figure_paths nam
 
 
 def protocol_text(protocol):
-    """One paragraph: the chain, sample counts, U-turn, sampler and onset gate used."""
+    """One paragraph: the chain, sample counts, aggregate, U-turn, sampler and onset gate used."""
     if not protocol:
         return "Protocol: not recorded in these statistics."
     total, chain = protocol.get("num_steps"), protocol.get("chain_steps")
@@ -39,6 +39,14 @@ def protocol_text(protocol):
             else ""
         ),
     ]
+    aggregate = protocol.get("aggregate")
+    if aggregate is not None:
+        # Fewer than 3 units: the median of one or two values is their mean.
+        few = (protocol.get("twins") or 0) < verdict.MIN_RESAMPLED_UNITS
+        parts.append(
+            f"verdict curves: the {aggregate} over twins and twin pairs"
+            + (" (with 2 twins, the mean)" if aggregate == "median" and few else "")
+        )
     if "uturn_items" in protocol:
         ratios = ", ".join(f"{r:g}" for r in protocol.get("uturn_ratios", []))
         parts.append(

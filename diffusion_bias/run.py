@@ -45,7 +45,8 @@ class Run:
         schedule: the diffusion schedule of training.
         steps_per_epoch: ceil(split_size / batch_size).
         total_steps: the training steps, num_epochs * steps_per_epoch.
-        snapshot_steps: int64 [S] the planned snapshot steps (the last is total_steps).
+        snapshot_steps: int64 [S] the planned snapshot steps (the last is total_steps,
+            unless `snapshots.include_last` is False).
     """
 
     pool: Any
@@ -73,13 +74,21 @@ def steps_per_epoch(config):
 
 
 def snapshot_steps(config):
-    """int64 [S] steps of the snapshots: explicit epochs, or the log-spaced plan."""
+    """int64 [S] steps of the snapshots: explicit epochs, or the log-spaced plan.
+
+    The last step is a snapshot too, unless explicit epochs come with
+    `snapshots.include_last = False` (the grid is then those epochs alone; the
+    training still saves its final state, outside the snapshots).
+    """
     spe, per_call = steps_per_epoch(config), config.training.steps_per_call
     total = config.training.num_epochs * spe
     if config.snapshots.epochs:
         steps = np.asarray(config.snapshots.epochs, np.int64) * spe
         steps = np.round(steps / per_call).astype(np.int64) * per_call
-        return np.unique(np.clip(np.append(steps, total), per_call, total))
+        # Configs saved before the field had the last step among their snapshots.
+        if config.snapshots.get("include_last", True):
+            steps = np.append(steps, total)
+        return np.unique(np.clip(steps, per_call, total))
     return checkpoints.snapshot_plan(
         total, config.snapshots.num_snapshots, config.snapshots.first_epoch * spe, per_call
     )

@@ -31,12 +31,16 @@ STATISTICS_SCHEMA = """\
 statistics.json: one entry per snapshot (checkpoint) in every list.
   setting            "images" or "tokens"
   checkpoints        [C] epochs of the snapshots; steps: [C] their steps
-  test_loss          [C] held-out denoising loss on a fixed (item, t, noise) grid,
-                     mean over twins; test_loss_sem [C] s.e.m. over items
+  test_loss          [C] held-out denoising loss on a fixed (item, t, noise) grid:
+                     the curve the verdict reads, each twin's mean over items, then
+                     the mean (or median: protocol.aggregate) over twins;
+                     test_loss_sem [C] s.e.m. over items of the mean over twins
   train_loss         [C] the same on the twins' own training items
   sample_split       {mean, sem: [C]; hist: [C][bins]; edges: [bins+1]} similarity of
                      coupled twin samples (tokens: fraction of equal tokens; images:
-                     cosine of standardised images)
+                     cosine of standardised images); with protocol.aggregate "median"
+                     also median [C]: the median over twin pairs of each pair's mean
+                     (the images' bias curve then)
   nearest            [C] lists: own_d1, other_d1, heldout_d1 (mean NN distance of
                      samples to their own set, to the closest other set, and of
                      held-out items to the training sets), closer_to_own (share of
@@ -75,7 +79,7 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      training set || hist of the held-out distances to that set),
                      20 bins on [0, L], histograms normalised then clipped to
                      [1e-8, 1] (the paper's code); nn_divergence [C] their mean
-                     over twins; nn_hist {generated: [C][20], heldout: [20]}
+                     (or median: protocol.aggregate) over twins; nn_hist {generated: [C][20], heldout: [20]}
                      counts summed over twins (for display)
   KL divergences between token sequences are summed over the L positions (per sequence):
   twin_kl            [C] KL(model_a || model_b) of x0 distributions at t/T =
@@ -108,7 +112,9 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      fixed grid) the first and last snapshots' held-out loss stands
                      above the minimum's}
   protocol           {num_steps: T, chain_steps: steps of the sampling chain (T = the
-                     full chain), num_samples, twins; tokens: uturn_items,
+                     full chain), num_samples, twins, aggregate ("mean" or "median":
+                     how the verdict's curves aggregate twins and twin pairs; with
+                     fewer than 3, the median is the mean); tokens: uturn_items,
                      uturn_repeats, uturn_ratios, min_grammatical; images: clip_x0,
                      image_sampler}
   examples           images: {samples: [K][E][H][W], nearest: [K][E][H][W]} for the
@@ -139,6 +145,11 @@ def grammaticality_gate(a):
     return gate
 
 
+def aggregate_of(a):
+    """config.analysis.aggregate: "mean" (also where a saved config lacks it) or "median"."""
+    return a.get("aggregate", "mean")
+
+
 def protocol(config):
     """What the statistics of a run were computed with (the report states it)."""
     a = config.analysis
@@ -148,6 +159,7 @@ def protocol(config):
         chain_steps=total if not a.sampling_steps else min(a.sampling_steps, total),
         num_samples=a.num_samples,
         twins=config.splits.num_splits,
+        aggregate=aggregate_of(a),
     )
     if config.diffusion.schedule == "token":
         out.update(
@@ -177,8 +189,12 @@ def _nearest_curves(per_step):
     )
 
 
-def common_curves(kind, epochs, steps, per_step):
-    """The entries both kinds have: losses, sample split, nearest, membership AUC."""
+def common_curves(kind, epochs, steps, per_step, aggregate="mean"):
+    """The entries both kinds have: losses, sample split, nearest, membership AUC.
+
+    `aggregate` ("mean" or "median", `verdict.unit_curve`) makes the test-loss
+    curve over twins, and adds the sample-split median over pairs if "median".
+    """
     test = _col(per_step, "test_losses").mean(axis=1)  # [C, m]: mean over twins
     sim = _col(per_step, "similarity")  # [C, P, N]
     bins = np.linspace(0, 1, 21) if kind == "tokens" else np.linspace(-1, 1, 41)
@@ -187,7 +203,7 @@ def common_curves(kind, epochs, steps, per_step):
         setting=kind,
         checkpoints=epochs,
         steps=[int(s) for s in steps],
-        test_loss=test.mean(axis=1).tolist(),
+        test_loss=verdict.unit_curve(_col(per_step, "test_losses"), aggregate).tolist(),
         test_loss_sem=(test.std(axis=1, ddof=1) / np.sqrt(test.shape[1])).tolist(),
         train_loss=_col(per_step, "train_losses").mean(axis=(1, 2)).tolist(),
         sample_split=dict(
@@ -209,6 +225,8 @@ def common_curves(kind, epochs, steps, per_step):
             for r in per_step
         ],
     )
+    if aggregate == "median":
+        stats["sample_split"]["median"] = verdict.unit_curve(sim, aggregate).tolist()
     if _resample_twins(per_step):
         # Enough twins for their spread to be resampled: the curves of each twin
         # and each pair are kept, so that one twin apart from the others shows.
@@ -256,13 +274,16 @@ def _loss_decomposition(per_step):
     return out
 
 
-def token_curves(per_step, length):
-    """The token entries: grammaticality, NN divergence, twin KL, KL(BP_k || model), l*, l~."""
+def token_curves(per_step, length, aggregate="mean"):
+    """The token entries: grammaticality, NN divergence, twin KL, KL(BP_k || model), l*, l~.
+
+    The NN divergence over models is their mean, or median (`aggregate`).
+    """
     gen_hist, held_hist, per_model = _nn_divergence(per_step, length)
     kl_bp = _col(per_step, "kl_bp")  # [C, K, depth + 1]
     stats = dict(
         grammatical_fraction=_col(per_step, "grammatical").mean(axis=1).tolist(),
-        nn_divergence=per_model.mean(axis=1).tolist(),
+        nn_divergence=verdict.over_units(per_model, aggregate).tolist(),
         nn_divergence_per_model=per_model.tolist(),
         nn_hist=dict(generated=gen_hist.sum(1).tolist(), heldout=held_hist.sum(0).tolist()),
         twin_kl=_col(per_step, "twin_kl").mean(axis=(1, 2)).tolist(),
@@ -284,15 +305,20 @@ def examples(epochs, per_step, decision):
     )
 
 
-def image_verdict(epochs, per_step, loss, loss_boot, rng, num_resamples):
+def image_verdict(epochs, per_step, loss, loss_boot, rng, num_resamples, aggregate="mean"):
     """The onset of the sample-split similarity peak against the test-loss minimum.
+
+    The bias curve: the mean over twin pairs and samples, or ("median") the
+    median over pairs of each pair's mean over samples (the authors' CelebA
+    aggregation; its maximum is their minimum of the median cosine distance,
+    1 - the median similarity).
 
     Returns:
         (bias [C], bias_boot [B, C], decision).
     """
     sim = _col(per_step, "similarity")  # [C, P, N]
-    bias = sim.mean(axis=1).mean(axis=1)  # mean over twin pairs, then samples
-    bias_boot = verdict.bootstrap_mean_curves(sim, rng, num_resamples)
+    bias = verdict.unit_curve(sim, aggregate)
+    bias_boot = verdict.bootstrap_mean_curves(sim, rng, num_resamples, aggregate)
     decision = verdict.decide(
         epochs, bias, bias_boot, loss, loss_boot, "max", bias_name="sample-split similarity"
     )
@@ -304,10 +330,14 @@ def token_verdict(a, epochs, per_step, length, loss, loss_boot, rng):
     """The onset of the NN-divergence minimum, gated by grammaticality if asked,
     with the paper's other onset statistics beside it.
 
+    Every curve over twins or twin pairs is their mean, or their median
+    (config.analysis.aggregate; the paper's token figures take the mean).
+
     Returns:
         (bias [C], bias_boot [B, C], decision).
     """
-    divergence = _nn_divergence(per_step, length)[2].mean(axis=1)
+    aggregate = aggregate_of(a)
+    divergence = verdict.over_units(_nn_divergence(per_step, length)[2], aggregate)
     bias_boot = verdict.bootstrap_binned_kl_curves(
         nearest.nn_bins(_col(per_step, "own_d1"), length),
         nearest.nn_bins(per_step[0]["heldout_d1"], length),
@@ -315,6 +345,7 @@ def token_verdict(a, epochs, per_step, length, loss, loss_boot, rng):
         nearest.histogram_kl,
         rng,
         a.bootstrap,
+        aggregate,
     )
     gate = grammaticality_gate(a)
     decide_nn = functools.partial(
@@ -338,8 +369,8 @@ def token_verdict(a, epochs, per_step, length, loss, loss_boot, rng):
     ):
         other = verdict.decide(
             epochs,
-            values.mean(axis=1).mean(axis=1),
-            verdict.bootstrap_mean_curves(values, rng, a.bootstrap),
+            verdict.unit_curve(values, aggregate),
+            verdict.bootstrap_mean_curves(values, rng, a.bootstrap, aggregate),
             loss,
             loss_boot,
             mode,
@@ -479,21 +510,23 @@ def summarize(config, steps, per_step):
     a = config.analysis
     epochs = [s / run_lib.steps_per_epoch(config) for s in steps]
     kind = "tokens" if config.diffusion.schedule == "token" else "images"
-    stats = common_curves(kind, epochs, steps, per_step)
+    aggregate = aggregate_of(a)
+    stats = common_curves(kind, epochs, steps, per_step, aggregate)
     test_losses = _col(per_step, "test_losses")  # [C, K, m]
-    loss = test_losses.mean(axis=1).mean(axis=1)
+    # Each twin's mean over items, then the mean (or median) over twins.
+    loss = verdict.unit_curve(test_losses, aggregate)
     rng = np.random.default_rng(a.seed)
     # [B, C]: twins resampled as well as items when there are enough of them.
-    loss_boot = verdict.bootstrap_mean_curves(test_losses, rng, a.bootstrap)
+    loss_boot = verdict.bootstrap_mean_curves(test_losses, rng, a.bootstrap, aggregate)
     if kind == "images":
         stats.update(image_curves(a, per_step))
         bias, bias_boot, decision = image_verdict(
-            epochs, per_step, loss, loss_boot, rng, a.bootstrap
+            epochs, per_step, loss, loss_boot, rng, a.bootstrap, aggregate
         )
         stats["examples"] = examples(epochs, per_step, decision)
     else:
         length = 2**config.data.depth
-        stats.update(token_curves(per_step, length))
+        stats.update(token_curves(per_step, length, aggregate))
         bias, bias_boot, decision = token_verdict(a, epochs, per_step, length, loss, loss_boot, rng)
     decision["test_loss_min_contrast"] = verdict.minimum_contrast(
         test_losses.mean(axis=1), decision["test_loss_min_index"]
@@ -514,10 +547,11 @@ def summarize(config, steps, per_step):
 
 
 def bias_curve(stats):
-    """[C] the verdict's bias statistic: tokens, the NN divergence; images, the similarity."""
+    """[C] the verdict's bias statistic: tokens, the NN divergence; images, the similarity
+    (its median over pairs where the protocol aggregates by the median)."""
     if stats["setting"] == "tokens":
         return stats["nn_divergence"]
-    return stats["sample_split"]["mean"]
+    return stats["sample_split"].get("median", stats["sample_split"]["mean"])
 
 
 def kl_along_t(curves, indices, epochs):

@@ -83,7 +83,7 @@ def _train(config, workdir):
     state, data = twin_steps.initial_state_and_data(config, run, mesh)
     per_call = config.training.steps_per_call
     latest_every = -(-config.snapshots.latest_every_steps // per_call) * per_call
-    # Saves at the planned steps (the last is `total`) and every `latest_every`.
+    # Saves at the planned steps, every `latest_every` and at `total`.
     ckpts = checkpoints.TwinCheckpoints(workdir, run.snapshot_steps, latest_every=latest_every)
     start, restored = ckpts.restore_newest(checkpoints.abstract(state))
     primary = jax.process_index() == 0
@@ -178,7 +178,9 @@ class _Loop:
                 self.progress.add(losses, self.per_call, time.time() - began)
             # Asked of every process at every call: with several, it is a collective.
             preempted = self.notice.received() and step < total
-            self.ckpts.save(step, state, force=preempted)
+            # The final state is saved even where it is no snapshot (explicit
+            # epochs without the last): a rerun then finds the run complete.
+            self.ckpts.save(step, state, force=preempted or step == total)
             if step in plan and self.progress is not None:
                 # A kill loses no logged point before the snapshot it can resume from.
                 self.progress.board.flush()

@@ -23,6 +23,15 @@ Measured on synthetic twins whose own peaks scatter around the population's
 alone. The percentile interval of a curve's value over so few twins stays
 narrower than 95% (0.67, 0.80, 0.87 of 100 runs with 3, 4, 6 twins): a
 bootstrap cannot know the spread of a handful of units.
+
+Curves over units are aggregated by the mean (the default) or the median
+(`config.analysis.aggregate`): the median over units of each unit's mean over
+items, as the authors' CelebA aggregation (cos_dis_aggregate.py: the median
+over the 105 twin pairs of each pair's mean cosine similarity, the median over
+the 15 models of each model's test loss). A median replicate draws the same
+units and items as a mean replicate, then takes the median of the drawn units'
+item means. With fewer than MIN_RESAMPLED_UNITS units the median of one or two
+values is their mean, and the mean is taken: the same numbers, bit for bit.
 """
 
 import numpy as np
@@ -30,8 +39,44 @@ import numpy as np
 # Fewer units than this are averaged, not resampled (see the module docstring).
 MIN_RESAMPLED_UNITS = 3
 
+# How curves over units (twins, twin pairs) are aggregated: config.analysis.aggregate.
+AGGREGATES = ("mean", "median")
 
-def bootstrap_mean_curves(values, rng, num_resamples=1000):
+
+def _median_over_units(aggregate, num_units):
+    """Whether `aggregate` takes the median over `num_units` units (else the mean)."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    return aggregate == "median" and num_units >= MIN_RESAMPLED_UNITS
+
+
+def unit_curve(values, aggregate="mean"):
+    """[C] the curve of per-unit, per-item values [C, U, N] (or [C, N]: items alone).
+
+    "mean": the mean over units and items (over units first, as always);
+    "median": the median over units of each unit's mean over items (with
+    fewer than MIN_RESAMPLED_UNITS units, the mean).
+    """
+    values = np.asarray(values)
+    if values.ndim == 2:
+        return values.mean(axis=1)
+    if _median_over_units(aggregate, values.shape[1]):
+        return np.median(values.mean(axis=2), axis=1)
+    return values.mean(axis=1).mean(axis=1)
+
+
+def over_units(values, aggregate="mean"):
+    """[...] the mean, or the median (`aggregate`), of values [..., U] over their last axis, the units.
+
+    With fewer than MIN_RESAMPLED_UNITS units, the mean (the median of one or two values).
+    """
+    values = np.asarray(values)
+    if _median_over_units(aggregate, values.shape[-1]):
+        return np.median(values, axis=-1)
+    return values.mean(axis=-1)
+
+
+def bootstrap_mean_curves(values, rng, num_resamples=1000, aggregate="mean"):
     """[B, C] means over items (and units) resampled with replacement, jointly for all checkpoints.
 
     Args:
@@ -43,8 +88,13 @@ def bootstrap_mean_curves(values, rng, num_resamples=1000):
             U x N values; with fewer units their mean is taken first and only
             items are drawn.
         rng: numpy Generator.
+        aggregate: "mean", or "median": a replicate (the same draws) is then
+            the median over the drawn units of their means over the drawn
+            items (`unit_curve` of the replicate); with fewer than
+            MIN_RESAMPLED_UNITS units, the mean.
     """
     values = np.asarray(values)
+    median = _median_over_units(aggregate, values.shape[1] if values.ndim == 3 else 1)
     if values.ndim == 3 and values.shape[1] < MIN_RESAMPLED_UNITS:
         # In the values' own precision: the mean a caller takes itself, bit for bit.
         values = values.mean(axis=1)
@@ -56,14 +106,15 @@ def bootstrap_mean_curves(values, rng, num_resamples=1000):
     out = np.empty((num_resamples, len(values)))
     for b in range(num_resamples):
         units, items = rng.integers(0, num_units, num_units), rng.integers(0, num, num)
-        out[b] = values[:, units][:, :, items].mean(axis=(1, 2))
+        drawn = values[:, units][:, :, items]
+        out[b] = np.median(drawn.mean(axis=2), axis=1) if median else drawn.mean(axis=(1, 2))
     return out
 
 
 def bootstrap_binned_kl_curves(
-    sample_bins, reference_bins, num_bins, kl_fn, rng, num_resamples=1000
+    sample_bins, reference_bins, num_bins, kl_fn, rng, num_resamples=1000, aggregate="mean"
 ):
-    """[B, C] mean over models of KL(samples || reference), items resampled jointly.
+    """[B, C] mean (or median) over models of KL(samples || reference), items resampled jointly.
 
     Coupled sampling gives sample j of every model and every checkpoint the same
     x_T and noise, and the held-out items are the same at every checkpoint: a
@@ -81,9 +132,11 @@ def bootstrap_binned_kl_curves(
         num_bins: the number of bins.
         kl_fn: kl_fn(p [..., bins], q [..., bins]) -> [...] of count histograms.
         rng: numpy Generator.
+        aggregate: "mean", or "median" over the drawn models (the same draws;
+            with fewer than MIN_RESAMPLED_UNITS models, the mean).
 
     Returns:
-        [B, C] replicates of the mean over models of the KL curve.
+        [B, C] replicates of the mean (median) over models of the KL curve.
     """
     sample_bins = np.asarray(sample_bins, np.int64)
     reference_bins = np.asarray(reference_bins, np.int64)
@@ -94,6 +147,7 @@ def bootstrap_binned_kl_curves(
     reference_keys = reference_bins + num_bins * np.arange(num_k)[:, None]
     out = np.empty((num_resamples, num_c))
     resample_models = num_k >= MIN_RESAMPLED_UNITS
+    median = _median_over_units(aggregate, num_k)
     for b in range(num_resamples):
         models = rng.integers(0, num_k, num_k) if resample_models else slice(None)
         items, held = rng.integers(0, num, num), rng.integers(0, m, m)
@@ -101,7 +155,7 @@ def bootstrap_binned_kl_curves(
         reference = np.bincount(reference_keys[:, held].ravel(), minlength=num_k * num_bins)
         counts = counts.reshape(num_c, num_k, num_bins)
         kl = np.asarray(kl_fn(counts, reference.reshape(num_k, num_bins)[None]))  # [C, K]
-        out[b] = kl[:, models].mean(-1)
+        out[b] = np.median(kl[:, models], axis=-1) if median else kl[:, models].mean(-1)
     return out
 
 

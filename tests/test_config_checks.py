@@ -38,6 +38,9 @@ from diffusion_bias import config_checks
         ("digits", "analysis.privacy_confidence", 1.0, "config.analysis.privacy_confidence"),
         ("digits", "analysis.privacy_delta", 0.0, "config.analysis.privacy_delta"),
         ("digits", "analysis.privacy_bootstrap", 0, "config.analysis.privacy_bootstrap"),
+        ("digits", "analysis.aggregate", "mode", "config.analysis.aggregate"),
+        ("grammar", "analysis.aggregate", None, "config.analysis.aggregate"),
+        ("digits", "snapshots.include_last", False, "config.snapshots.include_last"),
     ],
 )
 def test_check_config_names_the_field(setting, path, value, match):
@@ -64,6 +67,25 @@ def test_grammar_rng_is_optional_and_checks_the_legacy_seed():
         config.data.grammar_seed = 2**32
     with pytest.raises(config_checks.ConfigError, match=re.escape("config.data.grammar_seed")):
         config_checks.check_config(config)
+
+
+def test_aggregate_is_mean_or_median_in_one_line_and_absent_means_mean():
+    config = smoke.get_config()
+    assert config.analysis.aggregate == "mean"
+    for value in ("mean", "median"):
+        with config.unlocked():
+            config.analysis.aggregate = value
+        config_checks.check_config(config)
+    with config.unlocked():
+        config.analysis.aggregate = "trimmed"
+    with pytest.raises(config_checks.ConfigError) as err:
+        config_checks.check_config(config)
+    assert str(err.value) == (
+        "config.analysis.aggregate must be one of ['mean', 'median'], got 'trimmed'"
+    )
+    with config.unlocked():
+        del config.analysis["aggregate"]  # as in configs saved before the field
+    config_checks.check_config(config)
 
 
 def test_data_pool_size_writes_nothing(tmp_path, monkeypatch):

@@ -64,6 +64,7 @@ def test_a_run_saved_before_a_field_existed_resumes_under_its_old_value(tmp_path
     with open(path) as f:
         saved = json.load(f)
     del saved["model"]["dtype"]  # as written before config.model.dtype existed
+    del saved["snapshots"]["include_last"]  # and before snapshots.include_last
     with open(path, "w") as f:
         json.dump(saved, f)
     config_file.save_config(workdir, smoke.get_config())  # float32, as it trained

@@ -11,6 +11,7 @@ import pytest
 from configs import celeba_paper
 from configs import grammar_paper
 from configs import smoke
+from diffusion_bias import checkpoints
 from diffusion_bias import models
 from diffusion_bias import run as run_lib
 from diffusion_bias import train
@@ -141,6 +142,32 @@ def test_a_run_with_a_partial_last_batch_counts_ceil_steps_per_epoch(tmp_path):
     assert list(run_lib.snapshot_steps(config))[-1] == 40
 
 
+def test_explicit_epochs_without_the_last_are_the_grid_and_the_final_state_is_still_saved(
+    tmp_path,
+):
+    config = smoke.get_config()
+    with config.unlocked():
+        # 4 steps per epoch, 40 in all; `latest` every 12 steps: never at step 40.
+        config.snapshots.update(epochs=(2, 5), include_last=False, latest_every_steps=12)
+    np.testing.assert_array_equal(run_lib.snapshot_steps(config), [8, 20])
+    with config.unlocked():
+        config.snapshots.include_last = True
+    np.testing.assert_array_equal(run_lib.snapshot_steps(config), [8, 20, 40])
+    with config.unlocked():
+        config.snapshots.include_last = False
+    workdir = str(tmp_path)
+    train.train_and_evaluate(config, workdir)
+    ckpts = checkpoints.TwinCheckpoints(workdir, run_lib.snapshot_steps(config), read_only=True)
+    try:
+        assert ckpts.snapshot_steps() == [8, 20]  # what the analysis walks
+        assert ckpts.all_steps() == [8, 20, 40]  # the final state, as the latest
+    finally:
+        ckpts.close()
+    # A rerun finds the run complete: it restores step 40 and trains nothing.
+    state = train.train_and_evaluate(config, workdir)
+    assert int(state.step) == 40
+
+
 def test_celeba_paper_snapshots_are_the_papers_truncated_epochs():
     config = celeba_paper.get_config()
     paper = np.linspace(10, 4999, 50)[1:21].astype(int)  # the authors' list
@@ -148,8 +175,9 @@ def test_celeba_paper_snapshots_are_the_papers_truncated_epochs():
     assert config.snapshots.epochs[:2] == (111, 213)  # truncated: 111.8 -> 111
     spe = run_lib.steps_per_epoch(config)
     assert spe == 2
-    total = config.training.num_epochs * spe
-    np.testing.assert_array_equal(run_lib.snapshot_steps(config), np.append(paper * spe, total))
+    # The authors' grid alone: no snapshot at the last epoch.
+    assert not config.snapshots.include_last
+    np.testing.assert_array_equal(run_lib.snapshot_steps(config), paper * spe)
 
 
 @pytest.mark.parametrize("n,spe", [("5000", 10), ("12000", 24), ("70000", 137)])

@@ -5,6 +5,7 @@ from configs import digits_cpu
 from configs import grammar_cpu
 from configs import grammar_paper
 from diffusion_bias import instrument
+from diffusion_bias import run as run_lib
 from diffusion_bias import summary
 from diffusion_bias.diffusion import schedules
 from diffusion_bias.statistics import uturn
@@ -32,6 +33,30 @@ def test_celeba_paper_samples_512_per_model_on_the_full_chain():
     schedule = schedules.image_schedule(config.diffusion.num_steps)
     assert instrument.sampling_schedule(schedule, config.analysis.sampling_steps) is schedule
     assert schedule.num_steps == 1000 and config.analysis.num_samples == 512
+
+
+# The authors' CelebA checkpoints: training_times of their sample-split script
+# (Why-Diffusion-Models-Don-t-Memorize, Experiments/src/Generation/
+# sample_split_inference.py), written out: np.linspace(10, 4999, 50, dtype=int)[1:21].
+AUTHORS_CELEBA_EPOCHS = (
+    111, 213, 315, 417, 519, 620, 722, 824, 926, 1028,
+    1129, 1231, 1333, 1435, 1537, 1639, 1740, 1842, 1944, 2046,
+)  # fmt: skip
+
+
+def test_celeba_paper_grid_is_the_authors_and_its_verdict_takes_their_medians():
+    config = celeba_paper.get_config()
+    assert config.snapshots.epochs == AUTHORS_CELEBA_EPOCHS
+    spe = run_lib.steps_per_epoch(config)
+    steps = run_lib.snapshot_steps(config)
+    # Exactly their 20 epochs: no snapshot at the last epoch (5000).
+    assert tuple(int(s) // spe for s in steps) == AUTHORS_CELEBA_EPOCHS
+    assert all(s % spe == 0 for s in steps)
+    assert config.analysis.aggregate == "median"
+    assert summary.protocol(config)["aggregate"] == "median"
+    # The other paper and CPU configs keep the mean.
+    for other in (grammar_paper.get_config("12000"), digits_cpu.get_config()):
+        assert summary.protocol(other)["aggregate"] == "mean"
 
 
 def test_cpu_configs_keep_the_respaced_chain_and_search_every_snapshot():

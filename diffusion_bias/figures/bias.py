@@ -24,8 +24,9 @@ def _verdict_text(stats):
 
 def _bias_curve(ax, stats, epochs, tokens):
     """Draws the bias curve on `ax` (tokens: NN divergence; images: similarity); its line or None."""
+    aggregate = common.get(stats, "protocol.aggregate") or "mean"
     if tokens:
-        bias_label = "NN divergence KL(generated || held-out), mean over models"
+        bias_label = f"NN divergence KL(generated || held-out), {aggregate} over models"
         curve = common.vector(stats["nn_divergence"])
         bias = common.line(ax, epochs, curve, color=common.BIAS_COLOR, label=bias_label)
         common.value_axis(
@@ -35,15 +36,20 @@ def _bias_curve(ax, stats, epochs, tokens):
             color=common.BIAS_COLOR,
         )
     else:
-        bias_label = "sample-split similarity (mean +- sem)"
-        curve = common.vector(common.get(stats, "sample_split.mean"))
+        # The verdict's curve: under the "median" aggregate the median over pairs,
+        # which no s.e.m. describes.
+        median = common.get(stats, "sample_split.median")
+        curve = common.vector(
+            median if median is not None else common.get(stats, "sample_split.mean")
+        )
         bias = common.line(
             ax,
             epochs,
             curve,
-            common.vector(common.get(stats, "sample_split.sem")),
+            None if median is not None else common.vector(common.get(stats, "sample_split.sem")),
             color=common.BIAS_COLOR,
-            label=bias_label,
+            label="sample-split similarity "
+            + ("(median over twin pairs)" if median is not None else "(mean +- sem)"),
         )
         common.value_axis(ax, "similarity of coupled twin samples", curve, color=common.BIAS_COLOR)
     ax.tick_params(axis="y", colors=common.BIAS_COLOR)
@@ -60,7 +66,7 @@ def _test_loss_curve(ax, stats, epochs):
         test_loss,
         common.vector(stats.get("test_loss_sem")),
         color=common.LOSS_COLOR,
-        label="test loss (mean +- sem)",
+        label=f"test loss ({common.get(stats, 'protocol.aggregate') or 'mean'} over twins +- sem)",
     )
     common.value_axis(loss_ax, "held-out denoising loss", test_loss, color=common.LOSS_COLOR)
     loss_ax.tick_params(axis="y", colors=common.LOSS_COLOR)
@@ -114,8 +120,9 @@ def _verdict_panel(text_ax, text, conclusive):
 def fig_bias_vs_test_loss(stats, path):
     """Fig. 1a: the bias curve and the held-out loss over training, with the verdict.
 
-    Images: the mean sample-split similarity (+-sem); tokens: the NN divergence.
-    The test loss (+-sem) is on the right axis. The onset and test-loss minimum
+    Images: the mean sample-split similarity (+-sem), or its median over twin
+    pairs where the protocol aggregates by the median; tokens: the NN
+    divergence. The test loss (+-sem) is on the right axis. The onset and test-loss minimum
     are dashed, their bootstrap 95% intervals shaded; the span between them is
     the biased-generalisation phase when the verdict is conclusive.
     """
