@@ -70,8 +70,9 @@ def _load_cached(path):
         return None
 
 
-# Analysis fields that change which snapshots are analysed, not what one gives.
-NOT_PER_SNAPSHOT = ("refine",)
+# Analysis fields that change which snapshots are analysed or how their arrays are
+# aggregated into curves, not what one snapshot gives.
+NOT_PER_SNAPSHOT = ("refine", "aggregate")
 
 
 def _cache_tag(config, snapshot):

@@ -120,6 +120,10 @@ def test_rerun_reads_the_cache_and_gives_the_same_statistics(trained):
     second = analysis.analyze(workdir)
     assert first == second
     assert mtimes == {f: os.path.getmtime(os.path.join(cache, f)) for f in os.listdir(cache)}
+    # How the verdict aggregates twins is applied to the cached arrays: nothing recomputed.
+    median = analysis.analyze(workdir, overrides={"aggregate": "median"})
+    assert mtimes == {f: os.path.getmtime(os.path.join(cache, f)) for f in os.listdir(cache)}
+    assert median["verdict"] == first["verdict"]  # two twins: the median is the mean
 
 
 def test_sampling_steps_0_is_the_full_chain_and_others_respace():
