@@ -12,8 +12,8 @@ import numpy as np
 
 from diffusion_bias import checks
 from diffusion_bias import coupled
+from diffusion_bias import probe as probe_lib
 from diffusion_bias import run as run_lib
-from diffusion_bias.data import sources
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion import schedules
@@ -21,9 +21,7 @@ from diffusion_bias.statistics import controlled
 from diffusion_bias.statistics import kl_bp
 from diffusion_bias.statistics import loss_decomposition
 from diffusion_bias.statistics import losses
-from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import quality
-from diffusion_bias.statistics import sample_split
 from diffusion_bias.statistics import score_cosine
 from diffusion_bias.statistics import uturn
 
@@ -47,14 +45,11 @@ def sampling_schedule(schedule, sampling_steps):
 
 
 class Instrument:
-    """What stays fixed across snapshots: data, grids, compiled functions.
+    """What stays fixed across snapshots: the probe (data, coupled noise, loss
+    grid, in `probe.Probe`), the analysis' other grids, compiled functions.
 
     Images: twin k lives in its own space, the items minus `offsets[k]` (its
-    centring shift). Its losses are taken there (held-out items shifted by the
-    same offset, as the paper's authors transform a split's test set); samples
-    are mapped back (plus their twin's offset) so that they, the training sets
-    `train` and the held-out items `heldout` compare in one common space, the
-    items as drawn.
+    centring shift); see `probe.Probe`.
     """
 
     def __init__(self, config, workdir):
@@ -65,21 +60,38 @@ class Instrument:
         self.heldout = np.asarray(run.twin_data.heldout)  # [m, ...] common space
         self.offsets = run.offsets  # [K, C] images, None for tokens
         self.grammar = run.pool.grammar
+        self.q = self.grammar.q if self.kind == "tokens" else None
         self.apply_fn = coupled.denoiser(self.model, self.kind)
         self.apply_jit = jax.jit(self.apply_fn)
         self.sampling = sampling_schedule(self.schedule, self.a.sampling_steps)
         key = jax.random.key(self.a.seed)
-        self.sample_key = jax.random.fold_in(key, 0)
-        n_items = min(self.a.loss_items, self.train.shape[1])
-        self.train_items = np.asarray(run.train)[:, :n_items]  # each twin's own space
-        largest = max(n_items, len(self.heldout))
-        self.loss_t, self.loss_noise = losses.loss_grid(
-            jax.random.fold_in(key, 1), largest, self.schedule.num_steps, self.a.loss_repeats
+        paper_step = self.kind == "images" and self.a.image_sampler == "paper"
+        self.probe = probe_lib.Probe(
+            self.apply_fn,
+            self.schedule,
+            self.sampling,
+            self.kind,
+            self.train,
+            self.heldout,
+            key=key,
+            num_samples=self.a.num_samples,
+            loss_items=self.a.loss_items,
+            loss_repeats=self.a.loss_repeats,
+            offsets=self.offsets,
+            num_symbols=self.q,
+            clip_x0=None if paper_step else self.a.clip_x0 or None,
+            step_rule="paper" if paper_step else "posterior",
+            twin_strategy=config.training.twin_strategy,
         )
+        self.train_items = self.probe.own_items  # [K, n'] each twin's own space
+        self.item_shape = self.probe.item_shape
         self.score_key = jax.random.fold_in(key, 2)
         self.stat_key = jax.random.fold_in(key, 3)
         # Membership scores: every item at each time of a grid (t/T = privacy_times).
-        self.privacy_t = losses.time_grid(largest, self.schedule.num_steps, self.a.privacy_times)
+        n_items = self.train_items.shape[1]
+        self.privacy_t = losses.time_grid(
+            max(n_items, len(self.heldout)), self.schedule.num_steps, self.a.privacy_times
+        )
         self.privacy_noise = jax.random.fold_in(key, 4)
         self._bp_losses = None
         canary = run.twin_data.splits.canary_twin  # [n] with splits.assignment = "coin"
@@ -90,42 +102,14 @@ class Instrument:
             # Sample quality: a classifier of the held-out items (never the training sets).
             held_labels = labels[run.twin_data.splits.heldout]
             self.classifier = quality.fit_classifier(self.heldout, held_labels)
-        if self.kind == "tokens":
-            self.q = self.grammar.q
-            self.length = self.train.shape[-1]
-            self.item_shape = (self.length, self.q)
-        else:
-            self.q = None
-            self.item_shape = self.train.shape[2:]
 
     def in_twin_space(self, items, k, scale=1.0):
-        """Items of the common space as twin k sees them: minus scale * offsets[k].
-
-        `scale` = sqrt(alpha_bar_t) shifts noisy items x_t (the offset scales with x_0).
-        """
-        if self.offsets is None or not np.any(self.offsets[k]):
-            return items
-        return items - scale * jnp.asarray(self.offsets[k], items.dtype)
-
-    def to_common_space(self, samples):
-        """[K, N, ...] samples of each twin's space plus that twin's offset."""
-        if self.offsets is None or not np.any(self.offsets):
-            return samples
-        shift = sources.twin_offsets(self.offsets, samples.ndim)
-        return (samples + shift).astype(samples.dtype)
+        """`probe.Probe.in_twin_space`."""
+        return self.probe.in_twin_space(items, k, scale)
 
     def losses_of(self, params, items, apply_fn=None):
-        """Per-item losses of one twin on items of its own space ([B] numpy)."""
-        return losses.item_losses(
-            apply_fn or self.apply_fn,
-            params,
-            items,
-            self.loss_t[: len(items)],
-            self.loss_noise,
-            self.schedule,
-            kind=self.kind,
-            num_symbols=self.q,
-        )
+        """[B] per-item losses of one twin on items of its own space, on the loss grid."""
+        return self.probe.losses_of(params, items, apply_fn)
 
     def losses_at_times(self, params, items):
         """[S, B] losses of one twin on items of its own space at each time of the privacy grid."""
@@ -143,16 +127,13 @@ class Instrument:
 
     def membership_losses(self, params):
         """Each twin's losses on its own items, its partner's (twin k + 1 mod K) and the held-out
-        items, on the loss grid and at each time of the privacy grid (`statistics.privacy`)."""
-        num_twins, n_items = self.train_items.shape[:2]
+        items at each time of the privacy grid (`statistics.privacy`); tokens: exact BP's losses."""
         out = {}
         for k, p in enumerate(params):
-            partner = np.asarray(self.in_twin_space(self.train[(k + 1) % num_twins, :n_items], k))
             heldout = np.asarray(self.in_twin_space(self.heldout, k))
-            out.setdefault("partner_losses", []).append(self.losses_of(p, partner))
             for name, items in (
                 ("own", self.train_items[k]),
-                ("partner", partner),
+                ("partner", self.probe.partner_items[k]),
                 ("heldout", heldout),
             ):
                 out.setdefault(f"{name}_losses_t", []).append(self.losses_at_times(p, items))
@@ -180,37 +161,10 @@ class Instrument:
         return self._bp_losses
 
     def compute(self, snapshot):
-        """All per-snapshot arrays, as a flat dict of numpy arrays."""
-        stacked = snapshot.evaluated_params()
-        num_twins = self.train.shape[0]
-        params = [jax.tree.map(lambda x, k=k: x[k], stacked) for k in range(num_twins)]
-        paper_step = self.kind == "images" and self.a.image_sampler == "paper"
-        clip = None if paper_step else self.a.clip_x0 or None
-        samples = coupled.coupled_samples(
-            self.apply_fn,
-            stacked,
-            self.sampling,
-            self.item_shape,
-            self.a.num_samples,
-            self.sample_key,
-            kind=self.kind,
-            twin_strategy=self.config.training.twin_strategy,
-            clip_x0=clip if self.kind == "images" else None,
-            step_rule="paper" if paper_step else "posterior",
-        )
-        if self.kind == "images":
-            samples = self.to_common_space(samples)
-        out = dict(similarity=sample_split.pair_similarity(samples, self.kind))
-        out.update(nearest.nearest_statistics(samples, self.train, self.heldout, self.kind))
-        out["test_losses"] = np.stack(
-            [
-                self.losses_of(p, np.asarray(self.in_twin_space(self.heldout, k)))
-                for k, p in enumerate(params)
-            ]
-        )
-        out["train_losses"] = np.stack(
-            [self.losses_of(p, self.train_items[k]) for k, p in enumerate(params)]
-        )
+        """All per-snapshot arrays, as a flat dict of numpy arrays: the probe's
+        (`probe.Probe.measure`), the membership losses, then those of the kind."""
+        out, samples, params = self.probe.measure(snapshot.evaluated_params())
+        num_twins = len(params)
         out.update(self.membership_losses(params))
         if self.classifier is not None:
             out["quality"] = np.stack(

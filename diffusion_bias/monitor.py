@@ -24,15 +24,13 @@ import jax
 import numpy as np
 
 from diffusion_bias import checks
-from diffusion_bias import coupled
+from diffusion_bias import probe as probe_lib
 from diffusion_bias import stopping
 from diffusion_bias import verdict
-from diffusion_bias.data import sources
 from diffusion_bias.diffusion import schedules
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import privacy
-from diffusion_bias.statistics import sample_split
 
 KINDS = ("images", "tokens")
 
@@ -130,22 +128,24 @@ class BiasMonitor:
         self.auc_threshold, self.memorized_threshold = auc_threshold, memorized_threshold
         self.epsilon_threshold, self.tpr_threshold = epsilon_threshold, tpr_threshold
         self.num_samples, self.bootstrap, self.seed = num_samples, bootstrap, seed
-        self._apply_fn, self._schedule = apply_fn, schedule
-        self._num_symbols, self._clip_x0, self._twin_strategy = num_symbols, clip_x0, twin_strategy
-        self._train = train_sets
-        self._offsets = None if offsets is None else np.asarray(offsets, np.float32)
         n_items = min(loss_items, train_sets.shape[1], len(heldout))
-        self._train_items = train_sets[:, :n_items]
-        self._heldout = heldout[:n_items]
-        self._sampling = schedules.respace(schedule, min(sampling_steps, schedule.num_steps))
-        key = jax.random.key(seed)
-        self._sample_key = jax.random.fold_in(key, 0)
-        self._loss_t, self._loss_noise = losses.loss_grid(
-            jax.random.fold_in(key, 1), n_items, schedule.num_steps, loss_repeats
+        self._length = train_sets.shape[-1]
+        self._probe = probe_lib.Probe(
+            apply_fn,
+            schedule,
+            schedules.respace(schedule, min(sampling_steps, schedule.num_steps)),
+            kind,
+            train_sets,
+            heldout[:n_items],
+            key=jax.random.key(seed),
+            num_samples=num_samples,
+            loss_items=n_items,
+            loss_repeats=loss_repeats,
+            offsets=None if offsets is None else np.asarray(offsets, np.float32),
+            num_symbols=num_symbols,
+            clip_x0=clip_x0,
+            twin_strategy=twin_strategy,
         )
-        # What the sampler draws: one-hot sequences [L, q] for tokens, the images' shape.
-        tokens = kind == "tokens"
-        self._item_shape = (train_sets.shape[-1], num_symbols) if tokens else train_sets.shape[2:]
         self.rows = []
         self._history = {}  # name -> list of per-snapshot arrays
         self._scalars = []  # per snapshot: {statistic: value}
@@ -157,57 +157,19 @@ class BiasMonitor:
         return "max" if self.kind == "images" else "min"
 
     def statistics(self, stacked_params):
-        """The per-item arrays of one snapshot (numpy).
+        """The per-item arrays of one snapshot (numpy): `probe.Probe.measure`'s.
 
         Returns:
             dict: similarity [N] (mean over twin pairs), own_d1, own_d2,
             other_d1 [K, N], heldout_d1 [K, m], test_losses, train_losses,
             partner_losses [K, m] (twin k on the items of twin (k + 1) mod K).
         """
-        samples = coupled.coupled_samples(
-            self._apply_fn,
-            stacked_params,
-            self._sampling,
-            self._item_shape,
-            self.num_samples,
-            self._sample_key,
-            kind=self.kind,
-            twin_strategy=self._twin_strategy,
-            clip_x0=self._clip_x0 if self.kind == "images" else None,
-        )
-        samples = samples + self._shift(np.arange(len(samples)), samples.ndim)
-        out = dict(similarity=sample_split.pair_similarity(samples, self.kind).mean(axis=0))
-        nn = nearest.nearest_statistics(samples, self._train, self._heldout, self.kind)
-        out.update({k: nn[k] for k in ("own_d1", "own_d2", "other_d1", "heldout_d1")})
-        test, train, partner = [], [], []
-        num_twins = len(self._train)
-        for k in range(num_twins):
-            params = jax.tree.map(lambda x, k=k: x[k], stacked_params)
-            shift = self._shift(k, self._heldout.ndim)
-            test.append(self._losses(params, self._heldout - shift))
-            train.append(self._losses(params, self._train_items[k] - shift))
-            partner.append(self._losses(params, self._train_items[(k + 1) % num_twins] - shift))
-        out["test_losses"], out["train_losses"] = np.stack(test), np.stack(train)
-        out["partner_losses"] = np.stack(partner)
+        stats = self._probe.measure(stacked_params)[0]
+        out = dict(similarity=stats["similarity"].mean(axis=0))
+        keep = ("own_d1", "own_d2", "other_d1", "heldout_d1")
+        keep += ("test_losses", "train_losses", "partner_losses")
+        out.update({k: stats[k] for k in keep})
         return out
-
-    def _shift(self, twins, ndim):
-        """Offsets of `twins` (an int or [K]) broadcastable to items of rank `ndim`; 0 if none."""
-        if self._offsets is None:
-            return 0
-        return sources.twin_offsets(self._offsets[twins], ndim)
-
-    def _losses(self, params, items):
-        return losses.item_losses(
-            self._apply_fn,
-            params,
-            items,
-            self._loss_t[: len(items)],
-            self._loss_noise,
-            self._schedule,
-            kind=self.kind,
-            num_symbols=self._num_symbols,
-        )
 
     def __call__(self, stacked_params, epoch):
         """Measures one snapshot and applies the stopping rule.
@@ -257,7 +219,7 @@ class BiasMonitor:
             bias_boot = verdict.bootstrap_mean_curves(h["similarity"], rng, self.bootstrap)
         else:
             bias, bias_boot = _nn_divergence_curves(
-                h["own_d1"], h["heldout_d1"][0], self._train.shape[-1], rng, self.bootstrap
+                h["own_d1"], h["heldout_d1"][0], self._length, rng, self.bootstrap
             )
         return dict(curves, bias=bias, bias_boot=bias_boot)
 

@@ -89,7 +89,7 @@ def test_instrument_compares_twins_in_the_common_space_and_scores_in_their_own(t
         inst.sampling,
         inst.item_shape,
         inst.a.num_samples,
-        inst.sample_key,
+        inst.probe.sample_key,
         kind="images",
         step_rule="paper",
     )
@@ -108,8 +108,8 @@ def test_instrument_compares_twins_in_the_common_space_and_scores_in_their_own(t
             inst.apply_fn,
             params_k,
             shifted,
-            inst.loss_t[: len(shifted)],
-            inst.loss_noise,
+            inst.probe.loss_t[: len(shifted)],
+            inst.probe.loss_noise,
             inst.schedule,
             kind="images",
         )
@@ -126,7 +126,7 @@ def test_instrument_nn_distances_are_invariant_to_the_twin_shift(tmp_path):
     rng = np.random.default_rng(3)
     raw = rng.uniform(0, 1, (2, 16) + inst.item_shape).astype(np.float32)
     centred = (raw - inst.offsets[:, None, None, None, :]).astype(np.float32)
-    back = inst.to_common_space(centred)
+    back = inst.probe.to_common_space(centred)
     np.testing.assert_allclose(back, raw, atol=1e-6)
     a = nearest.nearest_statistics(back, inst.train, inst.heldout, "images")
     b = nearest.nearest_statistics(raw, inst.train, inst.heldout, "images")

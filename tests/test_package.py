@@ -71,7 +71,8 @@ def test_the_import_graph_is_read_from_every_module_and_every_import_form():
     assert {"diffusion_bias.run", "diffusion_bias.checkpoints"} <= set(
         graph["diffusion_bias.train"]
     )
-    assert "diffusion_bias.statistics.nearest" in graph["diffusion_bias.instrument"]
+    assert "diffusion_bias.statistics.nearest" in graph["diffusion_bias.probe"]
+    assert "diffusion_bias.probe" in graph["diffusion_bias.instrument"]
     assert "diffusion_bias.diffusion.samplers" in graph["diffusion_bias.diffusion"]
 
 
@@ -86,6 +87,7 @@ def test_analysis_summary_and_statistics_do_not_import_training():
     analysis_side = [
         "diffusion_bias.analysis",
         "diffusion_bias.instrument",
+        "diffusion_bias.probe",
         "diffusion_bias.summary",
     ] + [m for m in graph if m.startswith("diffusion_bias.statistics")]
     for module in analysis_side:
