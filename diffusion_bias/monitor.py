@@ -218,7 +218,7 @@ class BiasMonitor:
             bias = h["similarity"].mean(axis=1)
             bias_boot = verdict.bootstrap_mean_curves(h["similarity"], rng, self.bootstrap)
         else:
-            bias, bias_boot = _nn_divergence_curves(
+            bias, bias_boot, _ = verdict.nn_divergence_curves(
                 h["own_d1"], h["heldout_d1"][0], self._length, rng, self.bootstrap
             )
         return dict(curves, bias=bias, bias_boot=bias_boot)
@@ -333,26 +333,3 @@ def _check_arguments(train_sets, heldout, kind, stop, num_symbols, **counts):
     for name, value in counts.items():
         if not checks.is_int(value) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _nn_divergence_curves(own_d1, heldout_d1, length, rng, num_resamples):
-    """NN divergence per snapshot (mean over twins) and its bootstrap replicates.
-
-    Args:
-        own_d1: [C, K, N] NN distances of twin k's samples to its training set.
-        heldout_d1: [K, m] the held-out items' distances to the same sets.
-        length: sequence length L (the histogram range).
-
-    Returns:
-        [C] curve and [B, C] replicates (`verdict.bootstrap_binned_kl_curves`).
-    """
-    curve = nearest.nn_divergence(own_d1, heldout_d1[None], length).mean(axis=-1)
-    boot = verdict.bootstrap_binned_kl_curves(
-        nearest.nn_bins(own_d1, length),
-        nearest.nn_bins(heldout_d1, length),
-        nearest.NN_BINS,
-        nearest.histogram_kl,
-        rng,
-        num_resamples,
-    )
-    return curve, boot

@@ -250,18 +250,6 @@ def image_curves(a, per_step):
     )
 
 
-def _nn_divergence(per_step, length):
-    """The paper's NN divergence: one KL per model (its samples against the held-out
-    sequences, both in its own training set), then the mean.
-
-    Returns:
-        gen_hist [C, K, bins], held_hist [K, bins], per_model [C, K].
-    """
-    gen_hist = np.stack([nearest.nn_histogram(r["own_d1"], length) for r in per_step])
-    held_hist = nearest.nn_histogram(per_step[0]["heldout_d1"], length)  # [K, bins]
-    return gen_hist, held_hist, nearest.histogram_kl(gen_hist, held_hist[None])
-
-
 def _loss_decomposition(per_step):
     """The loss_decomposition entry: l* and l~ on own and held-out sequences, per token."""
     names = ("l_star_train", "l_tilde_train", "l_star_heldout", "l_tilde_heldout")
@@ -279,7 +267,11 @@ def token_curves(per_step, length, aggregate="mean"):
 
     The NN divergence over models is their mean, or median (`aggregate`).
     """
-    gen_hist, held_hist, per_model = _nn_divergence(per_step, length)
+    own_d1, heldout_d1 = _col(per_step, "own_d1"), per_step[0]["heldout_d1"]
+    # The paper's NN divergence: one KL per model, both histograms in its own training set.
+    per_model = nearest.nn_divergence(own_d1, heldout_d1[None], length)  # [C, K]
+    gen_hist = nearest.nn_histogram(own_d1, length)  # [C, K, bins]
+    held_hist = nearest.nn_histogram(heldout_d1, length)  # [K, bins]
     kl_bp = _col(per_step, "kl_bp")  # [C, K, depth + 1]
     stats = dict(
         grammatical_fraction=_col(per_step, "grammatical").mean(axis=1).tolist(),
@@ -337,15 +329,8 @@ def token_verdict(a, epochs, per_step, length, loss, loss_boot, rng):
         (bias [C], bias_boot [B, C], decision).
     """
     aggregate = aggregate_of(a)
-    divergence = verdict.over_units(_nn_divergence(per_step, length)[2], aggregate)
-    bias_boot = verdict.bootstrap_binned_kl_curves(
-        nearest.nn_bins(_col(per_step, "own_d1"), length),
-        nearest.nn_bins(per_step[0]["heldout_d1"], length),
-        nearest.NN_BINS,
-        nearest.histogram_kl,
-        rng,
-        a.bootstrap,
-        aggregate,
+    divergence, bias_boot, _ = verdict.nn_divergence_curves(
+        _col(per_step, "own_d1"), per_step[0]["heldout_d1"], length, rng, a.bootstrap, aggregate
     )
     gate = grammaticality_gate(a)
     decide_nn = functools.partial(

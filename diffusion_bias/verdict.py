@@ -36,6 +36,8 @@ values is their mean, and the mean is taken: the same numbers, bit for bit.
 
 import numpy as np
 
+from diffusion_bias.statistics import nearest
+
 # Fewer units than this are averaged, not resampled (see the module docstring).
 MIN_RESAMPLED_UNITS = 3
 
@@ -157,6 +159,35 @@ def bootstrap_binned_kl_curves(
         kl = np.asarray(kl_fn(counts, reference.reshape(num_k, num_bins)[None]))  # [C, K]
         out[b] = np.median(kl[:, models], axis=-1) if median else kl[:, models].mean(-1)
     return out
+
+
+def nn_divergence_curves(own_d1, heldout_d1, length, rng, num_resamples, aggregate="mean"):
+    """The NN-divergence bias curve over snapshots, its bootstrap and its per-model values.
+
+    One KL per model (`nearest.nn_divergence`: its samples against the held-out
+    sequences, both in its own training set), aggregated over models.
+
+    Args:
+        own_d1: [C, K, N] NN distances of model k's samples to its training set.
+        heldout_d1: [K, m] the held-out items' distances to the same sets.
+        length: sequence length L (the histogram range).
+        rng: numpy Generator of the bootstrap.
+        aggregate: "mean" or "median" over models (`over_units`).
+
+    Returns:
+        (curve [C], replicates [B, C] (`bootstrap_binned_kl_curves`), per_model [C, K]).
+    """
+    per_model = nearest.nn_divergence(own_d1, np.asarray(heldout_d1)[None], length)
+    boot = bootstrap_binned_kl_curves(
+        nearest.nn_bins(own_d1, length),
+        nearest.nn_bins(heldout_d1, length),
+        nearest.NN_BINS,
+        nearest.histogram_kl,
+        rng,
+        num_resamples,
+        aggregate,
+    )
+    return over_units(per_model, aggregate), boot, per_model
 
 
 def _arg_extremum(curves, mode, valid):

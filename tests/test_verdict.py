@@ -268,3 +268,22 @@ def test_minimum_contrast_is_the_paired_z_of_the_ends_over_the_minimum():
     unpaired = 0.03 / np.sqrt(2 * 0.3**2 / 500)
     assert contrast["last"] > 10 * unpaired
     assert verdict.minimum_contrast(item_losses, 0)["first"] == 0.0
+
+
+def test_nn_divergence_curves_aggregate_one_kl_per_model_and_bootstrap_around_it():
+    rng = np.random.default_rng(3)
+    length = 16
+    own = rng.integers(0, length, (5, 3, 400)).astype(np.float64)  # [C, K, N]
+    held = rng.integers(4, length, (3, 300)).astype(np.float64)  # [K, m]
+    for aggregate, over in (("mean", np.mean), ("median", np.median)):
+        curve, boot, per_model = verdict.nn_divergence_curves(
+            own, held, length, np.random.default_rng(0), 200, aggregate
+        )
+        for c in range(5):
+            for k in range(3):
+                one = nearest.nn_divergence(own[c, k], held[k], length)
+                np.testing.assert_allclose(per_model[c, k], one, rtol=1e-12)
+        np.testing.assert_allclose(curve, over(per_model, axis=1), rtol=1e-12)
+        assert boot.shape == (200, 5)
+        # The replicates surround the point estimate (the items are many).
+        assert np.all(np.abs(np.median(boot, axis=0) - curve) < 3 * boot.std(axis=0) + 1e-9)
