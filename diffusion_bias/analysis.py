@@ -156,8 +156,12 @@ def analyze(workdir, overrides=None, output_dir=None, refine=None):
     return stats
 
 
-# The entries of a summary over the refined grid that statistics.json keeps.
-REFINED_ENTRIES = ("checkpoints", "steps", "test_loss", "test_loss_sem", "verdict")
+# The entries of a summary over the refined grid that statistics.json keeps
+# (grammatical_fraction: tokens only).
+REFINED_ENTRIES = (
+    "checkpoints", "steps", "test_loss", "test_loss_sem", "verdict", "nearest",
+    "grammatical_fraction",
+)  # fmt: skip
 
 
 def _refined(config, workdir, walk, per_step, stats, out_dir):
@@ -197,7 +201,7 @@ def _refined(config, workdir, walk, per_step, stats, out_dir):
         return None
     union = sorted(per_step)
     refined = summary.summarize(config, union, [per_step[s] for s in union])
-    out = {k: refined[k] for k in REFINED_ENTRIES}
+    out = {k: refined[k] for k in REFINED_ENTRIES if k in refined}
     out["bias"] = summary.bias_curve(refined)
     out["replays"] = replays
     return out

@@ -232,8 +232,11 @@ def setting_section(name, stats, figure_paths, report_dir):
             f"Refined ({added} snapshots replayed around the extrema, "
             f"{len(refined['steps'])} in all): {verdict.sentence(refined['verdict'])}",
             "",
+            "**Verdict** (refined grid): " + verdict.in_words(refined["verdict"])["conclusion"],
+            f"On the log-spaced grid alone: {words['conclusion']}",
         ]
-    lines.append("**Verdict:** " + words["conclusion"])
+    else:
+        lines.append("**Verdict:** " + words["conclusion"])
     if "grammatical_fraction" in stats:
         g = stats["grammatical_fraction"]
         lines.append(
@@ -272,7 +275,7 @@ def seeds_table(sections):
     summary = []
     for setting, rows in by_setting.items():
         for section in rows:
-            v = section.stats["verdict"]
+            v, grid = verdict.final(section.stats)
             contrast = v.get("test_loss_min_contrast")
             ends = (
                 f"{verdict.number(contrast['first'])} / {verdict.number(contrast['last'])}"
@@ -287,13 +290,17 @@ def seeds_table(sections):
                     v.get("test_loss_min_epoch"), v.get("test_loss_min_interval")
                 )
                 + f" | {verdict.with_interval(v.get('gap_epochs'), v.get('gap_interval'))} | "
-                f"{ends} | {_novel_grammatical_at_minimum(section.stats)} | "
-                f"{verdict.conclusion(v)} |"
+                f"{ends} | {_novel_grammatical_at_minimum(grid)} | "
+                f"{verdict.conclusion(v)}{_grid_note(section.stats, grid)} |"
             )
-        verdicts = [section.stats["verdict"] for section in rows]
+        verdicts = [verdict.final(section.stats)[0] for section in rows]
         gaps = [v["gap_epochs"] for v in verdicts if v.get("gap_epochs") is not None]
         conclusive = sum(bool(v.get("conclusive")) for v in verdicts)
-        line = f"**{setting}**: conclusive in {conclusive} of {len(rows)} seeds; median gap "
+        line = f"**{setting}**: conclusive in {conclusive} of {len(rows)} seeds"
+        if any(section.stats.get("refined") for section in rows):
+            on_grid = sum(bool(section.stats["verdict"].get("conclusive")) for section in rows)
+            line += f" (refined where replayed; on the log-spaced grid alone, {on_grid})"
+        line += "; median gap "
         if gaps:
             line += f"{verdict.number(float(np.median(gaps)))} epochs"
             if len(gaps) > 1:
@@ -310,12 +317,24 @@ def seeds_table(sections):
     return lines + [""] + [line for s in summary for line in (s, "")] + [note, ""]
 
 
-def _novel_grammatical_at_minimum(stats):
-    """The share of samples grammatical and not a copy of a training sequence at the minimum."""
-    index = stats["verdict"].get("test_loss_min_index")
-    if "grammatical_fraction" not in stats or index is None:
+def _grid_note(stats, grid):
+    """ ", refined (grid alone: ...)" when the verdict is the refined grid's."""
+    if grid is stats:
+        return ""
+    alone = "conclusive" if stats["verdict"].get("conclusive") else "inconclusive"
+    return f", refined (grid alone: {alone})"
+
+
+def _novel_grammatical_at_minimum(grid):
+    """The share of samples grammatical and not a copy of a training sequence at the minimum.
+
+    Args:
+        grid: statistics.json, or its `refined` entry: the verdict's indices point into it.
+    """
+    index = grid["verdict"].get("test_loss_min_index")
+    if "grammatical_fraction" not in grid or index is None:
         return "n/a"
-    novel = stats["grammatical_fraction"][index] - stats["nearest"]["copy_fraction"][index]
+    novel = grid["grammatical_fraction"][index] - grid["nearest"]["copy_fraction"][index]
     return verdict.number(novel, 2)
 
 

@@ -63,9 +63,11 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      item); roc {indices, epochs, score: [E], fpr, tpr: [E][P]} at
                      the onset, the test-loss minimum, the last
   refined            with `analyze --refine` only (null when nothing was replayed):
-                     checkpoints, steps, test_loss, test_loss_sem, verdict, bias (the
-                     bias statistic) over the grid plus the snapshots replayed around
-                     the onset and the minimum; replays [{start, steps}]
+                     checkpoints, steps, test_loss, test_loss_sem, verdict, nearest,
+                     grammatical_fraction (tokens), bias (the bias statistic) over the
+                     grid plus the snapshots replayed around the onset and the minimum;
+                     replays [{start, steps}]. Its verdict is the run's
+                     (`verdict.final`): the extrema located between grid snapshots
   damaged_snapshots  [{step, epoch, reason}] snapshots left out: unreadable, or their
                      parameters differ from the checksum saved with them
   with K >= 3 twins only (the bootstrap then resamples twins, or twin pairs, and

@@ -393,3 +393,27 @@ def in_words(v):
 def sentence(v):
     """The verdict in one paragraph (the console, a notebook)."""
     return " ".join(in_words(v).values())
+
+
+def final(stats):
+    """(verdict, grid) a run's finding rests on, from its statistics.json dict.
+
+    Where snapshots were replayed around the onset and the test-loss minimum
+    (`stats["refined"]`), the verdict over that denser grid: the same statistics
+    and rules, the extrema located between the log-spaced snapshots. Otherwise
+    the log-spaced grid's. `grid` is the entry the verdict's indices point into
+    (`stats["refined"]` or `stats`).
+    """
+    refined = stats.get("refined")
+    return (refined["verdict"], refined) if refined else (stats["verdict"], stats)
+
+
+def final_sentence(stats):
+    """`sentence` of `final(stats)`, saying which grid it is on when refined."""
+    v, grid = final(stats)
+    if grid is stats:
+        return sentence(v)
+    return (
+        f"On the refined grid ({len(grid['steps'])} snapshots): {sentence(v)} "
+        f"(Log-spaced grid alone: {conclusion(stats['verdict'])}.)"
+    )

@@ -114,7 +114,7 @@ def main(argv):
     from diffusion_bias import figures
 
     paths = figures.draw_all(stats, os.path.join(out, "analysis"))
-    print(verdict.sentence(stats["verdict"]))
+    print(verdict.final_sentence(stats))
     for path in paths:
         print(path)
 

@@ -148,7 +148,7 @@ def run(workdir, configs, seeds=None):
         stats = analysis.analyze(run_dir, overrides=config.analysis.to_dict())
         paths = figures.draw_all(stats, os.path.join(run_dir, "analysis"))
         timings[f"{name}: analysis"] = time.time() - start
-        logging.info("%s: %s", name, verdict.sentence(stats["verdict"]))
+        logging.info("%s: %s", name, verdict.final_sentence(stats))
         sections.append(report.Section(setting, seed_label(config), stats, paths, name))
     path = report.write_report(workdir, sections, timings)
     logging.info("Report: %s", path)

@@ -91,3 +91,33 @@ def test_one_seed_per_setting_still_gets_the_table(tmp_path):
     assert text.count("| digits | 0 |") == 1 and text.count("| grammar | 0 |") == 1
     assert "**digits**: conclusive in 1 of 1 seeds; median gap 360 epochs." in text
     assert "**grammar**: conclusive in 0 of 1 seeds; median gap n/a (no seed has an onset)." in text
+
+
+def _refined(grid, refined):
+    """A run replayed around its extrema: statistics.json with its `refined` entry."""
+    entry = dict(refined, steps=[1, 2, 3, 4], checkpoints=[10.0, 50.0, 100.0, 1000.0])
+    return dict(grid, steps=[1, 3, 4], refined=entry)
+
+
+def test_a_refined_run_is_judged_on_its_refined_grid_and_says_what_the_grid_alone_gave():
+    grid = _tokens(_stats(2750.0, 3600.0, False))
+    fine = _tokens(_stats(2600.0, 3875.0, True))
+    fine["grammatical_fraction"] = [0.1, 0.2, 0.7, 0.9]  # the minimum (index 1) moved
+    fine["nearest"] = dict(copy_fraction=[0.0, 0.05, 0.1, 0.5])
+    sections = [
+        report.Section("grammar", "0", _refined(grid, fine), [], "grammar, seed 0"),
+        report.Section("grammar", "1", _tokens(_stats(2100.0, 4700.0, False)), [], "g1"),
+    ]
+    lines = report.seeds_table(sections)
+    row = next(line for line in lines if line.startswith("| grammar | 0 |"))
+    assert row.startswith("| grammar | 0 | 2600 [2590, 2610] | 3875 [3855, 3895] |")
+    # Novel grammatical at the refined minimum (0.2 - 0.05), on the refined grid.
+    assert row.endswith("| 0.15 | conclusive, refined (grid alone: inconclusive) |")
+    text = "\n".join(lines)
+    assert (
+        "**grammar**: conclusive in 1 of 2 seeds (refined where replayed; on the log-spaced "
+        "grid alone, 0); median gap 1938 epochs" in text
+    )
+    section = report.setting_section("grammar, seed 0", sections[0].stats, [], "/tmp")
+    assert "**Verdict** (refined grid): Conclusive" in section
+    assert "On the log-spaced grid alone: Inconclusive" in section

@@ -287,3 +287,16 @@ def test_nn_divergence_curves_aggregate_one_kl_per_model_and_bootstrap_around_it
         assert boot.shape == (200, 5)
         # The replicates surround the point estimate (the items are many).
         assert np.all(np.abs(np.median(boot, axis=0) - curve) < 3 * boot.std(axis=0) + 1e-9)
+
+
+def test_the_final_verdict_is_the_refined_grid_s_where_snapshots_were_replayed():
+    grid = dict(verdict=dict(conclusive=False, reasons=["the onset does not precede it"]))
+    assert verdict.final(grid) == (grid["verdict"], grid)
+    assert verdict.final_sentence(grid) == verdict.sentence(grid["verdict"])
+    fine = dict(steps=[1, 2, 3], verdict=dict(conclusive=True))
+    stats = dict(grid, refined=fine)
+    assert verdict.final(stats) == (fine["verdict"], fine)
+    assert verdict.final_sentence(stats) == (
+        "On the refined grid (3 snapshots): Conclusive: bias sets in before the test-loss "
+        "minimum. (Log-spaced grid alone: inconclusive.)"
+    )
