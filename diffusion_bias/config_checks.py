@@ -373,6 +373,13 @@ def check_analysis(config):
             "config.analysis.sampling_steps must be 0 (the full chain) or a positive "
             f"integer, got {steps!r}"
         )
+    num_steps = config.get("diffusion", {}).get("num_steps")
+    if checks.is_int(num_steps) and steps > num_steps:
+        raise ConfigError(
+            f"config.analysis.sampling_steps={steps} exceeds the chain's "
+            f"T = config.diffusion.num_steps = {num_steps}: at most {num_steps} (or 0, the "
+            "full chain)"
+        )
     _seed(config, "analysis.seed")
     # How the verdict's curves aggregate twins and pairs; saved configs without the field: the mean.
     aggregate = config.analysis.get("aggregate", "mean")

@@ -32,8 +32,6 @@ from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import privacy
 
-KINDS = ("images", "tokens")
-
 
 class BiasMonitor:
     """Cheap bias statistics per snapshot, and a stopping rule over them.
@@ -118,6 +116,7 @@ class BiasMonitor:
             patience=patience,
             bootstrap=bootstrap,
         )
+        _check_items(train_sets, heldout, kind, num_symbols, offsets)
         _check_thresholds(
             auc_threshold=auc_threshold,
             memorized_threshold=memorized_threshold,
@@ -129,7 +128,7 @@ class BiasMonitor:
         self.epsilon_threshold, self.tpr_threshold = epsilon_threshold, tpr_threshold
         self.num_samples, self.bootstrap, self.seed = num_samples, bootstrap, seed
         n_items = min(loss_items, train_sets.shape[1], len(heldout))
-        self._length = train_sets.shape[-1]
+        self._length, self._num_twins = train_sets.shape[-1], len(train_sets)
         self._probe = probe_lib.Probe(
             apply_fn,
             schedule,
@@ -185,6 +184,13 @@ class BiasMonitor:
         """
         if self.rows and epoch <= self.rows[-1]["epoch"]:
             raise ValueError(f"epochs must increase: {epoch} after {self.rows[-1]['epoch']}")
+        twins = {np.shape(leaf)[0] if np.ndim(leaf) else None
+                 for leaf in jax.tree.leaves(stacked_params)}  # fmt: skip
+        if twins != {self._num_twins}:
+            raise ValueError(
+                f"stacked_params must stack {self._num_twins} twins (train_sets' K) on the "
+                f"leading axis of every leaf, got leading sizes {sorted(twins, key=str)}"
+            )
         stats = self.statistics(stacked_params)
         self._append(stats)
         return self._decide(float(epoch))
@@ -313,10 +319,46 @@ def _check_thresholds(**thresholds):
             raise ValueError(f"{name} must be a number in [0, {high:g}], got {value!r}")
 
 
+def _check_items(train_sets, heldout, kind, num_symbols, offsets):
+    """Raises ValueError on items the twins cannot have been trained on.
+
+    Images must be finite floats, the held-out ones on the training items' scale
+    (uint8 pixels in 0..255 beside training items in [-1, 1] give a test loss
+    of about 1000, not an error); tokens integers in [0, q).
+    """
+    if kind == "tokens":
+        for name, items in (("train_sets", train_sets), ("heldout", heldout)):
+            if items.dtype.kind not in "iu" or items.min() < 0 or items.max() >= num_symbols:
+                raise ValueError(
+                    f"{name} must be integer tokens in [0, num_symbols={num_symbols}), got "
+                    f"{items.dtype} in [{items.min()}, {items.max()}]"
+                )
+        return
+    for name, items in (("train_sets", train_sets), ("heldout", heldout)):
+        if items.dtype.kind != "f":
+            raise ValueError(
+                f"{name} must be float images on the scale the twins were trained on, "
+                f"got {items.dtype}"
+            )
+        checks.finite(name, items)
+    low, high = float(train_sets.min()), float(train_sets.max())
+    span = max(high - low, 1e-6)
+    if heldout.min() < low - span or heldout.max() > high + span:
+        raise ValueError(
+            f"heldout spans [{heldout.min():.3g}, {heldout.max():.3g}], far from "
+            f"train_sets' [{low:.3g}, {high:.3g}]: give both on the scale the twins were "
+            "trained on"
+        )
+    want = (len(train_sets), train_sets.shape[-1])
+    if offsets is not None and np.shape(offsets) != want:
+        raise ValueError(f"offsets must be [K, C] = {list(want)}, got {list(np.shape(offsets))}")
+    if offsets is not None:
+        checks.finite("offsets", offsets)
+
+
 def _check_arguments(train_sets, heldout, kind, stop, num_symbols, **counts):
     """Raises ValueError on the first bad argument of `BiasMonitor` (`counts`: positive ints)."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    checks.kind(kind)
     if stop not in stopping.RULES:
         raise ValueError(f"stop must be one of {stopping.RULES}, got {stop!r}")
     if train_sets.ndim < 3 or len(train_sets) < 2:

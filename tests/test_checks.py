@@ -26,3 +26,23 @@ def test_floats_strings_and_complex_are_not_integers(value):
 @pytest.mark.parametrize("value", [0.5, np.float64(-1.5), float("inf")])
 def test_floats_are_numbers(value):
     assert checks.is_number(value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_finite_names_the_argument_and_counts_the_bad_values_in_numpy_and_jax(bad):
+    import jax.numpy as jnp
+
+    values = np.zeros((3, 4), np.float32)
+    values[1, 2] = bad
+    for array in (values, jnp.asarray(values)):
+        with pytest.raises(ValueError, match="heldout holds 1 NaN or infinite values of 12"):
+            checks.finite("heldout", array)
+    ok = jnp.ones(3)
+    assert checks.finite("x", ok) is ok  # a JAX array is checked where it lives
+    np.testing.assert_array_equal(checks.finite("t", [1, 2]), [1, 2])  # integers pass
+
+
+def test_kind_accepts_images_and_tokens_only():
+    assert checks.kind("images") == "images" and checks.kind("tokens") == "tokens"
+    with pytest.raises(ValueError, match="kind must be one of"):
+        checks.kind("image")

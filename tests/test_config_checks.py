@@ -33,6 +33,7 @@ from diffusion_bias import config_checks
         ("digits", "analysis.clip_x0", -1.0, "config.analysis.clip_x0"),
         ("digits", "analysis.score_times", (), "config.analysis.score_times"),
         ("digits", "analysis.loss_repeats", 0, "config.analysis.loss_repeats"),
+        ("grammar", "analysis.sampling_steps", 5000, "exceeds the chain's T = config.diffusion"),
         ("digits", "analysis.privacy_times", (0.0, 0.1), "config.analysis.privacy_times"),
         ("grammar", "analysis.privacy_times", (1.5,), "config.analysis.privacy_times"),
         ("digits", "analysis.privacy_confidence", 1.0, "config.analysis.privacy_confidence"),

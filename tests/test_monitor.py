@@ -158,6 +158,34 @@ def test_bad_arguments_are_refused_with_the_argument_named():
         mon = _monitor(train, heldout)
         mon(jnp.asarray(train), epoch=2)
         mon(jnp.asarray(train), epoch=2)
+    for name, value in (("auc_threshold", 5), ("memorized_threshold", -1)):
+        with pytest.raises(ValueError, match=name):
+            _monitor(train, heldout, **{name: value})
+
+
+def test_items_the_twins_cannot_have_been_trained_on_are_refused_with_the_argument_named():
+    train, heldout = _data()
+    mon = _monitor(train, heldout)
+    # Twin parameters for three twins, two training sets.
+    with pytest.raises(ValueError, match="stacked_params must stack 2 twins"):
+        mon(jnp.asarray(np.concatenate([train, train[:1]])), epoch=1)
+    assert mon.rows == []
+    pixels = np.round((np.clip(heldout, -1, 1) + 1) * 127.5).astype(np.uint8)
+    with pytest.raises(ValueError, match="heldout must be float images"):
+        _monitor(train, pixels)
+    with pytest.raises(ValueError, match=r"heldout spans \[0, 255\], far from train_sets'"):
+        _monitor(train, pixels.astype(np.float32))
+    broken = train.copy()
+    broken[1, 3, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="train_sets holds 1 NaN"):
+        _monitor(broken, heldout)
+    with pytest.raises(ValueError, match=r"offsets must be \[K, C\] = \[2, 1\]"):
+        _monitor(train, heldout, offsets=np.zeros((3, 1)))
+    tokens = np.random.default_rng(0).integers(0, 4, (2, 10, 6))
+    with pytest.raises(ValueError, match=r"heldout must be integer tokens in \[0, num_symbols=4\)"):
+        monitor_lib.BiasMonitor(
+            _memorizing_eps, SCHEDULE, tokens, tokens[0] + 4, "tokens", num_symbols=4
+        )
 
 
 def _monitored_smoke(stop, **monitor):

@@ -9,9 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from diffusion_bias import checks
 from diffusion_bias import grammar as grammar_lib
-
-KINDS = ("tokens", "images")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -34,8 +33,7 @@ class Pool:
     labels: np.ndarray | None = None
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        checks.kind(self.kind)
         items = read_only(self.items)
         if self.kind == "tokens" and (items.ndim != 2 or items.dtype != np.int32):
             raise ValueError(f"token items must be int32 [N, L], got {items.dtype} {items.shape}")

@@ -7,6 +7,7 @@ held-out pool's distances to each training set are the unbiased baseline.
 
 import numpy as np
 
+from diffusion_bias import checks
 from diffusion_bias.kernels import search
 
 # The paper's NN-distance histograms: 20 equal bins on [0, L].
@@ -34,7 +35,16 @@ def nearest_statistics(samples, train, heldout, kind):
           heldout_d1, heldout_d2: [K, m] the held-out items in training set k;
           own_index: [K, N] index of the nearest item of training set k.
     """
-    metric = _metric(kind)
+    metric = _metric(checks.kind(kind))
+    samples, train, heldout = (
+        checks.finite(name, a)
+        for name, a in (("samples", samples), ("train", train), ("heldout", heldout))
+    )
+    if train.ndim < 2 or len(samples) != len(train):
+        raise ValueError(
+            f"samples [K, N, ...] and train [K, n, ...] need one K, got {samples.shape} "
+            f"and {train.shape}"
+        )
     num_twins = len(train)
     nn = search.nearest_in_each(samples, train, metric)  # [K, K, N]
     base = search.nearest_in_each(heldout[None], train, metric)  # [1, K, m]

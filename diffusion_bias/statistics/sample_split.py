@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_bias import checks
+
 # A channel whose std is below this is treated as constant: it contributes
 # zeros to the standardised image, so a constant image has similarity 0 with
 # every image, never NaN.
@@ -95,7 +97,7 @@ def pair_similarity(samples, kind):
     Returns:
         float [P, N], one row per pair of `twin_pairs(K)`.
     """
-    paired = paired_token_similarity if kind == "tokens" else paired_cosine
+    paired = paired_token_similarity if checks.kind(kind) == "tokens" else paired_cosine
     return np.stack(
         [np.asarray(paired(samples[a], samples[b])) for a, b in twin_pairs(len(samples))]
     )
