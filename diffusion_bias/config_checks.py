@@ -4,9 +4,8 @@
 data that writes nothing), so that a launcher runs it before it touches the
 workdir. A `ConfigError` names the field (`config.<section>.<field>`) and the
 value it got. These are the boundary: what the config passes on to training,
-the monitor and the analysis is not checked again there.
-
-(Over 350 lines on purpose: every rule a config obeys is read in this one file.)
+the monitor and the analysis is not checked again there. Every rule a config
+obeys is in this one file.
 """
 
 import dataclasses

@@ -101,7 +101,6 @@ class BiasMonitor:
         offsets=None,
     ):
         """Builds the monitor (see the class for the arguments); raises ValueError on a bad one."""
-        # Over 60 lines by its 20 keyword arguments, documented once in the class.
         train_sets, heldout = np.asarray(train_sets), np.asarray(heldout)
         _check_arguments(
             train_sets,

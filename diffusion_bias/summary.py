@@ -1,8 +1,5 @@
 """statistics.json from the per-snapshot arrays: the curves, then the verdict.
 
-Over 350 lines because ~85 of them are `STATISTICS_SCHEMA`, kept beside the code that writes
-it, and each entry is assembled here, the membership audit's (~100 lines) with the others.
-
 The analysis walks the snapshots and hands each one's arrays (a dict per
 snapshot, see `instrument.Instrument.compute`) here; the entries are described
 in `STATISTICS_SCHEMA`. Curves are assembled per kind (images,

@@ -143,7 +143,6 @@ def grammar_pool(
     Raises:
         ValueError: a parameter is out of range (from `random_grammar`/`sample`).
     """
-    # Over 60 lines by its docstring: the body is grammar, cache or sample, info.
     # The grammar first: it validates q, depth, sigma and q_eff with clear messages.
     grammar = grammar_lib.random_grammar(
         q=q, depth=depth, sigma=sigma, q_eff=q_eff, seed=grammar_seed, rng=grammar_rng

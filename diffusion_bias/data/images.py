@@ -174,7 +174,6 @@ def tfds_pool(
         ImportError: tensorflow-datasets is not installed.
         ValueError: bad arguments, or the data set has no "image" feature.
     """
-    # Over 60 lines by its docstring and the recorded `info`; each step is a helper.
     tfds = _import_tfds()
     _check_tfds_arguments(image_size, max_items, pixel_range)
     image_size = int(image_size)
