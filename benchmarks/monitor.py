@@ -30,6 +30,26 @@ from diffusion_bias import twin_steps
 SETTINGS = {"digits": digits_cpu, "grammar": grammar_cpu}
 
 
+def training(config, run):
+    """({"state": the twins' TwinState}, train_chunk()): one compiled chunk of
+    `config.training.steps_per_call` steps on the run's data, the state advanced in place."""
+    kind, model = run.kind, run.model
+    mesh = twin_steps.make_mesh(config)
+    tx = twin_steps.get_optimizer(config)
+    example = run.twin_data.train[0, :1]
+    if kind == "tokens":
+        example = jax.nn.one_hot(example, model.num_symbols)
+    holder = {"state": twin_steps.init_state(config, model, example, tx)}
+    data = jnp.asarray(run.train)
+    chunk = twin_steps.make_train_chunk(config, model, run.schedule, kind, mesh)
+
+    def train_chunk():
+        holder["state"], losses = chunk(holder["state"], data)
+        jax.block_until_ready(losses)
+
+    return holder, train_chunk
+
+
 def share(name, **overrides):
     """The monitor's share of training time for setting `name`, `config.monitor` overridden."""
     config = SETTINGS[name].get_config()
@@ -37,21 +57,7 @@ def share(name, **overrides):
         config.monitor.update(enabled=True, **overrides)
     with tempfile.TemporaryDirectory() as workdir:
         run = run_lib.prepare(config, workdir)
-    twin_data, kind, model = run.twin_data, run.kind, run.model
-    mesh = twin_steps.make_mesh(config)
-    tx = twin_steps.get_optimizer(config)
-    example = twin_data.train[0, :1]
-    if kind == "tokens":
-        example = jax.nn.one_hot(example, model.num_symbols)
-    state = twin_steps.init_state(config, model, example, tx)
-    data = jnp.asarray(run.train)
-    chunk = twin_steps.make_train_chunk(config, model, run.schedule, kind, mesh)
-    holder = {"state": state}
-
-    def train_chunk():
-        holder["state"], losses = chunk(holder["state"], data)
-        jax.block_until_ready(losses)
-
+    holder, train_chunk = training(config, run)
     monitor = monitor_run.build(config, run)
     plan = run.snapshot_steps
     epoch = iter(range(1, 10**9))
