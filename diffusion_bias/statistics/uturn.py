@@ -105,7 +105,8 @@ def uturn_overlap(
     then run the reverse chain from x_t with the same per-step noise, and the
     final tokens (argmax) are compared with x_0. The BP chains are rerun at
     every call (with a fixed key they give the same overlaps at every
-    checkpoint); they cost far less than a transformer's.
+    checkpoint); for grammar_cpu's 64 x 2 transformer they cost about 0.8x the
+    model's chains (2026-12-05, 500 sequences, 6 ratios: 2.3 s against 2.8 s).
 
     Args:
         denoise_fn: the token denoiser (`controlled` module docstring).
