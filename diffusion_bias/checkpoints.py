@@ -255,12 +255,17 @@ class TwinCheckpoints:
         """
         if not (force or self._manager.should_save(step)):
             return False
-        return self._manager.save(
-            step,
-            args=ocp.args.PyTreeSave(_to_tree(state)),
-            force=force,
-            custom_metadata={"checksums": checksums(state)},
-        )
+        try:
+            return self._manager.save(
+                step,
+                args=ocp.args.PyTreeSave(_to_tree(state)),
+                force=force,
+                custom_metadata={"checksums": checksums(state)},
+            )
+        except Exception as err:
+            # A save finishes in the background: its error may surface at the next one.
+            err.add_note(f"saving step {step} (or finishing the save before it)")
+            raise
 
     def all_steps(self):
         """Every complete checkpoint's step, planned or not, sorted."""

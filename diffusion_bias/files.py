@@ -6,6 +6,7 @@ the writer is killed or raises midway.
 """
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -108,3 +109,20 @@ def exclusive(path, what):
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)
         os.close(fd)
+
+
+def disk_full(err):
+    """The out-of-space error in `err`'s chain (itself, its causes, its contexts), or None.
+
+    An OSError with ENOSPC or EDQUOT, or an error of a library that reports one
+    only in words (TensorStore, under Orbax: "No space left on device").
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err
+        if "No space left on device" in str(err):
+            return err
+        err = err.__cause__ or err.__context__
+    return None

@@ -162,7 +162,9 @@ def config_value(holder):
 def run(main):
     """`app.run(main)` with one-line errors: a usage error ends with its message and status 2.
 
-    absl's own handling prints the module docstring before the message.
+    absl's own handling prints the module docstring before the message. A full
+    disk ends with one line and status 75 (rerun to resume), not the storage
+    library's traceback.
     """
 
     def guarded(argv):
@@ -171,6 +173,19 @@ def run(main):
         except app.UsageError as err:
             print(f"Usage error: {err} (flags: --helpshort)", file=sys.stderr)
             sys.exit(2)
+        except Exception as err:
+            full = files.disk_full(err)
+            if full is None:
+                raise
+            where = "; ".join(getattr(err, "__notes__", []))
+            print(
+                f"Disk full{f' ({where})' if where else ''}: {_last_line(str(full))}. "
+                "Every file is written whole, so nothing saved is lost: free some space "
+                "and rerun the same command (training resumes from its latest checkpoint, "
+                "the analysis reads what it cached).",
+                file=sys.stderr,
+            )
+            sys.exit(preemption.PREEMPTED_EXIT_STATUS)
 
     app.run(guarded, flags_parser=parse_flags)
 

@@ -1,5 +1,6 @@
 """Tests of the atomic write: a file is replaced whole or not at all."""
 
+import errno
 import json
 import os
 import signal
@@ -111,3 +112,19 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
         holder.wait()
     with files.exclusive(path, "w"):
         pass
+
+
+def test_disk_full_finds_enospc_in_the_chain_or_in_words_and_nothing_else():
+    full = OSError(errno.ENOSPC, "No space left on device", "x.npz")
+    assert files.disk_full(full) is full
+    try:
+        try:
+            raise full
+        except OSError as err:
+            raise RuntimeError("save finalize failed") from err
+    except RuntimeError as wrapped:
+        assert files.disk_full(wrapped) is full
+    worded = ValueError("Error writing local file: No space left on device [os_error=28]")
+    assert files.disk_full(worded) is worded
+    assert files.disk_full(OSError(errno.EACCES, "Permission denied")) is None
+    assert files.disk_full(ValueError("bad value")) is None

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -300,3 +301,39 @@ def test_the_logged_rate_leaves_out_the_compiling_first_call(tmp_path, caplog):
         rates = [json.loads(line)["steps_per_sec"] for line in f]
     # Alone in its window, the first call is all there is; after it, only the others count.
     assert rates == [0.04, 4.0]
+
+
+# launch.train with every checkpoint save after the second failing as on a full disk.
+_DISK_FULLS_AFTER_TWO_SAVES = """
+import errno, runpy, sys
+import orbax.checkpoint as ocp
+save, calls = ocp.CheckpointManager.save, []
+def full(self, *args, **kwargs):
+    calls.append(1)
+    if len(calls) > 2:
+        raise OSError(errno.ENOSPC, "No space left on device", "checkpoints/tmp")
+    return save(self, *args, **kwargs)
+ocp.CheckpointManager.save = full
+sys.argv = ["launch.train", "--config=configs/smoke.py", "--workdir=" + sys.argv[1]]
+runpy.run_module("launch.train", run_name="__main__")
+"""
+
+
+def test_a_full_disk_ends_training_in_one_line_with_75_and_the_rerun_resumes_bit_identically(
+    reference, tmp_path
+):
+    workdir = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DISK_FULLS_AFTER_TWO_SAVES, workdir],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 75, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith(("I", "W"))]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert re.match(r"Disk full \(saving step \d+ .*\): \[Errno 28\] No space left", errors[0])
+    assert "rerun the same command" in errors[0]
+    out = _launch_as_reference(reference[0], workdir)
+    assert "Resuming from step" in out, out
