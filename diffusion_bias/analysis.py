@@ -142,7 +142,8 @@ def analyze(workdir, overrides=None, output_dir=None, refine=None):
         uturns, kl_curves = [], []
         for i in indices:
             uturns.append(walk.at(i, steps[i], "uturn", "uturn"))
-            kl_curves.append(walk.at(i, steps[i], "kl_along_t", "kl_along_t"))
+            # "kl_along_t2": its caches hold the divergences from exact BP too.
+            kl_curves.append(walk.at(i, steps[i], "kl_along_t2", "kl_along_t"))
         stats["uturn"] = summary.uturn(config.analysis, indices, epochs, uturns)
         stats["kl_bp_along_t"] = summary.kl_along_t(kl_curves, indices, epochs)
     if config.analysis.refine if refine is None else refine:

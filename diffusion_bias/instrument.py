@@ -276,10 +276,16 @@ class Instrument:
         )
 
     def kl_along_t(self, snapshot):
-        """KL(BP_k || model) per sequence along t on held-out sequences: [twins, k, R]."""
+        """Score divergences along t on held-out sequences, the same x_t for all.
+
+        Returns:
+            values [twins, k, R] KL(BP_k || model), k = 0..depth; exact_bp
+            [depth, R] KL(BP_0 || BP_k), k = 1..depth, and exact_model [twins, R]
+            KL(BP_0 || model) (the authors' Fig. 3b); steps [R], ratios [R].
+        """
         ratios = kl_bp.kl_along_t_ratios(self.a.get("kl_along_t_points", 25))
         steps = uturn.uturn_steps(self.schedule, ratios)
-        values = kl_bp.twin_kl_bp(
+        args = (
             self.twin_denoisers(snapshot.evaluated_params()),
             jnp.asarray(self.grammar.transitions, jnp.float32),
             self.schedule,
@@ -287,4 +293,11 @@ class Instrument:
             steps,
             self.stat_key,
         )
-        return dict(values=values, steps=np.asarray(steps), ratios=ratios)
+        exact = kl_bp.twin_kl_from_exact(*args)
+        return dict(
+            values=kl_bp.twin_kl_bp(*args),
+            exact_bp=exact["bp"],
+            exact_model=exact["model"],
+            steps=np.asarray(steps),
+            ratios=ratios,
+        )

@@ -222,6 +222,16 @@ def setting_section(name, stats, figure_paths, report_dir):
             for e, row in zip(along_t["epochs"], along_t["peak_ratio"])
         )
         lines += [f"Critical time (t/T of the peak of KL(BP_k || model)): {peaks}.", ""]
+        exact = along_t.get("from_exact")
+        if exact:
+            bp_peaks = ", ".join(
+                f"k={k} at {verdict.number(p)}" for k, p in zip(exact["k"], exact["bp_peak_ratio"])
+            )
+            lines += [
+                "The authors' critical time, from exact BP alone (t/T of the peak of "
+                f"KL(BP_0 || BP_k)): {bp_peaks}.",
+                "",
+            ]
     lines += _other_statistics_table(v.get("other_statistics", {}))
     if "minimum" in words:
         lines += [words["minimum"], ""]

@@ -88,7 +88,11 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      values: [E][K][R], peak_ratio: [E][K]} KL(BP_k || model) along
                      t at the test-loss minimum and the onset (snapshot indices
                      into checkpoints), mean over twins; peak_ratio the t/T of
-                     each curve's maximum (the critical time)
+                     each curve's maximum; from_exact {k: [depth] (1..depth), bp:
+                     [depth][R] KL(BP_0 || BP_k) (no data: the same at every
+                     snapshot), bp_peak_ratio: [depth] their maxima (the critical
+                     time of the authors' Fig. 3b), model: [E][R] KL(BP_0 || model),
+                     mean over twins}
   uturn              {ratios: [R], indices: [U], epochs: [U], repeats, items,
                      train: [U][R], heldout: [U][R]} overlap ratio model / exact BP
                      at the onset and test-loss minimum: per sequence, mean model overlap over the
@@ -548,6 +552,7 @@ def kl_along_t(curves, indices, epochs):
     """
     values = np.stack([c["values"].mean(0) for c in curves])  # [E, k, R]: mean over twins
     ratios = curves[0]["ratios"]
+    exact_bp = np.asarray(curves[0]["exact_bp"])  # [depth, R]: the same at every snapshot
     return dict(
         ratios=ratios.tolist(),
         steps=curves[0]["steps"].tolist(),
@@ -556,6 +561,12 @@ def kl_along_t(curves, indices, epochs):
         epochs=list(epochs),
         values=values.tolist(),
         peak_ratio=ratios[values.argmax(-1)].tolist(),
+        from_exact=dict(
+            k=list(range(1, len(exact_bp) + 1)),
+            bp=exact_bp.tolist(),
+            bp_peak_ratio=ratios[exact_bp.argmax(-1)].tolist(),
+            model=[np.mean(c["exact_model"], axis=0).tolist() for c in curves],
+        ),
     )
 
 

@@ -138,6 +138,15 @@ def synthetic_stats(setting, num_checkpoints=8, num_twins=3, conclusive=True, se
                 for _ in range(2)
             ],
             peak_ratio=[[0.16] * 5, [0.16] * 5],
+            from_exact=dict(
+                k=[1, 2, 3, 4],
+                bp=[
+                    (k * np.exp(-(((np.arange(1, 26) / 25 - 0.15) / 0.1) ** 2))).tolist()
+                    for k in range(1, 5)
+                ],
+                bp_peak_ratio=[0.16] * 4,
+                model=[(0.5 + 0.1 * np.arange(25)).tolist() for _ in range(2)],
+            ),
         ),
         loss_decomposition=dict(
             t_ratio=0.3,

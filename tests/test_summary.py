@@ -234,8 +234,15 @@ def test_report_states_the_protocol_and_the_ungated_onset(tmp_path):
 def test_kl_along_t_summary_is_the_twin_mean_and_its_peak_is_the_critical_time():
     rng = np.random.default_rng(6)
     ratios = np.arange(1, 26) / 25
+    exact_bp = rng.random((3, 25))  # KL(BP_0 || BP_k), k = 1..3: no data, one for all
     curves = [
-        dict(values=rng.random((K, 4, 25)), steps=np.arange(4, 101, 4), ratios=ratios)
+        dict(
+            values=rng.random((K, 4, 25)),
+            exact_bp=exact_bp,
+            exact_model=rng.random((K, 25)),
+            steps=np.arange(4, 101, 4),
+            ratios=ratios,
+        )
         for _ in range(2)
     ]
     out = summary.kl_along_t(curves, [1, 3], [10.0, 30.0])
@@ -243,8 +250,12 @@ def test_kl_along_t_summary_is_the_twin_mean_and_its_peak_is_the_critical_time()
         mean = c["values"].mean(0)  # [k, R]
         np.testing.assert_allclose(out["values"][e], mean)
         assert out["peak_ratio"][e] == [ratios[np.argmax(row)] for row in mean]
+        np.testing.assert_allclose(out["from_exact"]["model"][e], c["exact_model"].mean(0))
     assert out["indices"] == [1, 3] and out["epochs"] == [10.0, 30.0]
     assert out["k"] == [0, 1, 2, 3]
+    assert out["from_exact"]["k"] == [1, 2, 3]
+    np.testing.assert_allclose(out["from_exact"]["bp"], exact_bp)
+    assert out["from_exact"]["bp_peak_ratio"] == [ratios[np.argmax(row)] for row in exact_bp]
 
 
 def test_three_twins_keep_per_model_and_per_pair_curves_and_two_do_not():

@@ -84,18 +84,25 @@ def fig_sequential_learning(stats, path):
 
 
 def fig_kl_along_t(stats, path):
-    """Fig. 3b: KL(BP_k || model) per sequence along t/T, at the onset and test-loss minimum.
+    """Fig. 3b: score divergences per sequence along t/T, at the onset and test-loss minimum.
 
-    The peak of each curve (dotted) is the critical time, where the model
-    departs most from the k-factorised exact score.
+    A panel per snapshot: KL(BP_k || model), whose peak (dotted) is where the
+    model departs most from the k-factorised exact score. A last panel, where
+    computed, in the authors' direction: KL(BP_0 || BP_k), which knows no data
+    and peaks at the critical time, beside KL(BP_0 || model) at each snapshot.
     """
     along = stats["kl_bp_along_t"]
     ratios = common.vector(along["ratios"])
     ks = list(along.get("k") or [])
     epochs = along.get("epochs") or []
     indices = common.snapshot_indices(stats, along)
-    fig = common.new_figure(4.8 * max(1, len(epochs)) + 1, 4.5)
-    axes = np.atleast_1d(fig.subplots(1, max(1, len(epochs)), sharey=True, squeeze=False)[0])
+    exact = along.get("from_exact")
+    panels = max(1, len(epochs)) + (1 if exact else 0)
+    fig = common.new_figure(4.8 * panels + 1, 4.5)
+    all_axes = np.atleast_1d(fig.subplots(1, panels, squeeze=False)[0])
+    axes = all_axes[:-1] if exact else all_axes
+    for ax in axes[1:]:
+        ax.sharey(axes[0])
     for i, (ax, epoch) in enumerate(zip(axes, epochs)):
         values = common.matrix(along["values"][i], len(ratios)) if along["values"][i] else None
         for j, (k, color) in enumerate(zip(ks, common.colors(len(ks)))):
@@ -115,8 +122,36 @@ def fig_kl_along_t(stats, path):
         "KL divergence per sequence (summed over tokens)",
         *[common.matrix(v) for v in along["values"] if v],
     )
-    fig.suptitle("Score divergence along time (dotted: peak of each curve, the critical time)")
+    if exact:
+        _from_exact_panel(all_axes[-1], stats, exact, ratios, epochs, indices)
+    fig.suptitle("Score divergence along time (dotted: peak of each curve)")
     common.save(fig, path)
+
+
+def _from_exact_panel(ax, stats, exact, ratios, epochs, indices):
+    """KL(BP_0 || BP_k) for each k (solid, peaks dotted) and KL(BP_0 || model) (dashed)."""
+    curves = [common.vector(row) for row in exact.get("bp") or []]
+    for row, k, color in zip(curves, exact.get("k") or [], common.colors(len(curves))):
+        common.line(ax, ratios, row, color=color, label=f"KL(BP_0 || BP_{k})")
+    for peak, color in zip(exact.get("bp_peak_ratio") or [], common.colors(len(curves))):
+        if peak is not None:
+            ax.axvline(peak, color=color, linestyle=":", linewidth=0.8)
+    for i, (row, epoch) in enumerate(zip(exact.get("model") or [], epochs)):
+        model = common.vector(row)
+        curves.append(model)
+        role = common.verdict_roles(stats, indices[i])
+        common.line(
+            ax,
+            ratios,
+            model,
+            color=f"C{3 + i}",
+            linestyle="--",
+            label=f"KL(BP_0 || model), {role} (epoch {common.fmt(epoch)})",
+        )
+    ax.set_title("From exact BP (the authors' Fig. 3b)")
+    ax.set_xlabel("t/T")
+    common.value_axis(ax, "KL divergence per sequence (summed over tokens)", *curves)
+    common.legend(ax, loc="best")
 
 
 def fig_loss_decomposition(stats, path):

@@ -1,8 +1,13 @@
-"""Score divergence KL(BP_k || model) (the paper (arXiv 2603.03469) Fig. 3b, 1b, 6), per model and per twin.
+"""Score divergences against exact belief propagation, per model and per twin.
 
-BP_k is exact belief propagation with the k lowest layers factorised (BP_0 is
-exact); `kl_along_t_ratios` is where Fig. 3b reads it along time. Denoiser
-contract, chunking and noise: `statistics/controlled.py`.
+BP_k is exact belief propagation with the top k layers of the tree factorised
+(the root's children to level k treated as independent; BP_0 is exact).
+`kl_bp_model` gives KL(BP_k || model) (the paper's Fig. 1b, 6: which
+factorisation the model has learned); `kl_from_exact` gives KL(BP_0 || BP_k)
+and KL(BP_0 || model) (the authors' Fig. 3b, whose peak along t is the critical
+time: `score_divergence_along_t.py` in their code). `kl_along_t_ratios` is
+where the analysis reads both along time. Denoiser contract, chunking and
+noise: `statistics/controlled.py`.
 """
 
 import functools
@@ -19,16 +24,57 @@ from diffusion_bias.diffusion.schedules import Schedule
 from diffusion_bias.statistics import controlled
 
 
-@functools.partial(jax.jit, static_argnames=("factorized_layers",))
-def _kl_kernel(denoise_fn, transitions, schedule, x0, key, t, chunk, factorized_layers):
-    """Per-sequence KL(BP_k || model), summed over tokens, of one chunk at step t: [K, C]."""
+@functools.partial(jax.jit, static_argnames=("factorized_layers", "from_exact"))
+def _kl_kernel(
+    denoise_fn, transitions, schedule, x0, key, t, chunk, factorized_layers, from_exact=False
+):
+    """Per-sequence KLs, summed over tokens, of one chunk at step t.
+
+    Returns:
+        KL(BP_k || model) for each k [K, C]; with `from_exact`, KL(BP_0 || BP_k)
+        for each k, then KL(BP_0 || model) [K + 1, C].
+    """
     _, x_t, t_batch = controlled.noise_chunk(schedule, x0, key, t, chunk, transitions.shape[0])
     probs = denoise_fn(x_t, schedule.timesteps[t_batch])
     fields = denoisers.token_fields(schedule, x_t, t_batch)
     marginals = [
         bp.leaf_marginals(transitions, fields, factorized_layers=k) for k in factorized_layers
     ]
+    if from_exact:
+        exact = bp.leaf_marginals(transitions, fields, factorized_layers=0)
+        return jnp.stack([controlled.token_kl(exact, q).sum(-1) for q in [*marginals, probs]])
     return jnp.stack([controlled.token_kl(bp_k, probs).sum(-1) for bp_k in marginals])
+
+
+def _over_steps(denoise_fn, transitions, x0, schedule, steps, key, layers, chunk_size, from_exact):
+    """[rows, S] the kernel's KLs at every step, mean over the sequences of x0."""
+    denoise_fn = controlled.as_pytree(denoise_fn)
+    chunks = controlled.token_chunks(x0, chunk_size)
+    per_step = [
+        jnp.concatenate(
+            [
+                _kl_kernel(denoise_fn, transitions, schedule, chunk, key, t, c, layers, from_exact)
+                for c, chunk in enumerate(chunks)
+            ],
+            axis=-1,
+        )
+        for t in steps
+    ]
+    return chunking.gather([jnp.stack(per_step, axis=1)], x0.shape[0], axis=-1).mean(-1)
+
+
+def _checked(transitions, schedule, x0, t_values, factorized_layers, low=0):
+    """(transitions, x0, steps, layers) checked; layers default to low..depth."""
+    transitions = jnp.asarray(transitions, jnp.float32)
+    x0 = controlled.check_tokens(transitions, x0)
+    steps = controlled.check_steps(schedule, t_values)
+    depth = x0.shape[1].bit_length() - 1
+    if factorized_layers is None:
+        factorized_layers = range(low, depth + 1)
+    layers = tuple(int(k) for k in factorized_layers)
+    if not layers or any(not low <= k <= depth for k in layers):
+        raise ValueError(f"factorized_layers must be in {low}..{depth}, got {factorized_layers}.")
+    return transitions, x0, steps, layers
 
 
 def kl_bp_model(
@@ -66,30 +112,47 @@ def kl_bp_model(
     Raises:
         ValueError: on malformed tokens, steps or layers.
     """
-    transitions = jnp.asarray(transitions, jnp.float32)
-    x0 = controlled.check_tokens(transitions, x0)
-    steps = controlled.check_steps(schedule, t_values)
-    depth = x0.shape[1].bit_length() - 1
-    if factorized_layers is None:
-        factorized_layers = range(depth + 1)
-    layers = tuple(int(k) for k in factorized_layers)
-    if not layers or any(not 0 <= k <= depth for k in layers):
-        raise ValueError(f"factorized_layers must be in 0..{depth}, got {factorized_layers}.")
-    denoise_fn = controlled.as_pytree(denoise_fn)
-    chunks = controlled.token_chunks(x0, chunk_size)
-
-    per_step = [
-        jnp.concatenate(
-            [
-                _kl_kernel(denoise_fn, transitions, schedule, chunk, key, t, c, layers)
-                for c, chunk in enumerate(chunks)
-            ],
-            axis=-1,
-        )
-        for t in steps
-    ]
-    kl = chunking.gather([jnp.stack(per_step, axis=1)], x0.shape[0], axis=-1).mean(-1)  # [K, S]
+    transitions, x0, steps, layers = _checked(
+        transitions, schedule, x0, t_values, factorized_layers
+    )
+    kl = _over_steps(
+        denoise_fn, transitions, x0, schedule, steps, key, layers, chunk_size, False
+    )  # [K, S]
     return {"kl": kl, "k": np.array(layers), "t": np.array(steps)}
+
+
+def kl_from_exact(
+    denoise_fn: controlled.TokenDenoiser,
+    transitions,
+    schedule: Schedule,
+    x0,
+    t_values,
+    key: jax.Array,
+    factorized_layers=None,
+    chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
+) -> dict[str, np.ndarray]:
+    """KL(BP_0 || BP_k) and KL(BP_0 || model): the authors' Fig. 3b, exact BP first.
+
+    The same draws of x_t, sums and clipping as `kl_bp_model`, the other
+    direction: how far a factorised score, and the model, stand from the exact
+    one. The BP_k curves know nothing of any data; their peak along t is the
+    critical time.
+
+    Args:
+        denoise_fn, transitions, schedule, x0, t_values, key, chunk_size: as
+            `kl_bp_model`.
+        factorized_layers: the k of BP_k, ints in 1..depth (default all; k=0
+            would give zero).  # [K]
+
+    Returns:
+        Dict of numpy arrays: bp [K, S] KL(BP_0 || BP_k), model [S]
+        KL(BP_0 || model), k [K], t [S].
+    """
+    transitions, x0, steps, layers = _checked(
+        transitions, schedule, x0, t_values, factorized_layers, low=1
+    )
+    kl = _over_steps(denoise_fn, transitions, x0, schedule, steps, key, layers, chunk_size, True)
+    return {"bp": kl[:-1], "model": kl[-1], "k": np.array(layers), "t": np.array(steps)}
 
 
 def twin_kl_bp(denoise_fns, transitions, schedule: Schedule, x0, t_values, key) -> np.ndarray:
@@ -116,6 +179,36 @@ def twin_kl_bp(denoise_fns, transitions, schedule: Schedule, x0, t_values, key) 
             for fn in denoise_fns
         ]
     )  # fmt: skip
+
+
+def twin_kl_from_exact(denoise_fns, transitions, schedule: Schedule, x0, t_values, key):
+    """`kl_from_exact` per twin on the same sequences, k = 1..depth.
+
+    Args:
+        as `twin_kl_bp`.
+
+    Returns:
+        Dict of numpy arrays: bp [depth, S] KL(BP_0 || BP_k) (the same x_t for
+        every twin: computed once), model [K, S] KL(BP_0 || twin k).
+    """
+    transitions, x0, steps, layers = _checked(transitions, schedule, x0, t_values, None, low=1)
+    rows = [
+        np.asarray(
+            _over_steps(
+                fn,
+                transitions,
+                x0,
+                schedule,
+                steps,
+                key,
+                layers if i == 0 else (),
+                controlled.DEFAULT_CHUNK_SIZE,
+                True,
+            )
+        )
+        for i, fn in enumerate(denoise_fns)
+    ]
+    return {"bp": rows[0][:-1], "model": np.stack([r[-1] for r in rows])}
 
 
 def kl_along_t_ratios(num_points):
