@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffusion_bias import bp
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import schedules
 from diffusion_bias.statistics import controlled
@@ -65,6 +66,22 @@ def test_kl_along_t_ratios_are_1_over_r_to_1():
         kl_bp.kl_along_t_ratios(1)
 
 
+def _enumerated_marginals(transitions, depth, k, fields, q):
+    """BP_k leaf marginals [N, L, q] by enumerating the sequences the k-factorised tree allows."""
+    seqs_k, probs_k = enumeration.sequence_distribution(transitions, depth, k)
+    keep = probs_k > 0
+    log_w = np.log(probs_k[keep]) + fields[:, np.arange(2**depth), seqs_k[keep]].sum(-1)
+    w = np.exp(log_w - log_w.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    return np.einsum("ns,slq->nlq", w, np.eye(q)[seqs_k[keep]])
+
+
+def _kl(p, q):
+    """Per-sequence KL(p || q) summed over tokens, both clipped at 1e-8 (the paper's), mean."""
+    p, q = np.maximum(p, 1e-8), np.maximum(q, 1e-8)
+    return np.maximum((p * np.log(p / q)).sum(-1), 0).sum(-1).mean()
+
+
 def test_kl_bp_k_along_t_matches_enumeration_on_a_depth_2_tree():
     """KL(BP_k || model) at every t, per sequence, against brute force over q**4 sequences."""
     rng = np.random.default_rng(7)
@@ -81,31 +98,9 @@ def test_kl_bp_k_along_t_matches_enumeration_on_a_depth_2_tree():
         model_probs = np.asarray(model(jnp.asarray(x_t, jnp.float32), jnp.full(len(x0), t)))
         fields = np.sqrt(ab[t]) / (1.0 - ab[t]) * x_t  # [N, L, q]
         for k in range(depth + 1):
-            seqs_k, probs_k = enumeration.sequence_distribution(transitions, depth, k)
-            keep = probs_k > 0
-            log_w = np.log(probs_k[keep]) + fields[:, np.arange(4), seqs_k[keep]].sum(-1)
-            w = np.exp(log_w - log_w.max(-1, keepdims=True))
-            w /= w.sum(-1, keepdims=True)
-            marg = np.einsum("ns,slq->nlq", w, np.eye(q)[seqs_k[keep]])  # BP_k marginals
-            pm, pq = np.maximum(marg, 1e-8), np.maximum(model_probs, 1e-8)  # the paper's clip
-            expected = np.maximum((pm * np.log(pm / pq)).sum(-1), 0).sum(-1).mean()
+            marginals = _enumerated_marginals(transitions, depth, k, fields, q)
+            expected = _kl(marginals, model_probs)
             np.testing.assert_allclose(out["kl"][k, j], expected, rtol=2e-4, atol=1e-5)
-
-
-def _enumerated_marginals(transitions, depth, k, fields, q):
-    """BP_k leaf marginals [N, L, q] by enumerating the sequences the k-factorised tree allows."""
-    seqs_k, probs_k = enumeration.sequence_distribution(transitions, depth, k)
-    keep = probs_k > 0
-    log_w = np.log(probs_k[keep]) + fields[:, np.arange(2**depth), seqs_k[keep]].sum(-1)
-    w = np.exp(log_w - log_w.max(-1, keepdims=True))
-    w /= w.sum(-1, keepdims=True)
-    return np.einsum("ns,slq->nlq", w, np.eye(q)[seqs_k[keep]])
-
-
-def _kl(p, q):
-    """Per-sequence KL(p || q) summed over tokens, both clipped at 1e-8 (the paper's), mean."""
-    p, q = np.maximum(p, 1e-8), np.maximum(q, 1e-8)
-    return np.maximum((p * np.log(p / q)).sum(-1), 0).sum(-1).mean()
 
 
 def test_kl_from_exact_bp_along_t_matches_enumeration_on_a_depth_2_tree():
@@ -133,12 +128,26 @@ def test_kl_from_exact_bp_along_t_matches_enumeration_on_a_depth_2_tree():
         np.testing.assert_allclose(out["model"][j], _kl(exact, model_probs), rtol=2e-4, atol=1e-5)
 
 
+def _bp_1_denoiser(transitions, schedule):
+    """A model whose output is BP_1's leaf marginals (the top layer factorised)."""
+
+    def denoise(x_t, t_model):
+        t = controlled._step_of(schedule, t_model)
+        fields = denoisers.token_fields(schedule, x_t, t)
+        return bp.leaf_marginals(jnp.asarray(transitions, jnp.float32), fields, factorized_layers=1)
+
+    return denoise
+
+
 def test_a_model_that_is_bp_k_stands_from_exact_bp_as_bp_k_does_and_twins_share_the_bp_curves():
     x0, t_values, key = small_grammar.samples(small_grammar.N, seed=4), [30, 60], jax.random.key(4)
     transitions, schedule = small_grammar.GRAMMAR.transitions, small_grammar.SCHEDULE
     exact, prior = small_grammar.exact(), small_grammar.prior()
     from_exact = kl_bp.kl_from_exact(exact, transitions, schedule, x0, t_values, key)
     assert np.all(from_exact["model"] < 1e-5)  # KL(BP_0 || BP_0)
+    bp_1 = _bp_1_denoiser(transitions, schedule)
+    as_bp_1 = kl_bp.kl_from_exact(bp_1, transitions, schedule, x0, t_values, key)
+    np.testing.assert_allclose(as_bp_1["model"], as_bp_1["bp"][0], rtol=1e-5, atol=1e-7)
     assert np.all(from_exact["bp"][-1] > 1e-4)
     twins = kl_bp.twin_kl_from_exact([exact, prior], transitions, schedule, x0, t_values, key)
     np.testing.assert_allclose(twins["bp"], from_exact["bp"], rtol=1e-6)

@@ -87,7 +87,7 @@ def kl_bp_model(
     factorized_layers=None,
     chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
 ) -> dict[str, np.ndarray]:
-    """Score divergence KL(BP_k || model) (the paper (arXiv 2603.03469) Fig. 3b, 1b, 6).
+    """Score divergence KL(BP_k || model) (the paper (arXiv 2603.03469) Fig. 1b, 6).
 
     At each step t, x_t ~ q(x_t | x_0) is drawn once and shared by every k; the
     per-token categorical KL is summed over q and over the L tokens (the KL
