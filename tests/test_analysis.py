@@ -212,6 +212,38 @@ def test_output_dir_takes_every_result_and_leaves_the_workdir_as_it_was(tmp_path
     assert after == before
 
 
+# launch.analyze as a user who may not write to the workdir (the tests run as root,
+# whom file modes do not stop: os.access answers as for another user).
+_READ_ONLY_WORKDIR = """
+import os, runpy, sys
+workdir = sys.argv[1]
+access = os.access
+os.access = lambda path, mode, **kw: (
+    False if os.path.abspath(path) == os.path.abspath(workdir) and mode & os.W_OK
+    else access(path, mode, **kw)
+)
+sys.argv = ["launch.analyze", "--workdir=" + workdir]
+runpy.run_module("launch.analyze", run_name="__main__")
+"""
+
+
+def test_a_workdir_one_cannot_write_is_refused_in_one_line_naming_output_dir(trained):
+    _, workdir = trained
+    proc = subprocess.run(
+        [sys.executable, "-c", _READ_ONLY_WORKDIR, workdir],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [
+        f"Config error: --workdir={workdir} cannot be written to: pass --output_dir=DIR for "
+        "the results"
+    ], proc.stderr
+
+
 def test_sigterm_stops_the_analysis_in_one_line_and_the_rerun_reads_what_it_cached(tmp_path):
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(smoke.get_config(), workdir)

@@ -337,3 +337,17 @@ def test_a_full_disk_ends_training_in_one_line_with_75_and_the_rerun_resumes_bit
     assert "rerun the same command" in errors[0]
     out = _launch_as_reference(reference[0], workdir)
     assert "Resuming from step" in out, out
+
+
+def test_a_workdir_one_cannot_write_is_refused_in_one_line(tmp_path, monkeypatch):
+    # The tests run as root, whom file modes do not stop: os.access answers as for another user.
+    access = os.access
+    locked = str(tmp_path / "locked")
+    os.makedirs(locked)
+    monkeypatch.setattr(
+        os, "access", lambda path, mode: False if path == locked else access(path, mode)
+    )
+    for workdir in (locked, os.path.join(locked, "run")):
+        with pytest.raises(run_lib.ConfigError, match=f"{locked} cannot be written to"):
+            train.train_and_evaluate(smoke.get_config(), workdir)
+    assert os.listdir(locked) == []
