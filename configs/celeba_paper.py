@@ -65,7 +65,7 @@ def get_config():
             channel_mults=(1, 2, 4),
             attention_levels=(1, 2),
             dropout_rate=0.1,
-            dtype="float32",  # the paper's; "bfloat16" on an accelerator for speed
+            dtype="float32",  # the tested default; "bfloat16" on an accelerator for speed
         )
     )
     config.optimizer.update(learning_rate=1e-4, schedule="constant")
