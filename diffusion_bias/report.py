@@ -210,6 +210,10 @@ def setting_section(name, stats, figure_paths, report_dir):
             f"Left out: the snapshot at epoch {verdict.number(d['epoch'])}, {d['reason']}.",
             "",
         ]
+    if stats.get("refined"):
+        # The tables below read the analysed grid; the replayed snapshots add the
+        # refined onset, minimum and verdict further down.
+        lines += ["On the log-spaced grid (the refined verdict is below):", ""]
     lines += _onset_table(v, stats.get("at_onset_and_test_min", {}))
     words = verdict.in_words(v)
     if "gate" in words:

@@ -280,6 +280,35 @@ def test_nn_divergence_spanning_decades_is_drawn_on_a_log_axis(monkeypatch, tmp_
     assert loss_ax.get_yscale() == "linear"  # the test loss varies within a factor of 2
 
 
+@pytest.mark.parametrize("setting", ["tokens", "images"])
+def test_a_refined_run_is_drawn_over_its_refined_grid_with_its_verdict(
+    monkeypatch, tmp_path, setting
+):
+    stats = synthetic_stats(setting)
+    epochs = list(stats["checkpoints"])
+    # Two snapshots replayed between the first two of the grid; the refined verdict
+    # places the onset on one of them.
+    fine = sorted(epochs + [0.5 * (epochs[1] + epochs[2]), 0.5 * (epochs[2] + epochs[3])])
+    onset = fine[2]
+    v = dict(stats["verdict"], bias_onset_epoch=onset, bias_onset_index=2, conclusive=True)
+    stats["refined"] = dict(
+        checkpoints=fine,
+        steps=list(range(len(fine))),
+        test_loss=np.linspace(2, 1, len(fine)).tolist(),
+        test_loss_sem=[0.01] * len(fine),
+        bias=np.linspace(1, 2, len(fine)).tolist(),
+        verdict=v,
+    )
+    stats["verdict"] = dict(stats["verdict"], conclusive=False, reasons=["flat"])
+    fig = _drawn(monkeypatch, figures.fig_bias_vs_test_loss, stats, str(tmp_path / "r.png"))
+    bias_ax, text_ax = fig.axes[0], fig.axes[1]
+    assert len(bias_ax.lines[0].get_xdata()) == len(fine)
+    assert onset in [line.get_xdata()[0] for line in bias_ax.lines[1:]]  # the refined onset
+    assert f"refined grid, {len(fine)} snapshots" in bias_ax.get_title()
+    text = text_ax.texts[0].get_text()
+    assert "Conclusive" in text and "On the log-spaced grid alone: inconclusive" in text
+
+
 def test_curves_within_two_decades_or_not_positive_stay_linear(monkeypatch, tmp_path):
     assert figures.spans_decades([27, 0.032, 0.17])
     assert not figures.spans_decades([1.0, 0.5, 0.02])  # max / min = 50

@@ -119,5 +119,6 @@ def test_a_refined_run_is_judged_on_its_refined_grid_and_says_what_the_grid_alon
         "grid alone, 0); median gap 1938 epochs" in text
     )
     section = report.setting_section("grammar, seed 0", sections[0].stats, [], "/tmp")
+    assert "On the log-spaced grid (the refined verdict is below):" in section
     assert "**Verdict** (refined grid): Conclusive" in section
     assert "On the log-spaced grid alone: Inconclusive" in section

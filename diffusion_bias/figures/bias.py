@@ -13,13 +13,38 @@ from diffusion_bias import verdict
 from diffusion_bias.figures import common
 
 
-def _verdict_text(stats):
-    """The verdict's sentences (`verdict.in_words`), wrapped to the panel's width."""
+def _verdict_text(stats, grid_alone=None):
+    """The verdict's sentences (`verdict.in_words`), wrapped to the panel's width.
+
+    `grid_alone`: the log-spaced grid's verdict, named after a refined one.
+    """
     v = stats.get("verdict")
     if not v:
         return "No verdict in the statistics."
-    sentences = verdict.in_words(v).values()
+    sentences = list(verdict.in_words(v).values())
+    if grid_alone is not None:
+        sentences.append(f"(On the log-spaced grid alone: {verdict.conclusion(grid_alone)}.)")
     return "\n".join(line for text in sentences for line in textwrap.wrap(text, 100))
+
+
+def _on_final_grid(stats, tokens):
+    """`stats` as this figure reads it: over the refined grid, with its verdict, if replayed.
+
+    The refined grid is the analysed snapshots plus those replayed around the
+    extrema (`verdict.final`); it carries the bias curve and the test loss, not
+    the similarity's s.e.m.
+    """
+    refined = stats.get("refined")
+    if not refined:
+        return stats
+    view = dict(stats, verdict=refined["verdict"], checkpoints=refined["checkpoints"])
+    view.update(test_loss=refined["test_loss"], test_loss_sem=refined["test_loss_sem"])
+    if tokens:
+        view["nn_divergence"] = refined["bias"]
+    else:
+        curve = "median" if common.get(stats, "sample_split.median") is not None else "mean"
+        view["sample_split"] = {curve: refined["bias"]}
+    return view
 
 
 def _bias_curve(ax, stats, epochs, tokens):
@@ -120,16 +145,22 @@ def _verdict_panel(text_ax, text, conclusive):
 def fig_bias_vs_test_loss(stats, path):
     """Fig. 1a: the bias curve and the held-out loss over training, with the verdict.
 
+    Over the refined grid and with its verdict where snapshots were replayed
+    around the extrema (the run's verdict, `verdict.final`).
+
     Images: the mean sample-split similarity (+-sem), or its median over twin
     pairs where the protocol aggregates by the median; tokens: the NN
     divergence. The test loss (+-sem) is on the right axis. The onset and test-loss minimum
     are dashed, their bootstrap 95% intervals shaded; the span between them is
     the biased-generalisation phase when the verdict is conclusive.
     """
-    epochs = common.epochs_of(stats)
     # The tokens' bias curve is the NN divergence; the images' the sample-split similarity.
     tokens = stats.get("nn_divergence") is not None and stats.get("setting") != "images"
-    text = _verdict_text(stats)
+    refined = bool(stats.get("refined"))
+    grid_alone = stats.get("verdict") if refined else None
+    stats = _on_final_grid(stats, tokens)
+    epochs = common.epochs_of(stats)
+    text = _verdict_text(stats, grid_alone)
     # The verdict panel grows with the number of reasons listed, so nothing is clipped.
     text_height = 0.2 + 0.17 * (text.count("\n") + 1)
     fig = common.new_figure(8, 5.6 + text_height)
@@ -142,7 +173,8 @@ def fig_bias_vs_test_loss(stats, path):
     handles += _verdict_spans(ax, v)
     ax.set_title(
         f"{'NN divergence' if tokens else 'Sample-split similarity'} and test loss over training"
-        " (shaded: 95% intervals)"
+        + (f" (refined grid, {len(epochs)} snapshots;" if refined else " (")
+        + " shaded: 95% intervals)"
     )
     ax.legend(
         handles=handles,
