@@ -23,7 +23,7 @@ def is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def finite(name, array):
+def finite(name: str, array):
     """Raises ValueError naming `name` if a float `array` holds NaN or inf; returns it.
 
     A JAX array is checked where it lives (one scalar comes back), anything else
@@ -41,7 +41,7 @@ def finite(name, array):
 KINDS = ("images", "tokens")
 
 
-def kind(value):
+def kind(value) -> str:
     """Raises ValueError unless `value` is a data kind: "images" or "tokens"."""
     if value not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {value!r}")

@@ -111,7 +111,7 @@ def exclusive(path, what):
         os.close(fd)
 
 
-def disk_full(err):
+def disk_full(err: BaseException | None) -> BaseException | None:
     """The out-of-space error in `err`'s chain (itself, its causes, its contexts), or None.
 
     An OSError with ENOSPC or EDQUOT, or an error of a library that reports one

@@ -16,6 +16,7 @@ import numpy as np
 
 from diffusion_bias import coupled
 from diffusion_bias.data import sources
+from diffusion_bias.diffusion.schedules import Schedule
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import sample_split
@@ -55,21 +56,21 @@ class Probe:
     def __init__(
         self,
         apply_fn,
-        schedule,
-        sampling,
-        kind,
+        schedule: Schedule,
+        sampling: Schedule,
+        kind: str,
         train,
         heldout,
         *,
-        key,
-        num_samples,
-        loss_items,
-        loss_repeats,
+        key: jax.Array,
+        num_samples: int,
+        loss_items: int,
+        loss_repeats: int,
         offsets=None,
-        num_symbols=None,
-        clip_x0=None,
-        step_rule="posterior",
-        twin_strategy="vmap",
+        num_symbols: int | None = None,
+        clip_x0: float | None = None,
+        step_rule: str = "posterior",
+        twin_strategy: str = "vmap",
     ):
         self.apply_fn, self.schedule, self.sampling, self.kind = apply_fn, schedule, sampling, kind
         self.train, self.heldout = np.asarray(train), np.asarray(heldout)
@@ -98,7 +99,7 @@ class Probe:
         tokens = kind == "tokens"
         self.item_shape = (self.train.shape[-1], num_symbols) if tokens else self.train.shape[2:]
 
-    def in_twin_space(self, items, k, scale=1.0):
+    def in_twin_space(self, items, k: int, scale=1.0):
         """Items of the common space as twin k sees them: minus scale * offsets[k].
 
         `scale` = sqrt(alpha_bar_t) shifts noisy items x_t (the offset scales with x_0).
@@ -114,7 +115,7 @@ class Probe:
         shift = sources.twin_offsets(self.offsets, samples.ndim)
         return (samples + shift).astype(samples.dtype)
 
-    def losses_of(self, params, items, apply_fn=None):
+    def losses_of(self, params, items, apply_fn=None) -> np.ndarray:
         """[B] per-item losses of one twin on items of its own space, on the loss grid."""
         return losses.item_losses(
             apply_fn or self.apply_fn,
@@ -127,7 +128,7 @@ class Probe:
             num_symbols=self.num_symbols,
         )
 
-    def samples(self, stacked):
+    def samples(self, stacked) -> jax.Array:
         """[K, N, ...] the twins' coupled samples, in the common space."""
         samples = coupled.coupled_samples(
             self.apply_fn,
@@ -143,7 +144,7 @@ class Probe:
         )
         return self.to_common_space(samples) if self.kind == "images" else samples
 
-    def measure(self, stacked):
+    def measure(self, stacked) -> tuple[dict, jax.Array, list]:
         """The probe's statistics of one snapshot.
 
         Args:

@@ -161,7 +161,14 @@ def bootstrap_binned_kl_curves(
     return out
 
 
-def nn_divergence_curves(own_d1, heldout_d1, length, rng, num_resamples, aggregate="mean"):
+def nn_divergence_curves(
+    own_d1: np.ndarray,
+    heldout_d1: np.ndarray,
+    length: int,
+    rng: np.random.Generator,
+    num_resamples: int,
+    aggregate: str = "mean",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The NN-divergence bias curve over snapshots, its bootstrap and its per-model values.
 
     One KL per model (`nearest.nn_divergence`: its samples against the held-out
@@ -395,7 +402,7 @@ def sentence(v):
     return " ".join(in_words(v).values())
 
 
-def final(stats):
+def final(stats: dict) -> tuple[dict, dict]:
     """(verdict, grid) a run's finding rests on, from its statistics.json dict.
 
     Where snapshots were replayed around the onset and the test-loss minimum
@@ -408,7 +415,7 @@ def final(stats):
     return (refined["verdict"], refined) if refined else (stats["verdict"], stats)
 
 
-def final_sentence(stats):
+def final_sentence(stats: dict) -> str:
     """`sentence` of `final(stats)`, saying which grid it is on when refined."""
     v, grid = final(stats)
     if grid is stats:

@@ -181,7 +181,9 @@ def twin_kl_bp(denoise_fns, transitions, schedule: Schedule, x0, t_values, key) 
     )  # fmt: skip
 
 
-def twin_kl_from_exact(denoise_fns, transitions, schedule: Schedule, x0, t_values, key):
+def twin_kl_from_exact(
+    denoise_fns, transitions, schedule: Schedule, x0, t_values, key: jax.Array
+) -> dict[str, np.ndarray]:
     """`kl_from_exact` per twin on the same sequences, k = 1..depth.
 
     Args:
