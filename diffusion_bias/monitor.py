@@ -334,7 +334,7 @@ def _check_items(train_sets, heldout, kind, num_symbols, offsets):
                 )
         return
     for name, items in (("train_sets", train_sets), ("heldout", heldout)):
-        if items.dtype.kind != "f":
+        if not jax.numpy.issubdtype(items.dtype, jax.numpy.floating):
             raise ValueError(
                 f"{name} must be float images on the scale the twins were trained on, "
                 f"got {items.dtype}"
