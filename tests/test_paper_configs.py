@@ -20,6 +20,9 @@ def test_grammar_paper_analysis_is_the_papers_protocol():
         assert instrument.sampling_schedule(schedule, a.sampling_steps) is schedule
         assert schedule.num_steps == 500
         assert a.num_samples == 50_000
+        # The NN divergence's reference: 50,000 sequences (the authors' --N-test default).
+        assert config.splits.heldout_size == 50_000
+        assert config.data.pool_size >= 15 * int(n) + 50_000
         assert (a.uturn_items, a.uturn_repeats) == (1000, 100)
         # The paper's code truncates: int(0.085 * 500) = 42.
         assert uturn.uturn_steps(schedule, a.uturn_ratios) == [5, 15, 25, 42, 60]
