@@ -23,8 +23,10 @@ Analysis: the paper's protocol. Coupled samples run the full reverse chain
 the model's own block, which are other splits' training data; ours are held out from
 every split) and searched at every snapshot (no grammaticality gate); the U-turn takes 1,000 sequences with
 100 noise repetitions each at t/T in (0.01, 0.03, 0.05, 0.085, 0.12) (steps
-5, 15, 25, 42, 60: truncated, as the paper's code); KL(BP_k || model) along t
-(Fig. 3b) every 0.02 of t/T on 1,000 held-out sequences.
+5, 15, 25, 42, 60: truncated, as the paper's code); the KLs along t (Fig. 3b, both
+directions) every 0.02 of t/T on 1,000 held-out sequences; the KLs at t/T = 0.15
+(Fig. 1b, 6) on 3,000 held-out sequences x 5 noisings; the loss decomposition (Fig.
+4b) on every training item and as many held-out ones.
 
 Cost of one snapshot's analysis (an ESTIMATE, not a measurement on an
 accelerator): the transformer costs 0.54 GFLOP per sequence and forward pass
@@ -97,6 +99,12 @@ def get_config(arg="5000"):
         sampling_steps=0,  # the full chain of T = 500 steps
         num_samples=50_000,
         uturn_items=1000,
+        # The authors' estimators (their sequential_learning.py, loss_decomposition.py
+        # and the figures' commands): the KLs at t/T = 0.15 on 3000 held-out sequences
+        # x 5 noisings, the loss decomposition on every training item.
+        kl_items=3000,
+        kl_repeats=5,
+        decomposition_items=0,
         uturn_repeats=100,
         uturn_ratios=(0.01, 0.03, 0.05, 0.085, 0.12),
         min_grammatical=0.0,  # the paper searches every snapshot

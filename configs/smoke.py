@@ -23,6 +23,8 @@ def get_config(arg="digits"):
         loss_repeats=2,
         score_times=(10, 50),
         uturn_items=16,
+        kl_items=16,
+        decomposition_items=16,
         uturn_ratios=(0.05, 0.1),
         bootstrap=50,
     )

@@ -38,7 +38,7 @@ _POSITIVE_INTS = (
 _MONITOR_POSITIVE_INTS = "num_samples sampling_steps loss_items loss_repeats patience bootstrap"
 _ANALYSIS_POSITIVE_INTS = (
     "num_samples loss_items loss_repeats uturn_items uturn_repeats kl_along_t_points "
-    "decomposition_times bootstrap privacy_bootstrap"
+    "kl_items kl_repeats decomposition_times bootstrap privacy_bootstrap"
 )
 _CHOICES = (
     ("diffusion.schedule", {"image", "token"}),
@@ -70,7 +70,7 @@ def _positive_int(config, path):
     return value
 
 
-def _seed(config, path):
+def _non_negative_int(config, path):
     value = _get(config, path)
     if not checks.is_int(value) or value < 0:
         raise ConfigError(f"config.{path} must be an integer >= 0, got {value!r}")
@@ -313,7 +313,7 @@ def _check_grammar(config):
         message = "grammar_" + message if message.startswith("seed") else message
         raise ConfigError(f"config.data.{message}") from None
     _positive_int(config, "data.pool_size")
-    _seed(config, "data.pool_seed")
+    _non_negative_int(config, "data.pool_seed")
 
 
 def _check_model(config):
@@ -366,6 +366,7 @@ def check_analysis(config):
     """Raises ConfigError naming the first invalid field of `config.analysis`."""
     for name in _ANALYSIS_POSITIVE_INTS.split():
         _positive_int(config, f"analysis.{name}")
+    _non_negative_int(config, "analysis.decomposition_items")  # 0: every training item
     steps = config.analysis.sampling_steps
     if not checks.is_int(steps) or steps < 0:
         raise ConfigError(
@@ -379,7 +380,7 @@ def check_analysis(config):
             f"T = config.diffusion.num_steps = {num_steps}: at most {num_steps} (or 0, the "
             "full chain)"
         )
-    _seed(config, "analysis.seed")
+    _non_negative_int(config, "analysis.seed")
     # How the verdict's curves aggregate twins and pairs; saved configs without the field: the mean.
     aggregate = config.analysis.get("aggregate", "mean")
     if aggregate not in verdict.AGGREGATES:

@@ -98,7 +98,10 @@ def get_config():
             score_times=(50, 100, 150, 200),  # images: t of the twin score cosine
             critical_ratio=0.15,  # tokens: t/T of the twin and BP_k divergences
             uturn_ratios=(0.01, 0.03, 0.05, 0.07, 0.09, 0.12),  # tokens: U-turn depths t/T
-            uturn_items=500,  # tokens: sequences per U-turn set (and for the KLs, decomposition)
+            uturn_items=500,  # tokens: sequences per U-turn set and of the KL along t
+            kl_items=500,  # tokens: held-out sequences of the KLs at the critical time
+            kl_repeats=1,  # tokens: noisings of each of them
+            decomposition_items=500,  # tokens: items per set of the loss decomposition; 0 = all n
             uturn_repeats=1,  # tokens: noisings per sequence the U-turn averages over
             kl_along_t_points=25,  # tokens: t/T = 1/R..1 of KL(BP_k || model) along t
             decomposition_times=20,  # tokens: grid of the loss decomposition's mean over t

@@ -232,16 +232,19 @@ class Instrument:
             [controlled.grammatical_fraction(transitions, s) for s in samples]
         )
         t_crit = max(1, int(round(self.a.critical_ratio * self.schedule.num_steps)))
-        heldout = self.heldout[: self.a.uturn_items]
-        x0 = jax.nn.one_hot(heldout, self.q)
-        noise = samplers.item_normal(self.stat_key, jnp.arange(len(heldout)), x0.shape[1:])
-        tt = jnp.full((len(heldout),), t_crit)
+        # kl_items held-out sequences, each noised kl_repeats times (rows draw their own noise).
+        kl_x0 = np.tile(self.heldout[: self.a.kl_items], (self.a.kl_repeats, 1))
+        x0 = jax.nn.one_hot(kl_x0, self.q)
+        noise = samplers.item_normal(self.stat_key, jnp.arange(len(kl_x0)), x0.shape[1:])
+        tt = jnp.full((len(kl_x0),), t_crit)
         x_t = process.q_sample(self.schedule, x0, tt, noise)
         # Per pair and sequence, summed over the L tokens (as the paper).
         out["twin_kl"] = controlled.twin_sequence_kl([self.apply_jit(p, x_t, tt) for p in params])
         fns = [jax.tree_util.Partial(self.apply_fn, p) for p in params]
-        kl = kl_bp.twin_kl_bp(fns, transitions, self.schedule, heldout, [t_crit], self.stat_key)
+        kl = kl_bp.twin_kl_bp(fns, transitions, self.schedule, kl_x0, [t_crit], self.stat_key)
         out["kl_bp"] = kl[:, :, 0]  # [K, depth + 1]
+        # Every training item (0), or the first decomposition_items, and as many held out.
+        items = self.a.decomposition_items or self.train.shape[1]
         # t/T = 0.3 (the paper's panel), then the grid whose mean is the average over t.
         grid = loss_decomposition.decomposition_steps(
             self.schedule.num_steps, self.a.get("decomposition_times", 20)
@@ -251,8 +254,8 @@ class Instrument:
                 fns,
                 transitions,
                 self.schedule,
-                self.train[:, : self.a.uturn_items],
-                heldout,
+                self.train[:, :items],
+                self.heldout[:items],
                 max(1, int(round(0.3 * self.schedule.num_steps))),
                 grid,
                 self.stat_key,

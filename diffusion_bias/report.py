@@ -53,6 +53,12 @@ def protocol_text(protocol):
             f"U-turn on {protocol['uturn_items']} sequences x {protocol.get('uturn_repeats', 1)} "
             f"noise repetitions at t/T = {ratios}"
         )
+        if "kl_items" in protocol:
+            parts.append(
+                f"KLs at the critical time on {protocol['kl_items']} held-out sequences x "
+                f"{protocol['kl_repeats']} noisings; loss decomposition on "
+                f"{protocol['decomposition_items']} items a set"
+            )
         gate = protocol.get("min_grammatical")
         parts.append(
             f"onset searched where >= {gate:g} of the samples are grammatical (the paper: no gate)"

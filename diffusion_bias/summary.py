@@ -118,7 +118,8 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      full chain), num_samples, twins, aggregate ("mean" or "median":
                      how the verdict's curves aggregate twins and twin pairs; with
                      fewer than 3, the median is the mean); tokens: uturn_items,
-                     uturn_repeats, uturn_ratios, min_grammatical; images: clip_x0,
+                     uturn_repeats, uturn_ratios, kl_items, kl_repeats,
+                     decomposition_items, min_grammatical; images: clip_x0,
                      image_sampler}
   examples           images: {samples: [K][E][H][W], nearest: [K][E][H][W]} for the
                      snapshot at the bias onset
@@ -168,6 +169,11 @@ def protocol(config):
         out.update(
             uturn_items=a.uturn_items,
             uturn_repeats=a.get("uturn_repeats", 1),
+            kl_items=a.kl_items,
+            kl_repeats=a.kl_repeats,
+            decomposition_items=min(
+                a.decomposition_items or config.splits.split_size, config.splits.split_size
+            ),
             uturn_ratios=list(a.uturn_ratios),
             min_grammatical=grammaticality_gate(a),
         )

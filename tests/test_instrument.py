@@ -89,3 +89,35 @@ def test_exact_denoiser_twins_agree_and_are_not_closer_to_either_training_set():
     copies = nearest.memorized_fraction(stats["own_d1"], stats["own_d2"])
     held_copies = nearest.memorized_fraction(stats["heldout_d1"], stats["heldout_d2"])
     assert abs(copies - held_copies) < 0.15
+
+
+def test_critical_time_kls_repeat_each_sequence_with_fresh_noise_and_decomposition_takes_all(
+    tmp_path,
+):
+    from configs import smoke
+    from diffusion_bias import instrument
+    from diffusion_bias import twin_steps
+
+    config = smoke.get_config("grammar")
+    with config.unlocked():
+        config.analysis.update(kl_items=4, kl_repeats=3, decomposition_items=0)
+    inst = instrument.Instrument(config, str(tmp_path))
+    example = jax.nn.one_hot(jnp.asarray(inst.train[0, :1]), inst.q)
+    state = twin_steps.init_state(config, inst.model, example, twin_steps.get_optimizer(config))
+    params = [jax.tree.map(lambda x, k=k: x[k], state.params) for k in range(2)]
+    samples = inst.probe.samples(state.params)
+    out = inst._token_statistics(params, samples)
+    twin_kl = out["twin_kl"]  # [pairs, kl_items * kl_repeats]
+    assert twin_kl.shape == (1, 12)
+    # The same 4 sequences three times, each time under other noise.
+    repeats = twin_kl.reshape(3, 4)
+    assert not np.allclose(repeats[0], repeats[1]) and not np.allclose(repeats[1], repeats[2])
+    # The decomposition over every training item equals the one asked for all n by count.
+    with config.unlocked():
+        config.analysis.decomposition_items = inst.train.shape[1]
+    every = instrument.Instrument(config, str(tmp_path))._token_statistics(params, samples)
+    np.testing.assert_allclose(out["decomposition"], every["decomposition"], rtol=1e-6)
+    with config.unlocked():
+        config.analysis.decomposition_items = 8
+    few = instrument.Instrument(config, str(tmp_path))._token_statistics(params, samples)
+    assert not np.allclose(out["decomposition"], few["decomposition"])

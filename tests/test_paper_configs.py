@@ -24,11 +24,15 @@ def test_grammar_paper_analysis_is_the_papers_protocol():
         assert config.splits.heldout_size == 50_000
         assert config.data.pool_size >= 15 * int(n) + 50_000
         assert (a.uturn_items, a.uturn_repeats) == (1000, 100)
+        # The authors' sequential_learning.py (--N-test 3000 --reps 5) and
+        # loss_decomposition.py (every training item).
+        assert (a.kl_items, a.kl_repeats, a.decomposition_items) == (3000, 5, 0)
         # The paper's code truncates: int(0.085 * 500) = 42.
         assert uturn.uturn_steps(schedule, a.uturn_ratios) == [5, 15, 25, 42, 60]
         assert a.min_grammatical == 0
         proto = summary.protocol(config)
         assert proto["chain_steps"] == 500 and proto["min_grammatical"] == 0
+        assert proto["decomposition_items"] == int(n)
 
 
 def test_celeba_paper_samples_512_per_model_on_the_full_chain():
