@@ -81,9 +81,16 @@ def get_config():
     config.snapshots.update(
         epochs=tuple(int(e) for e in epochs), include_last=False, latest_every_steps=1000
     )
-    # The paper's sampler on the full chain of T = 1000 steps; the authors' medians.
+    # The paper's sampler on the full chain of T = 1000 steps; the authors' medians; the
+    # score cosine on 512 held-out and 512 training images of each model, as the
+    # authors' compare_scores.py runs in their Fig. 2 command (-Ns 1000 in batches of
+    # 512, full batches only).
     config.analysis.update(
-        sampling_steps=0, num_samples=512, image_sampler="paper", aggregate="median"
+        sampling_steps=0,
+        num_samples=512,
+        image_sampler="paper",
+        aggregate="median",
+        score_items=512,
     )
     config.lock()
     return config

@@ -367,6 +367,7 @@ def check_analysis(config):
     for name in _ANALYSIS_POSITIVE_INTS.split():
         _positive_int(config, f"analysis.{name}")
     _non_negative_int(config, "analysis.decomposition_items")  # 0: every training item
+    _non_negative_int(config, "analysis.score_items")  # 0: the held-out set, the loss grid's
     steps = config.analysis.sampling_steps
     if not checks.is_int(steps) or steps < 0:
         raise ConfigError(

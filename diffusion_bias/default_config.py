@@ -96,6 +96,9 @@ def get_config():
             loss_items=256,  # training items per twin on the loss grid (held-out: all)
             loss_repeats=16,  # (t, noise) draws per item on the loss grid
             score_times=(50, 100, 150, 200),  # images: t of the twin score cosine
+            # images: held-out and training items per twin of the score cosine; 0 = every
+            # held-out item and the loss grid's training items
+            score_items=0,
             critical_ratio=0.15,  # tokens: t/T of the twin and BP_k divergences
             uturn_ratios=(0.01, 0.03, 0.05, 0.07, 0.09, 0.12),  # tokens: U-turn depths t/T
             uturn_items=500,  # tokens: sequences per U-turn set and of the KL along t

@@ -203,11 +203,13 @@ class Instrument:
             return process.q_sample(self.schedule, items, tt, noise), tt
 
         heldout, train_ = [], []
-        n_items = self.train_items.shape[1]
+        # score_items of each (0: every held-out item and the loss grid's training items).
+        m = self.a.score_items or len(self.heldout)
+        n_items = self.a.score_items or self.train_items.shape[1]
         for t in self.a.score_times:
             # Noised in the common space, then shifted into each twin's space.
             scale = float(np.sqrt(self.schedule.alpha_bars[t]))
-            x_t, tt = noisy(self.heldout, t)
+            x_t, tt = noisy(self.heldout[:m], t)
             eps = [
                 self.apply_jit(p, self.in_twin_space(x_t, k, scale), tt)
                 for k, p in enumerate(params)

@@ -132,3 +132,21 @@ def test_instrument_nn_distances_are_invariant_to_the_twin_shift(tmp_path):
     b = nearest.nearest_statistics(raw, inst.train, inst.heldout, "images")
     for key in ("own_d1", "own_d2", "other_d1"):
         np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+
+def test_score_cosine_takes_the_first_score_items_of_each_set(tmp_path):
+    inst, snapshot = _instrument_and_snapshot("none", str(tmp_path))
+    params = [jax.tree.map(lambda x, k=k: x[k], snapshot.params) for k in range(2)]
+    m, n_items = len(inst.heldout), inst.train_items.shape[1]
+    every = inst._score_cosines(params)  # score_items = 0: all held-out, the loss grid's
+    with inst.a.unlocked():
+        inst.a.score_items = 4
+    first_four = inst._score_cosines(params)
+    assert not np.allclose(every[0], first_four[0]) and not np.allclose(every[1], first_four[1])
+    # The smoke config holds 32 held-out items and puts 32 training items on the loss
+    # grid: counted out explicitly, the same items give the same cosines.
+    assert m == n_items == 32
+    with inst.a.unlocked():
+        inst.a.score_items = m
+    for a, b in zip(every, inst._score_cosines(params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

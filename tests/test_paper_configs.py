@@ -40,6 +40,8 @@ def test_celeba_paper_samples_512_per_model_on_the_full_chain():
     schedule = schedules.image_schedule(config.diffusion.num_steps)
     assert instrument.sampling_schedule(schedule, config.analysis.sampling_steps) is schedule
     assert schedule.num_steps == 1000 and config.analysis.num_samples == 512
+    # The authors' compare_scores.py in their Fig. 2 command: 512 items (one full batch).
+    assert config.analysis.score_items == 512
 
 
 # The authors' CelebA checkpoints: training_times of their sample-split script
