@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import pytest
 
 from configs import smoke
@@ -282,3 +283,31 @@ def test_statistics_json_is_strict_json(trained):
 
     with open(os.path.join(workdir, "analysis", "statistics.json")) as f:
         json.load(f, parse_constant=refuse)
+
+
+def test_the_analysis_compiles_the_same_programs_whatever_the_number_of_snapshots(tmp_path):
+    compiles, counting = [], [False]
+
+    def count(name, secs, **kwargs):
+        del secs, kwargs
+        if counting[0] and name == "/jax/core/compile/backend_compile_duration":
+            compiles[-1] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        for num_snapshots in (2, 5):
+            config = smoke.get_config()
+            with config.unlocked():
+                config.snapshots.update(num_snapshots=num_snapshots, first_epoch=1)
+            workdir = str(tmp_path / str(num_snapshots))
+            train.train_and_evaluate(config, workdir)
+            jax.clear_caches()  # as a fresh process: nothing compiled yet
+            compiles.append(0)
+            counting[0] = True
+            stats = analysis.analyze(workdir)
+            counting[0] = False
+            assert len(stats["steps"]) == num_snapshots
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    # Every program is compiled once and reused at every snapshot.
+    assert compiles[0] == compiles[1] > 0, compiles
