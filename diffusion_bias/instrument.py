@@ -94,6 +94,7 @@ class Instrument:
         )
         self.privacy_noise = jax.random.fold_in(key, 4)
         self._bp_losses = None
+        self._bp_uturn = None  # exact BP's U-turn overlaps, the same at every snapshot
         canary = run.twin_data.splits.canary_twin  # [n] with splits.assignment = "coin"
         self.canary_twin = None if canary is None else canary[:n_items]
         labels = run.pool.labels
@@ -267,18 +268,24 @@ class Instrument:
         return out
 
     def uturn(self, snapshot):
-        """U-turn ratios model / exact BP, [K, R] on own training and on held-out sequences."""
+        """U-turn ratios model / exact BP, [K, R] on own training and on held-out sequences.
+
+        Exact BP's overlaps depend on no model: computed at the first snapshot, reused.
+        """
         a = self.a
-        return uturn.twin_uturn_ratios(
-            self.twin_denoisers(snapshot.evaluated_params()),
+        args = (
             jnp.asarray(self.grammar.transitions, jnp.float32),
             self.schedule,
             self.train[:, : a.uturn_items],
             self.heldout[: a.uturn_items],
             a.uturn_ratios,
             self.stat_key,
-            repeats=a.get("uturn_repeats", 1),
+            a.get("uturn_repeats", 1),
         )
+        if self._bp_uturn is None:
+            self._bp_uturn = uturn.twin_bp_overlaps(*args)
+        fns = self.twin_denoisers(snapshot.evaluated_params())
+        return uturn.twin_uturn_ratios(fns, *args, bp=self._bp_uturn)
 
     def kl_along_t(self, snapshot):
         """Score divergences along t on held-out sequences, the same x_t for all.

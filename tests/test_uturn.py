@@ -141,6 +141,21 @@ def test_twin_uturn_ratios_are_each_twins_ratio_on_its_own_and_on_held_out_seque
     np.testing.assert_array_equal(out["train"][1], [1.0])
 
 
+def test_bp_overlaps_computed_once_give_the_same_uturn_for_any_model():
+    x0 = small_grammar.samples(small_grammar.N, seed=5)
+    args = (small_grammar.GRAMMAR.transitions, small_grammar.SCHEDULE)
+    key, ratios = jax.random.key(5), [0.1, 0.3]
+    bp = uturn.bp_overlaps(*args, x0, ratios, key, repeats=2)
+    for model in (small_grammar.prior(), small_grammar.exact()):
+        joint = uturn.uturn_overlap(model, *args, x0, ratios, key, repeats=2)
+        given = uturn.uturn_overlap(model, *args, x0, ratios, key, repeats=2, bp=bp)
+        np.testing.assert_array_equal(joint["bp"], bp)
+        for name in ("model", "ratio", "ratio_sem"):
+            np.testing.assert_array_equal(given[name], joint[name])
+    with pytest.raises(ValueError, match="repeats"):
+        uturn.bp_overlaps(*args, x0, ratios, key, repeats=0)
+
+
 @pytest.mark.parametrize(
     "call",
     [

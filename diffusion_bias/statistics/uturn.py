@@ -67,6 +67,44 @@ def _ratio(model, ref):
     return ratio, ratio_sem
 
 
+def _overlaps(fns, transitions, schedule, x0, steps, key, repeats, chunk_size):
+    """[R, F, N] each denoiser's overlaps, mean over repeats, from the same x_t and noise."""
+    chunks = controlled.token_chunks(x0, chunk_size)
+    overlaps = [  # per (repeat, t): [F, N padded]
+        _chain_overlaps(fns, schedule, chunks, key, repeat, t, transitions.shape[0])
+        for repeat in range(repeats)
+        for t in steps
+    ]
+    overlaps = chunking.gather([jnp.stack(overlaps)], x0.shape[0], axis=-1)
+    return overlaps.reshape(repeats, len(steps), len(fns), -1).mean(0)
+
+
+def _check_repeats(repeats):
+    if not checks.is_int(repeats) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}.")
+
+
+def bp_overlaps(
+    transitions,
+    schedule: Schedule,
+    x0,
+    ratios,
+    key: jax.Array,
+    repeats: int = 1,
+    chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
+) -> np.ndarray:
+    """Exact BP's U-turn overlaps [R, N] (`uturn_overlap`'s "bp"), the same for every model.
+
+    Computed once, they serve every twin and snapshot on these sequences (`bp=`).
+    """
+    transitions = jnp.asarray(transitions, jnp.float32)
+    x0 = controlled.check_tokens(transitions, x0)
+    steps = uturn_steps(schedule, ratios)
+    _check_repeats(repeats)
+    reference = controlled.exact_token_denoiser(transitions, schedule)
+    return _overlaps([reference], transitions, schedule, x0, steps, key, repeats, chunk_size)[:, 0]
+
+
 def uturn_steps(schedule: Schedule, ratios) -> list[int]:
     """The U-turn steps t = max(1, floor(r T)), truncated as the paper's code (int(r T)).
 
@@ -98,6 +136,7 @@ def uturn_overlap(
     key: jax.Array,
     repeats: int = 1,
     chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
+    bp: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """U-turn (the paper (arXiv 2603.03469) Fig. 5): noise to t = r T, denoise back, count recovered tokens.
 
@@ -105,8 +144,9 @@ def uturn_overlap(
     then run the reverse chain from x_t with the same per-step noise, and the
     final tokens (argmax) are compared with x_0. The BP chains are rerun at
     every call (with a fixed key they give the same overlaps at every
-    checkpoint); for grammar_cpu's 64 x 2 transformer they cost about 0.8x the
-    model's chains (2026-12-05, 500 sequences, 6 ratios: 2.3 s against 2.8 s).
+    checkpoint; for grammar_cpu's 64 x 2 transformer they cost about 0.8x the
+    model's chains: 2026-12-05, 500 sequences, 6 ratios, 2.3 s against 2.8 s), unless
+    given: `bp`, from `bp_overlaps` on the same sequences, key and ratios.
 
     Args:
         denoise_fn: the token denoiser (`controlled` module docstring).
@@ -117,6 +157,8 @@ def uturn_overlap(
         key: base PRNG key; repeats and ratios get independent noise.
         repeats: number of independent noisings averaged over, >= 1.
         chunk_size: sequences per kernel call.
+        bp: exact BP's overlaps [R, N] of these arguments (`bp_overlaps`), which
+            no model changes; None: computed here.
 
     Returns:
         Dict of numpy arrays:
@@ -134,25 +176,19 @@ def uturn_overlap(
     transitions = jnp.asarray(transitions, jnp.float32)
     x0 = controlled.check_tokens(transitions, x0)
     steps = uturn_steps(schedule, ratios)
-    if not checks.is_int(repeats) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}.")
-    denoise_fn = controlled.as_pytree(denoise_fn)
-    chunks = controlled.token_chunks(x0, chunk_size)
-    q = transitions.shape[0]
-    reference = controlled.exact_token_denoiser(transitions, schedule)
-    overlaps = [  # per (repeat, t): [2, N padded], model then BP
-        _chain_overlaps((denoise_fn, reference), schedule, chunks, key, repeat, t, q)
-        for repeat in range(repeats)
-        for t in steps
-    ]
-    overlaps = chunking.gather([jnp.stack(overlaps)], x0.shape[0], axis=-1)
-    overlaps = overlaps.reshape(repeats, len(steps), 2, -1).mean(0)  # [R, 2, N]
-    model, ref = overlaps[:, 0], overlaps[:, 1]
+    _check_repeats(repeats)
+    fns = [controlled.as_pytree(denoise_fn)]
+    if bp is None:
+        fns.append(controlled.exact_token_denoiser(transitions, schedule))
+    overlaps = _overlaps(fns, transitions, schedule, x0, steps, key, repeats, chunk_size)
+    model, ref = overlaps[:, 0], (overlaps[:, 1] if bp is None else np.asarray(bp))
     ratio, ratio_sem = _ratio(model, ref)
     return {"model": model, "bp": ref, "ratio": ratio, "ratio_sem": ratio_sem, "t": np.array(steps)}
 
 
-def twin_uturn_ratios(denoise_fns, transitions, schedule, own, heldout, ratios, key, repeats=1):
+def twin_uturn_ratios(
+    denoise_fns, transitions, schedule, own, heldout, ratios, key, repeats=1, bp=None
+):
     """U-turn overlap ratio model / exact BP per twin, on its own and on held-out sequences.
 
     Args:
@@ -164,14 +200,24 @@ def twin_uturn_ratios(denoise_fns, transitions, schedule, own, heldout, ratios, 
         ratios: R values of t/T where the chains start (`uturn_steps`).
         key: the base PRNG key.
         repeats: noise repetitions per sequence.
+        bp: `twin_bp_overlaps` of the same arguments (no model changes them), or
+            None: computed here.
 
     Returns:
         dict train [K, R], heldout [K, R].
     """
+    bp = bp or twin_bp_overlaps(transitions, schedule, own, heldout, ratios, key, repeats)
     out = dict(train=[], heldout=[])
-    for fn, items in zip(denoise_fns, own):
-        for x, name in ((items, "train"), (heldout, "heldout")):
-            out[name].append(
-                uturn_overlap(fn, transitions, schedule, x, ratios, key, repeats=repeats)["ratio"]
-            )
+    for k, (fn, items) in enumerate(zip(denoise_fns, own)):
+        for x, name, ref in ((items, "train", bp["train"][k]), (heldout, "heldout", bp["heldout"])):
+            ratio = uturn_overlap(fn, transitions, schedule, x, ratios, key, repeats, bp=ref)
+            out[name].append(ratio["ratio"])
     return {name: np.asarray(values) for name, values in out.items()}
+
+
+def twin_bp_overlaps(transitions, schedule, own, heldout, ratios, key, repeats=1):
+    """Exact BP's overlaps for `twin_uturn_ratios`: train [K] of [R, n], heldout [R, m]."""
+    return dict(
+        train=[bp_overlaps(transitions, schedule, x, ratios, key, repeats) for x in own],
+        heldout=bp_overlaps(transitions, schedule, heldout, ratios, key, repeats),
+    )
