@@ -330,10 +330,18 @@ def seeds_table(sections):
         if gaps and len(gaps) < len(rows):
             line += f" (over the {len(gaps)} seeds with an onset)"
         summary.append(line + ".")
-    note = (
-        "With 2 twins a run's intervals resample items and samples, not trainings: how far "
-        "another training would move the extrema shows in the spread over seeds."
-    )
+    twins = {(section.stats.get("protocol") or {}).get("twins") for section in sections}
+    if all((k or 0) >= verdict.MIN_RESAMPLED_UNITS for k in twins):
+        note = (
+            "The intervals resample twins (each a training), then samples: they include "
+            "a few trainings' spread; the spread over seeds is the wider measure."
+        )
+    else:
+        note = (
+            "With fewer than 3 twins a run's intervals resample items and samples, not "
+            "trainings: how far another training would move the extrema shows in the "
+            "spread over seeds."
+        )
     return lines + [""] + [line for s in summary for line in (s, "")] + [note, ""]
 
 

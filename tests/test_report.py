@@ -122,3 +122,17 @@ def test_a_refined_run_is_judged_on_its_refined_grid_and_says_what_the_grid_alon
     assert "On the log-spaced grid (the refined verdict is below):" in section
     assert "**Verdict** (refined grid): Conclusive" in section
     assert "On the log-spaced grid alone: Inconclusive" in section
+
+
+def test_seeds_table_says_what_its_intervals_resample_for_the_number_of_twins():
+    def note(twins):
+        stats = dict(_stats(270.0, 630.0, True), protocol=dict(twins=twins))
+        return report.seeds_table([report.Section("digits", "0", stats, [], "digits")])[-2]
+
+    # Two twins: the bootstrap resamples samples only, so the note points to the seeds.
+    assert note(2).startswith("With fewer than 3 twins a run's intervals resample items")
+    # Three or more: twins are resampled first, each a training.
+    assert note(3).startswith("The intervals resample twins (each a training)")
+    # Statistics without a protocol record fall back to the cautious note.
+    bare = report.seeds_table([report.Section("digits", "0", _stats(1.0, 2.0, True), [], "d")])
+    assert bare[-2].startswith("With fewer than 3 twins")
