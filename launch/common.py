@@ -60,15 +60,28 @@ def set_cpu_devices(default=None):
 
 
 class _DropLibraryInfo(std_logging.Filter):
-    """Drops INFO records of Orbax, which logs every step of every save."""
+    """Drops INFO records of Orbax, which logs every step of every save.
+
+    Also its warning that a directory is read only: the analysis opens the
+    snapshots read-only on purpose.
+    """
 
     def filter(self, record):
-        return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+        if "orbax" not in record.pathname:
+            return True
+        if record.levelno < std_logging.WARNING:
+            return False
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+_DROP_LIBRARY_INFO = _DropLibraryInfo()
 
 
 def setup_logging():
     logging.set_verbosity(logging.INFO)
-    logging.get_absl_handler().addFilter(_DropLibraryInfo())
+    # On absl's logger, not its handler: in a notebook kernel (no absl.app) the
+    # records reach the root logger's handlers instead.
+    std_logging.getLogger("absl").addFilter(_DROP_LIBRARY_INFO)
 
 
 def _config_error_exit(message):
