@@ -35,6 +35,13 @@ setuptools.setup(
     ],
     extras_require={
         "tfds": ["tensorflow-datasets>=4.9.10,<5", "array_record>=0.8"],
-        "test": ["pytest>=9.2,<10", "pytest-xdist>=3.8,<4", "ipython>=9.18,<10"],
+        "test": [
+            "pytest>=9.2,<10",
+            "pytest-xdist>=3.8,<4",
+            "ipython>=9.18,<10",
+            # The notebook's test runs it in a Jupyter kernel.
+            "nbclient>=0.11,<1",
+            "ipykernel>=7.4,<8",
+        ],
     },
 )
