@@ -57,6 +57,16 @@ def centering(config):
     return config.get("centering", "pooled" if config.get("center") else "none")
 
 
+def seeds_per_split(config) -> int:
+    """config.splits.seeds_per_split (1 where a saved config lacks it)."""
+    return config.splits.get("seeds_per_split", 1)
+
+
+def num_models(config) -> int:
+    """The models trained: K splits times the seeds per split (twins where 1)."""
+    return config.splits.num_splits * seeds_per_split(config)
+
+
 def _get(config, path):
     for part in path.split("."):
         config = config[part]
@@ -191,10 +201,10 @@ def _check_devices(config):
         )
     if twin_devices > 1 and config.training.twin_strategy != "vmap":
         raise ConfigError("config.training.twin_devices > 1 needs twin_strategy = 'vmap'")
-    if config.splits.num_splits % twin_devices:
+    if num_models(config) % twin_devices:
         raise ConfigError(
-            f"config.training.twin_devices = {twin_devices} must divide "
-            f"config.splits.num_splits = {config.splits.num_splits}"
+            f"config.training.twin_devices = {twin_devices} must divide the "
+            f"{num_models(config)} models (config.splits.num_splits x seeds_per_split)"
         )
     batch = config.training.batch_size
     if batch % data_devices:
@@ -237,6 +247,19 @@ def _check_splits(config):
             f"config.splits.num_splits must be >= 2 (the statistics compare twins), "
             f"got {config.splits.num_splits}"
         )
+    if "seeds_per_split" in config.splits:
+        _positive_int(config, "splits.seeds_per_split")
+    if seeds_per_split(config) > 1:
+        if assignment != "fixed":
+            raise ConfigError(
+                "config.splits.seeds_per_split > 1 needs config.splits.assignment = 'fixed' "
+                "(the one-run audit's coins deal each item to one model)"
+            )
+        if config.monitor.enabled:
+            raise ConfigError(
+                "config.splits.seeds_per_split > 1 is an offline control: it needs "
+                "config.monitor.enabled = False"
+            )
     if config.splits.heldout_size < 2:
         raise ConfigError(
             f"config.splits.heldout_size must be >= 2 (test loss and membership AUC), "

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_bias import checks
+from diffusion_bias import config_checks
 from diffusion_bias import coupled
 from diffusion_bias import probe as probe_lib
 from diffusion_bias import run as run_lib
@@ -82,6 +83,7 @@ class Instrument:
             clip_x0=None if paper_step else self.a.clip_x0 or None,
             step_rule="paper" if paper_step else "posterior",
             twin_strategy=config.training.twin_strategy,
+            seeds_per_split=config_checks.seeds_per_split(config),
         )
         self.train_items = self.probe.own_items  # [K, n'] each twin's own space
         self.item_shape = self.probe.item_shape

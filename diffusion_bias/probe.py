@@ -51,6 +51,8 @@ class Probe:
         offsets: images: [K, C] twin k's shift, or None (tokens, or no centring).
         num_symbols: tokens: q.
         clip_x0, step_rule, twin_strategy: as `coupled.coupled_samples`.
+        seeds_per_split: S, models a split (`config.splits.seeds_per_split`):
+            model k trains on split k // S, its partner is `sample_split.partner`.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Probe:
         clip_x0: float | None = None,
         step_rule: str = "posterior",
         twin_strategy: str = "vmap",
+        seeds_per_split: int = 1,
     ):
         self.apply_fn, self.schedule, self.sampling, self.kind = apply_fn, schedule, sampling, kind
         self.train, self.heldout = np.asarray(train), np.asarray(heldout)
@@ -78,13 +81,15 @@ class Probe:
         self.num_samples, self.num_symbols = num_samples, num_symbols
         self.clip_x0, self.step_rule, self.twin_strategy = clip_x0, step_rule, twin_strategy
         num_twins, n_items = len(self.train), min(loss_items, self.train.shape[1])
+        self.seeds_per_split = seeds_per_split
+        partner = sample_split.partner(num_twins, seeds_per_split)
         # [K, n'] each twin's own items and its partner's, in that twin's space.
         self.own_items = np.stack(
             [np.asarray(self.in_twin_space(self.train[k, :n_items], k)) for k in range(num_twins)]
         )
         self.partner_items = np.stack(
             [
-                np.asarray(self.in_twin_space(self.train[(k + 1) % num_twins, :n_items], k))
+                np.asarray(self.in_twin_space(self.train[partner[k], :n_items], k))
                 for k in range(num_twins)
             ]
         )
@@ -156,12 +161,16 @@ class Probe:
             `nearest.nearest_statistics` (own_d1, own_d2, own_index, other_d1
             [K, N]; heldout_d1, heldout_d2 [K, m]; ...), test_losses [K, m],
             train_losses [K, n'] and partner_losses [K, n'] (twin k on the
-            items of twin (k + 1) mod K).
+            items of its partner, `sample_split.partner`).
         """
         params = [jax.tree.map(lambda x, k=k: x[k], stacked) for k in range(len(self.train))]
         samples = self.samples(stacked)
         out = dict(similarity=sample_split.pair_similarity(samples, self.kind))
-        out.update(nearest.nearest_statistics(samples, self.train, self.heldout, self.kind))
+        out.update(
+            nearest.nearest_statistics(
+                samples, self.train, self.heldout, self.kind, self.seeds_per_split
+            )
+        )
         out["test_losses"] = np.stack(
             [
                 self.losses_of(p, np.asarray(self.in_twin_space(self.heldout, k)))

@@ -34,6 +34,12 @@ def protocol_text(protocol):
         ),
         f"{protocol.get('num_samples')} coupled samples per twin, {protocol.get('twins')} twins"
         + (
+            f" ({protocol['splits']} splits x {protocol['seeds_per_split']} seeds; the pair "
+            "statistics over cross-split pairs)"
+            if protocol.get("seeds_per_split", 1) > 1
+            else ""
+        )
+        + (
             " (intervals resample twins, or twin pairs, then samples)"
             if (protocol.get("twins") or 0) >= verdict.MIN_RESAMPLED_UNITS
             else ""
@@ -154,6 +160,31 @@ def privacy_table(stats):
     return lines + [""]
 
 
+def same_split_lines(stats):
+    """Lines on the same-split control (Fig. 1b), where the run has one; else []."""
+    entry = stats.get("same_split")
+    if not entry:
+        return []
+    sim = entry["similarity"]
+    same, cross = sim["same"]["mean"], sim["cross"]["mean"]
+    v = stats["verdict"]
+    where = (
+        f"they part at epoch {verdict.number(entry['part_epoch'])} (the same-split pairs "
+        "at least 3 paired standard errors more alike at it and at every later snapshot)"
+        if entry.get("part_epoch") is not None
+        else "they do not part within the run (never 3 paired standard errors apart to the end)"
+    )
+    return [
+        f"Same-split control ({entry['seeds_per_split']} seeds a split; "
+        f"{entry['pairs']['same']} same-split and {entry['pairs']['cross']} cross-split pairs): "
+        f"similarity {verdict.number(same[0])} against {verdict.number(cross[0])} at the first "
+        f"snapshot, {verdict.number(same[-1])} against {verdict.number(cross[-1])} at the last; "
+        f"{where}; bias onset {verdict.number(v.get('bias_onset_epoch'))}, test-loss minimum "
+        f"{verdict.number(v.get('test_loss_min_epoch'))}.",
+        "",
+    ]
+
+
 def _onset_table(v, at):
     """Markdown rows: onset, test-loss minimum and gap, with memorisation at the first two."""
     mem = at.get("memorized_fraction", [None, None])
@@ -265,6 +296,7 @@ def setting_section(name, stats, figure_paths, report_dir):
             f"{verdict.number(max(g))} at best, {verdict.number(g[-1])} at the last."
         )
     lines.append("")
+    lines += same_split_lines(stats)
     lines += privacy_table(stats)
     lines += stopping_rules_table(stats)
     for path in figure_paths:

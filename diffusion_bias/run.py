@@ -37,9 +37,11 @@ class Run:
 
     Attributes:
         pool: sources.Pool, the data pool the splits are drawn from.
-        twin_data: sources.TwinData, the twins' splits and held-out items as drawn.
-        train: [K, n, ...] what each twin trains on: its split minus its offset.
-        offsets: [K, C] each twin's centring shift (images); None for tokens.
+        twin_data: sources.TwinData, the twins' splits and held-out items as drawn;
+            with `splits.seeds_per_split` S > 1 its train holds a row per model,
+            [M = K * S, n, ...], model m on split m // S.
+        train: [M, n, ...] what each model (twin) trains on: its split minus its offset.
+        offsets: [M, C] each model's centring shift (images); None for tokens.
         kind: "images" or "tokens".
         model: the flax module each twin is an instance of.
         schedule: the diffusion schedule of training.
@@ -109,6 +111,10 @@ def prepare(config, workdir):
         # Runs saved before the field existed were split the fixed way.
         config.splits.get("assignment", "fixed"),
     )
+    seeds = config_checks.seeds_per_split(config)
+    if seeds > 1:
+        # The same split for S models, which differ by their keys (init, batches).
+        twin_data = dataclasses.replace(twin_data, train=np.repeat(twin_data.train, seeds, axis=0))
     centering = config_checks.centering(config)
     train_items, offsets = twin_data.train, None
     if pool.kind == "images":

@@ -15,6 +15,7 @@ import functools
 
 import numpy as np
 
+from diffusion_bias import config_checks
 from diffusion_bias import run as run_lib
 from diffusion_bias import stopping
 from diffusion_bias import verdict
@@ -120,7 +121,16 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      fewer than 3, the median is the mean); tokens: uturn_items,
                      uturn_repeats, uturn_ratios, kl_items, kl_repeats,
                      decomposition_items, min_grammatical; images: clip_x0,
-                     image_sampler}
+                     image_sampler; with seeds_per_split > 1: splits,
+                     seeds_per_split (twins is then every model)}
+  same_split         with config.splits.seeds_per_split > 1 only (every other pair
+                     statistic is then over cross-split pairs): seeds_per_split,
+                     pairs {cross, same}, similarity {cross, same: {mean, sem: [C]}}
+                     (each sample's mean over the group's pairs; sem over samples),
+                     z [C] (the same-split minus cross-split similarity in paired
+                     standard errors), part_index, part_epoch (the first snapshot
+                     from which z >= 3 at every later one; None if never),
+                     tokens: twin_kl {cross, same: [C]}
   examples           images: {samples: [K][E][H][W], nearest: [K][E][H][W]} for the
                      snapshot at the bias onset
   sample_quality     images with class labels (digits): [C] mean confidence of a
@@ -162,9 +172,11 @@ def protocol(config):
         num_steps=total,
         chain_steps=total if not a.sampling_steps else min(a.sampling_steps, total),
         num_samples=a.num_samples,
-        twins=config.splits.num_splits,
+        twins=config_checks.num_models(config),
         aggregate=aggregate_of(a),
     )
+    if config_checks.seeds_per_split(config) > 1:
+        out.update(splits=config.splits.num_splits, seeds_per_split=config.splits.seeds_per_split)
     if config.diffusion.schedule == "token":
         out.update(
             uturn_items=a.uturn_items,
@@ -390,12 +402,12 @@ def _membership_losses(record):
     return losses_, bp
 
 
-def privacy_audit(a, per_step):
+def privacy_audit(a, per_step, seeds_per_split=1):
     """The privacy entry (without its roc) and each snapshot's attack scores."""
     scores, time_index, audits = [], [], []
     for record in per_step:
         losses_, bp = _membership_losses(record)
-        snapshot_scores, s = privacy.attack_scores(losses_, bp=bp)
+        snapshot_scores, s = privacy.attack_scores(losses_, bp=bp, seeds_per_split=seeds_per_split)
         scores.append(snapshot_scores)
         time_index.append(s)
         audits.append(
@@ -499,13 +511,87 @@ def at_onset_and_test_min(stats):
     }
 
 
+# Per-snapshot entries with a row per twin pair [P, ...].
+PAIR_KEYS = ("similarity", "twin_kl", "score_cosine_heldout", "score_cosine_train")
+PART_Z = 3.0  # paired standard errors by which same-split pairs must stay more alike
+
+
+def split_pairs(per_step, seeds_per_split):
+    """(per_step with cross-split pairs only, per_step with same-split pairs only).
+
+    With one seed a split every pair is cross-split: (per_step, None).
+    """
+    if seeds_per_split == 1:
+        return per_step, None
+    num_models = per_step[0]["test_losses"].shape[0]
+    cross, same = sample_split.pair_groups(num_models, seeds_per_split)
+
+    def keep(record, mask):
+        return {k: (v[mask] if k in PAIR_KEYS else v) for k, v in record.items()}
+
+    return [keep(r, cross) for r in per_step], [keep(r, same) for r in per_step]
+
+
+def same_split_curves(epochs, cross, same, seeds_per_split):
+    """The same_split entry: similarity of same-split pairs beside cross-split pairs.
+
+    Args:
+        epochs: [C].
+        cross, same: per snapshot, records of `split_pairs`: similarity [P, N].
+        seeds_per_split: S.
+
+    The pairs part at the first snapshot from which, at every later one, the
+    same-split similarity exceeds the cross-split one by `PART_Z` standard
+    errors of the per-sample difference (each sample's mean over the pairs of
+    a group; the samples are coupled, so the difference is paired).
+    """
+    sim_cross, sim_same = _col(cross, "similarity"), _col(same, "similarity")  # [C, P, N]
+    diff = sim_same.mean(axis=1) - sim_cross.mean(axis=1)  # [C, N]
+    z = diff.mean(axis=1) / (diff.std(axis=1, ddof=1) / np.sqrt(diff.shape[1]))
+    apart = np.nan_to_num(z, nan=0.0) >= PART_Z
+    # From the last snapshot back, while they stay apart.
+    part = None
+    for i in range(len(epochs) - 1, -1, -1):
+        if not apart[i]:
+            break
+        part = i
+
+    def curve(sim):
+        per_sample = sim.mean(axis=1)  # [C, N]
+        sem = per_sample.std(axis=1, ddof=1) / np.sqrt(per_sample.shape[1])
+        return dict(mean=per_sample.mean(axis=1).tolist(), sem=sem.tolist())
+
+    out = dict(
+        seeds_per_split=seeds_per_split,
+        pairs=dict(cross=sim_cross.shape[1], same=sim_same.shape[1]),
+        similarity=dict(cross=curve(sim_cross), same=curve(sim_same)),
+        z=z.tolist(),
+        part_index=part,
+        part_epoch=None if part is None else epochs[part],
+    )
+    if "twin_kl" in same[0]:
+        out["twin_kl"] = dict(
+            cross=_col(cross, "twin_kl").mean(axis=(1, 2)).tolist(),
+            same=_col(same, "twin_kl").mean(axis=(1, 2)).tolist(),
+        )
+    return out
+
+
 def summarize(config, steps, per_step):
-    """statistics.json from the per-snapshot arrays (see `STATISTICS_SCHEMA`)."""
+    """statistics.json from the per-snapshot arrays (see `STATISTICS_SCHEMA`).
+
+    With `splits.seeds_per_split` > 1 every statistic of twin pairs is over
+    cross-split pairs; the same-split pairs go to the same_split entry.
+    """
     a = config.analysis
     epochs = [s / run_lib.steps_per_epoch(config) for s in steps]
     kind = "tokens" if config.diffusion.schedule == "token" else "images"
     aggregate = aggregate_of(a)
+    seeds = config_checks.seeds_per_split(config)
+    per_step, same = split_pairs(per_step, seeds)
     stats = common_curves(kind, epochs, steps, per_step, aggregate)
+    if same is not None:
+        stats["same_split"] = same_split_curves(epochs, per_step, same, seeds)
     test_losses = _col(per_step, "test_losses")  # [C, K, m]
     # Each twin's mean over items, then the mean (or median) over twins.
     loss = verdict.unit_curve(test_losses, aggregate)
@@ -527,7 +613,7 @@ def summarize(config, steps, per_step):
     )
     stats["verdict"] = decision
     stats["protocol"] = protocol(config)
-    stats["privacy"], scores = privacy_audit(a, per_step)
+    stats["privacy"], scores = privacy_audit(a, per_step, seeds)
     last = len(steps) - 1
     roc_at = sorted({decision["bias_onset_index"], decision["test_loss_min_index"], last} - {None})
     stats["privacy"]["roc"] = privacy_roc(

@@ -33,6 +33,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from diffusion_bias import checkpoints
+from diffusion_bias import config_checks
 from diffusion_bias import config_file
 from diffusion_bias import files
 from diffusion_bias import metric_writers
@@ -251,7 +252,7 @@ class _Progress:
             logging.info(
                 "Training %d twins of %s for %d steps (%d epochs of %d steps) on %d "
                 "device(s), the twins over %d; %d snapshots planned.",
-                config.splits.num_splits,
+                config_checks.num_models(config),
                 type(run.model).__name__,
                 self._total,
                 config.training.num_epochs,

@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from diffusion_bias import checkpoints
+from diffusion_bias import config_checks
 from diffusion_bias import run as run_lib
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
@@ -150,7 +151,7 @@ def make_train_chunk(config, model, schedule, kind, mesh):
         keys=keys,
         batch_sharding=NamedSharding(mesh, P("data")),
     )
-    num_splits = config.splits.num_splits
+    num_models = config_checks.num_models(config)
 
     if config.training.twin_strategy == "vmap":
         # spmd_axis_name shards the twin axis over the mesh's "twins" devices.
@@ -168,7 +169,7 @@ def make_train_chunk(config, model, schedule, kind, mesh):
                 state.params,
                 state.opt_state,
                 state.ema_params,
-                jnp.arange(num_splits),
+                jnp.arange(num_models),
                 state.step,
                 data,
             )
@@ -185,11 +186,11 @@ def make_train_chunk(config, model, schedule, kind, mesh):
 def init_state(config, model, example, tx):
     """The TwinState at step 0: each twin initialised from its own key unless `shared_init`."""
     init_key = jax.random.fold_in(jax.random.key(config.seed), 2)
-    num_splits = config.splits.num_splits
+    num_models = config_checks.num_models(config)
     if config.training.shared_init:
-        keys = jnp.stack([init_key] * num_splits)
+        keys = jnp.stack([init_key] * num_models)
     else:
-        keys = jax.vmap(lambda k: jax.random.fold_in(init_key, k))(jnp.arange(num_splits))
+        keys = jax.vmap(lambda k: jax.random.fold_in(init_key, k))(jnp.arange(num_models))
     t = jnp.ones((example.shape[0],), jnp.int32)
     params = jax.jit(jax.vmap(lambda k: model.init(k, example, t, train=False)["params"]))(keys)
     opt_state = jax.jit(jax.vmap(tx.init))(params)

@@ -14,6 +14,7 @@ import pytest
 
 from configs import smoke
 from diffusion_bias import analysis
+from diffusion_bias import figures
 from diffusion_bias import instrument
 from diffusion_bias import report
 from diffusion_bias import run as run_lib
@@ -135,6 +136,28 @@ def test_sampling_steps_0_is_the_full_chain_and_others_respace():
     assert instrument.sampling_schedule(schedule, 500).num_steps == 100
     with pytest.raises(run_lib.ConfigError, match="sampling_steps"):
         instrument.sampling_schedule(schedule, -3)
+
+
+def test_two_seeds_a_split_train_four_models_and_show_same_split_pairs_apart(tmp_path):
+    config = smoke.get_config()
+    with config.unlocked():
+        config.splits.seeds_per_split = 2
+        config.training.num_epochs = 2
+        config.snapshots.update(num_snapshots=2, first_epoch=1)
+    train.train_and_evaluate(config, str(tmp_path))
+    run = run_lib.prepare(config, str(tmp_path))
+    items = run.twin_data.train  # [4, n, ...]: models 0, 1 on split 0; 2, 3 on split 1
+    assert len(items) == 4
+    assert (items[0] == items[1]).all() and (items[2] == items[3]).all()
+    assert not (items[1] == items[2]).all()
+    stats = analysis.analyze(str(tmp_path))
+    assert stats["protocol"]["twins"] == 4 and stats["protocol"]["seeds_per_split"] == 2
+    assert stats["same_split"]["pairs"] == dict(cross=4, same=2)
+    # The verdict's similarity is over the cross-split pairs only.
+    assert stats["sample_split"]["mean"] == stats["same_split"]["similarity"]["cross"]["mean"]
+    assert len(stats["privacy"]["epsilon_per_twin"][0]) == 4
+    figures.draw_all(stats, str(tmp_path))
+    assert os.path.exists(tmp_path / "fig_same_split.png")
 
 
 def _smoke_run(workdir, **model):

@@ -42,6 +42,7 @@ from diffusion_bias import config_checks
         ("digits", "analysis.aggregate", "mode", "config.analysis.aggregate"),
         ("grammar", "analysis.aggregate", None, "config.analysis.aggregate"),
         ("digits", "snapshots.include_last", False, "config.snapshots.include_last"),
+        ("digits", "splits.seeds_per_split", 0, "config.splits.seeds_per_split"),
     ],
 )
 def test_check_config_names_the_field(setting, path, value, match):
@@ -150,3 +151,20 @@ def test_true_is_not_an_integer_field(path):
         config[section][name] = True
     with pytest.raises(config_checks.ConfigError, match=re.escape(f"config.{path} must be")):
         config_checks.check_config(config)
+
+
+def test_seeds_per_split_multiplies_the_models_and_excludes_coins_and_the_monitor():
+    config = smoke.get_config("digits")
+    assert config_checks.num_models(config) == 2
+    config.splits.seeds_per_split = 2
+    config_checks.check_config(config)
+    assert config_checks.num_models(config) == 4
+    coins = smoke.get_config("digits")
+    coins.splits.update(seeds_per_split=2, assignment="coin")
+    with pytest.raises(config_checks.ConfigError, match="needs config.splits.assignment = 'fixed'"):
+        config_checks.check_config(coins)
+    monitored = smoke.get_config("digits")
+    monitored.splits.seeds_per_split = 2
+    monitored.monitor.enabled = True
+    with pytest.raises(config_checks.ConfigError, match="needs config.monitor.enabled = False"):
+        config_checks.check_config(monitored)

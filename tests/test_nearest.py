@@ -37,6 +37,20 @@ def test_nearest_statistics_equal_brute_force_distances():
         )
 
 
+def test_with_two_seeds_a_split_the_other_sets_are_the_other_splits_not_the_twin_of_one_seed():
+    samples, train, heldout = _images(1)
+    split_train = train[:2]
+    models_train = np.repeat(split_train, 2, axis=0)  # models 0, 1 on split 0; 2, 3 on split 1
+    models_samples = np.concatenate([samples, samples[:1]])  # [4, N, ...]
+    stats = nearest.nearest_statistics(models_samples, models_train, heldout, "images", 2)
+    for m in range(4):
+        own = _brute(models_samples[m], split_train[m // 2])
+        other = _brute(models_samples[m], split_train[1 - m // 2])
+        np.testing.assert_allclose(stats["own_d1"][m], own[:, 0], rtol=1e-5)
+        # Not 0-distance to the same items held by the other seed's model.
+        np.testing.assert_allclose(stats["other_d1"][m], other[:, 0], rtol=1e-5)
+
+
 def test_nan_data_a_wrong_k_and_an_unknown_kind_are_refused_with_the_argument_named():
     samples, train, heldout = _images()
     broken = samples.copy()

@@ -122,6 +122,25 @@ def test_bp_calibration_subtracts_the_exact_loss_of_the_same_item():
     np.testing.assert_allclose(s["partner"][1], -(losses["partner"][1] - bp["own"][0]))
 
 
+def test_with_two_seeds_a_split_references_and_partners_are_models_of_other_splits():
+    # Models 0, 1 on split 0; 2, 3 on split 1; 4, 5 on split 2. Partner of m: m + 2 mod 6.
+    losses = _losses(num_twins=6)
+    bp = dict(own=np.arange(6 * 64.0).reshape(6, 64), heldout=np.arange(80.0))
+    scores, _ = privacy.attack_scores(losses, bp=bp, seeds_per_split=2)
+    partner = [(m + 2) % 6 for m in range(6)]
+    for m in range(6):
+        # The reference is the model whose partner items are m's own items.
+        r = partner.index(m)
+        assert r // 2 != m // 2
+        np.testing.assert_allclose(
+            scores["calibrated_twin"]["members"][m], -(losses["own"][m] - losses["partner"][r])
+        )
+        np.testing.assert_allclose(
+            scores["calibrated_bp"]["partner"][m],
+            -(losses["partner"][m] - bp["own"][partner[m]]),
+        )
+
+
 def _randomized_response(rng, inside, epsilon):
     """Scores of an epsilon-DP mechanism per canary: 1 says "in", right w.p. e^eps / (1 + e^eps)."""
     truthful = rng.random(inside.shape) < 1 / (1 + np.exp(-epsilon))

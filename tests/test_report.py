@@ -136,3 +136,23 @@ def test_seeds_table_says_what_its_intervals_resample_for_the_number_of_twins():
     # Statistics without a protocol record fall back to the cautious note.
     bare = report.seeds_table([report.Section("digits", "0", _stats(1.0, 2.0, True), [], "d")])
     assert bare[-2].startswith("With fewer than 3 twins")
+
+
+def test_the_same_split_control_says_where_the_pairs_part_or_that_they_do_not():
+    stats = _stats(270.0, 630.0, True)
+    assert report.same_split_lines(stats) == []
+    stats["same_split"] = dict(
+        seeds_per_split=2,
+        pairs=dict(cross=4, same=2),
+        similarity=dict(
+            same=dict(mean=[0.30, 0.50, 0.70], sem=[0.01] * 3),
+            cross=dict(mean=[0.30, 0.35, 0.40], sem=[0.01] * 3),
+        ),
+        part_epoch=100.0,
+    )
+    line = report.same_split_lines(stats)[0]
+    assert "2 same-split and 4 cross-split pairs" in line
+    assert "0.7 against 0.4 at the last" in line
+    assert "they part at epoch 100" in line and "bias onset 270, test-loss minimum 630" in line
+    stats["same_split"]["part_epoch"] = None
+    assert "they do not part within the run" in report.same_split_lines(stats)[0]

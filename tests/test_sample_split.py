@@ -60,3 +60,30 @@ def test_paired_shapes_must_match():
         sample_split.paired_cosine(np.zeros((2, 2, 2, 1)), np.zeros((3, 2, 2, 1)))
     with pytest.raises(ValueError, match="equal shapes"):
         sample_split.paired_token_similarity(np.zeros((2, 4), int), np.zeros((2, 5), int))
+
+
+def test_models_of_a_split_are_adjacent_and_each_partner_is_of_the_next_split():
+    for num_splits, seeds in ((2, 1), (3, 1), (2, 2), (3, 2), (2, 3)):
+        num_models = num_splits * seeds
+        split = sample_split.split_of(num_models, seeds)
+        partner = sample_split.partner(num_models, seeds)
+        assert split.tolist() == [m // seeds for m in range(num_models)]
+        # A permutation whose every model is of the next split (cyclically).
+        assert sorted(partner.tolist()) == list(range(num_models))
+        assert all(split[partner[m]] == (split[m] + 1) % num_splits for m in range(num_models))
+    # One seed a split: twin k's partner is twin (k + 1) mod K, as before the field.
+    assert sample_split.partner(3).tolist() == [1, 2, 0]
+
+
+def test_pair_groups_split_every_pair_by_whether_its_models_share_a_split():
+    cross, same = sample_split.pair_groups(6, 2)
+    pairs = sample_split.twin_pairs(6)
+    assert [pairs[i] for i in np.flatnonzero(same)] == [(0, 1), (2, 3), (4, 5)]
+    assert cross.sum() == 15 - 3 and not (cross & same).any()
+    cross, same = sample_split.pair_groups(3)
+    assert cross.all() and not same.any()
+
+
+def test_seeds_per_split_must_divide_the_models():
+    with pytest.raises(ValueError, match="must be >= 1 and divide the 5 models"):
+        sample_split.partner(5, 2)

@@ -279,3 +279,47 @@ def test_three_twins_keep_per_model_and_per_pair_curves_and_two_do_not():
     stats = _summarize(_config(), two)
     assert "test_loss_per_model" not in stats and "twin_kl_per_pair" not in stats
     assert "mean_per_pair" not in stats["sample_split"]
+
+
+def _pair_records(num_snapshots=6, num_samples=400, seed=0):
+    """Records of 4 models (2 splits x 2 seeds): same-split pairs more alike from snapshot 3."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for c in range(num_snapshots):
+        sim = rng.normal(0.5, 0.1, (6, num_samples))  # pairs of twin_pairs(4)
+        if c >= 3:
+            sim[[0, 5]] += 0.2  # (0, 1) and (2, 3): the same-split pairs
+        records.append(
+            dict(similarity=sim, twin_kl=rng.random((6, num_samples)), test_losses=np.ones((4, 3)))
+        )
+    return records
+
+
+def test_split_pairs_keeps_cross_split_pairs_for_the_statistics_and_sets_same_split_aside():
+    records = _pair_records()
+    cross, same = summary.split_pairs(records, 2)
+    for r, rc, rs in zip(records, cross, same):
+        np.testing.assert_array_equal(rc["similarity"], r["similarity"][[1, 2, 3, 4]])
+        np.testing.assert_array_equal(rs["twin_kl"], r["twin_kl"][[0, 5]])
+        np.testing.assert_array_equal(rc["test_losses"], r["test_losses"])  # per model: kept
+    assert summary.split_pairs(records, 1) == (records, None)
+
+
+def test_same_and_cross_split_pairs_part_where_they_stay_three_paired_errors_apart():
+    records = _pair_records()
+    cross, same = summary.split_pairs(records, 2)
+    epochs = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    out = summary.same_split_curves(epochs, cross, same, 2)
+    assert out["pairs"] == dict(cross=4, same=2)
+    assert out["part_index"] == 3 and out["part_epoch"] == 8.0
+    # The paired z, recomputed: each sample's group means, then their difference.
+    r = records[4]["similarity"]
+    d = r[[0, 5]].mean(0) - r[[1, 2, 3, 4]].mean(0)
+    np.testing.assert_allclose(out["z"][4], d.mean() / (d.std(ddof=1) / np.sqrt(len(d))))
+    np.testing.assert_allclose(out["similarity"]["same"]["mean"][4], r[[0, 5]].mean())
+    # Apart at one snapshot only, then together again: they have not parted.
+    late = _pair_records()
+    for c in (4, 5):
+        late[c]["similarity"][[0, 5]] -= 0.2
+    cross, same = summary.split_pairs(late, 2)
+    assert summary.same_split_curves(epochs, cross, same, 2)["part_epoch"] is None

@@ -24,6 +24,7 @@ from absl import logging
 from diffusion_bias.figures import common
 from diffusion_bias.figures.bias import fig_bias_vs_test_loss
 from diffusion_bias.figures.bias import fig_nearest
+from diffusion_bias.figures.bias import fig_same_split
 from diffusion_bias.figures.bias import fig_similarity_histograms
 from diffusion_bias.figures.common import spans_decades
 from diffusion_bias.figures.images import fig_examples
@@ -41,6 +42,7 @@ FIGURES = (
     (fig_similarity_histograms, ("sample_split.hist", "sample_split.edges")),
     (fig_score_cosine, ("score_cosine.t",)),
     (fig_nearest, ("nearest",)),
+    (fig_same_split, ("same_split.similarity",)),
     (fig_privacy, ("privacy.epsilon", "privacy.tpr")),
     (fig_nn_histograms, ("nn_hist.generated",)),
     (fig_sequential_learning, ("kl_bp.values",)),

@@ -278,3 +278,40 @@ def fig_nearest(stats, path):
     common.legend(right, loc="best")
     fig.suptitle("Nearest neighbours in the training sets (dashed: onset, test-loss minimum)")
     common.save(fig, path)
+
+
+def fig_same_split(stats, path):
+    """Fig. 1b's control: same-split pairs (one split, two seeds) beside cross-split pairs."""
+    epochs = common.epochs_of(stats)
+    entry = stats["same_split"]
+    fig = common.new_figure(7, 4.5)
+    ax = fig.subplots()
+    sim = entry["similarity"]
+    for group, label, color in (
+        ("same", f"same split, other seed ({entry['pairs']['same']} pairs)", "C2"),
+        ("cross", f"different splits ({entry['pairs']['cross']} pairs)", "C0"),
+    ):
+        curve = sim[group]
+        common.line(
+            ax,
+            epochs,
+            common.vector(curve["mean"]),
+            sem=common.vector(curve["sem"]),
+            color=color,
+            label=label,
+        )
+    common.mark_snapshots(ax, stats)
+    part = entry.get("part_epoch")
+    if part is not None:
+        ax.axvline(
+            part,
+            color="C2",
+            linestyle=":",
+            linewidth=1.2,
+            label=f"they part ({common.fmt(part)}; 3 paired s.e. apart from there on)",
+        )
+    common.epoch_axis(ax, epochs)
+    ax.set_ylabel("similarity of coupled samples (+-s.e.m.)")
+    common.legend(ax, loc="best")
+    ax.set_title("Twins of one split against twins of different splits")
+    common.save(fig, path)

@@ -9,6 +9,7 @@ import numpy as np
 
 from diffusion_bias import checks
 from diffusion_bias.kernels import search
+from diffusion_bias.statistics import sample_split
 
 # The paper's NN-distance histograms: 20 equal bins on [0, L].
 NN_BINS = 20
@@ -18,7 +19,7 @@ def _metric(kind):
     return "hamming" if kind == "tokens" else "l2"
 
 
-def nearest_statistics(samples, train, heldout, kind):
+def nearest_statistics(samples, train, heldout, kind, seeds_per_split=1):
     """Distances of samples and held-out items to every training set.
 
     Args:
@@ -26,12 +27,14 @@ def nearest_statistics(samples, train, heldout, kind):
         train: [K, n, ...] the twins' training sets.
         heldout: [m, ...] held-out items.
         kind: "tokens" (Hamming distance) or "images" (Euclidean distance).
+        seeds_per_split: S, twins trained on each split (twin k on split
+            k // S): the other sets are those of the other splits.
 
     Returns:
         dict of numpy arrays:
           own_d1, own_d2: [K, N] nearest and second-nearest distance of twin k's
               samples in training set k;
-          other_d1: [K, N] nearest distance in the closest other training set;
+          other_d1: [K, N] nearest distance in the closest other split's set;
           heldout_d1, heldout_d2: [K, m] the held-out items in training set k;
           own_index: [K, N] index of the nearest item of training set k.
     """
@@ -49,12 +52,14 @@ def nearest_statistics(samples, train, heldout, kind):
     nn = search.nearest_in_each(samples, train, metric)  # [K, K, N]
     base = search.nearest_in_each(heldout[None], train, metric)  # [1, K, m]
     own = np.arange(num_twins)
-    others = np.where(np.eye(num_twins, dtype=bool)[:, :, None], np.inf, nn.d1)
+    split = sample_split.split_of(num_twins, seeds_per_split)
+    same = split[:, None] == split[None, :]  # [K, K]: own split, whatever the seed
+    others = np.where(same[:, :, None], np.inf, nn.d1)
     return dict(
         own_d1=np.asarray(nn.d1[own, own], np.float64),
         own_d2=np.asarray(nn.d2[own, own], np.float64),
         own_index=np.asarray(nn.i1[own, own]),
-        other_d1=others.min(axis=1) if num_twins > 1 else np.full_like(nn.d1[0], np.nan),
+        other_d1=others.min(axis=1) if split[-1] > 0 else np.full_like(nn.d1[0], np.nan),
         heldout_d1=np.asarray(base.d1[0], np.float64),
         heldout_d2=np.asarray(base.d2[0], np.float64),
     )

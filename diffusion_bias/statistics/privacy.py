@@ -43,6 +43,8 @@ The metrics and bounds are `jax_privacy.auditing`'s.
 
 import numpy as np
 
+from diffusion_bias.statistics import sample_split
+
 FPRS = (0.01, 0.001)
 CONFIDENCE = 0.95  # of the epsilon lower bound and the intervals, unless configured
 DELTA = 1e-5  # the DP delta of the bound, unless configured
@@ -89,17 +91,19 @@ def best_time(member_losses_t, heldout_losses_t):
     return int(np.argmax(aucs))
 
 
-def attack_scores(losses, *, bp=None):
+def attack_scores(losses, *, bp=None, seeds_per_split=1):
     """Each score's members, held-out non-members and partner candidates, per twin.
 
     Args:
         losses: dict of one snapshot's losses, each twin k's on
-            own [K, n] (its training items), partner [K, n] (the items of twin
-            (k + 1) mod K), heldout [K, m] (the mean over the fixed grid), and
+            own [K, n] (its training items), partner [K, n] (the items of its
+            partner, `sample_split.partner`: twin (k + 1) mod K with one seed a
+            split), heldout [K, m] (the mean over the fixed grid), and
             own_t [K, S, n], partner_t [K, S, n], heldout_t [K, S, m] (at each
             time of a grid).
         bp: tokens: dict own [K, n], heldout [m], the exact BP denoiser's losses
             on the same grid; None leaves out "calibrated_bp".
+        seeds_per_split: S, twins a split (twin k on split k // S).
 
     Returns:
         (scores, time_index): scores maps a name of `SCORES` to dict
@@ -109,9 +113,10 @@ def attack_scores(losses, *, bp=None):
     """
     own, partner, heldout = losses["own"], losses["partner"], losses["heldout"]
     s = best_time(losses["own_t"], losses["heldout_t"])
-    # Twin k's reference is twin r = (k - 1) mod K, whose partner is k: its
-    # `partner` losses are on k's items.
-    reference = np.roll(np.arange(len(own)), 1)
+    # Twin k's reference is the twin r whose partner is k: its `partner`
+    # losses are on k's items (r = (k - S) mod K, of the previous split).
+    partner_of = sample_split.partner(len(own), seeds_per_split)
+    reference = np.argsort(partner_of)
     scores = dict(
         loss=dict(members=-own, heldout=-heldout, partner=-partner),
         loss_at_t=dict(
@@ -130,7 +135,7 @@ def attack_scores(losses, *, bp=None):
         scores["calibrated_bp"] = dict(
             members=-(own - bp_own),
             heldout=-(heldout - np.asarray(bp["heldout"])[None]),
-            partner=-(partner - np.roll(bp_own, -1, axis=0)),
+            partner=-(partner - bp_own[partner_of]),
         )
     return {name: scores[name] for name in SCORES if name in scores}, s
 

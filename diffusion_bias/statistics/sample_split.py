@@ -25,6 +25,40 @@ def twin_pairs(num_twins):
     return list(itertools.combinations(range(num_twins), 2))
 
 
+def _check_seeds(num_models, seeds_per_split):
+    if seeds_per_split < 1 or num_models % seeds_per_split:
+        raise ValueError(
+            f"seeds_per_split = {seeds_per_split} must be >= 1 and divide the {num_models} models"
+        )
+
+
+def split_of(num_models, seeds_per_split=1):
+    """int [M] the split each model trains on: model m on split m // seeds_per_split."""
+    _check_seeds(num_models, seeds_per_split)
+    return np.arange(num_models) // seeds_per_split
+
+
+def partner(num_models, seeds_per_split=1):
+    """int [M] each model's partner: the first model of the next split, (m + S) mod M.
+
+    The partner's training items are out of model m's training set (its
+    non-members); with one seed a split, twin k's partner is twin (k + 1) mod K.
+    """
+    _check_seeds(num_models, seeds_per_split)
+    return (np.arange(num_models) + seeds_per_split) % num_models
+
+
+def pair_groups(num_models, seeds_per_split=1):
+    """bool [P] masks over `twin_pairs(M)`: (cross-split pairs, same-split pairs).
+
+    A same-split pair is two models of one split from different seeds (the
+    paper's Fig. 1b baseline); the bias statistics compare cross-split pairs.
+    """
+    split = split_of(num_models, seeds_per_split)
+    same = np.array([split[a] == split[b] for a, b in twin_pairs(num_models)], bool)
+    return ~same, same
+
+
 @jax.jit
 def standardize_images(x):
     """The paper's image standardisation, so that a dot product is a cosine.
