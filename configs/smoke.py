@@ -26,6 +26,9 @@ def get_config(arg="digits"):
         kl_items=16,
         decomposition_items=16,
         uturn_ratios=(0.05, 0.1),
+        uturn_random_items=16,
+        uturn_random_ratios=(0.05, 0.1),
+        memorizing_items=16,
         bootstrap=50,
     )
     if arg == "grammar":

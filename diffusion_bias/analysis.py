@@ -139,13 +139,17 @@ def analyze(workdir, overrides=None, output_dir=None, refine=None):
         where = {v["bias_onset_index"], v["test_loss_min_index"]} - {None}
         indices = sorted(where or {len(steps) - 1})
         epochs = [stats["checkpoints"][i] for i in indices]
-        uturns, kl_curves = [], []
+        uturns, kl_curves, randoms = [], [], []
         for i in indices:
             uturns.append(walk.at(i, steps[i], "uturn", "uturn"))
             # "kl_along_t2": its caches hold the divergences from exact BP too.
             kl_curves.append(walk.at(i, steps[i], "kl_along_t2", "kl_along_t"))
+            if config.analysis.uturn_random_items:
+                randoms.append(walk.at(i, steps[i], "uturn_random", "uturn_random"))
         stats["uturn"] = summary.uturn(config.analysis, indices, epochs, uturns)
         stats["kl_bp_along_t"] = summary.kl_along_t(kl_curves, indices, epochs)
+        if randoms:
+            stats["uturn_random"] = summary.uturn_random(config.analysis, indices, epochs, randoms)
     if config.analysis.refine if refine is None else refine:
         stats["refined"] = _refined(config, workdir, walk, per_step, stats, out_dir)
     ckpts.close()

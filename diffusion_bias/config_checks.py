@@ -38,7 +38,7 @@ _POSITIVE_INTS = (
 _MONITOR_POSITIVE_INTS = "num_samples sampling_steps loss_items loss_repeats patience bootstrap"
 _ANALYSIS_POSITIVE_INTS = (
     "num_samples loss_items loss_repeats uturn_items uturn_repeats kl_along_t_points "
-    "kl_items kl_repeats decomposition_times bootstrap privacy_bootstrap"
+    "kl_items kl_repeats decomposition_times bootstrap privacy_bootstrap memorizing_items"
 )
 _CHOICES = (
     ("diffusion.schedule", {"image", "token"}),
@@ -405,6 +405,7 @@ def check_analysis(config):
             "full chain)"
         )
     _non_negative_int(config, "analysis.seed")
+    _non_negative_int(config, "analysis.uturn_random_items")
     # How the verdict's curves aggregate twins and pairs; saved configs without the field: the mean.
     aggregate = config.analysis.get("aggregate", "mean")
     if aggregate not in verdict.AGGREGATES:
@@ -425,6 +426,7 @@ def check_analysis(config):
     for path, integers, low, high in (
         ("score_times", True, 1, num_steps),
         ("uturn_ratios", False, 0.0, 1.0),
+        ("uturn_random_ratios", False, 0.0, 1.0),
         ("privacy_times", False, 0.0, 1.0),
     ):
         values = config.analysis[path]

@@ -110,6 +110,13 @@ def get_config():
             kl_repeats=1,  # tokens: noisings of each of them
             decomposition_items=500,  # tokens: items per set of the loss decomposition; 0 = all n
             uturn_repeats=1,  # tokens: noisings per sequence the U-turn averages over
+            # tokens: the paper's Fig. 11 control, the U-turn on uniform random sequences
+            # (0 = off) at t/T = uturn_random_ratios, for the model, exact BP_k (k = 0..depth)
+            # and the memorising (empirical-score) denoiser of memorizing_items of each
+            # twin's training sequences (the authors' 256)
+            uturn_random_items=500,
+            uturn_random_ratios=(0.05, 0.0625, 0.075, 0.0875, 0.1),
+            memorizing_items=256,
             kl_along_t_points=25,  # tokens: t/T = 1/R..1 of KL(BP_k || model) along t
             decomposition_times=20,  # tokens: grid of the loss decomposition's mean over t
             min_grammatical=0.5,  # tokens: onset sought where this share is grammatical; 0 = off

@@ -97,6 +97,7 @@ class Instrument:
         self.privacy_noise = jax.random.fold_in(key, 4)
         self._bp_losses = None
         self._bp_uturn = None  # exact BP's U-turn overlaps, the same at every snapshot
+        self._random_baselines = None  # BP_k and memorising overlaps on random sequences
         canary = run.twin_data.splits.canary_twin  # [n] with splits.assignment = "coin"
         self.canary_twin = None if canary is None else canary[:n_items]
         labels = run.pool.labels
@@ -288,6 +289,40 @@ class Instrument:
             self._bp_uturn = uturn.twin_bp_overlaps(*args)
         fns = self.twin_denoisers(snapshot.evaluated_params())
         return uturn.twin_uturn_ratios(fns, *args, bp=self._bp_uturn)
+
+    def uturn_random(self, snapshot):
+        """The U-turn on uniform random sequences (the paper's Fig. 11): overlaps with x_0.
+
+        Returns:
+            overlaps per ratio and sequence: model [K, R, N] (each twin),
+            memorizing [K, R, N] (each twin's empirical-score denoiser of its
+            first memorizing_items training sequences), bp [depth + 1, R, N]
+            (BP_k, k = 0..depth). The baselines depend on no snapshot: computed
+            once, reused.
+        """
+        a = self.a
+        transitions = jnp.asarray(self.grammar.transitions, jnp.float32)
+        key = jax.random.fold_in(self.stat_key, 1)
+        x0 = uturn.random_sequences(
+            jax.random.fold_in(key, 0), a.uturn_random_items, self.train.shape[-1], self.q
+        )
+        args = (transitions, self.schedule, x0, a.uturn_random_ratios, jax.random.fold_in(key, 1))
+        if self._random_baselines is None:
+            bp_k = [
+                controlled.bp_k_token_denoiser(transitions, self.schedule, k)
+                for k in range(self.grammar.depth + 1)
+            ]
+            memorizing = [
+                controlled.memorizing_token_denoiser(
+                    items[: a.memorizing_items], self.q, self.schedule
+                )
+                for items in self.train
+            ]
+            self._random_baselines = dict(
+                bp=uturn.overlaps_on(bp_k, *args), memorizing=uturn.overlaps_on(memorizing, *args)
+            )
+        fns = self.twin_denoisers(snapshot.evaluated_params())
+        return dict(self._random_baselines, model=uturn.overlaps_on(fns, *args))
 
     def kl_along_t(self, snapshot):
         """Score divergences along t on held-out sequences, the same x_t for all.

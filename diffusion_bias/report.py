@@ -160,6 +160,28 @@ def privacy_table(stats):
     return lines + [""]
 
 
+def uturn_random_lines(stats):
+    """Lines on the U-turn on random sequences (Fig. 11), where the run has it; else []."""
+    entry = stats.get("uturn_random")
+    if not entry:
+        return []
+    ratios = entry["ratios"]
+
+    def span(values):
+        return f"{verdict.number(values[0])} to {verdict.number(values[-1])}"
+
+    models = "; ".join(
+        f"at epoch {verdict.number(e)} {span(m)}" for e, m in zip(entry["epochs"], entry["model"])
+    )
+    return [
+        f"U-turn on {entry['items']} uniform random sequences (the paper's Fig. 11), the "
+        f"share of tokens recovered from t/T = {ratios[0]:g} to {ratios[-1]:g}: the model "
+        f"{models}; exact BP {span(entry['bp'][0])}; the memorising denoiser "
+        f"({entry['memorizing_items']} training sequences) {span(entry['memorizing'])}.",
+        "",
+    ]
+
+
 def same_split_lines(stats):
     """Lines on the same-split control (Fig. 1b), where the run has one; else []."""
     entry = stats.get("same_split")
@@ -273,6 +295,7 @@ def setting_section(name, stats, figure_paths, report_dir):
                 f"KL(BP_0 || BP_k)): {bp_peaks}.",
                 "",
             ]
+    lines += uturn_random_lines(stats)
     lines += _other_statistics_table(v.get("other_statistics", {}))
     if "minimum" in words:
         lines += [words["minimum"], ""]

@@ -19,6 +19,7 @@ from diffusion_bias import config_checks
 from diffusion_bias import run as run_lib
 from diffusion_bias import stopping
 from diffusion_bias import verdict
+from diffusion_bias.statistics import controlled
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import privacy
@@ -659,6 +660,32 @@ def kl_along_t(curves, indices, epochs):
             bp_peak_ratio=ratios[exact_bp.argmax(-1)].tolist(),
             model=[np.mean(c["exact_model"], axis=0).tolist() for c in curves],
         ),
+    )
+
+
+def uturn_random(a, indices, epochs, results):
+    """The uturn_random entry (Fig. 11) from `Instrument.uturn_random` at snapshots `indices`.
+
+    Each sequence's overlap is averaged over the twins (the model's at each
+    snapshot; the memorising denoiser's, each twin's own training set), then
+    over the sequences, with its standard error; BP_k's, one row per k.
+    """
+    first = results[0]
+    model = [controlled.mean_sem(np.asarray(r["model"]).mean(0)) for r in results]  # [R] twice
+    memorizing = controlled.mean_sem(np.asarray(first["memorizing"]).mean(0))
+    bp = controlled.mean_sem(np.asarray(first["bp"]))  # [depth + 1, R] twice
+    return dict(
+        ratios=list(a.uturn_random_ratios),
+        items=int(a.uturn_random_items),
+        memorizing_items=int(a.memorizing_items),
+        indices=list(indices),
+        epochs=list(epochs),
+        model=[m.tolist() for m, _ in model],
+        model_sem=[s.tolist() for _, s in model],
+        memorizing=memorizing[0].tolist(),
+        memorizing_sem=memorizing[1].tolist(),
+        bp=bp[0].tolist(),
+        bp_sem=bp[1].tolist(),
     )
 
 

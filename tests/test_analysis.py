@@ -69,6 +69,11 @@ def test_analyze_writes_statistics_figures_and_verdict(trained):
         v = stats["verdict"]
         assert {v["bias_onset_index"], v["test_loss_min_index"]} - {None} <= set(along["indices"])
         assert [len(row) for row in along["values"][0]] == [len(along["ratios"])] * 4
+        # Fig. 11 at the U-turn's snapshots: the model per snapshot, BP_k per k (depth 3).
+        random = stats["uturn_random"]
+        assert random["indices"] == stats["uturn"]["indices"]
+        assert len(random["model"]) == len(random["indices"]) and len(random["bp"]) == 4
+        assert len(random["memorizing"]) == len(random["ratios"]) == 2
         assert len(stats["loss_decomposition"]["l_star_train_mean_t"]) == num
         assert stats["protocol"]["min_grammatical"] == 0.5
     else:

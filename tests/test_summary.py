@@ -323,3 +323,26 @@ def test_same_and_cross_split_pairs_part_where_they_stay_three_paired_errors_apa
         late[c]["similarity"][[0, 5]] -= 0.2
     cross, same = summary.split_pairs(late, 2)
     assert summary.same_split_curves(epochs, cross, same, 2)["part_epoch"] is None
+
+
+def test_uturn_random_averages_each_sequence_over_twins_before_its_standard_error():
+    rng = np.random.default_rng(0)
+    results = [
+        dict(
+            model=rng.random((2, 3, 50)),
+            memorizing=rng.random((2, 3, 50)),
+            bp=rng.random((4, 3, 50)),
+        )
+        for _ in range(2)
+    ]
+    a = _config().analysis
+    with a.unlocked():
+        a.uturn_random_ratios = (0.05, 0.075, 0.1)
+    out = summary.uturn_random(a, [1, 4], [10.0, 40.0], results)
+    per_sequence = results[1]["model"].mean(0)  # [R, N]
+    np.testing.assert_allclose(out["model"][1], per_sequence.mean(1))
+    np.testing.assert_allclose(out["model_sem"][1], per_sequence.std(1, ddof=1) / np.sqrt(50))
+    # The baselines depend on no snapshot: read from the first.
+    np.testing.assert_allclose(out["memorizing"], results[0]["memorizing"].mean(0).mean(1))
+    np.testing.assert_allclose(out["bp"], results[0]["bp"].mean(2))
+    assert out["epochs"] == [10.0, 40.0] and out["ratios"] == [0.05, 0.075, 0.1]

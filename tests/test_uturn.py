@@ -166,3 +166,48 @@ def test_bp_overlaps_computed_once_give_the_same_uturn_for_any_model():
 def test_malformed_arguments_raise(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_random_sequences_are_uniform_tokens_determined_by_the_key():
+    x0 = uturn.random_sequences(jax.random.key(0), 4000, 8, 4)
+    assert x0.shape == (4000, 8) and x0.dtype == np.int32
+    np.testing.assert_array_equal(x0, uturn.random_sequences(jax.random.key(0), 4000, 8, 4))
+    counts = np.bincount(x0.ravel(), minlength=4)
+    # Each symbol 1/4 of 32000 tokens, within 5 standard deviations.
+    assert np.all(np.abs(counts - 8000) < 5 * np.sqrt(32000 * 0.25 * 0.75))
+    # Most are not grammatical: the grammar allows few of the 4^8 sequences.
+    allowed = {tuple(s) for s in small_grammar.SUPPORT}
+    assert np.mean([tuple(s) in allowed for s in x0]) < 0.05
+
+
+def test_overlaps_on_any_sequences_share_the_x_t_and_chain_noise_of_the_bp_uturn():
+    x0 = small_grammar.samples(small_grammar.N, seed=6)
+    ratios, key = [0.05, 0.2], jax.random.key(3)
+    bp0 = controlled.bp_k_token_denoiser(small_grammar.TRANSITIONS, small_grammar.SCHEDULE, 0)
+    out = uturn.overlaps_on(
+        [bp0, small_grammar.exact()], small_grammar.TRANSITIONS, small_grammar.SCHEDULE, x0,
+        ratios, key, repeats=2,
+    )  # fmt: skip
+    assert out.shape == (2, 2, small_grammar.N)
+    want = uturn.bp_overlaps(
+        small_grammar.TRANSITIONS, small_grammar.SCHEDULE, x0, ratios, key, repeats=2
+    )
+    np.testing.assert_allclose(out[0], want)
+    np.testing.assert_allclose(out[1], want)
+
+
+def test_on_random_sequences_only_a_memoriser_of_them_recovers_them():
+    x0 = uturn.random_sequences(jax.random.key(1), small_grammar.N, 8, small_grammar.GRAMMAR.q)
+    others = uturn.random_sequences(jax.random.key(2), small_grammar.N, 8, small_grammar.GRAMMAR.q)
+    fns = [
+        controlled.memorizing_token_denoiser(x0, small_grammar.GRAMMAR.q, small_grammar.SCHEDULE),
+        controlled.memorizing_token_denoiser(
+            others, small_grammar.GRAMMAR.q, small_grammar.SCHEDULE
+        ),
+        controlled.bp_k_token_denoiser(small_grammar.TRANSITIONS, small_grammar.SCHEDULE, 0),
+    ]
+    own, other, bp0 = uturn.overlaps_on(
+        fns, small_grammar.TRANSITIONS, small_grammar.SCHEDULE, x0, [0.05], jax.random.key(4)
+    )[:, 0]
+    assert own.mean() > 0.99  # its training set: returned exactly
+    assert other.mean() < 0.8 and bp0.mean() < 0.8  # pulled to other sequences

@@ -35,6 +35,7 @@ from diffusion_bias.figures.tokens import fig_loss_decomposition
 from diffusion_bias.figures.tokens import fig_nn_histograms
 from diffusion_bias.figures.tokens import fig_sequential_learning
 from diffusion_bias.figures.tokens import fig_uturn
+from diffusion_bias.figures.tokens import fig_uturn_random
 
 # (figure, keys it needs besides "checkpoints"); a tuple of keys means "any of them".
 FIGURES = (
@@ -49,6 +50,7 @@ FIGURES = (
     (fig_kl_along_t, ("kl_bp_along_t.values",)),
     (fig_loss_decomposition, ("loss_decomposition",)),
     (fig_uturn, ("uturn.ratios",)),
+    (fig_uturn_random, ("uturn_random.ratios",)),
     (fig_examples, ("examples.samples", "examples.nearest")),
 )
 

@@ -223,3 +223,42 @@ def fig_uturn(stats, path):
     axes[0].set_ylabel("overlap with the original, model / exact BP")
     fig.suptitle("U-turn: noise, then denoise back (dotted: as good as exact BP)")
     common.save(fig, path)
+
+
+def fig_uturn_random(stats, path):
+    """Fig. 11: the U-turn on uniform random sequences, the model beside BP_k and memorisation."""
+    entry = stats["uturn_random"]
+    ratios = common.vector(entry["ratios"])
+    fig = common.new_figure(7, 4.5)
+    ax = fig.subplots()
+    bp = common.matrix(entry["bp"], len(ratios))
+    # Black to mid grey: the lightest greys would vanish on white.
+    shades = common.colors(len(bp) + 2, cmap="Greys_r")
+    for k, (row, sem) in enumerate(zip(bp, common.matrix(entry["bp_sem"], len(ratios)))):
+        label = "exact BP (k = 0)" if k == 0 else f"BP_{k}"
+        common.line(ax, ratios, row, sem=sem, color=shades[k], linestyle=":", label=label)
+    common.line(
+        ax,
+        ratios,
+        common.vector(entry["memorizing"]),
+        sem=common.vector(entry["memorizing_sem"]),
+        color="C3",
+        linestyle="--",
+        label=f"memorising denoiser ({entry['memorizing_items']} training sequences)",
+    )
+    indices = common.snapshot_indices(stats, entry)
+    palette = common.colors(len(indices))
+    for j, i in enumerate(indices):
+        common.line(
+            ax,
+            ratios,
+            common.vector(entry["model"][j]),
+            sem=common.vector(entry["model_sem"][j]),
+            color=palette[j],
+            label=f"model, {common.verdict_roles(stats, i)}: epoch {common.fmt(entry['epochs'][j])}",
+        )
+    ax.set_xlabel("noise level t/T of the U-turn")
+    ax.set_ylabel("overlap with the random sequence (+-s.e.m.)")
+    ax.set_title(f"U-turn on {entry['items']} uniform random sequences")
+    common.legend(ax, loc="best")
+    common.save(fig, path)

@@ -127,6 +127,53 @@ def _exact_at_model_time(transitions, schedule, x_t, t_model):
     return denoisers.exact_denoiser(transitions, schedule, x_t, _step_of(schedule, t_model))
 
 
+@functools.lru_cache(maxsize=None)
+def _bp_k_at_model_time(factorized_layers):
+    """BP_k at the model time: one function object per k, so each k compiles once."""
+    return functools.partial(_exact_k_at_model_time, factorized_layers)
+
+
+def _exact_k_at_model_time(factorized_layers, transitions, schedule, x_t, t_model):
+    step = _step_of(schedule, t_model)
+    return denoisers.exact_denoiser(transitions, schedule, x_t, step, factorized_layers)
+
+
+def bp_k_token_denoiser(transitions, schedule: Schedule, factorized_layers: int):
+    """BP_k (the top k layers of the tree factorised) as a token denoiser; k = 0 is exact BP.
+
+    Returns:
+        denoise_fn(x_t [B, L, q], t_model [B]) -> BP_k leaf marginals [B, L, q].
+    """
+    return jax.tree_util.Partial(
+        _bp_k_at_model_time(int(factorized_layers)),
+        jnp.asarray(transitions, jnp.float32),
+        schedule,
+    )
+
+
+def _memorizing_at_model_time(train_onehot, schedule, x_t, t_model):
+    step = _step_of(schedule, t_model)
+    return denoisers.memorizing_denoiser(train_onehot, schedule, x_t, step)
+
+
+def memorizing_token_denoiser(train_tokens, num_symbols: int, schedule: Schedule):
+    """The empirical-score denoiser of a training set: E[x_0 | x_t] when the data are the set.
+
+    The paper's memorising baseline (its Fig. 11): the posterior mean over the
+    training sequences, `denoisers.memorizing_denoiser` on their one-hot form.
+
+    Args:
+        train_tokens: int tokens of the set.  # [P, L]
+        num_symbols: q.
+        schedule: the noise schedule the statistics use.
+
+    Returns:
+        denoise_fn(x_t [B, L, q], t_model [B]) -> posterior mean [B, L, q].
+    """
+    onehot = jax.nn.one_hot(jnp.asarray(train_tokens), num_symbols, dtype=jnp.float32)
+    return jax.tree_util.Partial(_memorizing_at_model_time, onehot, schedule)
+
+
 def exact_token_denoiser(transitions, schedule: Schedule) -> jax.tree_util.Partial:
     """The exact BP denoiser E[x_0 | x_t] as a token denoiser of this module.
 

@@ -221,3 +221,46 @@ def twin_bp_overlaps(transitions, schedule, own, heldout, ratios, key, repeats=1
         train=[bp_overlaps(transitions, schedule, x, ratios, key, repeats) for x in own],
         heldout=bp_overlaps(transitions, schedule, heldout, ratios, key, repeats),
     )
+
+
+def random_sequences(key: jax.Array, num: int, length: int, num_symbols: int) -> np.ndarray:
+    """Uniform random token sequences (no grammar), the inputs of Fig. 11's U-turn: int32 [N, L]."""
+    return np.asarray(jax.random.randint(key, (num, length), 0, num_symbols, jnp.int32))
+
+
+def overlaps_on(
+    denoise_fns,
+    transitions,
+    schedule: Schedule,
+    x0,
+    ratios,
+    key: jax.Array,
+    repeats: int = 1,
+    chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
+) -> np.ndarray:
+    """Each denoiser's U-turn overlap with x_0 itself (no ratio), as the paper's Fig. 11.
+
+    Every denoiser starts from the same x_t and sees the same chain noise; the
+    overlap of a sequence is its fraction of tokens recovered (argmax = x_0),
+    averaged over `repeats` noisings.
+
+    Args:
+        denoise_fns: F token denoisers (`controlled` module docstring).
+        transitions: the grammar's M[a, b, c].  # [q, q, q]
+        schedule: the noise schedule.
+        x0: integer tokens, grammatical or not.  # [N, L]
+        ratios: fractions r of T in (0, 1].  # [R]
+        key: base PRNG key.
+        repeats: noisings averaged over, >= 1.
+        chunk_size: sequences per kernel call.
+
+    Returns:
+        [F, R, N] each denoiser's overlap per ratio and sequence.
+    """
+    transitions = jnp.asarray(transitions, jnp.float32)
+    x0 = controlled.check_tokens(transitions, x0)
+    steps = uturn_steps(schedule, ratios)
+    _check_repeats(repeats)
+    fns = [controlled.as_pytree(fn) for fn in denoise_fns]
+    overlaps = _overlaps(fns, transitions, schedule, x0, steps, key, repeats, chunk_size)
+    return np.asarray(overlaps).transpose(1, 0, 2)
