@@ -213,6 +213,9 @@ class TwinCheckpoints:
         self._workdir = os.path.abspath(workdir)
         self._planned = sorted({int(s) for s in np.asarray(snapshot_steps).ravel()})
         self._read_only = read_only
+        # A reader's memo of each step's metadata: a complete step never changes, and
+        # Orbax reads and parses its files at every call (about 50 ms a step).
+        self._metadata, self._item_metadata = {}, {}
         if read_only:
             options = ocp.CheckpointManagerOptions(
                 read_only=True,
@@ -283,10 +286,19 @@ class TwinCheckpoints:
             DamagedCheckpoint: its metadata cannot be read.
         """
         try:
-            custom = self._manager.metadata(step).custom_metadata or {}
+            custom = self._memo(self._metadata, step, self._manager.metadata).custom_metadata or {}
         except Exception as err:  # Orbax and TensorStore raise many types for damaged files.
             raise DamagedCheckpoint.unreadable(self._path(step), err) from err
         return dict(custom.get("checksums") or {})
+
+    def _memo(self, memo, step, read):
+        """read(step), kept in `memo` by a reader; a writer reads it again each time."""
+        if step in memo:
+            return memo[step]
+        value = read(step)
+        if self._read_only:
+            memo[step] = value
+        return value
 
     def evaluated_field(self, step):
         """The field the statistics read: "ema_params" if `step` keeps an average, else "params".
@@ -295,7 +307,9 @@ class TwinCheckpoints:
             DamagedCheckpoint: its metadata cannot be read.
         """
         try:
-            ema = self._manager.item_metadata(step).get("ema_params")
+            ema = self._memo(self._item_metadata, step, self._manager.item_metadata).get(
+                "ema_params"
+            )
         except Exception as err:  # Orbax and TensorStore raise many types for damaged files.
             raise DamagedCheckpoint.unreadable(self._path(step), err) from err
         return "ema_params" if ema is not None and jax.tree.leaves(ema) else "params"
@@ -321,7 +335,7 @@ class TwinCheckpoints:
         try:
             target = jax.tree.map(
                 lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                dict(self._manager.item_metadata(step)),
+                dict(self._memo(self._item_metadata, step, self._manager.item_metadata)),
             )
             if evaluated_only:
                 field = self.evaluated_field(step)

@@ -5,6 +5,7 @@ The subprocess tests need a run long enough for a signal to land mid-training;
 they live apart from test_train.py so that the two files run on separate workers.
 """
 
+import collections
 import os
 import re
 import signal
@@ -63,6 +64,32 @@ def test_saved_checksums_match_what_reads_back_whole_and_evaluated_only(tmp_path
     assert only.params is None and only.opt_state is None
     assert checkpoints.checksum(only.evaluated_params()) == checkpoints.checksum(state.ema_params)
     ckpts.close()
+
+
+def test_a_reader_reads_each_steps_metadata_once_and_the_same_snapshot(tmp_path):
+    state = _state()
+    writer = checkpoints.TwinCheckpoints(str(tmp_path), [4])
+    writer.save(4, state)
+    writer.close()
+    reader = checkpoints.TwinCheckpoints(str(tmp_path), [4], read_only=True)
+    calls = collections.Counter()
+    for name in ("metadata", "item_metadata"):
+        read = getattr(reader._manager, name)
+
+        def counted(step, name=name, read=read):
+            calls[name] += 1
+            return read(step)
+
+        setattr(reader._manager, name, counted)
+    first = reader.read_snapshot(4, evaluated_only=True)
+    reader.recorded_checksums(4)
+    once = dict(calls)
+    assert once["item_metadata"] == 1
+    again = reader.read_snapshot(4, evaluated_only=True)
+    reader.recorded_checksums(4), reader.evaluated_field(4)
+    assert calls == once  # nothing read again
+    assert checkpoints.checksums(first) == checkpoints.checksums(again)
+    reader.close()
 
 
 def overwrite_bytes(folder, every=512, count=16):
