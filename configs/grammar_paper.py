@@ -106,6 +106,12 @@ def get_config(arg="5000"):
         kl_repeats=5,
         decomposition_items=0,
         uturn_repeats=100,
+        # Fig. 11 (their uturn_overlap_random.py command): 100 random sequences x 100
+        # repetitions, each repetition drawing new sequences: 10,000 sequences, one
+        # noising each; t/T = linspace(0.05, 0.1, 5); the memoriser on 256 items.
+        uturn_random_items=10_000,
+        uturn_random_ratios=(0.05, 0.0625, 0.075, 0.0875, 0.1),
+        memorizing_items=256,
         uturn_ratios=(0.01, 0.03, 0.05, 0.085, 0.12),
         min_grammatical=0.0,  # the paper searches every snapshot
         kl_along_t_points=50,  # Fig. 3b: KL(BP_k || model) every 0.02 of t/T

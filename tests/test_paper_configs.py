@@ -1,5 +1,7 @@
 """The paper configs carry the paper's analysis protocol (the paper (arXiv 2603.03469), "Protocol details")."""
 
+import numpy as np
+
 from configs import celeba_paper
 from configs import digits_cpu
 from configs import grammar_cpu
@@ -29,6 +31,11 @@ def test_grammar_paper_analysis_is_the_papers_protocol():
         assert (a.kl_items, a.kl_repeats, a.decomposition_items) == (3000, 5, 0)
         # The paper's code truncates: int(0.085 * 500) = 42.
         assert uturn.uturn_steps(schedule, a.uturn_ratios) == [5, 15, 25, 42, 60]
+        # Fig. 11 (uturn_overlap_random.py --N-test 100 --reps 100 --grid 5 --T-min 0.05
+        # --T-max 0.1 --empirical-size 256): t = int(r * 500) on np.linspace's grid.
+        assert (a.uturn_random_items, a.memorizing_items) == (100 * 100, 256)
+        steps = [int(r * 500) for r in np.linspace(0.05, 0.1, 5)]
+        assert uturn.uturn_steps(schedule, a.uturn_random_ratios) == steps
         assert a.min_grammatical == 0
         proto = summary.protocol(config)
         assert proto["chain_steps"] == 500 and proto["min_grammatical"] == 0
