@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from diffusion_bias import checkpoints
+from diffusion_bias import config_checks
 from diffusion_bias import config_file
 from diffusion_bias import default_config
 from diffusion_bias import files
@@ -110,6 +111,8 @@ def analyze(workdir, overrides=None, output_dir=None, refine=None):
         (undefined numbers as None: null in the file).
     """
     config = analysis_config(workdir, overrides)
+    # The launcher checked the whole config; a caller of this function may not have.
+    config_checks.check_analysis(config)
     output_dir = output_dir or workdir
     out_dir = os.path.join(output_dir, "analysis")
     cache_dir = os.path.join(out_dir, "cache")

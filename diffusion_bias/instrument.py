@@ -253,7 +253,7 @@ class Instrument:
         items = self.a.decomposition_items or self.train.shape[1]
         # t/T = 0.3 (the paper's panel), then the grid whose mean is the average over t.
         grid = loss_decomposition.decomposition_steps(
-            self.schedule.num_steps, self.a.get("decomposition_times", 20)
+            self.schedule.num_steps, self.a.decomposition_times
         )
         out["decomposition"], out["decomposition_mean_t"] = (
             loss_decomposition.twin_loss_decomposition(
@@ -283,7 +283,7 @@ class Instrument:
             self.heldout[: a.uturn_items],
             a.uturn_ratios,
             self.stat_key,
-            a.get("uturn_repeats", 1),
+            a.uturn_repeats,
         )
         if self._bp_uturn is None:
             self._bp_uturn = uturn.twin_bp_overlaps(*args)
@@ -332,7 +332,7 @@ class Instrument:
             [depth, R] KL(BP_0 || BP_k), k = 1..depth, and exact_model [twins, R]
             KL(BP_0 || model) (the authors' Fig. 3b); steps [R], ratios [R].
         """
-        ratios = kl_bp.kl_along_t_ratios(self.a.get("kl_along_t_points", 25))
+        ratios = kl_bp.kl_along_t_ratios(self.a.kl_along_t_points)
         steps = uturn.uturn_steps(self.schedule, ratios)
         args = (
             self.twin_denoisers(snapshot.evaluated_params()),

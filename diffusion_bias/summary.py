@@ -150,19 +150,19 @@ def _col(per_step, name):
     return np.stack([r[name] for r in per_step])
 
 
+# The analysis config the summary reads is `analysis.analysis_config`'s: every field
+# present (a saved config's missing ones take the defaults) and checked by
+# `config_checks.check_analysis`.
+
+
 def grammaticality_gate(a):
     """The share of grammatical samples a snapshot needs to hold the onset; 0 is off."""
-    gate = float(a.get("min_grammatical", 0) or 0)
-    if not 0 <= gate <= 1:
-        raise run_lib.ConfigError(
-            f"config.analysis.min_grammatical must lie in [0, 1] (0: off), got {gate}"
-        )
-    return gate
+    return float(a.min_grammatical)
 
 
 def aggregate_of(a):
-    """config.analysis.aggregate: "mean" (also where a saved config lacks it) or "median"."""
-    return a.get("aggregate", "mean")
+    """config.analysis.aggregate: "mean" or "median"."""
+    return a.aggregate
 
 
 def protocol(config):
@@ -181,7 +181,7 @@ def protocol(config):
     if config.diffusion.schedule == "token":
         out.update(
             uturn_items=a.uturn_items,
-            uturn_repeats=a.get("uturn_repeats", 1),
+            uturn_repeats=a.uturn_repeats,
             kl_items=a.kl_items,
             kl_repeats=a.kl_repeats,
             decomposition_items=min(
@@ -191,7 +191,7 @@ def protocol(config):
             min_grammatical=grammaticality_gate(a),
         )
     else:
-        out.update(clip_x0=a.clip_x0 or None, image_sampler=a.get("image_sampler"))
+        out.update(clip_x0=a.clip_x0 or None, image_sampler=a.image_sampler)
     return out
 
 
@@ -695,7 +695,7 @@ def uturn(a, indices, epochs, ratios):
         ratios=list(a.uturn_ratios),
         indices=list(indices),
         epochs=list(epochs),
-        repeats=a.get("uturn_repeats", 1),
+        repeats=a.uturn_repeats,
         items=int(a.uturn_items),
         train=[u["train"].mean(0).tolist() for u in ratios],
         heldout=[u["heldout"].mean(0).tolist() for u in ratios],

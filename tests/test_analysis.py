@@ -339,3 +339,9 @@ def test_the_analysis_compiles_the_same_programs_whatever_the_number_of_snapshot
         jax.monitoring.unregister_event_duration_listener(count)
     # Every program is compiled once and reused at every snapshot.
     assert compiles[0] == compiles[1] > 0, compiles
+
+
+def test_an_invalid_analysis_override_to_the_api_is_a_config_error_naming_it(trained):
+    _, workdir = trained
+    with pytest.raises(run_lib.ConfigError, match="config.analysis.min_grammatical"):
+        analysis.analyze(workdir, overrides=dict(min_grammatical=5.0))
