@@ -97,12 +97,8 @@ def bp_overlaps(
 
     Computed once, they serve every twin and snapshot on these sequences (`bp=`).
     """
-    transitions = jnp.asarray(transitions, jnp.float32)
-    x0 = controlled.check_tokens(transitions, x0)
-    steps = uturn_steps(schedule, ratios)
-    _check_repeats(repeats)
     reference = controlled.exact_token_denoiser(transitions, schedule)
-    return _overlaps([reference], transitions, schedule, x0, steps, key, repeats, chunk_size)[:, 0]
+    return overlaps_on([reference], transitions, schedule, x0, ratios, key, repeats, chunk_size)[0]
 
 
 def uturn_steps(schedule: Schedule, ratios) -> list[int]:
