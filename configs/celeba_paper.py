@@ -4,8 +4,9 @@ CelebA through tensorflow-datasets (`pip install -e '.[tfds]'` and the data set
 prepared in the tfds data dir), grey-scale 32x32, pixels in [0, 1] (ToTensor);
 each twin centred by its own split's per-channel mean, its held-out view shifted
 by the same mean (the authors' protocol); 15 twins of n=1024, one shared
-held-out set; DDPM eps-prediction, T=1000; U-Net base 32, multiples (1, 2, 4),
-attention at the two lower resolutions, dropout 0.1; Adam 1e-4, batch 512, 5000
+held-out set; DDPM eps-prediction, T=1000; the authors' U-Net (base 32, multiples
+(1, 2, 4), 4-head attention at the two lower resolutions, channel dropout 0.1, torch
+initialisation: `layout="authors"`, `param_init="torch"`); Adam 1e-4, batch 512, 5000
 epochs of ceil(n / batch) = 2 steps; snapshots at epochs
 linspace(10, 4999, 50)[1:21] truncated to integers (111, 213, ..., 2046), the
 authors' grid exactly: `training_times` of their sample-split script
@@ -66,6 +67,11 @@ def get_config():
             attention_levels=(1, 2),
             dropout_rate=0.1,
             dtype="float32",  # the tested default; "bfloat16" on an accelerator for speed
+            # The authors' U-Net (their Unet.py): 4-head attention, channel dropout, a GELU
+            # time MLP on their 0-indexed step, pad-1 stride-2 convs, torch's GroupNorm
+            # epsilon and initialisation (models/unet.py).
+            layout="authors",
+            param_init="torch",
         )
     )
     config.optimizer.update(learning_rate=1e-4, schedule="constant")
@@ -84,13 +90,16 @@ def get_config():
     # The paper's sampler on the full chain of T = 1000 steps; the authors' medians; the
     # score cosine on 512 held-out and 512 training images of each model, as the
     # authors' compare_scores.py runs in their Fig. 2 command (-Ns 1000 in batches of
-    # 512, full batches only).
+    # 512, full batches only), at their t = 50, 100, 150, 200 (run_train.sh), which
+    # count from 0: our steps count from 1 (alpha_bar_0 = 1), so the same noise levels
+    # are 51, 101, 151, 201.
     config.analysis.update(
         sampling_steps=0,
         num_samples=512,
         image_sampler="paper",
         aggregate="median",
         score_items=512,
+        score_times=(51, 101, 151, 201),
     )
     config.lock()
     return config

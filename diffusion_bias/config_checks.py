@@ -22,6 +22,7 @@ from diffusion_bias.data import sources
 from diffusion_bias.data import splits as splits_lib
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.models import transformer
+from diffusion_bias.models import unet
 
 
 class ConfigError(ValueError):
@@ -373,10 +374,14 @@ def _check_model(config):
         raise ConfigError(
             f"config.model.dtype must be one of {list(models.DTYPES)}, got {config.model.dtype!r}"
         )
-    if name == "transformer" and config.model.get("param_init", "flax") not in transformer.INITS:
+    inits = {"transformer": transformer.INITS, "unet": unet.INITS}.get(name)
+    if inits and config.model.get("param_init", "flax") not in inits:
         raise ConfigError(
-            f"config.model.param_init must be one of {list(transformer.INITS)}, got "
-            f"{config.model.param_init!r}"
+            f"config.model.param_init must be one of {list(inits)}, got {config.model.param_init!r}"
+        )
+    if name == "unet" and config.model.get("layout", "ddpm") not in unet.LAYOUTS:
+        raise ConfigError(
+            f"config.model.layout must be one of {list(unet.LAYOUTS)}, got {config.model.layout!r}"
         )
     if name == "transformer" and config.model.width % config.model.num_heads:
         raise ConfigError(

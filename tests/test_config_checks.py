@@ -168,3 +168,11 @@ def test_seeds_per_split_multiplies_the_models_and_excludes_coins_and_the_monito
     monitored.monitor.enabled = True
     with pytest.raises(config_checks.ConfigError, match="needs config.monitor.enabled = False"):
         config_checks.check_config(monitored)
+
+
+@pytest.mark.parametrize("field,value", [("layout", "torch"), ("param_init", "jax")])
+def test_unet_layout_and_init_are_named_choices(field, value):
+    config = smoke.get_config("digits")
+    config.model = dict(name="unet", base_channels=8, channel_mults=(1, 2), **{field: value})
+    with pytest.raises(config_checks.ConfigError, match=f"config.model.{field} must be one of"):
+        config_checks.check_config(config)

@@ -7,9 +7,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import flax.linen as nn
 from flax.linen import dot_product_attention as flax_attention
 
 from diffusion_bias import models
+from diffusion_bias.models import dropout as dropout_lib
+from diffusion_bias.models import unet as unet_lib
 
 Q, L = 6, 16
 
@@ -436,3 +439,87 @@ def test_bfloat16_compute_runs_the_matmuls_in_bfloat16_on_float32_parameters(nam
     # operation, a few percent through the layers.
     error = float(jnp.linalg.norm(out - reference) / jnp.linalg.norm(reference))
     assert 0 < error < 0.05
+
+
+# The paper's CelebA U-Net as its authors built it (models/unet.py, layout "authors").
+
+
+def test_authors_unet_keeps_the_parameter_count_with_four_heads():
+    authors = models.UNet(layout="authors", param_init="torch")
+    params = _abstract_params(authors, (1, 32, 32, 1))
+    # Their trainable count (Unet.py, base 32, (1, 2, 4), attention (False, True, True)).
+    assert _num_params(params) == 4_023_233
+    query = params["down_1_attn_0"]["attention"]["query"]["kernel"]
+    assert query.shape == (64, 4, 16)  # 4 heads of 16 channels at level 1
+
+
+def test_authors_time_embedding_is_their_sinusoid_table_at_their_0_indexed_step():
+    t = np.array([1, 2, 500, 1000])  # our steps; theirs count from 0
+    half = 16
+    w = np.exp(-np.arange(half) * np.log(10000.0) / (half - 1))  # w_15 = 1e-4 exactly
+    args = (t - 1)[:, None] * w[None]
+    want = np.concatenate([np.sin(args), np.cos(args)], axis=1)
+    got = unet_lib.time_embedding(jnp.asarray(t), 2 * half, "authors")
+    np.testing.assert_allclose(got, want, atol=2e-4)  # float32 sin of arguments up to 999
+    ddpm = np.exp(-np.arange(half) * np.log(10000.0) / half)
+    np.testing.assert_allclose(
+        unet_lib.time_embedding(jnp.asarray(t), 2 * half, "ddpm")[:, :half],
+        np.sin(t[:, None] * ddpm[None]),
+        atol=2e-4,
+    )
+
+
+def test_channel_dropout_zeroes_whole_feature_maps():
+    x = jnp.ones((4, 8, 8, 64))
+    layer = dropout_lib.Dropout(0.5, broadcast_dims=unet_lib.DROPOUT_BROADCAST["authors"])
+    out = np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)}))
+    per_map = out.transpose(0, 3, 1, 2).reshape(4, 64, -1)  # [B, C, H*W]
+    assert (per_map.min(-1) == per_map.max(-1)).all()  # each map kept or dropped whole
+    kept = per_map[..., 0] > 0
+    assert 0.3 < kept.mean() < 0.7 and np.allclose(per_map[kept], 2.0)
+
+
+@pytest.mark.parametrize("layout,offset", [("authors", 0), ("ddpm", 1)])
+def test_stride_2_downsample_reads_the_pixels_the_layout_pads_for(layout, offset):
+    # A centred delta kernel copies the pixel each output is centred on.
+    conv = nn.Conv(1, (3, 3), strides=(2, 2), use_bias=False,
+                   padding=unet_lib.DOWNSAMPLE_PADDING[layout])  # fmt: skip
+    kernel = jnp.zeros((3, 3, 1, 1)).at[1, 1, 0, 0].set(1.0)
+    x = jnp.arange(64.0).reshape(1, 8, 8, 1)
+    out = conv.apply({"params": {"kernel": kernel}}, x)[0, :, :, 0]
+    # torch's Conv2d(stride 2, padding 1) reads pixel 2i; flax's "SAME" pads (0, 1): 2i + 1.
+    np.testing.assert_array_equal(out, x[0, offset::2, offset::2, 0])
+
+
+def test_torch_init_draws_every_weight_within_torchs_bounds_and_keeps_conv_out():
+    model = models.UNet(base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                        attention_levels=(1,), layout="authors", param_init="torch")  # fmt: skip
+    params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), jnp.ones((1,)), False)
+    leaves = jax.tree_util.tree_flatten_with_path(params["params"])[0]
+    seen = set()
+    for path, value in leaves:
+        names = [p.key for p in path]
+        value = np.asarray(value)
+        if "attention" in names:
+            c = 16  # level 1
+            if names[-2] == "out":
+                bound = 0.0 if names[-1] == "bias" else 1 / np.sqrt(c)
+            else:  # query, key, value: xavier over torch's [3C, C] in-projection
+                bound = 0.0 if names[-1] == "bias" else np.sqrt(6 / (4 * c))
+            seen.add("attention")
+        else:
+            layer = functools.reduce(lambda d, k: d[k], names[:-1], params["params"])
+            if "kernel" not in layer:  # a GroupNorm: torch's ones and zeros, as flax
+                np.testing.assert_array_equal(value, 1.0 if names[-1] == "scale" else 0.0)
+                continue
+            # Conv kernel [kh, kw, in, out]; Dense kernel [in, out]; a bias shares its bound.
+            bound = 1 / np.sqrt(np.prod(np.shape(layer["kernel"])[:-1]))
+            seen.add(names[-1])
+        assert np.abs(value).max() <= bound + 1e-7, names
+        if bound and value.size >= 256:
+            # Uniform in +-bound: standard deviation bound / sqrt(3).
+            np.testing.assert_allclose(
+                value.std(), bound / np.sqrt(3), rtol=0.15, err_msg=str(names)
+            )
+    assert {"attention", "kernel", "bias"} <= seen
+    assert np.abs(np.asarray(params["params"]["conv_out"]["kernel"])).max() > 0

@@ -49,6 +49,14 @@ def test_celeba_paper_samples_512_per_model_on_the_full_chain():
     assert schedule.num_steps == 1000 and config.analysis.num_samples == 512
     # The authors' compare_scores.py in their Fig. 2 command: 512 items (one full batch).
     assert config.analysis.score_items == 512
+    # ... at their t = 50..200, 0-indexed: the same noise levels are our steps 51..201,
+    # whose alpha_bar is their alphas_cumprod[t] (prod of the first t + 1 alphas).
+    betas = np.linspace(1e-4, 0.02, 1000)  # their linear DDPM schedule
+    theirs = np.cumprod(1 - betas)[[50, 100, 150, 200]]
+    ours = np.asarray(schedule.alpha_bars)[list(config.analysis.score_times)]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    # The authors' U-Net (tests/test_models.py checks what the two fields build).
+    assert (config.model.layout, config.model.param_init) == ("authors", "torch")
 
 
 # The authors' CelebA checkpoints: training_times of their sample-split script

@@ -80,9 +80,12 @@ def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     return random_halves(key, shape) >= drop_threshold(rate)
 
 
-def dropout(key: jax.Array, rate: float, inputs: jax.Array) -> jax.Array:
+def dropout(key: jax.Array, rate: float, inputs: jax.Array, broadcast_dims=()) -> jax.Array:
     """Drops elements of inputs with probability drop_threshold(rate) / 65536 and
     scales the rest by 1 / (1 - that), so that the mean is preserved.  # inputs' shape
+
+    One mask element serves every index of the `broadcast_dims` axes (as in flax):
+    (1, 2) on [B, H, W, C] drops whole channels, torch's Dropout2d.
     """
     threshold = drop_threshold(rate)
     if threshold == 0:
@@ -90,7 +93,8 @@ def dropout(key: jax.Array, rate: float, inputs: jax.Array) -> jax.Array:
     if threshold >= _LEVELS:
         return jnp.zeros_like(inputs)
     keep_prob = jnp.asarray(1.0 - threshold / _LEVELS, inputs.dtype)
-    mask = keep_mask(key, rate, inputs.shape)
+    shape = tuple(1 if i in broadcast_dims else n for i, n in enumerate(inputs.shape))
+    mask = jnp.broadcast_to(keep_mask(key, rate, shape), inputs.shape)
     return lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))
 
 
@@ -101,11 +105,13 @@ class Dropout(nn.Module):
         rate: probability of dropping an element, resolved to 1/65536.
         deterministic: if true, the layer is the identity (may be given at call time).
         rng_collection: the RNG stream the mask is drawn from.
+        broadcast_dims: axes sharing one mask element (`dropout`).
     """
 
     rate: float
     deterministic: bool | None = None
     rng_collection: str = "dropout"
+    broadcast_dims: tuple[int, ...] = ()
 
     @nn.compact
     def __call__(self, inputs: jax.Array, deterministic: bool | None = None) -> jax.Array:
@@ -113,4 +119,4 @@ class Dropout(nn.Module):
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         if deterministic or drop_threshold(self.rate) == 0:
             return inputs
-        return dropout(self.make_rng(self.rng_collection), self.rate, inputs)
+        return dropout(self.make_rng(self.rng_collection), self.rate, inputs, self.broadcast_dims)
