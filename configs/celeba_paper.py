@@ -58,7 +58,9 @@ def get_config():
     )
     config.centering = "per_split"  # each twin (and its held-out view) by its own mean
     config.splits.update(num_splits=15, split_size=1024, heldout_size=2048, drop_overlap=True)
-    config.diffusion.update(schedule="image", num_steps=1000)
+    # Their training draws t in 1..999 counting from 0 (Diffusion.py train_one_batch:
+    # randint(low=1, high=TIMESTEPS)): our 2..1000, never the lowest noise level.
+    config.diffusion.update(schedule="image", num_steps=1000, min_train_step=2)
     config.model = ml_collections.ConfigDict(
         dict(
             name="unet",

@@ -173,6 +173,12 @@ def _check_training(config):
             f"config.snapshots.first_epoch = {config.snapshots.first_epoch} exceeds "
             f"config.training.num_epochs = {config.training.num_epochs}"
         )
+    low = config.diffusion.get("min_train_step", 1)
+    if not checks.is_int(low) or not 1 <= low <= config.diffusion.num_steps:
+        raise ConfigError(
+            f"config.diffusion.min_train_step must be an integer in [1, config.diffusion"
+            f".num_steps = {config.diffusion.num_steps}], got {low!r}"
+        )
 
 
 def _num_devices(config):

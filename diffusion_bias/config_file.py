@@ -19,7 +19,12 @@ LAYOUT = ("training.twin_devices", "training.num_devices")
 
 # Fields added after runs were saved without them, with the value that trains as
 # those runs did: a saved config lacking one resumes under that value.
-ADDED = {"model.dtype": "float32", "snapshots.include_last": True}
+ADDED = {
+    "model.dtype": "float32",
+    "snapshots.include_last": True,
+    "splits.seeds_per_split": 1,
+    "diffusion.min_train_step": 1,
+}
 
 
 def save_config(workdir, config):

@@ -47,7 +47,11 @@ def get_config():
 
     # "image": DDPM betas 1e-4..0.02 over num_steps, eps-prediction, MSE.
     # "token": betas 1e-4..0.02 rescaled by 1000 / num_steps, x0-logits, cross-entropy.
-    config.diffusion = ml_collections.ConfigDict(dict(schedule="image", num_steps=1000))
+    # min_train_step: training draws t uniformly in min_train_step..num_steps (1: every
+    # noise level; the authors' CelebA training never drew its lowest, so 2 there).
+    config.diffusion = ml_collections.ConfigDict(
+        dict(schedule="image", num_steps=1000, min_train_step=1)
+    )
 
     # Fields of the module named by `name` (see diffusion_bias/models). Every model
     # has `dtype`, its layers' compute dtype: "float32", or "bfloat16" on an

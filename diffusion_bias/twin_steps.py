@@ -58,8 +58,8 @@ def get_optimizer(config):
     return optax.adam(schedule, b1=config.optimizer.b1, b2=config.optimizer.b2)
 
 
-def denoising_loss(params, x0, key, weights=None, *, model, schedule, kind, train):
-    """Mean denoising loss of one model on a batch, t uniform in 1..T.
+def denoising_loss(params, x0, key, weights=None, *, model, schedule, kind, train, min_step=1):
+    """Mean denoising loss of one model on a batch, t uniform in min_step..T.
 
     Args:
         params: one model's parameters.
@@ -73,7 +73,7 @@ def denoising_loss(params, x0, key, weights=None, *, model, schedule, kind, trai
         [] the loss.
     """
     key_t, key_noise, key_dropout = jax.random.split(key, 3)
-    t = jax.random.randint(key_t, (x0.shape[0],), 1, schedule.num_steps + 1)
+    t = jax.random.randint(key_t, (x0.shape[0],), min_step, schedule.num_steps + 1)
     clean = jax.nn.one_hot(x0, model.num_symbols) if kind == "tokens" else x0
     noise = samplers.standard_normal(key_noise, clean.shape, clean.dtype)
     x_t = process.q_sample(schedule, clean, t, noise)
@@ -140,7 +140,13 @@ def make_train_chunk(config, model, schedule, kind, mesh):
     seed_key = jax.random.key(config.seed)
     keys = {"data": jax.random.fold_in(seed_key, 0), "noise": jax.random.fold_in(seed_key, 1)}
     loss_fn = functools.partial(
-        denoising_loss, model=model, schedule=schedule, kind=kind, train=True
+        denoising_loss,
+        model=model,
+        schedule=schedule,
+        kind=kind,
+        train=True,
+        # Runs saved before the field trained on every noise level.
+        min_step=config.diffusion.get("min_train_step", 1),
     )
     one = functools.partial(
         _twin_step,

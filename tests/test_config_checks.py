@@ -176,3 +176,10 @@ def test_unet_layout_and_init_are_named_choices(field, value):
     config.model = dict(name="unet", base_channels=8, channel_mults=(1, 2), **{field: value})
     with pytest.raises(config_checks.ConfigError, match=f"config.model.{field} must be one of"):
         config_checks.check_config(config)
+
+
+def test_min_train_step_lies_in_1_to_t():
+    config = smoke.get_config("digits")
+    config.diffusion.min_train_step = config.diffusion.num_steps + 1
+    with pytest.raises(config_checks.ConfigError, match="config.diffusion.min_train_step"):
+        config_checks.check_config(config)

@@ -65,6 +65,8 @@ def test_a_run_saved_before_a_field_existed_resumes_under_its_old_value(tmp_path
         saved = json.load(f)
     del saved["model"]["dtype"]  # as written before config.model.dtype existed
     del saved["snapshots"]["include_last"]  # and before snapshots.include_last
+    del saved["splits"]["seeds_per_split"]  # ... splits.seeds_per_split
+    del saved["diffusion"]["min_train_step"]  # ... diffusion.min_train_step
     with open(path, "w") as f:
         json.dump(saved, f)
     config_file.save_config(workdir, smoke.get_config())  # float32, as it trained
@@ -72,6 +74,10 @@ def test_a_run_saved_before_a_field_existed_resumes_under_its_old_value(tmp_path
     with config.unlocked():
         config.model.dtype = "bfloat16"
     with pytest.raises(ValueError, match=r"differing fields: model.dtype\."):
+        config_file.save_config(workdir, config)
+    config = smoke.get_config()
+    config.diffusion.min_train_step = 2  # not how the saved run trained
+    with pytest.raises(ValueError, match=r"differing fields: diffusion.min_train_step\."):
         config_file.save_config(workdir, config)
 
 
