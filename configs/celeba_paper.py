@@ -102,6 +102,10 @@ def get_config():
         aggregate="median",
         score_items=512,
         score_times=(51, 101, 151, 201),
+        # Their test loss (loss_compute.py, EVAL_N=50 in run_train.sh): 50 held-out
+        # images at every step, one noise draw each.
+        test_loss_every_step=True,
+        test_loss_items=50,
     )
     config.lock()
     return config

@@ -417,6 +417,12 @@ def check_analysis(config):
         )
     _non_negative_int(config, "analysis.seed")
     _non_negative_int(config, "analysis.uturn_random_items")
+    _non_negative_int(config, "analysis.test_loss_items")
+    if not isinstance(config.analysis.test_loss_every_step, bool):
+        raise ConfigError(
+            "config.analysis.test_loss_every_step must be True or False, got "
+            f"{config.analysis.test_loss_every_step!r}"
+        )
     # How the verdict's curves aggregate twins and pairs; saved configs without the field: the mean.
     aggregate = config.analysis.get("aggregate", "mean")
     if aggregate not in verdict.AGGREGATES:

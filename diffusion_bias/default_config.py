@@ -103,6 +103,11 @@ def get_config():
             image_sampler="posterior",
             loss_items=256,  # training items per twin on the loss grid (held-out: all)
             loss_repeats=16,  # (t, noise) draws per item on the loss grid
+            # The verdict's test loss as the paper's CelebA code estimates it: each of the
+            # first test_loss_items held-out items (0: all) at every step 1..T, one noise
+            # draw each (the loss grid still gives the membership numbers).
+            test_loss_every_step=False,
+            test_loss_items=0,
             score_times=(50, 100, 150, 200),  # images: t of the twin score cosine
             # images: held-out and training items per twin of the score cosine; 0 = every
             # held-out item and the loss grid's training items

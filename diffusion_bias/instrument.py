@@ -95,6 +95,12 @@ class Instrument:
             max(n_items, len(self.heldout)), self.schedule.num_steps, self.a.privacy_times
         )
         self.privacy_noise = jax.random.fold_in(key, 4)
+        # The verdict's test loss at every step (analysis.test_loss_every_step).
+        self.every_step_t = None
+        if self.a.test_loss_every_step:
+            m = min(self.a.test_loss_items or len(self.heldout), len(self.heldout))
+            self.every_step_t = losses.every_step_grid(m, self.schedule.num_steps)
+            self.every_step_noise = jax.random.fold_in(key, 5)
         self._bp_losses = None
         self._bp_uturn = None  # exact BP's U-turn overlaps, the same at every snapshot
         self._random_baselines = None  # BP_k and memorising overlaps on random sequences
@@ -128,6 +134,26 @@ class Instrument:
             num_symbols=self.q,
             per_repeat=True,
         ).T
+
+    def every_step_losses(self, params):
+        """[K, m'] each twin's mean loss over every step 1..T, one noise draw a step,
+        on the first m' held-out items in its own space."""
+        held = self.heldout[: len(self.every_step_t)]
+        return np.stack(
+            [
+                losses.item_losses(
+                    self.apply_fn,
+                    p,
+                    np.asarray(self.in_twin_space(held, k)),
+                    self.every_step_t,
+                    self.every_step_noise,
+                    self.schedule,
+                    kind=self.kind,
+                    num_symbols=self.q,
+                )
+                for k, p in enumerate(params)
+            ]
+        )
 
     def membership_losses(self, params):
         """Each twin's losses on its own items, its partner's (twin k + 1 mod K) and the held-out
@@ -170,6 +196,8 @@ class Instrument:
         out, samples, params = self.probe.measure(snapshot.evaluated_params())
         num_twins = len(params)
         out.update(self.membership_losses(params))
+        if self.every_step_t is not None:
+            out["test_losses_every_step"] = self.every_step_losses(params)
         if self.classifier is not None:
             out["quality"] = np.stack(
                 [quality.classifier_confidence(self.classifier, x) for x in samples]

@@ -45,6 +45,11 @@ def protocol_text(protocol):
             else ""
         ),
     ]
+    if protocol.get("test_loss_every_step_items"):
+        parts.append(
+            f"test loss at every step 1..T on {protocol['test_loss_every_step_items']} "
+            "held-out items, one noise draw a step"
+        )
     aggregate = protocol.get("aggregate")
     if aggregate is not None:
         # Fewer than 3 units: the median of one or two values is their mean.

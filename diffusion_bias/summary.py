@@ -123,7 +123,10 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      uturn_repeats, uturn_ratios, kl_items, kl_repeats,
                      decomposition_items, min_grammatical; images: clip_x0,
                      image_sampler; with seeds_per_split > 1: splits,
-                     seeds_per_split (twins is then every model)}
+                     seeds_per_split (twins is then every model); with
+                     analysis.test_loss_every_step: test_loss_every_step_items
+                     (test_loss and the verdict then read every step 1..T on
+                     that many held-out items)}
   same_split         with config.splits.seeds_per_split > 1 only (every other pair
                      statistic is then over cross-split pairs): seeds_per_split,
                      pairs {cross, same}, similarity {cross, same: {mean, sem: [C]}}
@@ -176,6 +179,9 @@ def protocol(config):
         twins=config_checks.num_models(config),
         aggregate=aggregate_of(a),
     )
+    if a.test_loss_every_step:
+        held = config.splits.heldout_size
+        out["test_loss_every_step_items"] = min(a.test_loss_items or held, held)
     if config_checks.seeds_per_split(config) > 1:
         out.update(splits=config.splits.num_splits, seeds_per_split=config.splits.seeds_per_split)
     if config.diffusion.schedule == "token":
@@ -217,7 +223,8 @@ def common_curves(kind, epochs, steps, per_step, aggregate="mean"):
     `aggregate` ("mean" or "median", `verdict.unit_curve`) makes the test-loss
     curve over twins, and adds the sample-split median over pairs if "median".
     """
-    test = _col(per_step, "test_losses").mean(axis=1)  # [C, m]: mean over twins
+    test_losses = verdict_test_losses(per_step)  # [C, K, m]
+    test = test_losses.mean(axis=1)  # [C, m]: mean over twins
     sim = _col(per_step, "similarity")  # [C, P, N]
     bins = np.linspace(0, 1, 21) if kind == "tokens" else np.linspace(-1, 1, 41)
     split = [sample_split.summarize(s, bins) for s in sim]
@@ -225,7 +232,7 @@ def common_curves(kind, epochs, steps, per_step, aggregate="mean"):
         setting=kind,
         checkpoints=epochs,
         steps=[int(s) for s in steps],
-        test_loss=verdict.unit_curve(_col(per_step, "test_losses"), aggregate).tolist(),
+        test_loss=verdict.unit_curve(test_losses, aggregate).tolist(),
         test_loss_sem=(test.std(axis=1, ddof=1) / np.sqrt(test.shape[1])).tolist(),
         train_loss=_col(per_step, "train_losses").mean(axis=(1, 2)).tolist(),
         sample_split=dict(
@@ -252,9 +259,16 @@ def common_curves(kind, epochs, steps, per_step, aggregate="mean"):
     if _resample_twins(per_step):
         # Enough twins for their spread to be resampled: the curves of each twin
         # and each pair are kept, so that one twin apart from the others shows.
-        stats["test_loss_per_model"] = _col(per_step, "test_losses").mean(axis=2).tolist()
+        stats["test_loss_per_model"] = test_losses.mean(axis=2).tolist()
         stats["sample_split"]["mean_per_pair"] = sim.mean(axis=2).tolist()
     return stats
+
+
+def verdict_test_losses(per_step):
+    """[C, K, m] the held-out losses the test-loss curve and the verdict read: at every
+    step where the analysis computed them (analysis.test_loss_every_step), else the grid's."""
+    every_step = "test_losses_every_step" in per_step[0]
+    return _col(per_step, "test_losses_every_step" if every_step else "test_losses")
 
 
 def _resample_twins(per_step):
@@ -593,7 +607,7 @@ def summarize(config, steps, per_step):
     stats = common_curves(kind, epochs, steps, per_step, aggregate)
     if same is not None:
         stats["same_split"] = same_split_curves(epochs, per_step, same, seeds)
-    test_losses = _col(per_step, "test_losses")  # [C, K, m]
+    test_losses = verdict_test_losses(per_step)  # [C, K, m]
     # Each twin's mean over items, then the mean (or median) over twins.
     loss = verdict.unit_curve(test_losses, aggregate)
     rng = np.random.default_rng(a.seed)

@@ -121,3 +121,35 @@ def test_critical_time_kls_repeat_each_sequence_with_fresh_noise_and_decompositi
         config.analysis.decomposition_items = 8
     few = instrument.Instrument(config, str(tmp_path))._token_statistics(params, samples)
     assert not np.allclose(out["decomposition"], few["decomposition"])
+
+
+def test_every_step_test_loss_is_each_items_mean_noise_error_over_every_step(tmp_path):
+    from configs import smoke
+    from diffusion_bias import instrument
+    from diffusion_bias import twin_steps
+    from diffusion_bias.diffusion import samplers
+
+    config = smoke.get_config()  # digits, T = 100
+    with config.unlocked():
+        config.analysis.update(test_loss_every_step=True, test_loss_items=3)
+    inst = instrument.Instrument(config, str(tmp_path))
+    state = twin_steps.init_state(
+        config, inst.model, inst.train[0, :1], twin_steps.get_optimizer(config)
+    )
+    params = [jax.tree.map(lambda x, k=k: x[k], state.params) for k in range(2)]
+    got = inst.every_step_losses(params)  # [K, 3]
+    assert got.shape == (2, 3)
+    # Recomputed step by step: q_sample at each t with that step's noise, the pixel mean
+    # of the squared error, then the mean over the T steps (the authors' estimator).
+    schedule, k = inst.schedule, 1
+    items = np.asarray(inst.in_twin_space(inst.heldout[:3], k))
+    per_step = []
+    for t in range(1, schedule.num_steps + 1):
+        noise = samplers.item_normal(
+            jax.random.fold_in(inst.every_step_noise, t - 1), jnp.arange(3), items.shape[1:]
+        )
+        ab = float(schedule.alpha_bars[t])
+        x_t = np.sqrt(ab) * items + np.sqrt(1 - ab) * np.asarray(noise)
+        eps = inst.apply_fn(params[k], jnp.asarray(x_t, jnp.float32), jnp.full((3,), t))
+        per_step.append(((np.asarray(eps) - np.asarray(noise)) ** 2).mean(axis=(1, 2, 3)))
+    np.testing.assert_allclose(got[k], np.mean(per_step, axis=0), rtol=2e-5)

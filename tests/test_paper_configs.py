@@ -57,6 +57,10 @@ def test_celeba_paper_samples_512_per_model_on_the_full_chain():
     np.testing.assert_allclose(ours, theirs, rtol=1e-5)
     # The authors' U-Net (tests/test_models.py checks what the two fields build).
     assert (config.model.layout, config.model.param_init) == ("authors", "torch")
+    # Their test loss (loss_compute.py, EVAL_N=50): 50 held-out images at every step.
+    a = config.analysis
+    assert (a.test_loss_every_step, a.test_loss_items) == (True, 50)
+    assert summary.protocol(config)["test_loss_every_step_items"] == 50
     # Their training never draws their t = 0 (randint(low=1, high=1000)): our step 1.
     assert config.diffusion.min_train_step == 2
 

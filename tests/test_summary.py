@@ -348,3 +348,20 @@ def test_uturn_random_averages_each_sequence_over_twins_before_its_standard_erro
     np.testing.assert_allclose(out["memorizing"], results[0]["memorizing"].mean(0).mean(1))
     np.testing.assert_allclose(out["bp"], results[0]["bp"].mean(2))
     assert out["epochs"] == [10.0, 40.0] and out["ratios"] == [0.05, 0.075, 0.1]
+
+
+def test_the_test_loss_curve_reads_the_every_step_losses_where_computed():
+    per_step = _per_step()
+    rng = np.random.default_rng(1)
+    for r in per_step:
+        r["test_losses_every_step"] = rng.random((K, 5)) + 3.0
+    stats = _summarize(_config(), per_step)
+    np.testing.assert_allclose(
+        stats["test_loss"], [r["test_losses_every_step"].mean() for r in per_step], rtol=1e-6
+    )
+    # Membership keeps the loss grid's held-out losses.
+    without = _summarize(
+        _config(), [{k: v for k, v in r.items() if "every" not in k} for r in per_step]
+    )
+    assert stats["membership_auc"] == without["membership_auc"]
+    assert stats["test_loss"] != without["test_loss"]

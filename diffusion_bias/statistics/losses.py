@@ -16,6 +16,11 @@ from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 
 
+def every_step_grid(num_items, num_steps):
+    """int32 [num_items, T]: every step 1..T once for each item (the authors' image test loss)."""
+    return jnp.broadcast_to(jnp.arange(1, num_steps + 1, dtype=jnp.int32), (num_items, num_steps))
+
+
 def loss_grid(key, num_items, num_steps, repeats):
     """Fixed diffusion times int32 [num_items, repeats] in 1..T, and noise key."""
     t = jax.random.randint(jax.random.fold_in(key, 0), (num_items, repeats), 1, num_steps + 1)
