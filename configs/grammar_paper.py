@@ -14,7 +14,9 @@ attention in-projection xavier-uniform with zero biases, all encoder layers
 starting from the same parameters); Adam 3e-4, batch 512, epochs of
 ceil(n / 512) steps (the last batch partial, e.g. 10 for n=5000), one epoch per
 compiled call, the paper's per-epoch learning-rate factor; 25 log-spaced
-snapshots from epoch 100. The argument picks n and the number of epochs: 5000
+snapshots from epoch 100 to the last, truncated to integers as the authors'
+training saves them (`torch.logspace(2, log10(n_epochs), 25).long()` in their
+modules/training.py: for 35000 epochs the last is 34999). The argument picks n and the number of epochs: 5000
 (20000 epochs, default), 12000 (30000), 70000 (35000).
 
 Analysis: the paper's protocol. Coupled samples run the full reverse chain
@@ -42,6 +44,7 @@ GFLOP/s for this model (43 for a width-64 one), i.e. ~80 days per snapshot.
 """
 
 import ml_collections
+import numpy as np
 
 from diffusion_bias import default_config
 
@@ -94,7 +97,18 @@ def get_config(arg="5000"):
         steps_per_call=-(-n // 512),  # one epoch per call: ceil(n / batch) steps
         log_every_steps=5000,
     )
-    config.snapshots.update(num_snapshots=25, first_epoch=100, latest_every_steps=5000)
+    # Their checkpoint epochs: 10^linspace(2, log10(n_epochs), 25), truncated (`.long()`),
+    # the end exponent log10(n_epochs) rounded to float32 as torch.log10 of an integer
+    # tensor gives it: for 35000 epochs the last is 34999 (10^4.5440679 = 34999.985).
+    end = float(np.float32(np.log10(_EPOCHS[n])))
+    epochs = (10.0 ** np.linspace(2.0, end, 25)).astype(int)
+    config.snapshots.update(
+        num_snapshots=25,
+        first_epoch=100,
+        epochs=tuple(int(e) for e in epochs),
+        include_last=False,  # their grid alone; the final state is saved all the same
+        latest_every_steps=5000,
+    )
     config.analysis.update(
         sampling_steps=0,  # the full chain of T = 500 steps
         num_samples=50_000,

@@ -1,6 +1,7 @@
 """The paper configs carry the paper's analysis protocol (the paper (arXiv 2603.03469), "Protocol details")."""
 
 import numpy as np
+import pytest
 
 from configs import celeba_paper
 from configs import digits_cpu
@@ -40,6 +41,43 @@ def test_grammar_paper_analysis_is_the_papers_protocol():
         proto = summary.protocol(config)
         assert proto["chain_steps"] == 500 and proto["min_grammatical"] == 0
         assert proto["decomposition_items"] == int(n)
+
+
+def _torch_logspace_float32(start, end, steps):
+    """torch.logspace on the CPU in float32: base^(start + step i) for the first half,
+    base^(end - step (steps - 1 - i)) for the rest (its symmetric kernel)."""
+    start, end = np.float32(start), np.float32(end)
+    step = (end - start) / np.float32(steps - 1)
+    exps = [
+        start + step * np.float32(i) if i < steps // 2 else end - step * np.float32(steps - 1 - i)
+        for i in range(steps)
+    ]
+    return np.float32(10.0) ** np.array(exps, np.float32)
+
+
+# The authors' grammar checkpoints for 20000 epochs, written out from their formula.
+AUTHORS_GRAMMAR_EPOCHS_20000 = (
+    100, 124, 155, 193, 241, 301, 376, 468, 584, 729, 909, 1134, 1414,
+    1763, 2199, 2742, 3419, 4264, 5318, 6632, 8270, 10313, 12861, 16038, 20000,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("n", ["5000", "12000", "70000"])
+def test_grammar_paper_snapshots_are_the_authors_checkpoint_epochs(n):
+    config = grammar_paper.get_config(n)
+    num_epochs = config.training.num_epochs
+    # modules/training.py: torch.logspace(2, torch.log10(torch.tensor(n_epochs)), 25).long();
+    # torch's log10 of the integer tensor is the float32 nearest log10(n_epochs).
+    end = np.float32(np.log10(num_epochs))
+    theirs = _torch_logspace_float32(2, end, 25).astype(np.int64)
+    assert config.snapshots.epochs == tuple(int(e) for e in theirs)
+    if num_epochs == 20000:
+        assert config.snapshots.epochs == AUTHORS_GRAMMAR_EPOCHS_20000
+    if num_epochs == 35000:
+        assert theirs[-1] == 34999  # torch 2.13's own output: 10^4.5440679 = 34999.985
+    # Every one a snapshot (one epoch per compiled call), and nothing else.
+    spe = run_lib.steps_per_epoch(config)
+    assert tuple(int(s) // spe for s in run_lib.snapshot_steps(config)) == tuple(theirs)
 
 
 def test_celeba_paper_samples_512_per_model_on_the_full_chain():
