@@ -562,7 +562,8 @@ def same_split_curves(epochs, cross, same, seeds_per_split):
     """
     sim_cross, sim_same = _col(cross, "similarity"), _col(same, "similarity")  # [C, P, N]
     diff = sim_same.mean(axis=1) - sim_cross.mean(axis=1)  # [C, N]
-    z = diff.mean(axis=1) / (diff.std(axis=1, ddof=1) / np.sqrt(diff.shape[1]))
+    with np.errstate(divide="ignore", invalid="ignore"):  # equal samples: 0/0 is not apart
+        z = diff.mean(axis=1) / (diff.std(axis=1, ddof=1) / np.sqrt(diff.shape[1]))
     apart = np.nan_to_num(z, nan=0.0) >= PART_Z
     # From the last snapshot back, while they stay apart.
     part = None

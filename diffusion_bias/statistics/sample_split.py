@@ -39,7 +39,7 @@ def split_of(num_models, seeds_per_split=1):
 
 
 def partner(num_models, seeds_per_split=1):
-    """int [M] each model's partner: the first model of the next split, (m + S) mod M.
+    """int [M] each model's partner: the next split's model of its seed index, (m + S) mod M.
 
     The partner's training items are out of model m's training set (its
     non-members); with one seed a split, twin k's partner is twin (k + 1) mod K.
