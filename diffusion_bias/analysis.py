@@ -152,7 +152,7 @@ def analyze(workdir, overrides=None, output_dir=None, refine=None):
         stats["uturn"] = summary.uturn(config.analysis, indices, epochs, uturns)
         stats["kl_bp_along_t"] = summary.kl_along_t(kl_curves, indices, epochs)
         if randoms:
-            stats["uturn_random"] = summary.uturn_random(config.analysis, indices, epochs, randoms)
+            stats["uturn_random"] = summary.uturn_random(config, indices, epochs, randoms)
     if config.analysis.refine if refine is None else refine:
         stats["refined"] = _refined(config, workdir, walk, per_step, stats, out_dir)
     ckpts.close()

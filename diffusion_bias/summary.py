@@ -678,21 +678,21 @@ def kl_along_t(curves, indices, epochs):
     )
 
 
-def uturn_random(a, indices, epochs, results):
+def uturn_random(config, indices, epochs, results):
     """The uturn_random entry (Fig. 11) from `Instrument.uturn_random` at snapshots `indices`.
 
     Each sequence's overlap is averaged over the twins (the model's at each
     snapshot; the memorising denoiser's, each twin's own training set), then
     over the sequences, with its standard error; BP_k's, one row per k.
     """
-    first = results[0]
+    a, first = config.analysis, results[0]
     model = [controlled.mean_sem(np.asarray(r["model"]).mean(0)) for r in results]  # [R] twice
     memorizing = controlled.mean_sem(np.asarray(first["memorizing"]).mean(0))
     bp = controlled.mean_sem(np.asarray(first["bp"]))  # [depth + 1, R] twice
     return dict(
         ratios=list(a.uturn_random_ratios),
         items=int(a.uturn_random_items),
-        memorizing_items=int(a.memorizing_items),
+        memorizing_items=min(int(a.memorizing_items), config.splits.split_size),
         indices=list(indices),
         epochs=list(epochs),
         model=[m.tolist() for m, _ in model],

@@ -337,10 +337,12 @@ def test_uturn_random_averages_each_sequence_over_twins_before_its_standard_erro
         )
         for _ in range(2)
     ]
-    a = _config().analysis
-    with a.unlocked():
-        a.uturn_random_ratios = (0.05, 0.075, 0.1)
-    out = summary.uturn_random(a, [1, 4], [10.0, 40.0], results)
+    config = _config()
+    with config.unlocked():
+        config.analysis.uturn_random_ratios = (0.05, 0.075, 0.1)
+        config.analysis.memorizing_items = 10**6  # more than a split holds
+    out = summary.uturn_random(config, [1, 4], [10.0, 40.0], results)
+    assert out["memorizing_items"] == config.splits.split_size
     per_sequence = results[1]["model"].mean(0)  # [R, N]
     np.testing.assert_allclose(out["model"][1], per_sequence.mean(1))
     np.testing.assert_allclose(out["model_sem"][1], per_sequence.std(1, ddof=1) / np.sqrt(50))
