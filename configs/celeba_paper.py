@@ -106,6 +106,11 @@ def get_config():
         # images at every step, one noise draw each.
         test_loss_every_step=True,
         test_loss_items=50,
+        # Both scripts centre their inputs by the mean of the first 40,000 images, for
+        # every model (which trained on its own split's mean), and show the two models
+        # of a pair the same x_t.
+        eval_centering="common",
+        eval_centering_items=40_000,
     )
     config.lock()
     return config

@@ -41,6 +41,7 @@ _ANALYSIS_POSITIVE_INTS = (
     "num_samples loss_items loss_repeats uturn_items uturn_repeats kl_along_t_points "
     "kl_items kl_repeats decomposition_times bootstrap privacy_bootstrap memorizing_items"
 )
+EVAL_CENTERINGS = ("own", "common")
 _CHOICES = (
     ("diffusion.schedule", {"image", "token"}),
     ("training.twin_strategy", {"vmap", "map"}),
@@ -418,6 +419,8 @@ def check_analysis(config):
     _non_negative_int(config, "analysis.seed")
     _non_negative_int(config, "analysis.uturn_random_items")
     _non_negative_int(config, "analysis.test_loss_items")
+    _non_negative_int(config, "analysis.eval_centering_items")
+    _choice(config, "analysis.eval_centering", EVAL_CENTERINGS)
     if not isinstance(config.analysis.test_loss_every_step, bool):
         raise ConfigError(
             "config.analysis.test_loss_every_step must be True or False, got "

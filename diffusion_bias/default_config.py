@@ -108,6 +108,12 @@ def get_config():
             # draw each (the loss grid still gives the membership numbers).
             test_loss_every_step=False,
             test_loss_items=0,
+            # images: what the every-step test loss and the score cosine centre their
+            # inputs by: "own" (each twin's own centring offset) or "common" (the mean
+            # of the pool's first eval_centering_items items, 0: all, for every twin;
+            # both twins then see the same x_t, as the paper's CelebA scripts).
+            eval_centering="own",
+            eval_centering_items=0,
             score_times=(50, 100, 150, 200),  # images: t of the twin score cosine
             # images: held-out and training items per twin of the score cosine; 0 = every
             # held-out item and the loss grid's training items

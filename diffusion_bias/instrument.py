@@ -60,6 +60,11 @@ class Instrument:
         self.train = np.asarray(run.twin_data.train)  # [K, n, ...] common space
         self.heldout = np.asarray(run.twin_data.heldout)  # [m, ...] common space
         self.offsets = run.offsets  # [K, C] images, None for tokens
+        # One offset for every twin's evaluation inputs (analysis.eval_centering "common").
+        self.eval_offset = None
+        if self.kind == "images" and self.a.eval_centering == "common":
+            items = run.pool.items[: self.a.eval_centering_items or None]
+            self.eval_offset = np.asarray(items, np.float64).mean(axis=(0, 1, 2))  # [C]
         self.grammar = run.pool.grammar
         self.q = self.grammar.q if self.kind == "tokens" else None
         self.apply_fn = coupled.denoiser(self.model, self.kind)
@@ -117,6 +122,13 @@ class Instrument:
         """`probe.Probe.in_twin_space`."""
         return self.probe.in_twin_space(items, k, scale)
 
+    def in_eval_space(self, items, k, scale=1.0):
+        """Evaluation inputs as twin k is shown them: its own space (`in_twin_space`), or
+        the common offset's (analysis.eval_centering "common", the same for every twin)."""
+        if self.eval_offset is None:
+            return self.in_twin_space(items, k, scale)
+        return items - scale * jnp.asarray(self.eval_offset, items.dtype)
+
     def losses_of(self, params, items, apply_fn=None):
         """[B] per-item losses of one twin on items of its own space, on the loss grid."""
         return self.probe.losses_of(params, items, apply_fn)
@@ -137,14 +149,14 @@ class Instrument:
 
     def every_step_losses(self, params):
         """[K, m'] each twin's mean loss over every step 1..T, one noise draw a step,
-        on the first m' held-out items in its own space."""
+        on the first m' held-out items in its evaluation space (`in_eval_space`)."""
         held = self.heldout[: len(self.every_step_t)]
         return np.stack(
             [
                 losses.item_losses(
                     self.apply_fn,
                     p,
-                    np.asarray(self.in_twin_space(held, k)),
+                    np.asarray(self.in_eval_space(held, k)),
                     self.every_step_t,
                     self.every_step_noise,
                     self.schedule,
@@ -239,11 +251,11 @@ class Instrument:
         m = self.a.score_items or len(self.heldout)
         n_items = self.a.score_items or self.train_items.shape[1]
         for t in self.a.score_times:
-            # Noised in the common space, then shifted into each twin's space.
+            # Noised in the common space, then shifted into each twin's evaluation space.
             scale = float(np.sqrt(self.schedule.alpha_bars[t]))
             x_t, tt = noisy(self.heldout[:m], t)
             eps = [
-                self.apply_jit(p, self.in_twin_space(x_t, k, scale), tt)
+                self.apply_jit(p, self.in_eval_space(x_t, k, scale), tt)
                 for k, p in enumerate(params)
             ]
             heldout.append(score_cosine.pair_cosines(eps))
@@ -251,7 +263,7 @@ class Instrument:
             own_inputs = [noisy(items[:n_items], t) for items in self.train]
             eps = [
                 [
-                    self.apply_jit(p, self.in_twin_space(x, k, scale), tt)
+                    self.apply_jit(p, self.in_eval_space(x, k, scale), tt)
                     for k, p in enumerate(params)
                 ]
                 for x, tt in own_inputs

@@ -77,6 +77,13 @@ def protocol_text(protocol):
             else "onset searched at every snapshot (no grammaticality gate, as the paper)"
         )
     else:
+        if "eval_centering_items" in protocol:
+            first = protocol["eval_centering_items"]
+            parts.append(
+                "the test loss at every step and the score cosine centred by the mean of "
+                + (f"the pool's first {first} items" if first else "the whole pool")
+                + " for every twin"
+            )
         sampler = protocol.get("image_sampler") or "the package's DDPM sampler"
         clip = protocol.get("clip_x0")
         parts.append(

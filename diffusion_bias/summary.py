@@ -198,6 +198,8 @@ def protocol(config):
         )
     else:
         out.update(clip_x0=a.clip_x0 or None, image_sampler=a.image_sampler)
+        if a.eval_centering == "common":
+            out["eval_centering_items"] = a.eval_centering_items  # 0: the whole pool
     return out
 
 

@@ -43,6 +43,8 @@ from diffusion_bias import config_checks
         ("grammar", "analysis.aggregate", None, "config.analysis.aggregate"),
         ("digits", "snapshots.include_last", False, "config.snapshots.include_last"),
         ("digits", "splits.seeds_per_split", 0, "config.splits.seeds_per_split"),
+        ("digits", "analysis.eval_centering", "pooled", "config.analysis.eval_centering"),
+        ("digits", "analysis.eval_centering_items", -1, "config.analysis.eval_centering_items"),
     ],
 )
 def test_check_config_names_the_field(setting, path, value, match):

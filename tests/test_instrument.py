@@ -153,3 +153,34 @@ def test_every_step_test_loss_is_each_items_mean_noise_error_over_every_step(tmp
         eps = inst.apply_fn(params[k], jnp.asarray(x_t, jnp.float32), jnp.full((3,), t))
         per_step.append(((np.asarray(eps) - np.asarray(noise)) ** 2).mean(axis=(1, 2, 3)))
     np.testing.assert_allclose(got[k], np.mean(per_step, axis=0), rtol=2e-5)
+
+
+def test_common_evaluation_centring_shows_every_twin_the_same_inputs(tmp_path):
+    from configs import smoke
+    from diffusion_bias import instrument
+    from diffusion_bias import run as run_lib
+    from diffusion_bias import twin_steps
+
+    config = smoke.get_config()  # digits
+    with config.unlocked():
+        config.centering = "per_split"  # the twins' own offsets differ
+        config.analysis.update(score_items=8, test_loss_every_step=True, test_loss_items=2)
+    own = instrument.Instrument(config, str(tmp_path))
+    x = jnp.asarray(own.heldout[:4])
+    assert not np.array_equal(own.in_eval_space(x, 0), own.in_eval_space(x, 1))
+    with config.unlocked():
+        config.analysis.update(eval_centering="common", eval_centering_items=100)
+    common = instrument.Instrument(config, str(tmp_path))
+    pool = np.asarray(run_lib.prepare(config, str(tmp_path)).pool.items[:100], np.float64)
+    np.testing.assert_allclose(common.eval_offset, pool.mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_array_equal(common.in_eval_space(x, 0), common.in_eval_space(x, 1))
+    # Identical twins on the same inputs: cosine 1 and equal losses.
+    state = twin_steps.init_state(
+        config, common.model, common.train[0, :1], twin_steps.get_optimizer(config)
+    )
+    twin = jax.tree.map(lambda a: a[0], state.params)
+    heldout, train = common._score_cosines([twin, twin])
+    np.testing.assert_allclose(heldout, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(train, 1.0, rtol=1e-6)
+    losses = common.every_step_losses([twin, twin])
+    np.testing.assert_array_equal(losses[0], losses[1])

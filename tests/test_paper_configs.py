@@ -99,6 +99,9 @@ def test_celeba_paper_samples_512_per_model_on_the_full_chain():
     a = config.analysis
     assert (a.test_loss_every_step, a.test_loss_items) == (True, 50)
     assert summary.protocol(config)["test_loss_every_step_items"] == 50
+    # ... and theirs and compare_scores.py centre by the first 40,000 images' mean.
+    assert (a.eval_centering, a.eval_centering_items) == ("common", 40_000)
+    assert summary.protocol(config)["eval_centering_items"] == 40_000
     # Their training never draws their t = 0 (randint(low=1, high=1000)): our step 1.
     assert config.diffusion.min_train_step == 2
 
