@@ -10,14 +10,15 @@ before it touches the workdir.
 """
 
 import dataclasses
-from typing import Any
 
+import flax.linen as nn
 import ml_collections
 import numpy as np
 
 from diffusion_bias import checkpoints
 from diffusion_bias import config_checks
 from diffusion_bias import models
+from diffusion_bias.data import pool as pool_lib
 from diffusion_bias.data import sources
 from diffusion_bias.diffusion import schedules
 
@@ -36,8 +37,8 @@ class Run:
     """What a config describes, built by `prepare`.
 
     Attributes:
-        pool: sources.Pool, the data pool the splits are drawn from.
-        twin_data: sources.TwinData, the twins' splits and held-out items as drawn;
+        pool: the data pool the splits are drawn from.
+        twin_data: the twins' splits and held-out items as drawn;
             with `splits.seeds_per_split` S > 1 its train holds a row per model,
             [M = K * S, n, ...], model m on split m // S.
         train: [M, n, ...] what each model (twin) trains on: its split minus its offset.
@@ -51,13 +52,13 @@ class Run:
             unless `snapshots.include_last` is False).
     """
 
-    pool: Any
-    twin_data: Any
+    pool: pool_lib.Pool
+    twin_data: sources.TwinData
     train: np.ndarray
-    offsets: Any
+    offsets: np.ndarray | None
     kind: str
-    model: Any
-    schedule: Any
+    model: nn.Module
+    schedule: schedules.Schedule
     steps_per_epoch: int
     total_steps: int
     snapshot_steps: np.ndarray
