@@ -197,7 +197,9 @@ def protocol(config):
             min_grammatical=grammaticality_gate(a),
         )
     else:
-        out.update(clip_x0=a.clip_x0 or None, image_sampler=a.image_sampler)
+        # The paper's eps step clips nothing (instrument.Instrument passes no clip_x0).
+        clip = None if a.image_sampler == "paper" else a.clip_x0 or None
+        out.update(clip_x0=clip, image_sampler=a.image_sampler)
         if a.eval_centering == "common":
             out["eval_centering_items"] = a.eval_centering_items  # 0: the whole pool
     return out

@@ -8,6 +8,7 @@ from configs import digits_cpu
 from configs import grammar_cpu
 from configs import grammar_paper
 from diffusion_bias import instrument
+from diffusion_bias import report
 from diffusion_bias import run as run_lib
 from diffusion_bias import summary
 from diffusion_bias.diffusion import schedules
@@ -87,6 +88,10 @@ def test_celeba_paper_samples_512_per_model_on_the_full_chain():
     assert schedule.num_steps == 1000 and config.analysis.num_samples == 512
     # The authors' compare_scores.py in their Fig. 2 command: 512 items (one full batch).
     assert config.analysis.score_items == 512
+    # Their eps step clips nothing, and the report does not say it does.
+    protocol = summary.protocol(config)
+    assert protocol["image_sampler"] == "paper" and protocol["clip_x0"] is None
+    assert "clipped" not in report.protocol_text(protocol)
     # ... at their t = 50..200, 0-indexed: the same noise levels are our steps 51..201,
     # whose alpha_bar is their alphas_cumprod[t] (prod of the first t + 1 alphas).
     betas = np.linspace(1e-4, 0.02, 1000)  # their linear DDPM schedule
