@@ -10,6 +10,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 import pytest
 
 from configs import smoke
@@ -345,3 +346,31 @@ def test_an_invalid_analysis_override_to_the_api_is_a_config_error_naming_it(tra
     _, workdir = trained
     with pytest.raises(run_lib.ConfigError, match="config.analysis.min_grammatical"):
         analysis.analyze(workdir, overrides=dict(min_grammatical=5.0))
+
+
+def test_the_celeba_paper_protocol_runs_end_to_end_on_small_images(tmp_path):
+    # celeba_paper's choices on the smoke digits: the authors' U-Net and initialisation,
+    # their step range, sampler, medians, every-step test loss and common centring.
+    config = smoke.get_config()
+    with config.unlocked():
+        config.centering = "per_split"
+        config.splits.num_splits = 3
+        config.model = dict(
+            name="unet", base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+            attention_levels=(1,), layout="authors", param_init="torch",
+        )  # fmt: skip
+        config.diffusion.min_train_step = 2
+        config.training.num_epochs = 2
+        config.snapshots.update(num_snapshots=2, first_epoch=1)
+        config.analysis.update(
+            image_sampler="paper", aggregate="median", score_items=8, score_times=(11, 51),
+            test_loss_every_step=True, test_loss_items=4, eval_centering="common",
+            eval_centering_items=100,
+        )  # fmt: skip
+    train.train_and_evaluate(config, str(tmp_path))
+    stats = analysis.analyze(str(tmp_path))
+    protocol = stats["protocol"]
+    assert protocol["twins"] == 3 and protocol["aggregate"] == "median"
+    assert protocol["test_loss_every_step_items"] == 4 and protocol["eval_centering_items"] == 100
+    assert len(stats["test_loss"]) == 2 and all(np.isfinite(stats["test_loss"]))
+    assert np.asarray(stats["score_cosine"]["heldout"]).shape == (2, 2)
