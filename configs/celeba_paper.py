@@ -25,7 +25,13 @@ the median (`aggregate="median"`), as the authors' cos_dis_aggregate.py
 (Experiments/src/Generation/ of the same repository): the onset is the argmin
 over snapshots of the median over the 105 twin pairs of 1 - each pair's mean
 cosine similarity (the argmax of the median similarity), the test-loss minimum
-the argmin of the median over the 15 models of each model's test loss.
+the argmin of the median over the 15 models of each model's test loss. The test
+loss as their loss_compute.py estimates it: 50 held-out images at every step 1..T,
+one noise draw each (`test_loss_every_step`); it and the score cosine (their
+compare_scores.py: 512 images, t = 50..200 counted from 0, our steps 51..201) centre
+every model's inputs by the mean of the first 40,000 images
+(`eval_centering="common"`). Training draws t in 2..T (`min_train_step=2`): their
+0-indexed 1..999.
 
 Cost of one snapshot's analysis (an ESTIMATE, not a measurement on an
 accelerator): the U-Net costs 1.13 GFLOP per image and forward pass (XLA's
