@@ -64,7 +64,7 @@ class Instrument:
         self.eval_offset = None
         if self.kind == "images" and self.a.eval_centering == "common":
             items = run.pool.items[: self.a.eval_centering_items or None]
-            self.eval_offset = np.asarray(items, np.float64).mean(axis=(0, 1, 2))  # [C]
+            self.eval_offset = items.mean(axis=(0, 1, 2), dtype=np.float64)  # [C], no copy
         self.grammar = run.pool.grammar
         self.q = self.grammar.q if self.kind == "tokens" else None
         self.apply_fn = coupled.denoiser(self.model, self.kind)
@@ -109,6 +109,7 @@ class Instrument:
         self._bp_losses = None
         self._bp_uturn = None  # exact BP's U-turn overlaps, the same at every snapshot
         self._random_baselines = None  # BP_k and memorising overlaps on random sequences
+        self._exact_bp_along_t = None  # KL(BP_0 || BP_k) along t, the same at every snapshot
         canary = run.twin_data.splits.canary_twin  # [n] with splits.assignment = "coin"
         self.canary_twin = None if canary is None else canary[:n_items]
         labels = run.pool.labels
@@ -382,7 +383,9 @@ class Instrument:
             steps,
             self.stat_key,
         )
-        exact = kl_bp.twin_kl_from_exact(*args)
+        # KL(BP_0 || BP_k) depends on no model: computed at the first snapshot, reused.
+        exact = kl_bp.twin_kl_from_exact(*args, bp=self._exact_bp_along_t)
+        self._exact_bp_along_t = exact["bp"]
         return dict(
             values=kl_bp.twin_kl_bp(*args),
             exact_bp=exact["bp"],

@@ -133,7 +133,7 @@ class Probe:
             num_symbols=self.num_symbols,
         )
 
-    def samples(self, stacked) -> jax.Array:
+    def samples(self, stacked) -> np.ndarray:
         """[K, N, ...] the twins' coupled samples, in the common space."""
         samples = coupled.coupled_samples(
             self.apply_fn,

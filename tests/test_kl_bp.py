@@ -154,6 +154,12 @@ def test_a_model_that_is_bp_k_stands_from_exact_bp_as_bp_k_does_and_twins_share_
     np.testing.assert_allclose(twins["model"][0], from_exact["model"], rtol=1e-6, atol=1e-9)
     alone = kl_bp.kl_from_exact(prior, transitions, schedule, x0, t_values, key)
     np.testing.assert_allclose(twins["model"][1], alone["model"], rtol=1e-6)
+    # Given the BP rows of an earlier call, only the models' rows are computed: the same.
+    again = kl_bp.twin_kl_from_exact(
+        [exact, prior], transitions, schedule, x0, t_values, key, bp=twins["bp"]
+    )
+    np.testing.assert_array_equal(again["model"], twins["model"])
+    np.testing.assert_array_equal(again["bp"], twins["bp"])
     # Not the reverse direction: KL(BP_k || BP_0) differs from KL(BP_0 || BP_k).
     reverse = kl_bp.kl_bp_model(exact, transitions, schedule, x0, t_values, key)["kl"][1:]
     assert not np.allclose(reverse, from_exact["bp"], rtol=1e-2)

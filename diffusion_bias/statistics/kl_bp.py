@@ -182,12 +182,14 @@ def twin_kl_bp(denoise_fns, transitions, schedule: Schedule, x0, t_values, key) 
 
 
 def twin_kl_from_exact(
-    denoise_fns, transitions, schedule: Schedule, x0, t_values, key: jax.Array
+    denoise_fns, transitions, schedule: Schedule, x0, t_values, key: jax.Array, bp=None
 ) -> dict[str, np.ndarray]:
     """`kl_from_exact` per twin on the same sequences, k = 1..depth.
 
     Args:
-        as `twin_kl_bp`.
+        denoise_fns, transitions, schedule, x0, t_values, key: as `twin_kl_bp`.
+        bp: the "bp" rows of an earlier call on the same sequences, steps and
+            key, which no model changes; None: computed here.
 
     Returns:
         Dict of numpy arrays: bp [depth, S] KL(BP_0 || BP_k) (the same x_t for
@@ -203,14 +205,15 @@ def twin_kl_from_exact(
                 schedule,
                 steps,
                 key,
-                layers if i == 0 else (),
+                layers if i == 0 and bp is None else (),
                 controlled.DEFAULT_CHUNK_SIZE,
                 True,
             )
         )
         for i, fn in enumerate(denoise_fns)
     ]
-    return {"bp": rows[0][:-1], "model": np.stack([r[-1] for r in rows])}
+    bp = rows[0][:-1] if bp is None else np.asarray(bp)
+    return {"bp": bp, "model": np.stack([r[-1] for r in rows])}
 
 
 def kl_along_t_ratios(num_points):
