@@ -565,21 +565,17 @@ def same_split_curves(epochs, cross, same, seeds_per_split):
     a group; the samples are coupled, so the difference is paired).
     """
     sim_cross, sim_same = _col(cross, "similarity"), _col(same, "similarity")  # [C, P, N]
-    diff = sim_same.mean(axis=1) - sim_cross.mean(axis=1)  # [C, N]
+    diff_mean, diff_sem = controlled.mean_sem(sim_same.mean(axis=1) - sim_cross.mean(axis=1))
     with np.errstate(divide="ignore", invalid="ignore"):  # equal samples: 0/0 is not apart
-        z = diff.mean(axis=1) / (diff.std(axis=1, ddof=1) / np.sqrt(diff.shape[1]))
-    apart = np.nan_to_num(z, nan=0.0) >= PART_Z
-    # From the last snapshot back, while they stay apart.
-    part = None
-    for i in range(len(epochs) - 1, -1, -1):
-        if not apart[i]:
-            break
-        part = i
+        z = diff_mean / diff_sem  # [C]
+    together = np.flatnonzero(~(np.nan_to_num(z, nan=0.0) >= PART_Z))
+    # The snapshot after the last one where they are not apart (None: apart nowhere at the end).
+    part = int(together[-1]) + 1 if len(together) else 0
+    part = part if part < len(epochs) else None
 
     def curve(sim):
-        per_sample = sim.mean(axis=1)  # [C, N]
-        sem = per_sample.std(axis=1, ddof=1) / np.sqrt(per_sample.shape[1])
-        return dict(mean=per_sample.mean(axis=1).tolist(), sem=sem.tolist())
+        mean, sem = controlled.mean_sem(sim.mean(axis=1))  # each sample's mean over the pairs
+        return dict(mean=mean.tolist(), sem=sem.tolist())
 
     out = dict(
         seeds_per_split=seeds_per_split,
