@@ -35,9 +35,11 @@ every model's inputs by the mean of the first 40,000 images
 
 Cost of one snapshot's analysis (an ESTIMATE, not a measurement on an
 accelerator): the U-Net costs 1.13 GFLOP per image and forward pass (XLA's
-count), so the 15 x 512 x 1000 sampling forward passes are 8.7e15 FLOP, the loss
-grid and score cosines ~1e15 more. At a sustained 50 TFLOP/s (convolutions on
-batches of 512) that is ~3.5 min per snapshot (20 snapshots: ~1.1 h). Measured
+count), so the 15 x 512 x 1000 sampling forward passes are 8.7e15 FLOP; the
+every-step test loss (15 x 50 x 1000 passes), the loss and membership grids and the
+score cosines about 2.1e6 passes, 2.4e15 FLOP more. At a sustained 50 TFLOP/s
+(convolutions on batches of 512) that is ~3.7 min per snapshot (20 snapshots:
+~1.2 h). Measured
 on this project's 2-core CPU: 25 GFLOP/s for this model, i.e. ~4.5 days per
 snapshot.
 

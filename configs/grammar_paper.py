@@ -37,7 +37,9 @@ and the rest of a snapshot (the loss grid on the 50,000 held-out sequences x 16
 draws and the training items, the membership grid, KLs, decomposition) about 5%. At a
 sustained 100 TFLOP/s that is ~35 min per snapshot (25 snapshots: ~15 h); the
 U-turn adds 15 x 2 x 1,000 x 100 x 147 forward passes (2.4e17 FLOP, ~40 min) at
-each of the two snapshots it runs at. Measured on this project's 2-core CPU: 29
+each of the two snapshots it runs at, and its Fig. 11 control 15 x 10,000 x 186
+(2.8e7 forward passes, 1.5e16 FLOP, ~2.5 min) more, besides BP_k's chains once.
+Measured on this project's 2-core CPU: 29
 GFLOP/s for this model (43 for a width-64 one), i.e. ~80 days per snapshot.
 
     python -m launch.train --config=configs/grammar_paper.py:12000 --workdir=W
