@@ -30,6 +30,8 @@ setuptools.setup(
         "scikit-learn>=1.9.1,<2",
         "matplotlib>=3.11.2,<4",
         "tensorboardX>=2.6.5,<3",
+        # Decodes a folder of images (data/image_folder.py; matplotlib needs it too).
+        "pillow>=13.0,<14",
         # The membership audit's metrics and epsilon bounds (statistics/privacy.py).
         "jax-privacy>=2.0.0,<3",
     ],

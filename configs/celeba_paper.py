@@ -1,10 +1,15 @@
 """The paper's real-image setting (the paper (arXiv 2603.03469), Setting 1), for accelerators.
 
-CelebA through tensorflow-datasets (`pip install -e '.[tfds]'` and the data set
-prepared in the tfds data dir), grey-scale 32x32, pixels in [0, 1] (ToTensor);
-each twin centred by its own split's per-channel mean, its held-out view shifted
-by the same mean (the authors' protocol); 15 twins of n=1024, one shared
-held-out set; DDPM eps-prediction, T=1000; the authors' U-Net (base 32, multiples
+CelebA as the authors read it: the 202,599 files of `img_align_celeba/` in
+natural order (`data.name="image_folder"`, `--config.data.path=` the folder;
+tensorflow-datasets' download of celeb_a holds the same folder), each file's
+short side resized to 32 (antialiased bilinear), a centred 32x32 crop, grey as
+torchvision's Grayscale, pixels in [0, 1] (ToTensor); decoded once into the
+workdir (or `data.cache_dir`). Split k is files [1024 k, 1024 (k + 1)) and the
+last 2048 files are held out (`splits.assignment="contiguous"`, no duplicate
+removal), as their loader.py; each twin centred by its own split's per-channel
+mean, its held-out view shifted by the same mean (the authors' protocol); 15
+twins of n=1024; DDPM eps-prediction, T=1000; the authors' U-Net (base 32, multiples
 (1, 2, 4), 4-head attention at the two lower resolutions, channel dropout 0.1, torch
 initialisation: `layout="authors"`, `param_init="torch"`); Adam 1e-4, batch 512, 5000
 epochs of ceil(n / batch) = 2 steps; snapshots at epochs
@@ -56,16 +61,23 @@ def get_config():
     config = default_config.get_config()
     config.data = ml_collections.ConfigDict(
         dict(
-            name="tfds",
-            dataset="celeb_a",
-            split="train",
+            name="image_folder",
+            path="",  # set on the command line: the folder of CelebA's aligned images
             image_size=32,
             grayscale=True,
             pixel_range="unit",  # ToTensor: [0, 1]
         )
     )
     config.centering = "per_split"  # each twin (and its held-out view) by its own mean
-    config.splits.update(num_splits=15, split_size=1024, heldout_size=2048, drop_overlap=True)
+    # Their loader.py: split `index` is files [index * n, (index + 1) * n), the test
+    # set the last 2048 files; nothing is dropped.
+    config.splits.update(
+        num_splits=15,
+        split_size=1024,
+        heldout_size=2048,
+        drop_overlap=False,
+        assignment="contiguous",
+    )
     # Their training draws t in 1..999 counting from 0 (Diffusion.py train_one_batch:
     # randint(low=1, high=TIMESTEPS)): our 2..1000, never the lowest noise level.
     config.diffusion.update(schedule="image", num_steps=1000, min_train_step=2)

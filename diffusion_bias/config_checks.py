@@ -18,6 +18,7 @@ from diffusion_bias import grammar as grammar_lib
 from diffusion_bias import models
 from diffusion_bias import stopping
 from diffusion_bias import verdict
+from diffusion_bias.data import image_folder
 from diffusion_bias.data import sources
 from diffusion_bias.data import splits as splits_lib
 from diffusion_bias.diffusion import samplers
@@ -257,11 +258,16 @@ def _check_splits(config):
         )
     if "seeds_per_split" in config.splits:
         _positive_int(config, "splits.seeds_per_split")
+    if assignment == "contiguous" and config.splits.drop_overlap:
+        raise ConfigError(
+            "config.splits.assignment = 'contiguous' keeps the pool's blocks as they are: "
+            "it needs config.splits.drop_overlap = False"
+        )
     if seeds_per_split(config) > 1:
-        if assignment != "fixed":
+        if assignment == "coin":
             raise ConfigError(
-                "config.splits.seeds_per_split > 1 needs config.splits.assignment = 'fixed' "
-                "(the one-run audit's coins deal each item to one model)"
+                "config.splits.seeds_per_split > 1 needs config.splits.assignment 'fixed' "
+                "or 'contiguous' (the one-run audit's coins deal each item to one model)"
             )
         if config.monitor.enabled:
             raise ConfigError(
@@ -377,6 +383,14 @@ def _check_model(config):
             _number_in(config, "model.dropout_rate", 0.0, 1.0, high_open=True)
         elif fields[field].type in (int, "int"):
             _positive_int(config, f"model.{field}")
+    if config.model.get("dtype", "float32") == "float16":
+        # The authors' float16 autocast needs a dynamic loss scale (torch's
+        # GradScaler); optax has none (only `apply_if_finite`, the skipping half).
+        raise ConfigError(
+            "config.model.dtype = 'float16' is not offered: float16 training needs a "
+            "dynamic loss scale, which optax does not provide; use 'bfloat16' (float32's "
+            "exponent range, no scaling needed) or 'float32'"
+        )
     if config.model.get("dtype", "float32") not in models.DTYPES:
         raise ConfigError(
             f"config.model.dtype must be one of {list(models.DTYPES)}, got {config.model.dtype!r}"
@@ -472,10 +486,27 @@ def data_pool_size(data):
         return data.pool_size
     if data.name == "tfds":
         return _tfds_pool_size(data)
+    if data.name == "image_folder":
+        return _folder_pool_size(data)
     try:
         return len(sources.load_pool(data))
     except ValueError as err:
         raise ConfigError(f"config.data: {err}") from None
+
+
+def _folder_pool_size(data):
+    path = data.get("path") or ""
+    if not path:
+        raise ConfigError(
+            "config.data.path must name the folder of images (CelebA: its img_align_celeba/), "
+            "e.g. --config.data.path=/data/celeba/img_align_celeba"
+        )
+    try:
+        num_files = len(image_folder.image_files(path))
+    except ValueError as err:
+        raise ConfigError(f"config.data.path: {err}") from None
+    max_items = data.get("max_items")
+    return num_files if max_items is None else min(num_files, max_items)
 
 
 def _tfds_pool_size(data):

@@ -28,8 +28,10 @@ def get_config():
     config.centering = "none"
 
     # assignment: "fixed" (split i takes the i-th n items of a seeded permutation)
-    # or "coin" (each position's items dealt to the twins by an independent random
-    # permutation: the independent coins the one-run epsilon bound assumes).
+    # "coin" (each position's items dealt to the twins by an independent random
+    # permutation: the independent coins the one-run epsilon bound assumes) or
+    # "contiguous" (split i the pool's items [i*n, (i+1)*n) in stored order, the last m
+    # held out: the authors' CelebA, with drop_overlap = False).
     # seeds_per_split: models trained on each split from different seeds (the
     # paper's Fig. 1b control): with 2, K splits give 2K models, and the statistics
     # show same-split pairs beside the cross-split pairs the verdict reads.

@@ -11,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from configs import smoke
@@ -21,6 +22,7 @@ from diffusion_bias import report
 from diffusion_bias import run as run_lib
 from diffusion_bias import train
 from diffusion_bias import verdict
+from diffusion_bias.data import images
 from diffusion_bias.diffusion import schedules
 from tests import test_checkpoints
 
@@ -349,12 +351,19 @@ def test_an_invalid_analysis_override_to_the_api_is_a_config_error_naming_it(tra
 
 
 def test_the_celeba_paper_protocol_runs_end_to_end_on_small_images(tmp_path):
-    # celeba_paper's choices on the smoke digits: the authors' U-Net and initialisation,
-    # their step range, sampler, medians, every-step test loss and common centring.
+    # celeba_paper's choices on the digits as a folder of files: their file order and
+    # contiguous splits, the authors' U-Net and initialisation, their step range,
+    # sampler, medians, every-step test loss and common centring.
+    folder = tmp_path / "img_align"
+    folder.mkdir()
+    digits = np.round((images.digits_pool().items + 1.0) * 127.5).astype(np.uint8)[..., 0]
+    for i, image in enumerate(digits[:300]):
+        Image.fromarray(image, mode="L").save(folder / f"{i + 1:06d}.png")
     config = smoke.get_config()
     with config.unlocked():
+        config.data = dict(name="image_folder", path=str(folder), image_size=8)
         config.centering = "per_split"
-        config.splits.num_splits = 3
+        config.splits.update(num_splits=3, assignment="contiguous", drop_overlap=False)
         config.model = dict(
             name="unet", base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
             attention_levels=(1,), layout="authors", param_init="torch",
@@ -367,8 +376,12 @@ def test_the_celeba_paper_protocol_runs_end_to_end_on_small_images(tmp_path):
             test_loss_every_step=True, test_loss_items=4, eval_centering="common",
             eval_centering_items=100,
         )  # fmt: skip
-    train.train_and_evaluate(config, str(tmp_path))
-    stats = analysis.analyze(str(tmp_path))
+    workdir = tmp_path / "w"
+    train.train_and_evaluate(config, str(workdir))
+    stats = analysis.analyze(str(workdir))
+    run = run_lib.prepare(config, str(workdir))
+    np.testing.assert_array_equal(run.twin_data.splits.train.ravel(), np.arange(3 * 64))
+    np.testing.assert_array_equal(run.twin_data.splits.heldout, np.arange(268, 300))
     protocol = stats["protocol"]
     assert protocol["twins"] == 3 and protocol["aggregate"] == "median"
     assert protocol["test_loss_every_step_items"] == 4 and protocol["eval_centering_items"] == 100

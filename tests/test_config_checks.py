@@ -26,7 +26,7 @@ from diffusion_bias import config_checks
         ("digits", "training.num_devices", 2, "config.training.num_devices"),
         ("digits", "training.num_devices", -1, "config.training.num_devices"),
         ("digits", "model.dropout_rate", 1.0, "config.model.dropout_rate"),
-        ("digits", "model.dtype", "float16", "config.model.dtype"),
+        ("digits", "model.dtype", "float16", "config.model.dtype = 'float16' is not offered"),
         ("grammar", "model.dtype", "half", "config.model.dtype"),
         ("digits", "optimizer.b2", 1.0, "config.optimizer.b2"),
         ("digits", "analysis.critical_ratio", 0.0, "config.analysis.critical_ratio"),
@@ -163,8 +163,14 @@ def test_seeds_per_split_multiplies_the_models_and_excludes_coins_and_the_monito
     assert config_checks.num_models(config) == 4
     coins = smoke.get_config("digits")
     coins.splits.update(seeds_per_split=2, assignment="coin")
-    with pytest.raises(config_checks.ConfigError, match="needs config.splits.assignment = 'fixed'"):
+    with pytest.raises(config_checks.ConfigError, match="needs config.splits.assignment 'fixed'"):
         config_checks.check_config(coins)
+    blocks = smoke.get_config("digits")
+    blocks.splits.update(seeds_per_split=2, assignment="contiguous", drop_overlap=False)
+    config_checks.check_config(blocks)
+    blocks.splits.drop_overlap = True
+    with pytest.raises(config_checks.ConfigError, match="needs config.splits.drop_overlap = False"):
+        config_checks.check_config(blocks)
     monitored = smoke.get_config("digits")
     monitored.splits.seeds_per_split = 2
     monitored.monitor.enabled = True

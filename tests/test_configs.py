@@ -11,6 +11,7 @@ from configs import digits_cpu
 from configs import grammar_cpu
 from configs import grammar_paper
 from configs import smoke
+from diffusion_bias import config_checks
 from diffusion_bias import models
 from diffusion_bias import run as run_lib
 
@@ -25,8 +26,13 @@ def test_celeba_paper_scales_centres_and_samples_as_the_paper():
     assert config.snapshots.epochs == tuple(
         int(e) for e in np.linspace(10, 4999, 50)[1:21].astype(int)
     )
-    # The size of CelebA's train split, which tfds would report (not installed by tests).
-    run_lib.check_config(config, pool_size=162_770)
+    # The authors' CelebA: every aligned file, in order, in contiguous blocks.
+    assert config.data.name == "image_folder" and config.splits.assignment == "contiguous"
+    assert not config.splits.drop_overlap
+    run_lib.check_config(config, pool_size=202_599)
+    # Without its folder the config says what to set, in one line.
+    with pytest.raises(config_checks.ConfigError, match="config.data.path must name"):
+        run_lib.check_config(config)
 
 
 @pytest.mark.parametrize("n", ["5000", "12000", "70000"])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from diffusion_bias.data import grammar_pool
+from diffusion_bias.data import image_folder
 from diffusion_bias.data import images
 from diffusion_bias.data import sources
 
@@ -96,6 +97,7 @@ def test_fields_are_the_arguments_of_each_source():
         "grammar": grammar_pool.grammar_pool,
         "digits": images.digits_pool,
         "tfds": images.tfds_pool,
+        "image_folder": image_folder.folder_pool,
     }
     for name, (required, optional) in sources.FIELDS.items():
         params = inspect.signature(functions[name]).parameters

@@ -327,3 +327,30 @@ def test_coin_assignment_with_drop_overlap_sends_no_repeat_to_another_twin():
     assert not (brute[0] & brute[1]) and not ((brute[0] | brute[1]) & brute[2])
     with pytest.raises(ValueError, match="assignment"):
         splits_lib.make_splits(pool, 2, 100, 50, seed=1, assignment="coins")
+
+
+def test_contiguous_assignment_is_the_authors_blocks_in_pool_order():
+    # The authors' CelebA loader, re-implemented: split `index` is
+    # arange(index * n, (index + 1) * n) of the files in order, the test set arange(-ntest, 0).
+    pool_size, k, n, m = 202_599, 15, 1024, 2048
+    splits, overlap = splits_lib.make_splits(
+        np.zeros((pool_size, 1), np.int8), k, n, m, seed=7, assignment="contiguous"
+    )
+    for index in range(k):
+        np.testing.assert_array_equal(splits.train[index], np.arange(index * n, (index + 1) * n))
+    np.testing.assert_array_equal(splits.heldout, np.arange(pool_size)[np.arange(-m, 0)])
+    assert splits.canary_twin is None
+    # Every item equal: the report sees the overlap, and does not move a block.
+    assert not overlap.clean
+    other_seed, _ = splits_lib.make_splits(
+        np.zeros((pool_size, 1), np.int8), k, n, m, seed=0, assignment="contiguous"
+    )
+    np.testing.assert_array_equal(other_seed.train, splits.train)
+
+
+def test_contiguous_assignment_refuses_drop_overlap_and_a_pool_too_small():
+    pool = np.arange(100)[:, None]
+    with pytest.raises(ValueError, match="drop_overlap = False"):
+        splits_lib.make_splits(pool, 2, 10, 5, seed=0, drop_overlap=True, assignment="contiguous")
+    with pytest.raises(ValueError, match="exceeds pool_size"):
+        splits_lib.make_splits(pool, 2, 50, 5, seed=0, assignment="contiguous")

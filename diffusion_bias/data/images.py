@@ -30,7 +30,8 @@ LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _TFDS_CHUNK = 512
 
 
-def _check_pixel_range(pixel_range):
+def check_pixel_range(pixel_range: str) -> None:
+    """Raises ValueError unless `pixel_range` is one of PIXEL_RANGES."""
     if pixel_range not in PIXEL_RANGES:
         raise ValueError(f"pixel_range must be one of {PIXEL_RANGES}, got {pixel_range!r}")
 
@@ -45,7 +46,7 @@ def digits_pool(pixel_range: str = "symmetric") -> pool_lib.Pool:
     Returns:
         Pool of kind "images": items float32 [1797, 8, 8, 1], labels int64 [1797].
     """
-    _check_pixel_range(pixel_range)
+    check_pixel_range(pixel_range)
     # Imported here: scikit-learn takes a second to import, and only this pool needs it.
     from sklearn import datasets as sk_datasets
 
@@ -113,7 +114,7 @@ def preprocess_images(
     Returns:
         float32 [B, S, S, C'], C' = 1 if grayscale or C == 1, else 3.
     """
-    _check_pixel_range(pixel_range)
+    check_pixel_range(pixel_range)
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise ValueError(f"images must be [B, H, W, C] with C in {{1, 3}}, got {images.shape}")
@@ -229,7 +230,7 @@ def _check_tfds_arguments(image_size, max_items, pixel_range):
         raise ValueError(f"image_size must be an integer >= 1, got {image_size!r}")
     if max_items is not None and (not checks.is_int(max_items) or max_items < 1):
         raise ValueError(f"max_items must be None or an integer >= 1, got {max_items!r}")
-    _check_pixel_range(pixel_range)
+    check_pixel_range(pixel_range)
 
 
 def _check_source(source, name, split, max_items):

@@ -1,8 +1,9 @@
 """The data of a run: the pool a config names, the twins' splits, their centring.
 
-Three sources (the paper (arXiv 2603.03469), "Setting 1", "Setting 2", "Data no one here wrote"):
-"grammar" (`grammar_pool.grammar_pool`, int32 tokens [N, L]), "digits" and
-"tfds" (`images.digits_pool`, `images.tfds_pool`, float32 images [N, H, W, C]).
+Four sources (the paper (arXiv 2603.03469), "Setting 1", "Setting 2", "Data no one here wrote"):
+"grammar" (`grammar_pool.grammar_pool`, int32 tokens [N, L]), "digits",
+"tfds" and "image_folder" (`images.digits_pool`, `images.tfds_pool`,
+`image_folder.folder_pool`, float32 images [N, H, W, C]).
 `load_pool` builds the one `config.name` names, `make_twin_data` gathers the
 K disjoint splits and the held-out pool, `center` subtracts the training
 per-channel mean, and `twin_means` gives the shift of each twin (none, pooled
@@ -15,6 +16,7 @@ from absl import logging
 import numpy as np
 
 from diffusion_bias.data import grammar_pool
+from diffusion_bias.data import image_folder
 from diffusion_bias.data import images
 from diffusion_bias.data import pool as pool_lib
 from diffusion_bias.data import splits as splits_lib
@@ -139,6 +141,10 @@ FIELDS = {
         ("dataset",),
         ("split", "image_size", "grayscale", "max_items", "data_dir", "pixel_range"),
     ),
+    "image_folder": (
+        ("path",),
+        ("image_size", "grayscale", "pixel_range", "max_items", "cache_dir"),
+    ),
 }
 
 
@@ -153,7 +159,8 @@ def load_pool(config, cache_dir=None) -> pool_lib.Pool:
     Args:
         config: ml_collections.ConfigDict (or any mapping) with `name` and the
             fields of the source.
-        cache_dir: cache directory for the sources that cache (grammar), used when
+        cache_dir: cache directory for the sources that cache (grammar, image
+            folder), used when
             the config sets no `cache_dir` of its own (absent, None or "").
 
     Returns:
@@ -182,6 +189,9 @@ def load_pool(config, cache_dir=None) -> pool_lib.Pool:
         return grammar_pool.grammar_pool(**kwargs)
     if name == "digits":
         return images.digits_pool(**kwargs)
+    if name == "image_folder":
+        kwargs["cache_dir"] = kwargs.get("cache_dir") or cache_dir
+        return image_folder.folder_pool(**kwargs)
     return images.tfds_pool(kwargs.pop("dataset"), **kwargs)
 
 

@@ -10,6 +10,9 @@ sequence twice); twins that both train on it agree on it without generalising.
 groups that share no content.
 
 The permutation is always `np.random.default_rng(seed).permutation(pool_size)`.
+`assignment="contiguous"` takes no permutation: split i is the pool's items
+[i*n, (i+1)*n) in their stored order and the held-out pool its last m items, as
+the paper's authors split CelebA (their file order: `data.image_folder`).
 
 `assignment="coin"` then deals each position i of the splits out by an
 independent uniformly random permutation of the K twins (for K = 2, one fair
@@ -289,7 +292,29 @@ def _fill_without_overlap(ids, perm, sizes, distinct=()):
     return groups
 
 
-ASSIGNMENTS = ("fixed", "coin")
+ASSIGNMENTS = ("fixed", "coin", "contiguous")
+
+
+def contiguous_indices(
+    pool_size: int, num_splits: int, split_size: int, heldout_size: int
+) -> Splits:
+    """K disjoint splits in the pool's order, and its last m items held out.
+
+    Split i is [i*n, (i+1)*n) and the held-out pool [N - m, N): the authors'
+    CelebA protocol (their loader's `arange(index * n, (index + 1) * n)` and
+    `arange(-ntest, 0)` over the files in natural order).
+
+    Returns:
+        Splits with train int64 [K, n] and heldout int64 [m].
+
+    Raises:
+        ValueError: an argument is not an integer, is out of range, or K*n + m > N.
+    """
+    pool_size, num_splits, split_size, heldout_size, _ = _check_args(
+        pool_size, num_splits, split_size, heldout_size, 0
+    )
+    train = np.arange(num_splits * split_size).reshape(num_splits, split_size)
+    return Splits(train=train, heldout=np.arange(pool_size - heldout_size, pool_size))
 
 
 def assign_by_coins(splits: Splits, seed: int) -> Splits:
@@ -338,10 +363,12 @@ def make_splits(
         seed: non-negative integer; the walk is
             np.random.default_rng(seed).permutation(N).
         drop_overlap: skip cross-group duplicates instead of only reporting them.
-        assignment: "fixed" (split i takes the i-th n items of the walk) or
+        assignment: "fixed" (split i takes the i-th n items of the walk),
             "coin" (then `assign_by_coins`; with `drop_overlap` the splits' K*n
             items are walked as one group of distinct contents, so that no coin
-            can send a repeat to another twin).
+            can send a repeat to another twin), or "contiguous"
+            (`contiguous_indices`, no walk: `seed` is unused and `drop_overlap`
+            is refused, since skipping an item would move every block after it).
 
     Returns:
         (splits, overlap): Splits with train int64 [K, n] and heldout int64 [m], and
@@ -355,6 +382,14 @@ def make_splits(
     if assignment not in ASSIGNMENTS:
         raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
     coin = assignment == "coin"
+    if assignment == "contiguous":
+        if drop_overlap:
+            raise ValueError(
+                "assignment 'contiguous' keeps the pool's blocks as they are: it needs "
+                "drop_overlap = False"
+            )
+        splits = contiguous_indices(items.shape[0], num_splits, split_size, heldout_size)
+        return splits, content_overlap(items, splits)
     if not drop_overlap:
         splits = split_indices(items.shape[0], num_splits, split_size, heldout_size, seed)
         splits = assign_by_coins(splits, seed) if coin else splits
