@@ -26,7 +26,13 @@ def test_grammar_paper_analysis_is_the_papers_protocol():
         assert a.num_samples == 50_000
         # The NN divergence's reference: 50,000 sequences (the authors' --N-test default).
         assert config.splits.heldout_size == 50_000
-        assert config.data.pool_size >= 15 * int(n) + 50_000
+        # The authors' twin i trains on sequences[i * n:(i + 1) * n] of their pool of
+        # 10^6 (train_transformer.py refuses a slice past its end): 15 twins where 15
+        # blocks fit, 14 at n = 70,000.
+        num_splits = config.splits.num_splits
+        assert num_splits == min(15, 10**6 // int(n)) and num_splits * int(n) <= 10**6
+        assert (15, 15, 14)[("5000", "12000", "70000").index(n)] == num_splits
+        assert config.data.pool_size >= num_splits * int(n) + 50_000
         assert (a.uturn_items, a.uturn_repeats) == (1000, 100)
         # The authors' sequential_learning.py (--N-test 3000 --reps 5) and
         # loss_decomposition.py (every training item).
