@@ -45,10 +45,10 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
-from diffusion_bias import instrument as instrument_lib
-from diffusion_bias import run as run_lib
-from diffusion_bias import twin_steps
 from benchmarks import timing
+from diffusion_bias import run as run_lib
+from diffusion_bias.instrument import measure as instrument_lib
+from diffusion_bias.training import twin_steps
 
 FLAGS = flags.FLAGS
 

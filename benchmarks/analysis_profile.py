@@ -24,10 +24,11 @@ import numpy as np
 
 from benchmarks import monitor as monitor_bench
 from benchmarks import timing
-from configs import digits_cpu, grammar_cpu
-from diffusion_bias import instrument
+from configs import digits_cpu
+from configs import grammar_cpu
 from diffusion_bias import run as run_lib
-from diffusion_bias import summary
+from diffusion_bias.instrument import measure
+from diffusion_bias.instrument import summary
 from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import quality
 from diffusion_bias.statistics import sample_split
@@ -48,7 +49,7 @@ def profile(name):
     config = SETTINGS[name].get_config()
     with tempfile.TemporaryDirectory() as workdir:
         run = run_lib.prepare(config, workdir)
-        inst = instrument.Instrument(config, workdir)
+        inst = measure.Instrument(config, workdir)
     holder, train_chunk = monitor_bench.training(config, run)
     train_chunk()  # compiles
     step = timing.best_time(train_chunk) / config.training.steps_per_call

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_bias import bp
-from diffusion_bias import grammar as grammar_lib
 from benchmarks import timing
+from diffusion_bias.exact import bp
+from diffusion_bias.exact import grammar as grammar_lib
 
 
 def loop_leaf_marginals(transitions, log_evidence):

@@ -18,8 +18,8 @@ same winners and ties but ran ~10x slower than two minima there.
 import jax
 import numpy as np
 
-from diffusion_bias.kernels import search
 from benchmarks import timing
+from diffusion_bias.kernels import search
 
 
 def loop_hamming(queries, refs):

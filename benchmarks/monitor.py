@@ -22,10 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import timing
-from configs import digits_cpu, grammar_cpu
-from diffusion_bias import monitor_run
+from configs import digits_cpu
+from configs import grammar_cpu
 from diffusion_bias import run as run_lib
-from diffusion_bias import twin_steps
+from diffusion_bias.training import monitor_run
+from diffusion_bias.training import twin_steps
 
 SETTINGS = {"digits": digits_cpu, "grammar": grammar_cpu}
 

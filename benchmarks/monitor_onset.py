@@ -19,11 +19,11 @@ from absl import flags
 from absl import logging
 
 from configs import digits_cpu
-from diffusion_bias import analysis
 from diffusion_bias import checkpoints
-from diffusion_bias import monitor_run
 from diffusion_bias import run as run_lib
-from diffusion_bias import train
+from diffusion_bias.instrument import analysis
+from diffusion_bias.training import monitor_run
+from diffusion_bias.training import train
 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2", "3"], "Seeds to run.")
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/monitor_onset", "Folder of the runs.")

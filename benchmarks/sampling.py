@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_bias import coupled
+from benchmarks import timing
 from diffusion_bias import models
+from diffusion_bias.diffusion import coupled
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion import schedules
-from benchmarks import timing
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "parametrization", "clip_x0"))

@@ -38,12 +38,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from configs import digits_cpu, grammar_cpu, grammar_paper
-from diffusion_bias import models
-from diffusion_bias.models import dropout as dropout_lib
-from diffusion_bias import run as run_lib
-from diffusion_bias import twin_steps
 from benchmarks import timing
+from configs import digits_cpu
+from configs import grammar_cpu
+from configs import grammar_paper
+from diffusion_bias import models
+from diffusion_bias import run as run_lib
+from diffusion_bias.models import dropout as dropout_lib
+from diffusion_bias.training import twin_steps
 
 # Quoted, not measured here: the authors' torch code on this machine (steps/s).
 TORCH_PAPER_SIZE = 0.04  # 512 x 8 layers, batch 512

@@ -54,7 +54,7 @@ snapshot.
 import ml_collections
 import numpy as np
 
-from diffusion_bias import default_config
+from diffusion_bias.config import default_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
 python -m launch.train --config=configs/default.py --workdir=workdirs/default
 """
 
-from diffusion_bias import default_config
+from diffusion_bias.config import default_config
 
 
 def get_config():

@@ -14,7 +14,7 @@ of T=1000 steps.
     python -m launch.train --config=configs/digits_cpu.py --workdir=workdirs/digits
 """
 
-from diffusion_bias import default_config
+from diffusion_bias.config import default_config
 
 
 def get_config():

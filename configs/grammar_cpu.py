@@ -24,7 +24,7 @@ rather than at a false minimum.
 
 import ml_collections
 
-from diffusion_bias import default_config
+from diffusion_bias.config import default_config
 
 
 def get_config():

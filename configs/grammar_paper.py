@@ -49,7 +49,7 @@ GFLOP/s for this model (43 for a width-64 one), i.e. ~80 days per snapshot.
 import ml_collections
 import numpy as np
 
-from diffusion_bias import default_config
+from diffusion_bias.config import default_config
 
 _EPOCHS = {5000: 20_000, 12000: 30_000, 70000: 35_000}
 

@@ -6,7 +6,7 @@ python -m launch.train --config=configs/smoke.py:grammar --workdir=/tmp/smoke_gr
 
 import ml_collections
 
-from diffusion_bias import default_config
+from diffusion_bias.config import default_config
 
 
 def get_config(arg="digits"):

@@ -16,8 +16,8 @@ import ml_collections
 import numpy as np
 
 from diffusion_bias import checkpoints
-from diffusion_bias import config_checks
 from diffusion_bias import models
+from diffusion_bias.config import config_checks
 from diffusion_bias.data import pool as pool_lib
 from diffusion_bias.data import sources
 from diffusion_bias.diffusion import schedules

@@ -23,11 +23,11 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from diffusion_bias import analysis
 from diffusion_bias import checkpoints
-from diffusion_bias import default_config
 from diffusion_bias import run as run_lib
-from diffusion_bias import verdict
+from diffusion_bias.config import default_config
+from diffusion_bias.instrument import analysis
+from diffusion_bias.instrument import verdict
 from launch import common
 
 # --helpshort lists the shared flags (--cpu_devices, the distributed ones) too.

@@ -13,8 +13,8 @@ from absl import logging
 import jax
 
 from diffusion_bias import files
-from diffusion_bias import preemption
 from diffusion_bias import run as run_lib
+from diffusion_bias.training import preemption
 
 # A multi-process run starts the same command once per process. These flags, or
 # the JAX_* variables of the same names, say where process 0 listens and who is who.
@@ -118,8 +118,8 @@ def unknown_field_exit(err, argv):
 
 def _same_name_elsewhere(flag):
     """'Did you mean ...?' naming the fields of the default config with the flag's last name."""
-    from diffusion_bias import default_config
     from diffusion_bias import metric_writers
+    from diffusion_bias.config import default_config
 
     prefix, *path = flag.lstrip("-").split(".")
     config = default_config.get_config()

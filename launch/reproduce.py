@@ -32,12 +32,12 @@ from absl import flags
 from absl import logging
 import jax
 
-from diffusion_bias import analysis
 from diffusion_bias import figures
-from diffusion_bias import report
 from diffusion_bias import run as run_lib
-from diffusion_bias import train
-from diffusion_bias import verdict
+from diffusion_bias.instrument import analysis
+from diffusion_bias.instrument import report
+from diffusion_bias.instrument import verdict
+from diffusion_bias.training import train
 from launch import common
 
 # --helpshort lists the shared flags (--cpu_devices, the distributed ones) too.

@@ -4,7 +4,7 @@
         [--config.training.num_epochs=100 ...]
 
 Run from the repository root. Intentionally kept short: everything happens in
-`diffusion_bias.train.train_and_evaluate`.
+`diffusion_bias.training.train.train_and_evaluate`.
 
 Several processes (hosts, or local CPU processes) train one run data-parallel:
 start the same command once per process, adding
@@ -20,7 +20,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from diffusion_bias import train
+from diffusion_bias.training import train
 from launch import common
 
 # --helpshort lists the shared flags (--cpu_devices, the distributed ones) too.

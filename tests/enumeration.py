@@ -1,6 +1,6 @@
 """Brute-force references for the tree grammar, by explicit enumeration.
 
-Independent of `diffusion_bias.bp`: nothing here passes messages. Small trees
+Independent of `diffusion_bias.exact.bp`: nothing here passes messages. Small trees
 only (q**(number of nodes) configurations).
 """
 

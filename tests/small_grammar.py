@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_bias import grammar
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import schedules
+from diffusion_bias.exact import grammar
 from tests import enumeration
 
 GRAMMAR = grammar.random_grammar(q=4, depth=3, q_eff=2, seed=0)

@@ -13,7 +13,7 @@ from benchmarks import accelerator
 from benchmarks import train_step
 from configs import smoke
 from diffusion_bias import run as run_lib
-from diffusion_bias import twin_steps
+from diffusion_bias.training import twin_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from diffusion_bias import report
 from diffusion_bias import run as run_lib
-from diffusion_bias import summary
-from diffusion_bias import verdict
+from diffusion_bias.instrument import report
+from diffusion_bias.instrument import summary
+from diffusion_bias.instrument import verdict
 
 C, N, M = 6, 40, 30  # snapshots, coupled samples per pair, held-out items
 

@@ -15,15 +15,15 @@ from PIL import Image
 import pytest
 
 from configs import smoke
-from diffusion_bias import analysis
 from diffusion_bias import figures
-from diffusion_bias import instrument
-from diffusion_bias import report
 from diffusion_bias import run as run_lib
-from diffusion_bias import train
-from diffusion_bias import verdict
 from diffusion_bias.data import images
 from diffusion_bias.diffusion import schedules
+from diffusion_bias.instrument import analysis
+from diffusion_bias.instrument import measure
+from diffusion_bias.instrument import report
+from diffusion_bias.instrument import verdict
+from diffusion_bias.training import train
 from tests import test_checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,12 +138,12 @@ def test_rerun_reads_the_cache_and_gives_the_same_statistics(trained):
 
 def test_sampling_steps_0_is_the_full_chain_and_others_respace():
     schedule = schedules.token_schedule(100)
-    assert instrument.sampling_schedule(schedule, 0) is schedule
-    assert instrument.sampling_schedule(schedule, None) is schedule
-    assert instrument.sampling_schedule(schedule, 20).num_steps == 20
-    assert instrument.sampling_schedule(schedule, 500).num_steps == 100
+    assert measure.sampling_schedule(schedule, 0) is schedule
+    assert measure.sampling_schedule(schedule, None) is schedule
+    assert measure.sampling_schedule(schedule, 20).num_steps == 20
+    assert measure.sampling_schedule(schedule, 500).num_steps == 100
     with pytest.raises(run_lib.ConfigError, match="sampling_steps"):
-        instrument.sampling_schedule(schedule, -3)
+        measure.sampling_schedule(schedule, -3)
 
 
 def test_two_seeds_a_split_train_four_models_and_show_same_split_pairs_apart(tmp_path):

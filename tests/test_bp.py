@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from diffusion_bias import bp
-from diffusion_bias import grammar as grammar_lib
+from diffusion_bias.exact import bp
+from diffusion_bias.exact import grammar as grammar_lib
 from tests import enumeration
 
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from diffusion_bias import instrument
-from diffusion_bias import coupled
 from diffusion_bias import run as run_lib
-from diffusion_bias import twin_steps
 from diffusion_bias.data import sources
+from diffusion_bias.diffusion import coupled
+from diffusion_bias.instrument import measure
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
+from diffusion_bias.training import twin_steps
 
 
 def test_twin_means_per_split_pooled_and_none():
@@ -64,7 +64,7 @@ def test_prepare_without_centring_trains_on_the_items_as_drawn(tmp_path):
 
 def _instrument_and_snapshot(centering, workdir, image_sampler="posterior"):
     config = _config(centering, "unit", image_sampler)
-    inst = instrument.Instrument(config, workdir)
+    inst = measure.Instrument(config, workdir)
     example = jnp.asarray(inst.train_items[0, :1])
     state = twin_steps.init_state(config, inst.model, example, twin_steps.get_optimizer(config))
     return inst, state.replace(ema_params=None)

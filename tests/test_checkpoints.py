@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from diffusion_bias import checkpoints
-from diffusion_bias import preemption
+from diffusion_bias.training import preemption
 from tests import test_train
 
 
@@ -271,7 +271,7 @@ def test_sigterm_saves_the_step_reached_kill_9_loses_no_save_and_reruns_resume_b
 
 def test_a_second_trainer_on_a_workdir_in_training_refuses_in_one_line(tmp_path):
     from diffusion_bias import files
-    from diffusion_bias import train
+    from diffusion_bias.training import train
 
     workdir = str(tmp_path)
     # The lock a first training holds (tests/test_files.py: it dies with its holder).

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from configs import smoke
-from diffusion_bias import config_checks
+from diffusion_bias.config import config_checks
 
 
 # More fields, through `check_config` itself (what the launchers call first).

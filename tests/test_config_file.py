@@ -6,7 +6,7 @@ import os
 import pytest
 
 from configs import smoke
-from diffusion_bias import config_file
+from diffusion_bias.config import config_file
 
 
 def test_the_saved_config_reads_back_as_its_json(tmp_path):

@@ -11,9 +11,9 @@ from configs import digits_cpu
 from configs import grammar_cpu
 from configs import grammar_paper
 from configs import smoke
-from diffusion_bias import config_checks
 from diffusion_bias import models
 from diffusion_bias import run as run_lib
+from diffusion_bias.config import config_checks
 
 
 def test_celeba_paper_scales_centres_and_samples_as_the_paper():

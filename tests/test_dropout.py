@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import jax
+from jax.extend import random as jex_random
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.extend import random as jex_random
 
 from diffusion_bias.models import dropout as dropout_lib
 

@@ -14,9 +14,9 @@ from configs import smoke
 from diffusion_bias import checkpoints
 from diffusion_bias import models
 from diffusion_bias import run as run_lib
-from diffusion_bias import train
-from diffusion_bias import twin_steps
 from diffusion_bias.diffusion import schedules
+from diffusion_bias.training import train
+from diffusion_bias.training import twin_steps
 
 
 @pytest.mark.parametrize("n,batch", [(5000, 512), (64, 16), (300, 100), (57, 16), (5, 5), (7, 6)])

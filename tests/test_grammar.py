@@ -6,8 +6,8 @@ from scipy import special
 from scipy import stats
 
 from configs import grammar_paper
-from diffusion_bias import grammar as grammar_lib
 from diffusion_bias.data import grammar_pool
+from diffusion_bias.exact import grammar as grammar_lib
 from tests import enumeration
 
 

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from diffusion_bias import grammar as grammar_lib
 from diffusion_bias.data import grammar_pool
+from diffusion_bias.exact import grammar as grammar_lib
 
 # A small grammar pool: fast.
 _GRAMMAR = dict(q=6, depth=3, sigma=1.0, q_eff=4, grammar_seed=2, pool_size=500, pool_seed=5)

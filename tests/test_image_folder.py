@@ -7,7 +7,7 @@ from PIL import Image
 import pytest
 
 from configs import smoke
-from diffusion_bias import config_checks
+from diffusion_bias.config import config_checks
 from diffusion_bias.data import image_folder
 from diffusion_bias.data import sources
 

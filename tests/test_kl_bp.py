@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_bias import bp
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import schedules
+from diffusion_bias.exact import bp
 from diffusion_bias.statistics import controlled
 from diffusion_bias.statistics import kl_bp
 from tests import enumeration

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from configs import smoke
-from diffusion_bias import config_file
+from diffusion_bias.config import config_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_bias import grammar as grammar_lib
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion import schedules
+from diffusion_bias.exact import grammar as grammar_lib
 from diffusion_bias.statistics import losses
 
 SCHEDULE = schedules.token_schedule(50)

@@ -11,10 +11,10 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 from configs import smoke
-from diffusion_bias import analysis
 from diffusion_bias import metric_writers
 from diffusion_bias import run as run_lib
-from diffusion_bias import train
+from diffusion_bias.instrument import analysis
+from diffusion_bias.training import train
 
 
 def _event_scalars(logdir):

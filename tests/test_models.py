@@ -2,13 +2,13 @@
 
 import functools
 
+import flax.linen as nn
+from flax.linen import dot_product_attention as flax_attention
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import flax.linen as nn
-from flax.linen import dot_product_attention as flax_attention
 
 from diffusion_bias import models
 from diffusion_bias.models import dropout as dropout_lib

@@ -10,11 +10,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from diffusion_bias import monitor as monitor_lib
 from diffusion_bias import run as run_lib
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import schedules
+from diffusion_bias.instrument import monitor as monitor_lib
 from diffusion_bias.statistics import privacy
 
 SCHEDULE = schedules.image_schedule(50)
@@ -199,7 +199,7 @@ def _monitored_smoke(stop, **monitor):
 
 
 def _rows(workdir):
-    from diffusion_bias import monitor_run
+    from diffusion_bias.training import monitor_run
 
     with open(os.path.join(workdir, monitor_run.ROWS)) as f:
         return [json.loads(line) for line in f]
@@ -208,7 +208,7 @@ def _rows(workdir):
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory):
     """An uninterrupted smoke run monitored at every snapshot, no rule."""
-    from diffusion_bias import train
+    from diffusion_bias.training import train
 
     workdir = tmp_path_factory.mktemp("monitored")
     config = _monitored_smoke("none")
@@ -236,8 +236,8 @@ def test_training_writes_one_monitor_row_per_snapshot(monitored):
 
 def test_a_rule_that_fires_ends_training_and_saves_the_kept_parameters(monitored, tmp_path):
     from diffusion_bias import checkpoints
-    from diffusion_bias import monitor_run
-    from diffusion_bias import train
+    from diffusion_bias.training import monitor_run
+    from diffusion_bias.training import train
 
     # A privacy budget between the AUC of the snapshots before the first rise and
     # that rise: the rule must stop there and keep the snapshot before it.
@@ -270,7 +270,7 @@ def test_a_rule_that_fires_ends_training_and_saves_the_kept_parameters(monitored
 
 
 def test_an_interrupted_monitored_run_resumes_with_the_same_rows(monitored, tmp_path, monkeypatch):
-    from diffusion_bias import train
+    from diffusion_bias.training import train
 
     config, reference, _ = monitored
     calls = []
@@ -312,8 +312,8 @@ def _strict_json(text):
 
 
 def test_a_rule_firing_at_the_first_snapshot_keeps_none_and_writes_strict_json(tmp_path):
-    from diffusion_bias import monitor_run
-    from diffusion_bias import train
+    from diffusion_bias.training import monitor_run
+    from diffusion_bias.training import train
 
     # An AUC budget below any AUC: the rule fires at the first snapshot, before any to keep.
     config = _monitored_smoke("privacy_budget", auc_threshold=0.01, memorized_threshold=1.0)
@@ -327,8 +327,8 @@ def test_a_rule_firing_at_the_first_snapshot_keeps_none_and_writes_strict_json(t
 
 
 def test_a_stopped_result_of_another_config_does_not_stop_a_retrained_workdir(tmp_path):
-    from diffusion_bias import monitor_run
-    from diffusion_bias import train
+    from diffusion_bias.training import monitor_run
+    from diffusion_bias.training import train
 
     config = _monitored_smoke("privacy_budget", auc_threshold=0.01, memorized_threshold=1.0)
     train.train_and_evaluate(config, str(tmp_path))

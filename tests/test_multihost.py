@@ -11,8 +11,8 @@ import time
 import pytest
 
 from configs import smoke
-from diffusion_bias import preemption
-from diffusion_bias import train
+from diffusion_bias.training import preemption
+from diffusion_bias.training import train
 from tests import test_train
 
 ROOT = test_train.ROOT

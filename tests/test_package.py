@@ -69,10 +69,10 @@ def test_the_import_graph_is_read_from_every_module_and_every_import_form():
     # "from diffusion_bias import run as run_lib" and "from diffusion_bias.statistics
     # import nearest" both name the module, not the package.
     assert {"diffusion_bias.run", "diffusion_bias.checkpoints"} <= set(
-        graph["diffusion_bias.train"]
+        graph["diffusion_bias.training.train"]
     )
-    assert "diffusion_bias.statistics.nearest" in graph["diffusion_bias.probe"]
-    assert "diffusion_bias.probe" in graph["diffusion_bias.instrument"]
+    assert "diffusion_bias.statistics.nearest" in graph["diffusion_bias.instrument.probe"]
+    assert "diffusion_bias.instrument.probe" in graph["diffusion_bias.instrument.measure"]
     assert "diffusion_bias.diffusion.samplers" in graph["diffusion_bias.diffusion"]
 
 
@@ -85,26 +85,29 @@ def test_the_import_graph_has_no_cycle():
 def test_analysis_summary_and_statistics_do_not_import_training():
     graph = _import_graph()
     analysis_side = [
-        "diffusion_bias.analysis",
-        "diffusion_bias.instrument",
-        "diffusion_bias.probe",
-        "diffusion_bias.summary",
+        "diffusion_bias.instrument.analysis",
+        "diffusion_bias.instrument.measure",
+        "diffusion_bias.instrument.probe",
+        "diffusion_bias.instrument.summary",
     ] + [m for m in graph if m.startswith("diffusion_bias.statistics")]
     for module in analysis_side:
-        assert "diffusion_bias.train" not in _reachable(graph, module), module
+        assert "diffusion_bias.training.train" not in _reachable(graph, module), module
 
 
 def test_figures_and_report_read_the_statistics_dict_without_importing_the_analysis():
     graph = _import_graph()
-    for module in ("diffusion_bias.figures", "diffusion_bias.report"):
+    for module in ("diffusion_bias.figures", "diffusion_bias.instrument.report"):
         reached = _reachable(graph, module)
-        assert not reached & {"diffusion_bias.analysis", "diffusion_bias.train"}, module
+        assert not reached & {
+            "diffusion_bias.instrument.analysis",
+            "diffusion_bias.training.train",
+        }, module
 
 
 def test_statistics_and_kernels_import_only_building_blocks():
     graph = _import_graph()
     blocks = ("diffusion_bias.statistics", "diffusion_bias.kernels", "diffusion_bias.diffusion")
-    allowed = {"diffusion_bias.bp", "diffusion_bias.chunking", "diffusion_bias.checks"}
+    allowed = {"diffusion_bias.exact.bp", "diffusion_bias.chunking", "diffusion_bias.checks"}
     for module in graph:
         if module.startswith(blocks[:2]):
             outside = {
@@ -119,8 +122,33 @@ def test_every_public_name_resolves_and_the_package_import_loads_no_training():
     for name in diffusion_bias.__all__:
         assert getattr(diffusion_bias, name) is not None, name
     # In a fresh interpreter: this process has imported train through other tests.
-    code = "import sys, diffusion_bias; print('diffusion_bias.train' in sys.modules)"
+    code = "import sys, diffusion_bias; print('diffusion_bias.training.train' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "False"
+
+
+def test_the_root_holds_the_public_api_and_at_most_eight_modules():
+    root = sorted(n for n in os.listdir(PACKAGE_DIR) if n.endswith(".py"))
+    assert len(root) <= 8, root
+    # The stages are folders; every public short name is one of their modules.
+    for stage in ("config", "training", "instrument", "exact"):
+        assert os.path.exists(os.path.join(PACKAGE_DIR, stage, "__init__.py")), stage
+
+
+def test_building_blocks_import_no_stage():
+    graph = _import_graph()
+    blocks = (
+        "diffusion_bias.statistics",
+        "diffusion_bias.kernels",
+        "diffusion_bias.diffusion",
+        "diffusion_bias.models",
+        "diffusion_bias.exact",
+        "diffusion_bias.setting",
+    )
+    stages = ("diffusion_bias.config", "diffusion_bias.training", "diffusion_bias.instrument")
+    for module in graph:
+        if module.startswith(blocks):
+            reached = {m for m in _reachable(graph, module) if m.startswith(stages)}
+            assert not reached, f"{module} imports the stages {sorted(reached)}"

@@ -7,11 +7,11 @@ from configs import celeba_paper
 from configs import digits_cpu
 from configs import grammar_cpu
 from configs import grammar_paper
-from diffusion_bias import instrument
-from diffusion_bias import report
 from diffusion_bias import run as run_lib
-from diffusion_bias import summary
 from diffusion_bias.diffusion import schedules
+from diffusion_bias.instrument import measure
+from diffusion_bias.instrument import report
+from diffusion_bias.instrument import summary
 from diffusion_bias.statistics import uturn
 
 
@@ -21,7 +21,7 @@ def test_grammar_paper_analysis_is_the_papers_protocol():
         a = config.analysis
         schedule = schedules.token_schedule(config.diffusion.num_steps)
         # Full reverse chain of T = 500 steps, not a respacing.
-        assert instrument.sampling_schedule(schedule, a.sampling_steps) is schedule
+        assert measure.sampling_schedule(schedule, a.sampling_steps) is schedule
         assert schedule.num_steps == 500
         assert a.num_samples == 50_000
         # The NN divergence's reference: 50,000 sequences (the authors' --N-test default).
@@ -90,7 +90,7 @@ def test_grammar_paper_snapshots_are_the_authors_checkpoint_epochs(n):
 def test_celeba_paper_samples_512_per_model_on_the_full_chain():
     config = celeba_paper.get_config()
     schedule = schedules.image_schedule(config.diffusion.num_steps)
-    assert instrument.sampling_schedule(schedule, config.analysis.sampling_steps) is schedule
+    assert measure.sampling_schedule(schedule, config.analysis.sampling_steps) is schedule
     assert schedule.num_steps == 1000 and config.analysis.num_samples == 512
     # The authors' compare_scores.py in their Fig. 2 command: 512 items (one full batch).
     assert config.analysis.score_items == 512

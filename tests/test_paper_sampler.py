@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_bias import coupled
+from diffusion_bias.diffusion import coupled
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion import schedules

@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from diffusion_bias import preemption
+from diffusion_bias.training import preemption
 
 
 def test_sigterm_is_recorded_while_installed_and_its_previous_action_comes_back():

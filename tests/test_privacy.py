@@ -1,7 +1,7 @@
 """The membership audit: jax_privacy's numbers, no choice made on the items scored, valid bounds."""
 
-import numpy as np
 from jax_privacy import auditing
+import numpy as np
 import pytest
 from scipy import stats
 

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_bias import probe as probe_lib
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import schedules
+from diffusion_bias.instrument import probe as probe_lib
 
 SCHEDULE = schedules.image_schedule(50)
 SHAPE = (4, 4, 1)

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from diffusion_bias import analysis
 from diffusion_bias import checkpoints
-from diffusion_bias import refine
-from diffusion_bias import report
 from diffusion_bias import run as run_lib
-from diffusion_bias import train
+from diffusion_bias.instrument import analysis
+from diffusion_bias.instrument import report
+from diffusion_bias.training import refine
+from diffusion_bias.training import train
 
 
 def test_refine_steps_fall_strictly_inside_the_neighbouring_intervals_on_call_boundaries():

@@ -2,7 +2,7 @@
 
 import os
 
-from diffusion_bias import report
+from diffusion_bias.instrument import report
 
 
 def _stats(onset, test_min, conclusive, others=None):

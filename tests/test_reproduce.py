@@ -14,9 +14,9 @@ import jax
 import pytest
 
 from configs import smoke
-from diffusion_bias import analysis
 from diffusion_bias import figures
-from diffusion_bias import train
+from diffusion_bias.instrument import analysis
+from diffusion_bias.training import train
 from launch import reproduce
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from diffusion_bias import stopping
-from diffusion_bias import verdict
+from diffusion_bias.instrument import stopping
+from diffusion_bias.instrument import verdict
 
 SETTINGS = dict(patience=2, auc_threshold=0.6, memorized_threshold=0.05, bias_mode="max")
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from diffusion_bias import config_checks
-from diffusion_bias import report
-from diffusion_bias import summary
 from diffusion_bias import run as run_lib
-from diffusion_bias import verdict
+from diffusion_bias.config import config_checks
+from diffusion_bias.instrument import report
+from diffusion_bias.instrument import summary
+from diffusion_bias.instrument import verdict
 from diffusion_bias.statistics import nearest
 
 K, N, M, C, L = 3, 300, 200, 5, 8  # smoke grammar: depth 3, L = 8

@@ -14,10 +14,10 @@ import pytest
 
 from configs import smoke
 from diffusion_bias import checkpoints
-from diffusion_bias import config_file
 from diffusion_bias import run as run_lib
-from diffusion_bias import train
-from diffusion_bias import twin_steps
+from diffusion_bias.config import config_file
+from diffusion_bias.training import train
+from diffusion_bias.training import twin_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_bias import twin_steps
 from diffusion_bias.diffusion import schedules
+from diffusion_bias.training import twin_steps
 
 
 class _StepOnly(nn.Module):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from diffusion_bias import verdict
+from diffusion_bias.instrument import verdict
 from diffusion_bias.statistics import nearest
 
 EPOCHS = np.geomspace(10, 1000, 12)

@@ -15,8 +15,8 @@ from absl import logging
 import numpy as np
 
 from diffusion_bias import files
-from diffusion_bias import grammar as grammar_lib
 from diffusion_bias.data import pool as pool_lib
+from diffusion_bias.exact import grammar as grammar_lib
 
 # Bump when the sampling code changes the pool drawn for given parameters: the
 # version is hashed into the cache file name, so stale caches are never read.

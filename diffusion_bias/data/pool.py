@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from diffusion_bias import checks
-from diffusion_bias import grammar as grammar_lib
+from diffusion_bias.exact import grammar as grammar_lib
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

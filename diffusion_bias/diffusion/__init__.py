@@ -10,8 +10,8 @@ from diffusion_bias.diffusion.process import predict_eps_from_x0
 from diffusion_bias.diffusion.process import predict_x0_from_eps
 from diffusion_bias.diffusion.process import q_sample
 from diffusion_bias.diffusion.samplers import sample
-from diffusion_bias.diffusion.schedules import Schedule
 from diffusion_bias.diffusion.schedules import image_schedule
 from diffusion_bias.diffusion.schedules import linear_schedule
 from diffusion_bias.diffusion.schedules import respace
+from diffusion_bias.diffusion.schedules import Schedule
 from diffusion_bias.diffusion.schedules import token_schedule

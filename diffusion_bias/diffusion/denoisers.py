@@ -11,9 +11,9 @@ per-token evidence h: uniform prior (`prior_denoiser`), tree grammar
 import jax
 import jax.numpy as jnp
 
-from diffusion_bias import bp
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion.schedules import Schedule
+from diffusion_bias.exact import bp
 
 
 def token_fields(schedule: Schedule, x_t: jax.Array, t: jax.Array) -> jax.Array:

@@ -9,8 +9,8 @@ import textwrap
 
 import numpy as np
 
-from diffusion_bias import verdict
 from diffusion_bias.figures import common
+from diffusion_bias.instrument import verdict
 
 
 def _verdict_text(stats, grid_alone=None):

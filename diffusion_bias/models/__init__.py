@@ -6,7 +6,8 @@ vmapped over stacked params.
 """
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
+from typing import Mapping
 
 import flax.linen as nn
 

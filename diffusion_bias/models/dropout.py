@@ -22,9 +22,9 @@ import math
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.extend.random as jex_random
 import jax.numpy as jnp
-from jax import lax
 
 # 16-bit uniforms: the rate's resolution.
 _LEVELS = 1 << 16

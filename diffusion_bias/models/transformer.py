@@ -30,7 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion_bias.models.dropout import Dropout, dropout
+from diffusion_bias.models.dropout import Dropout
+from diffusion_bias.models.dropout import dropout
 from diffusion_bias.models.embeddings import sinusoidal_embedding
 
 # torch.nn.LayerNorm's default, which the paper's model used.

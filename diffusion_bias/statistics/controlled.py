@@ -42,12 +42,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_bias import checks
-from diffusion_bias import bp
 from diffusion_bias import chunking
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion.schedules import Schedule
+from diffusion_bias.exact import bp
 from diffusion_bias.statistics import sample_split
 
 # denoise_fn(x_t [B, L, q], t_model [B] int32) -> probs [B, L, q].

@@ -17,10 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_bias import checks
-from diffusion_bias import bp
 from diffusion_bias import chunking
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion.schedules import Schedule
+from diffusion_bias.exact import bp
 from diffusion_bias.statistics import controlled
 
 

@@ -25,15 +25,15 @@ import ml_collections
 import numpy as np
 
 from diffusion_bias import checkpoints
-from diffusion_bias import config_checks
-from diffusion_bias import config_file
-from diffusion_bias import default_config
 from diffusion_bias import files
-from diffusion_bias import instrument
 from diffusion_bias import metric_writers
-from diffusion_bias import refine as refine_lib
 from diffusion_bias import run as run_lib
-from diffusion_bias import summary
+from diffusion_bias.config import config_checks
+from diffusion_bias.config import config_file
+from diffusion_bias.config import default_config
+from diffusion_bias.instrument import measure
+from diffusion_bias.instrument import summary
+from diffusion_bias.training import refine as refine_lib
 
 # Bumped whenever the per-snapshot arrays change meaning, so old caches are not reused.
 CACHE_VERSION = 5
@@ -244,7 +244,7 @@ class _Walk:
         def compute():
             computed.append(True)
             snapshot = ckpts.read_snapshot(step, evaluated_only=True)
-            self.instrument = self.instrument or instrument.Instrument(self.config, self.workdir)
+            self.instrument = self.instrument or measure.Instrument(self.config, self.workdir)
             return getattr(self.instrument, method)(snapshot)
 
         identity = snapshot_identity(ckpts, step, self.training)

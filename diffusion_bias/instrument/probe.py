@@ -4,7 +4,7 @@ The K twins' coupled samples (sample j shares x_T and the step noise across
 twins and across snapshots), their similarity across twin pairs and their
 nearest neighbours, and each twin's denoising loss on a fixed (item, t, noise)
 grid on held-out items, its own training items and its partner's (twin
-(k + 1) mod K). The analysis (`instrument.Instrument`) probes with the
+(k + 1) mod K). The analysis (`measure.Instrument`) probes with the
 protocol's settings and adds its costlier statistics; the bias monitor
 (`monitor.BiasMonitor`) probes with cheap ones (fewer samples, a short chain)
 inside the training loop. A statistic both read is computed here, once.
@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_bias import coupled
 from diffusion_bias.data import sources
+from diffusion_bias.diffusion import coupled
 from diffusion_bias.diffusion.schedules import Schedule
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest

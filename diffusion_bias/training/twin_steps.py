@@ -17,13 +17,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
 from diffusion_bias import checkpoints
-from diffusion_bias import config_checks
 from diffusion_bias import run as run_lib
+from diffusion_bias.config import config_checks
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 

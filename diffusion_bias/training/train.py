@@ -33,14 +33,14 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from diffusion_bias import checkpoints
-from diffusion_bias import config_checks
-from diffusion_bias import config_file
 from diffusion_bias import files
 from diffusion_bias import metric_writers
-from diffusion_bias import monitor_run
-from diffusion_bias import preemption
 from diffusion_bias import run as run_lib
-from diffusion_bias import twin_steps
+from diffusion_bias.config import config_checks
+from diffusion_bias.config import config_file
+from diffusion_bias.training import monitor_run
+from diffusion_bias.training import preemption
+from diffusion_bias.training import twin_steps
 
 LOCK = "train.lock"
 

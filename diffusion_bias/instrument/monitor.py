@@ -4,7 +4,7 @@ Called with the twins' stacked parameters at each snapshot, it draws a few
 coupled samples with a short respaced chain, finds their nearest neighbours,
 evaluates the denoising loss on a fixed grid and the membership attack on it
 (AUC, TPR at 1% FPR, the one-run epsilon lower bound), and lets
-a stopping rule (`diffusion_bias.stopping`) decide whether training should
+a stopping rule (`diffusion_bias.instrument.stopping`) decide whether training should
 end, and which snapshot to keep. It needs no files and no config: any model
 with the denoiser contract of `coupled.coupled_samples` works,
 
@@ -24,10 +24,10 @@ import jax
 import numpy as np
 
 from diffusion_bias import checks
-from diffusion_bias import probe as probe_lib
-from diffusion_bias import stopping
-from diffusion_bias import verdict
 from diffusion_bias.diffusion import schedules
+from diffusion_bias.instrument import probe as probe_lib
+from diffusion_bias.instrument import stopping
+from diffusion_bias.instrument import verdict
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import privacy

@@ -23,10 +23,10 @@ from absl import logging
 import numpy as np
 import orbax.checkpoint as ocp
 
-from diffusion_bias import config_file
-from diffusion_bias import coupled
 from diffusion_bias import files
-from diffusion_bias import monitor as monitor_lib
+from diffusion_bias.config import config_file
+from diffusion_bias.diffusion import coupled
+from diffusion_bias.instrument import monitor as monitor_lib
 
 ROWS = "monitor.jsonl"
 STATE = "monitor_state.npz"

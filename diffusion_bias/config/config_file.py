@@ -13,7 +13,6 @@ import jax
 
 from diffusion_bias import files
 
-
 # Where the twins run, not what they learn.
 LAYOUT = ("training.twin_devices", "training.num_devices")
 

@@ -13,8 +13,7 @@ import jax
 import numpy as np
 
 from diffusion_bias import files
-from diffusion_bias import verdict
-
+from diffusion_bias.instrument import verdict
 
 # One run of one setting: `name` heads its section ("digits", or "digits, seed 1"
 # when a setting runs with several seeds); `seed` is what the seeds table shows.

@@ -14,14 +14,14 @@ import jax
 import numpy as np
 
 from diffusion_bias import checks
-from diffusion_bias import grammar as grammar_lib
 from diffusion_bias import models
-from diffusion_bias import stopping
-from diffusion_bias import verdict
 from diffusion_bias.data import image_folder
 from diffusion_bias.data import sources
 from diffusion_bias.data import splits as splits_lib
 from diffusion_bias.diffusion import samplers
+from diffusion_bias.exact import grammar as grammar_lib
+from diffusion_bias.instrument import stopping
+from diffusion_bias.instrument import verdict
 from diffusion_bias.models import transformer
 from diffusion_bias.models import unet
 

@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_bias import checks
-from diffusion_bias import config_checks
-from diffusion_bias import coupled
-from diffusion_bias import probe as probe_lib
 from diffusion_bias import run as run_lib
+from diffusion_bias.config import config_checks
+from diffusion_bias.diffusion import coupled
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion import schedules
+from diffusion_bias.instrument import probe as probe_lib
 from diffusion_bias.statistics import controlled
 from diffusion_bias.statistics import kl_bp
 from diffusion_bias.statistics import loss_decomposition

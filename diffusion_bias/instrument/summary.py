@@ -1,7 +1,7 @@
 """statistics.json from the per-snapshot arrays: the curves, then the verdict.
 
 The analysis walks the snapshots and hands each one's arrays (a dict per
-snapshot, see `instrument.Instrument.compute`) here; the entries are described
+snapshot, see `measure.Instrument.compute`) here; the entries are described
 in `STATISTICS_SCHEMA`. Curves are assembled per kind (images,
 tokens), then the verdict, the stopping rules replayed over the curves, and
 what the onset and the test-loss minimum hold.
@@ -15,16 +15,15 @@ import functools
 
 import numpy as np
 
-from diffusion_bias import config_checks
 from diffusion_bias import run as run_lib
-from diffusion_bias import stopping
-from diffusion_bias import verdict
+from diffusion_bias.config import config_checks
+from diffusion_bias.instrument import stopping
+from diffusion_bias.instrument import verdict
 from diffusion_bias.statistics import controlled
 from diffusion_bias.statistics import losses
 from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import privacy
 from diffusion_bias.statistics import sample_split
-
 
 STATISTICS_SCHEMA = """\
 statistics.json: one entry per snapshot (checkpoint) in every list.
@@ -139,7 +138,7 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
                      snapshot at the bias onset
   sample_quality     images with class labels (digits): [C] mean confidence of a
                      classifier fitted on the held-out items, over the samples
-  stopping_rules     one row per rule of diffusion_bias.stopping.RULES, replayed over
+  stopping_rules     one row per rule of diffusion_bias.instrument.stopping.RULES, replayed over
                      the snapshots as online with the config.monitor settings: rule,
                      stop_epoch, kept_epoch, test_loss_excess (relative to the
                      minimum), membership_auc, memorized_fraction, closer_to_own,
@@ -197,7 +196,7 @@ def protocol(config):
             min_grammatical=grammaticality_gate(a),
         )
     else:
-        # The paper's eps step clips nothing (instrument.Instrument passes no clip_x0).
+        # The paper's eps step clips nothing (measure.Instrument passes no clip_x0).
         clip = None if a.image_sampler == "paper" else a.clip_x0 or None
         out.update(clip_x0=clip, image_sampler=a.image_sampler)
         if a.eval_centering == "common":

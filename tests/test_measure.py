@@ -10,10 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_bias import coupled
-from diffusion_bias import grammar as grammar_lib
+from diffusion_bias.diffusion import coupled
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import schedules
+from diffusion_bias.exact import grammar as grammar_lib
 from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import sample_split
 
@@ -95,13 +95,13 @@ def test_critical_time_kls_repeat_each_sequence_with_fresh_noise_and_decompositi
     tmp_path,
 ):
     from configs import smoke
-    from diffusion_bias import instrument
-    from diffusion_bias import twin_steps
+    from diffusion_bias.instrument import measure
+    from diffusion_bias.training import twin_steps
 
     config = smoke.get_config("grammar")
     with config.unlocked():
         config.analysis.update(kl_items=4, kl_repeats=3, decomposition_items=0)
-    inst = instrument.Instrument(config, str(tmp_path))
+    inst = measure.Instrument(config, str(tmp_path))
     example = jax.nn.one_hot(jnp.asarray(inst.train[0, :1]), inst.q)
     state = twin_steps.init_state(config, inst.model, example, twin_steps.get_optimizer(config))
     params = [jax.tree.map(lambda x, k=k: x[k], state.params) for k in range(2)]
@@ -115,24 +115,24 @@ def test_critical_time_kls_repeat_each_sequence_with_fresh_noise_and_decompositi
     # The decomposition over every training item equals the one asked for all n by count.
     with config.unlocked():
         config.analysis.decomposition_items = inst.train.shape[1]
-    every = instrument.Instrument(config, str(tmp_path))._token_statistics(params, samples)
+    every = measure.Instrument(config, str(tmp_path))._token_statistics(params, samples)
     np.testing.assert_allclose(out["decomposition"], every["decomposition"], rtol=1e-6)
     with config.unlocked():
         config.analysis.decomposition_items = 8
-    few = instrument.Instrument(config, str(tmp_path))._token_statistics(params, samples)
+    few = measure.Instrument(config, str(tmp_path))._token_statistics(params, samples)
     assert not np.allclose(out["decomposition"], few["decomposition"])
 
 
 def test_every_step_test_loss_is_each_items_mean_noise_error_over_every_step(tmp_path):
     from configs import smoke
-    from diffusion_bias import instrument
-    from diffusion_bias import twin_steps
     from diffusion_bias.diffusion import samplers
+    from diffusion_bias.instrument import measure
+    from diffusion_bias.training import twin_steps
 
     config = smoke.get_config()  # digits, T = 100
     with config.unlocked():
         config.analysis.update(test_loss_every_step=True, test_loss_items=3)
-    inst = instrument.Instrument(config, str(tmp_path))
+    inst = measure.Instrument(config, str(tmp_path))
     state = twin_steps.init_state(
         config, inst.model, inst.train[0, :1], twin_steps.get_optimizer(config)
     )
@@ -157,20 +157,20 @@ def test_every_step_test_loss_is_each_items_mean_noise_error_over_every_step(tmp
 
 def test_common_evaluation_centring_shows_every_twin_the_same_inputs(tmp_path):
     from configs import smoke
-    from diffusion_bias import instrument
     from diffusion_bias import run as run_lib
-    from diffusion_bias import twin_steps
+    from diffusion_bias.instrument import measure
+    from diffusion_bias.training import twin_steps
 
     config = smoke.get_config()  # digits
     with config.unlocked():
         config.centering = "per_split"  # the twins' own offsets differ
         config.analysis.update(score_items=8, test_loss_every_step=True, test_loss_items=2)
-    own = instrument.Instrument(config, str(tmp_path))
+    own = measure.Instrument(config, str(tmp_path))
     x = jnp.asarray(own.heldout[:4])
     assert not np.array_equal(own.in_eval_space(x, 0), own.in_eval_space(x, 1))
     with config.unlocked():
         config.analysis.update(eval_centering="common", eval_centering_items=100)
-    common = instrument.Instrument(config, str(tmp_path))
+    common = measure.Instrument(config, str(tmp_path))
     pool = np.asarray(run_lib.prepare(config, str(tmp_path)).pool.items[:100], np.float64)
     np.testing.assert_allclose(common.eval_offset, pool.mean(axis=(0, 1, 2)), rtol=1e-6)
     np.testing.assert_array_equal(common.in_eval_space(x, 0), common.in_eval_space(x, 1))

@@ -21,7 +21,7 @@ import numpy as np
 
 from diffusion_bias import checkpoints
 from diffusion_bias import run as run_lib
-from diffusion_bias import twin_steps
+from diffusion_bias.training import twin_steps
 
 
 def refine_steps(steps, index, per_call, between=3):
