@@ -36,13 +36,3 @@ def finite(name: str, array):
         if bad:
             raise ValueError(f"{name} holds {bad} NaN or infinite values of {array.size}")
     return array
-
-
-KINDS = ("images", "tokens")
-
-
-def kind(value) -> str:
-    """Raises ValueError unless `value` is a data kind: "images" or "tokens"."""
-    if value not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {value!r}")
-    return value

@@ -17,6 +17,7 @@ import numpy as np
 
 from diffusion_bias import checkpoints
 from diffusion_bias import models
+from diffusion_bias import setting as setting_lib
 from diffusion_bias.config import config_checks
 from diffusion_bias.data import pool as pool_lib
 from diffusion_bias.data import sources
@@ -118,7 +119,8 @@ def prepare(config, workdir):
         twin_data = dataclasses.replace(twin_data, train=np.repeat(twin_data.train, seeds, axis=0))
     centering = config_checks.centering(config)
     train_items, offsets = twin_data.train, None
-    if pool.kind == "images":
+    setting = setting_lib.of(pool.kind)
+    if not setting.discrete:
         # Twin k lives in its own space: its items minus offsets[k] (the paper's
         # authors centre each split, and its test set, by that split's mean).
         offsets = sources.twin_means(twin_data.train, centering)  # [K, C]
@@ -126,7 +128,7 @@ def prepare(config, workdir):
             shift = sources.twin_offsets(offsets, train_items.ndim)
             train_items = (train_items - shift).astype(train_items.dtype)
     model_config = ml_collections.ConfigDict(config.model)
-    if pool.kind == "tokens":
+    if setting.discrete:
         with model_config.unlocked():
             model_config.num_symbols = pool.grammar.q
             model_config.length = pool.items.shape[1]

@@ -40,9 +40,3 @@ def test_finite_names_the_argument_and_counts_the_bad_values_in_numpy_and_jax(ba
     ok = jnp.ones(3)
     assert checks.finite("x", ok) is ok  # a JAX array is checked where it lives
     np.testing.assert_array_equal(checks.finite("t", [1, 2]), [1, 2])  # integers pass
-
-
-def test_kind_accepts_images_and_tokens_only():
-    assert checks.kind("images") == "images" and checks.kind("tokens") == "tokens"
-    with pytest.raises(ValueError, match="kind must be one of"):
-        checks.kind("image")

@@ -107,7 +107,12 @@ def test_figures_and_report_read_the_statistics_dict_without_importing_the_analy
 def test_statistics_and_kernels_import_only_building_blocks():
     graph = _import_graph()
     blocks = ("diffusion_bias.statistics", "diffusion_bias.kernels", "diffusion_bias.diffusion")
-    allowed = {"diffusion_bias.exact.bp", "diffusion_bias.chunking", "diffusion_bias.checks"}
+    allowed = {
+        "diffusion_bias.exact.bp",
+        "diffusion_bias.chunking",
+        "diffusion_bias.checks",
+        "diffusion_bias.setting",
+    }
     for module in graph:
         if module.startswith(blocks[:2]):
             outside = {

@@ -66,3 +66,9 @@ def test_bias_monitor_snippet_runs_in_a_users_own_loop_and_its_rule_decides():
     if row["decision"] == "stop":  # the rule kept an earlier snapshot: the similarity peak
         peak = max(monitor.rows, key=lambda r: r["similarity"])
         assert row["kept_epoch"] == peak["epoch"] < row["epoch"]
+
+
+def test_the_readme_is_a_manual_of_at_most_250_lines_linking_results_and_speed():
+    readme = _readme()
+    assert len(readme.splitlines()) <= 250
+    assert "docs/results.md" in readme and "docs/speed.md" in readme

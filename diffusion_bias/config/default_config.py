@@ -11,8 +11,7 @@ import ml_collections
 
 
 def get_config():
-    # One function over 60 lines on purpose: every field a run reads, in one
-    # place, in the order a reader meets them (data, model, training, analysis).
+    # Every field a run reads, in one place, in the order a reader meets them.
     config = ml_collections.ConfigDict()
     config.seed = 0  # twins' initialisation, batches and training noise
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from diffusion_bias import checks
+from diffusion_bias import setting as setting_lib
 from diffusion_bias.exact import grammar as grammar_lib
 
 
@@ -33,14 +33,8 @@ class Pool:
     labels: np.ndarray | None = None
 
     def __post_init__(self):
-        checks.kind(self.kind)
         items = read_only(self.items)
-        if self.kind == "tokens" and (items.ndim != 2 or items.dtype != np.int32):
-            raise ValueError(f"token items must be int32 [N, L], got {items.dtype} {items.shape}")
-        if self.kind == "images" and (items.ndim != 4 or items.dtype != np.float32):
-            raise ValueError(
-                f"image items must be float32 [N, H, W, C], got {items.dtype} {items.shape}"
-            )
+        setting_lib.of(self.kind).check_pool_items(items)
         object.__setattr__(self, "items", items)
         if self.labels is not None:
             labels = read_only(self.labels)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_bias import chunking
+from diffusion_bias import setting as setting_lib
 from diffusion_bias.diffusion import samplers
 
 
@@ -25,9 +26,11 @@ def denoiser(model, kind):
         kind: "tokens" (x0-logits, returned as probabilities) or "images" (eps).
     """
 
+    setting = setting_lib.of(kind)
+
     def fn(params, x_t, t):
         out = model.apply({"params": params}, x_t, t, train=False)
-        return jax.nn.softmax(out, axis=-1) if kind == "tokens" else out
+        return setting.denoiser_output(out)
 
     return fn
 
@@ -109,7 +112,7 @@ def coupled_samples(
     Returns:
         numpy [K, N, L] int32 tokens or [K, N, H, W, C] float32 images.
     """
-    parametrization = "x0" if kind == "tokens" else "eps"
+    setting = setting_lib.of(kind)
     chunks = []
     ids = np.arange(num_samples, dtype=np.int32)
     for chunk_ids in chunking.padded_chunks(ids, min(chunk_size, num_samples)):
@@ -120,10 +123,10 @@ def coupled_samples(
             schedule,
             apply_fn=apply_fn,
             item_shape=tuple(item_shape),
-            parametrization=parametrization,
+            parametrization=setting.parametrization,
             clip_x0=clip_x0,
             twin_strategy=twin_strategy,
             step_rule=step_rule,
         )
-        chunks.append(x0.argmax(-1).astype(jnp.int32) if kind == "tokens" else x0)
+        chunks.append(setting.decode(x0))
     return chunking.gather(chunks, num_samples, axis=1)

@@ -93,8 +93,7 @@ def memorizing_denoiser(
     Returns:
         The posterior mean over the training set.  # [B, ...]
     """
-    # One function over 60 lines: the scan body reads only with the padding and
-    # the scale and variance it closes over, so they stay together.
+    # One piece: the scan body reads only beside the padding and scales it closes over.
     num_train, feature_shape = train_x0.shape[0], train_x0.shape[1:]
     batch = x_t.shape[0]
     dtype = jnp.promote_types(x_t.dtype, jnp.float32)

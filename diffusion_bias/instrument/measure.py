@@ -12,6 +12,7 @@ import numpy as np
 
 from diffusion_bias import checks
 from diffusion_bias import run as run_lib
+from diffusion_bias import setting as setting_lib
 from diffusion_bias.config import config_checks
 from diffusion_bias.diffusion import coupled
 from diffusion_bias.diffusion import process
@@ -57,21 +58,22 @@ class Instrument:
         run = run_lib.prepare(config, workdir)
         self.config, self.a = config, config.analysis
         self.kind, self.model, self.schedule = run.kind, run.model, run.schedule
+        self.setting = setting_lib.of(self.kind)
         self.train = np.asarray(run.twin_data.train)  # [K, n, ...] common space
         self.heldout = np.asarray(run.twin_data.heldout)  # [m, ...] common space
         self.offsets = run.offsets  # [K, C] images, None for tokens
         # One offset for every twin's evaluation inputs (analysis.eval_centering "common").
         self.eval_offset = None
-        if self.kind == "images" and self.a.eval_centering == "common":
+        if not self.setting.discrete and self.a.eval_centering == "common":
             items = run.pool.items[: self.a.eval_centering_items or None]
             self.eval_offset = items.mean(axis=(0, 1, 2), dtype=np.float64)  # [C], no copy
         self.grammar = run.pool.grammar
-        self.q = self.grammar.q if self.kind == "tokens" else None
+        self.q = self.grammar.q if self.setting.discrete else None
         self.apply_fn = coupled.denoiser(self.model, self.kind)
         self.apply_jit = jax.jit(self.apply_fn)
         self.sampling = sampling_schedule(self.schedule, self.a.sampling_steps)
         key = jax.random.key(self.a.seed)
-        paper_step = self.kind == "images" and self.a.image_sampler == "paper"
+        paper_step = self.setting.parametrization == "eps" and self.a.image_sampler == "paper"
         self.probe = probe_lib.Probe(
             self.apply_fn,
             self.schedule,
@@ -114,7 +116,7 @@ class Instrument:
         self.canary_twin = None if canary is None else canary[:n_items]
         labels = run.pool.labels
         self.classifier = None
-        if self.kind == "images" and labels is not None:
+        if not self.setting.discrete and labels is not None:
             # Sample quality: a classifier of the held-out items (never the training sets).
             held_labels = labels[run.twin_data.splits.heldout]
             self.classifier = quality.fit_classifier(self.heldout, held_labels)
@@ -183,7 +185,7 @@ class Instrument:
         out = {name: np.stack(v) for name, v in out.items()}
         if self.canary_twin is not None:
             out["canary_twin"] = self.canary_twin
-        if self.kind == "tokens":
+        if self.setting.exact_reference:
             out.update(self.bp_losses())
         return out
 
@@ -215,7 +217,7 @@ class Instrument:
             out["quality"] = np.stack(
                 [quality.classifier_confidence(self.classifier, x) for x in samples]
             )  # [K, N]
-        if self.kind == "images":
+        if not self.setting.discrete:
             out["score_cosine_heldout"], out["score_cosine_train"] = self._score_cosines(params)
             e = min(8, self.a.num_samples)
             out["example_samples"] = samples[:, :e]

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from diffusion_bias import checks
+from diffusion_bias import setting as setting_lib
 from diffusion_bias.diffusion import schedules
 from diffusion_bias.instrument import probe as probe_lib
 from diffusion_bias.instrument import stopping
@@ -152,7 +153,7 @@ class BiasMonitor:
     @property
     def bias_mode(self):
         """The bias curve's extremum: similarity peak (images), NN-divergence minimum (tokens)."""
-        return "max" if self.kind == "images" else "min"
+        return setting_lib.of(self.kind).bias_direction
 
     def statistics(self, stacked_params):
         """The per-item arrays of one snapshot (numpy): `probe.Probe.measure`'s.
@@ -219,7 +220,7 @@ class BiasMonitor:
         curves = {name: np.array([s[name] for s in self._scalars]) for name in self._scalars[0]}
         h = {name: np.stack(self._history[name]) for name in ("similarity", "own_d1", "heldout_d1")}
         rng = np.random.default_rng(self.seed)
-        if self.kind == "images":
+        if setting_lib.of(self.kind).bias_statistic == "similarity":
             bias = h["similarity"].mean(axis=1)
             bias_boot = verdict.bootstrap_mean_curves(h["similarity"], rng, self.bootstrap)
         else:
@@ -241,7 +242,7 @@ class BiasMonitor:
             "closer_to_own",
         ]
         row.update({name: float(curves[name][-1]) for name in names})
-        bias_name = "similarity" if self.kind == "images" else "nn_divergence"
+        bias_name = setting_lib.of(self.kind).bias_statistic
         row[bias_name] = float(curves["bias"][-1])
         if self.kept_epoch is None:
             decision = stopping.decide(
@@ -325,7 +326,7 @@ def _check_items(train_sets, heldout, kind, num_symbols, offsets):
     (uint8 pixels in 0..255 beside training items in [-1, 1] give a test loss
     of about 1000, not an error); tokens integers in [0, q).
     """
-    if kind == "tokens":
+    if setting_lib.of(kind).discrete:
         for name, items in (("train_sets", train_sets), ("heldout", heldout)):
             if items.dtype.kind not in "iu" or items.min() < 0 or items.max() >= num_symbols:
                 raise ValueError(
@@ -357,7 +358,7 @@ def _check_items(train_sets, heldout, kind, num_symbols, offsets):
 
 def _check_arguments(train_sets, heldout, kind, stop, num_symbols, **counts):
     """Raises ValueError on the first bad argument of `BiasMonitor` (`counts`: positive ints)."""
-    checks.kind(kind)
+    setting = setting_lib.of(kind)
     if stop not in stopping.RULES:
         raise ValueError(f"stop must be one of {stopping.RULES}, got {stop!r}")
     if train_sets.ndim < 3 or len(train_sets) < 2:
@@ -369,7 +370,7 @@ def _check_arguments(train_sets, heldout, kind, stop, num_symbols, **counts):
             f"heldout must be [m >= 2, {', '.join(map(str, train_sets.shape[2:]))}], "
             f"got {heldout.shape}"
         )
-    if kind == "tokens" and not num_symbols:
+    if setting.discrete and not num_symbols:
         raise ValueError("tokens need num_symbols (the vocabulary size q)")
     for name, value in counts.items():
         if not checks.is_int(value) or value < 1:

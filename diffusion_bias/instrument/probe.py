@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_bias import setting as setting_lib
 from diffusion_bias.data import sources
 from diffusion_bias.diffusion import coupled
 from diffusion_bias.diffusion.schedules import Schedule
@@ -101,8 +102,8 @@ class Probe:
             loss_repeats,
         )
         # What the sampler draws: one-hot sequences [L, q] for tokens, the images' shape.
-        tokens = kind == "tokens"
-        self.item_shape = (self.train.shape[-1], num_symbols) if tokens else self.train.shape[2:]
+        self.setting = setting_lib.of(kind)
+        self.item_shape = self.setting.sample_shape(self.train.shape[2:], num_symbols)
 
     def in_twin_space(self, items, k: int, scale=1.0):
         """Items of the common space as twin k sees them: minus scale * offsets[k].
@@ -144,10 +145,10 @@ class Probe:
             self.sample_key,
             kind=self.kind,
             twin_strategy=self.twin_strategy,
-            clip_x0=self.clip_x0 if self.kind == "images" else None,
+            clip_x0=self.clip_x0 if self.setting.parametrization == "eps" else None,
             step_rule=self.step_rule,
         )
-        return self.to_common_space(samples) if self.kind == "images" else samples
+        return samples if self.setting.discrete else self.to_common_space(samples)
 
     def measure(self, stacked) -> tuple[dict, jax.Array, list]:
         """The probe's statistics of one snapshot.

@@ -16,6 +16,7 @@ import functools
 import numpy as np
 
 from diffusion_bias import run as run_lib
+from diffusion_bias import setting as setting_lib
 from diffusion_bias.config import config_checks
 from diffusion_bias.instrument import stopping
 from diffusion_bias.instrument import verdict
@@ -229,7 +230,7 @@ def common_curves(kind, epochs, steps, per_step, aggregate="mean"):
     test_losses = verdict_test_losses(per_step)  # [C, K, m]
     test = test_losses.mean(axis=1)  # [C, m]: mean over twins
     sim = _col(per_step, "similarity")  # [C, P, N]
-    bins = np.linspace(0, 1, 21) if kind == "tokens" else np.linspace(-1, 1, 41)
+    bins = setting_lib.of(kind).histogram_bins()
     split = [sample_split.summarize(s, bins) for s in sim]
     stats = dict(
         setting=kind,
@@ -613,7 +614,7 @@ def summarize(config, steps, per_step):
     rng = np.random.default_rng(a.seed)
     # [B, C]: twins resampled as well as items when there are enough of them.
     loss_boot = verdict.bootstrap_mean_curves(test_losses, rng, a.bootstrap, aggregate)
-    if kind == "images":
+    if setting_lib.of(kind).bias_statistic == "similarity":
         stats.update(image_curves(a, per_step))
         bias, bias_boot, decision = image_verdict(
             epochs, per_step, loss, loss_boot, rng, a.bootstrap, aggregate

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_bias import chunking
+from diffusion_bias import setting as setting_lib
 from diffusion_bias.diffusion import denoisers
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
@@ -35,15 +36,11 @@ def _item_losses(
 
     def one_repeat(r):
         tr = t[:, r]
-        clean = jax.nn.one_hot(items, num_symbols) if kind == "tokens" else items
+        setting = setting_lib.of(kind)
+        clean = setting.encode(items, num_symbols)
         noise = samplers.item_normal(jax.random.fold_in(noise_key, r), item_ids, clean.shape[1:])
         x_t = process.q_sample(schedule, clean, tr, noise)
-        out = apply_fn(params, x_t, tr)
-        if kind == "tokens":
-            # apply_fn returns probabilities: cross-entropy per sequence.
-            log_p = jnp.log(jnp.clip(out, 1e-12))
-            return -jnp.sum(clean * log_p, axis=(-1, -2)) / items.shape[1]
-        return jnp.mean((out - noise) ** 2, axis=tuple(range(1, out.ndim)))
+        return setting.item_loss(apply_fn(params, x_t, tr), clean, noise)
 
     values = jax.lax.map(one_repeat, jnp.arange(t.shape[1]))  # [R, B]
     return values.T if per_repeat else values.mean(axis=0)

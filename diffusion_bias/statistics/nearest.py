@@ -8,15 +8,12 @@ held-out pool's distances to each training set are the unbiased baseline.
 import numpy as np
 
 from diffusion_bias import checks
+from diffusion_bias import setting as setting_lib
 from diffusion_bias.kernels import search
 from diffusion_bias.statistics import sample_split
 
 # The paper's NN-distance histograms: 20 equal bins on [0, L].
 NN_BINS = 20
-
-
-def _metric(kind):
-    return "hamming" if kind == "tokens" else "l2"
 
 
 def nearest_statistics(samples, train, heldout, kind, seeds_per_split=1):
@@ -38,7 +35,7 @@ def nearest_statistics(samples, train, heldout, kind, seeds_per_split=1):
           heldout_d1, heldout_d2: [K, m] the held-out items in training set k;
           own_index: [K, N] index of the nearest item of training set k.
     """
-    metric = _metric(checks.kind(kind))
+    metric = setting_lib.of(kind).metric
     samples, train, heldout = (
         checks.finite(name, a)
         for name, a in (("samples", samples), ("train", train), ("heldout", heldout))

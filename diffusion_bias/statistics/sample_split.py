@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_bias import checks
+from diffusion_bias import setting as setting_lib
 
 # A channel whose std is below this is treated as constant: it contributes
 # zeros to the standardised image, so a constant image has similarity 0 with
@@ -131,7 +131,9 @@ def pair_similarity(samples, kind):
     Returns:
         float [P, N], one row per pair of `twin_pairs(K)`.
     """
-    paired = paired_token_similarity if checks.kind(kind) == "tokens" else paired_cosine
+    paired = {"overlap": paired_token_similarity, "cosine": paired_cosine}[
+        setting_lib.of(kind).similarity
+    ]
     return np.stack(
         [np.asarray(paired(samples[a], samples[b])) for a, b in twin_pairs(len(samples))]
     )

@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from diffusion_bias import files
+from diffusion_bias import setting as setting_lib
 from diffusion_bias.config import config_file
 from diffusion_bias.diffusion import coupled
 from diffusion_bias.instrument import monitor as monitor_lib
@@ -62,7 +63,7 @@ def build(config, run):
         bootstrap=m.bootstrap,
         seed=m.seed,
         num_symbols=getattr(run.model, "num_symbols", None),
-        clip_x0=clip if kind == "images" else None,
+        clip_x0=clip if setting_lib.of(kind).parametrization == "eps" else None,
         twin_strategy=config.training.twin_strategy,
         offsets=run.offsets,
     )

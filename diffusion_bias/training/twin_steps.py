@@ -24,6 +24,7 @@ import optax
 
 from diffusion_bias import checkpoints
 from diffusion_bias import run as run_lib
+from diffusion_bias import setting as setting_lib
 from diffusion_bias.config import config_checks
 from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
@@ -75,14 +76,12 @@ def denoising_loss(params, x0, key, weights=None, *, model, schedule, kind, trai
     """
     key_t, key_noise, key_dropout = jax.random.split(key, 3)
     t = jax.random.randint(key_t, (x0.shape[0],), min_step, schedule.num_steps + 1)
-    clean = jax.nn.one_hot(x0, model.num_symbols) if kind == "tokens" else x0
+    setting = setting_lib.of(kind)
+    clean = setting.encode(x0, getattr(model, "num_symbols", None))
     noise = samplers.standard_normal(key_noise, clean.shape, clean.dtype)
     x_t = process.q_sample(schedule, clean, t, noise)
     out = model.apply({"params": params}, x_t, t, train=train, rngs={"dropout": key_dropout})
-    if kind == "tokens":
-        per_item = optax.softmax_cross_entropy_with_integer_labels(out, x0)  # [B, L]
-    else:
-        per_item = (out - noise) ** 2  # [B, H, W, C]
+    per_item = setting.training_loss(out, x0, noise)  # [B, L] or [B, H, W, C]
     if weights is None:
         # Full batches keep the plain mean (bit-identical to the unweighted loss).
         return per_item.mean()
@@ -236,8 +235,7 @@ def place(tree, mesh, twin_axis):
 def initial_state_and_data(config, run, mesh):
     """The TwinState at step 0 and the twins' data [K, n, ...], placed on `mesh`."""
     example = run.train[0, :1]
-    if run.kind == "tokens":
-        example = jax.nn.one_hot(example, run.model.num_symbols)
+    example = setting_lib.of(run.kind).encode(example, getattr(run.model, "num_symbols", None))
     # With one twin device the twin axis stays unsharded: the step returns P()
     # shardings, and inputs sharded P("twins") would make its second call retrace.
     twin_axis = config.training.twin_devices > 1
