@@ -47,6 +47,7 @@ from ml_collections import config_flags
 
 from benchmarks import timing
 from diffusion_bias import run as run_lib
+from diffusion_bias.config import config_checks
 from diffusion_bias.instrument import measure as instrument_lib
 from diffusion_bias.training import twin_steps
 
@@ -66,12 +67,12 @@ def define_flags():
     flags.DEFINE_string("out", None, "Where to write the numbers as JSON.")
 
 
-def step_flops(config, run, mesh, state, data):
+def step_flops(config, run, mesh, tx, state, data):
     """XLA's FLOP count of one training step of the K twins (a one-step chunk, lowered only)."""
     one = config.copy_and_resolve_references()
     with one.unlocked():
         one.training.steps_per_call = 1
-    chunk = twin_steps.make_train_chunk(one, run.model, run.schedule, run.kind, mesh)
+    chunk = twin_steps.make_train_chunk(one, run.model, run.schedule, run.kind, mesh, tx)
     return float(chunk.lower(state, data).cost_analysis()["flops"])
 
 
@@ -129,7 +130,7 @@ def duration(seconds):
 def main(argv):
     del argv
     config = FLAGS.config
-    run_lib.check_config(config)
+    config_checks.check_config(config)
     workdir = FLAGS.workdir or tempfile.mkdtemp(prefix="accelerator_")
     run = run_lib.prepare(config, workdir)
     if run.kind != "tokens":
@@ -145,9 +146,10 @@ def main(argv):
     print(f"devices: {out['devices']}; compute dtype {dtype}", flush=True)
 
     mesh = twin_steps.make_mesh(config)
-    state, data = twin_steps.initial_state_and_data(config, run, mesh)
+    tx = twin_steps.get_optimizer(config)
+    state, data = twin_steps.initial_state_and_data(config, run, mesh, tx)
     num_twins, batch = config.splits.num_splits, config.training.batch_size
-    out["flops_per_step"] = step_flops(config, run, mesh, state, data)
+    out["flops_per_step"] = step_flops(config, run, mesh, tx, state, data)
     out["forward_flops_per_sequence"] = forward_flops(run, state.params)
     size = 2048 if devices[0].platform == "cpu" else 8192
     out["matmul_peak_flops"] = timing.matmul_peak(size, dtype, calls=10)

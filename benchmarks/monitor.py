@@ -25,6 +25,7 @@ from benchmarks import timing
 from configs import digits_cpu
 from configs import grammar_cpu
 from diffusion_bias import run as run_lib
+from diffusion_bias import setting
 from diffusion_bias.training import monitor_run
 from diffusion_bias.training import twin_steps
 
@@ -37,12 +38,12 @@ def training(config, run):
     kind, model = run.kind, run.model
     mesh = twin_steps.make_mesh(config)
     tx = twin_steps.get_optimizer(config)
-    example = run.twin_data.train[0, :1]
-    if kind == "tokens":
-        example = jax.nn.one_hot(example, model.num_symbols)
+    example = setting.of(kind).encode(
+        run.twin_data.train[0, :1], getattr(model, "num_symbols", None)
+    )
     holder = {"state": twin_steps.init_state(config, model, example, tx)}
     data = jnp.asarray(run.train)
-    chunk = twin_steps.make_train_chunk(config, model, run.schedule, kind, mesh)
+    chunk = twin_steps.make_train_chunk(config, model, run.schedule, kind, mesh, tx)
 
     def train_chunk():
         holder["state"], losses = chunk(holder["state"], data)

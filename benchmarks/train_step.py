@@ -82,10 +82,11 @@ class _Engine:
             total_steps=None,
             snapshot_steps=None,
         )
-        self.state, self.data = twin_steps.initial_state_and_data(config, run, mesh)
+        tx = twin_steps.get_optimizer(config)
+        self.state, self.data = twin_steps.initial_state_and_data(config, run, mesh, tx)
         if chunk is None:
             chunk = twin_steps.make_train_chunk(
-                config, model, run_lib.get_schedule(config), kind, mesh
+                config, model, run_lib.get_schedule(config), kind, mesh, tx
             )
         self.chunk = chunk
 

@@ -19,7 +19,7 @@ how they connect):
     data          the pools (grammar, digits, TFDS, a folder of images) and the
                   twins' disjoint splits
     setting       what differs between images and tokens (`setting.of(kind)`)
-    run           `check_config` and `prepare`: the run a config describes
+    run           `prepare`: the run a config describes
                   (data, model, schedule, snapshot plan)
     train         `train_and_evaluate(config, workdir)`: the twins, trained and
                   snapshotted (resumable)

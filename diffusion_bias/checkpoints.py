@@ -43,6 +43,7 @@ import dataclasses
 import hashlib
 import os
 from typing import Any
+from typing import Self
 
 from absl import logging
 import flax.struct
@@ -74,7 +75,7 @@ class TwinState:
     opt_state: Any
     ema_params: Any
 
-    def evaluated_params(self):
+    def evaluated_params(self) -> Any:
         """The parameters the statistics read: the average if kept, else the trained ones."""
         ema = self.ema_params
         return ema if ema is not None and jax.tree.leaves(ema) else self.params
@@ -92,7 +93,7 @@ class DamagedCheckpoint(Exception):
         self.path, self.reason = path, reason
 
     @classmethod
-    def unreadable(cls, path, err):
+    def unreadable(cls, path: str, err: BaseException) -> Self:
         """From the error reading it raised, in one line (TensorStore's run to pages)."""
         first = (str(err).splitlines() or [""])[0].split(" [tensorstore_spec")[0]
         return cls(path, f"unreadable ({type(err).__name__}: {first[:300]})")
@@ -131,7 +132,7 @@ def _leaf_sums(leaves):
     return jnp.stack(sums) if sums else jnp.zeros((0, 2), jnp.uint32)
 
 
-def checksum(tree):
+def checksum(tree: Any) -> str:
     """A hex digest of the bits, shapes and dtypes of `tree`'s arrays, wherever they live.
 
     The arrays are reduced where they are (no transfer of the arrays to the
@@ -152,7 +153,7 @@ def checksum(tree):
     return digest.hexdigest()[:16]
 
 
-def checksums(state):
+def checksums(state: TwinState) -> dict[str, str]:
     """{field: checksum} of a TwinState's array fields (`FIELDS`)."""
     return {name: checksum(getattr(state, name)) for name in FIELDS}
 
@@ -171,7 +172,9 @@ def _from_tree(tree):
     )
 
 
-def snapshot_plan(total_steps, num_snapshots, first_step, multiple_of=1):
+def snapshot_plan(
+    total_steps: int, num_snapshots: int, first_step: int, multiple_of: int = 1
+) -> np.ndarray:
     """Log-spaced snapshot steps from `first_step` to `total_steps`.
 
     Args:
@@ -248,7 +251,7 @@ class TwinCheckpoints:
             options=options,
         )
 
-    def save(self, step, state, force=False):
+    def save(self, step: int, state: TwinState, force: bool = False) -> bool:
         """Saves the TwinState `state` at `step` if the policies ask for it (or `force`).
 
         The save records the state's `checksums` in the checkpoint's metadata.
@@ -270,16 +273,16 @@ class TwinCheckpoints:
             err.add_note(f"saving step {step} (or finishing the save before it)")
             raise
 
-    def all_steps(self):
+    def all_steps(self) -> list[int]:
         """Every complete checkpoint's step, planned or not, sorted."""
         return sorted(self._manager.all_steps())
 
-    def snapshot_steps(self):
+    def snapshot_steps(self) -> list[int]:
         """The complete planned snapshots, sorted (a running training adds more)."""
         planned = set(self._planned)
         return [s for s in self.all_steps() if s in planned]
 
-    def recorded_checksums(self, step):
+    def recorded_checksums(self, step: int) -> dict[str, str]:
         """{field: checksum} saved with checkpoint `step`; {} for one saved without.
 
         Raises:
@@ -300,7 +303,7 @@ class TwinCheckpoints:
             memo[step] = value
         return value
 
-    def evaluated_field(self, step):
+    def evaluated_field(self, step: int) -> str:
         """The field the statistics read: "ema_params" if `step` keeps an average, else "params".
 
         Raises:
@@ -314,7 +317,7 @@ class TwinCheckpoints:
             raise DamagedCheckpoint.unreadable(self._path(step), err) from err
         return "ema_params" if ema is not None and jax.tree.leaves(ema) else "params"
 
-    def read_snapshot(self, step, evaluated_only=False):
+    def read_snapshot(self, step: int, evaluated_only: bool = False) -> TwinState:
         """Checkpoint `step` as saved, on this process's first device, checked.
 
         Needs no target state, and reads checkpoints written on any number of
@@ -347,7 +350,7 @@ class TwinCheckpoints:
         self._verify(step, state, [f for f in FIELDS if f in tree])
         return state
 
-    def restore(self, step, abstract_state):
+    def restore(self, step: int, abstract_state: TwinState) -> TwinState:
         """Checkpoint `step` restored into `abstract_state` (shardings included), checked.
 
         Raises:
@@ -379,7 +382,7 @@ class TwinCheckpoints:
                     self._path(step), f"its {field} differ from the checksum saved with them"
                 )
 
-    def restore_newest(self, abstract_state):
+    def restore_newest(self, abstract_state: TwinState) -> tuple[int, TwinState | None]:
         """The newest intact TwinState; damaged newer ones are set aside.
 
         `abstract_state` (a TwinState of `abstract`) is the target restored into.
@@ -429,13 +432,13 @@ class TwinCheckpoints:
             multihost_utils.sync_global_devices("diffusion_bias: damaged checkpoints set aside")
         self._manager.reload()
 
-    def wait_until_finished(self):
+    def wait_until_finished(self) -> None:
         self._manager.wait_until_finished()
 
-    def close(self):
+    def close(self) -> None:
         self._manager.close()
 
 
-def abstract(state):
+def abstract(state: TwinState) -> TwinState:
     """Shape/dtype/sharding structs of `state`, the target Orbax restores into."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

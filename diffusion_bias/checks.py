@@ -11,19 +11,20 @@ import numbers
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 
 
-def is_int(value) -> bool:
+def is_int(value: object) -> bool:
     """Whether `value` is an integer (Python or numpy) and not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def is_number(value) -> bool:
+def is_number(value: object) -> bool:
     """Whether `value` is a real number (Python or numpy) and not a bool."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def finite(name: str, array):
+def finite(name: str, array: npt.ArrayLike) -> jax.Array | np.ndarray:
     """Raises ValueError naming `name` if a float `array` holds NaN or inf; returns it.
 
     A JAX array is checked where it lives (one scalar comes back), anything else

@@ -6,12 +6,15 @@ at once, with the padding cut off. The kernels work item by item, so the
 padding rows change no real row's result.
 """
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 
 
-def padded_chunks(items, size, dtype=None):
+def padded_chunks(items: npt.ArrayLike, size: int, dtype: npt.DTypeLike = None) -> np.ndarray:
     """Items cut into equal chunks, the last one padded with zeros.
 
     Args:
@@ -29,7 +32,7 @@ def padded_chunks(items, size, dtype=None):
     return padded.reshape((num_chunks, size) + items.shape[1:])
 
 
-def gather(per_chunk, num, axis=0):
+def gather(per_chunk: Sequence[jax.typing.ArrayLike], num: int, axis: int = 0) -> np.ndarray:
     """Chunk results joined along `axis`, fetched in one transfer, cut to the first `num`.
 
     Args:

@@ -5,6 +5,7 @@ sees the old file or the complete new one, never a half-written file, even if
 the writer is killed or raises midway.
 """
 
+from collections.abc import Iterator
 import contextlib
 import errno
 import fcntl
@@ -13,10 +14,12 @@ import math
 import os
 import secrets
 import socket
+from typing import IO
+from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode="w"):
+def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
     """Opens a temporary file beside `path`; on a clean exit it replaces `path`.
 
     E.g. `with files.atomic_write(p, "wb") as f: np.savez(f, **arrays)` (a file
@@ -48,7 +51,7 @@ def atomic_write(path, mode="w"):
         raise
 
 
-def finite_or_none(obj):
+def finite_or_none(obj: Any) -> Any:
     """`obj` with every non-finite float (NaN, inf) replaced by None, recursively.
 
     JSON has no NaN: Python's json writes a bare `NaN` that strict readers
@@ -63,7 +66,7 @@ def finite_or_none(obj):
     return obj
 
 
-def json_line(obj):
+def json_line(obj: Any) -> str:
     """One line of strict JSON for `obj` (non-finite floats as null)."""
     return json.dumps(finite_or_none(obj), allow_nan=False)
 
@@ -73,7 +76,7 @@ class Busy(Exception):
 
 
 @contextlib.contextmanager
-def exclusive(path, what):
+def exclusive(path: str | os.PathLike[str], what: str) -> Iterator[None]:
     """Holds an exclusive lock on file `path` for the block; `what` names the locked work.
 
     The lock is the kernel's (flock): it dies with its process, so a lock left

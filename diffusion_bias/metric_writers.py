@@ -17,15 +17,19 @@ so that `tensorboard --logdir W` shows both. The JSON files (metrics.jsonl,
 analysis/statistics.json) stay the record; these are views of them.
 """
 
+from collections.abc import Mapping
+from collections.abc import Sequence
 import glob
 import json
 import os
+from typing import Any
 
+import numpy as np
 import tensorboardX
 from tensorboardX import summary as tbx_summary
 
 
-def flat_hparams(config):
+def flat_hparams(config: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
     """{dotted name: value} of a nested config dict, for TensorBoard's HParams.
 
     Args:
@@ -55,12 +59,12 @@ class Writer:
                 os.remove(path)
         self._writer = tensorboardX.SummaryWriter(logdir=logdir)
 
-    def scalars(self, step, scalars):
+    def scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         """Writes {tag: float} at integer `step`."""
         for tag, value in scalars.items():
             self._writer.add_scalar(tag, float(value), int(step))
 
-    def hparams(self, config, metrics=None):
+    def hparams(self, config: dict[str, Any], metrics: Mapping[str, float] | None = None) -> None:
         """Writes `config` (nested dict) as hyper-parameters and as JSON text.
 
         `metrics` ({tag: float}) are written as scalars too, at step 0, which is
@@ -76,21 +80,23 @@ class Writer:
         # Four leading spaces: TensorBoard's text plugin renders markdown.
         self._writer.add_text("config", "\n".join("    " + s for s in text.splitlines()))
 
-    def flush(self):
+    def flush(self) -> None:
         self._writer.flush()
 
-    def close(self):
+    def close(self) -> None:
         self._writer.close()
 
 
-def training_scalars(train_loss, learning_rate, steps_per_sec):
+def training_scalars(
+    train_loss: np.ndarray | Sequence[float], learning_rate: float, steps_per_sec: float
+) -> dict[str, float]:
     """{tag: value} of one training log point; `train_loss` is [K], one per twin."""
     out = {f"train_loss/twin_{k}": loss for k, loss in enumerate(train_loss)}
     out.update(learning_rate=learning_rate, steps_per_sec=steps_per_sec)
     return out
 
 
-def analysis_scalars(stats):
+def analysis_scalars(stats: dict[str, Any]) -> list[tuple[int, dict[str, float]]]:
     """The per-snapshot curves of a statistics dict, as [(epoch, {tag: value})].
 
     Args:
@@ -127,7 +133,7 @@ def analysis_scalars(stats):
     ]
 
 
-def write_analysis(stats, workdir):
+def write_analysis(stats: dict[str, Any], workdir: str) -> str:
     """Rewrites workdir/tensorboard/analysis from a statistics dict; returns the folder."""
     logdir = os.path.join(workdir, "tensorboard", "analysis")
     writer = Writer(logdir, fresh=True)
@@ -140,7 +146,7 @@ def write_analysis(stats, workdir):
     return logdir
 
 
-def verdict_metrics(stats):
+def verdict_metrics(stats: dict[str, Any]) -> dict[str, float]:
     """{tag: float} of the verdict and the privacy audit at the test-loss minimum.
 
     The HParams view compares runs by these; undefined ones are left out.

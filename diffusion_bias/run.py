@@ -4,9 +4,9 @@
 the model, the diffusion schedule and the snapshot plan. Training, the bias
 monitor, the analysis and the launchers all read a run from here; the config-only
 parts (`steps_per_epoch`, `snapshot_steps`, `get_schedule`) need no data.
-`check_config` (from `config_checks`, the boundary) reports the first invalid
-field by name (`ConfigError`) before any work, so that a launcher runs it
-before it touches the workdir.
+`config_checks.check_config`, the boundary, reports the first invalid field by
+name (`ConfigError`) before any work, so that a launcher runs it before it
+touches the workdir.
 """
 
 import dataclasses
@@ -22,12 +22,6 @@ from diffusion_bias.config import config_checks
 from diffusion_bias.data import pool as pool_lib
 from diffusion_bias.data import sources
 from diffusion_bias.diffusion import schedules
-
-# The checks are the run's boundary; callers reach them through the run.
-ConfigError = config_checks.ConfigError
-check_config = config_checks.check_config
-data_pool_size = config_checks.data_pool_size
-
 
 # ---------------------------------------------------------------------------
 # What the config describes: the schedules of diffusion, steps and snapshots; the run.
@@ -65,19 +59,19 @@ class Run:
     snapshot_steps: np.ndarray
 
 
-def get_schedule(config):
+def get_schedule(config: ml_collections.ConfigDict) -> schedules.Schedule:
     """The diffusion schedule of `config.diffusion`."""
     if config.diffusion.schedule == "token":
         return schedules.token_schedule(config.diffusion.num_steps)
     return schedules.image_schedule(config.diffusion.num_steps)
 
 
-def steps_per_epoch(config):
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
     """ceil(n / batch): an epoch visits every item once, its last batch partial."""
     return -(-config.splits.split_size // config.training.batch_size)
 
 
-def snapshot_steps(config):
+def snapshot_steps(config: ml_collections.ConfigDict) -> np.ndarray:
     """int64 [S] steps of the snapshots: explicit epochs, or the log-spaced plan.
 
     The last step is a snapshot too, unless explicit epochs come with
@@ -98,11 +92,11 @@ def snapshot_steps(config):
     )
 
 
-def prepare(config, workdir):
+def prepare(config: ml_collections.ConfigDict, workdir: str | None) -> Run:
     """The run `config` describes (a `Run`); the pool is cached in `workdir`."""
     pool = sources.load_pool(config.data, cache_dir=workdir)
     # Training checked the device layout before; an analysis may run on other devices.
-    check_config(config, pool_size=pool.items.shape[0], devices=False)
+    config_checks.check_config(config, pool_size=pool.items.shape[0], devices=False)
     twin_data = sources.make_twin_data(
         pool,
         config.splits.num_splits,

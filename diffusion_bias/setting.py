@@ -10,6 +10,7 @@ divergence. Every place that treats the two differently asks their `Setting`
 (`of(kind)`); no other module compares a kind.
 """
 
+from collections.abc import Sequence
 import dataclasses
 
 import jax
@@ -60,31 +61,35 @@ class Setting:
     pool_ndim: int
     pool_dtype: str
 
-    def encode(self, items, num_symbols: int | None = None):
+    def encode(
+        self, items: jax.Array | np.ndarray, num_symbols: int | None = None
+    ) -> jax.Array | np.ndarray:
         """Items as the diffusion sees them: one-hot [..., L, q] tokens, images as they are."""
         return jax.nn.one_hot(items, num_symbols) if self.discrete else items
 
-    def decode(self, x0):
+    def decode(self, x0: jax.Array) -> jax.Array:
         """The sampler's final x0 as items: int32 tokens by argmax, images as they are."""
         return x0.argmax(-1).astype(jnp.int32) if self.discrete else x0
 
-    def denoiser_output(self, out):
+    def denoiser_output(self, out: jax.Array) -> jax.Array:
         """The network's output as the sampler reads it: x0 probabilities or eps."""
         return jax.nn.softmax(out, axis=-1) if self.discrete else out
 
-    def sample_shape(self, item_shape, num_symbols: int | None = None) -> tuple[int, ...]:
+    def sample_shape(
+        self, item_shape: Sequence[int], num_symbols: int | None = None
+    ) -> tuple[int, ...]:
         """The shape the sampler draws for one item: (L, q) for tokens."""
         item_shape = tuple(item_shape)
         return item_shape + (num_symbols,) if self.discrete else item_shape
 
-    def training_loss(self, out, x0, noise):
+    def training_loss(self, out: jax.Array, x0: jax.Array, noise: jax.Array) -> jax.Array:
         """Per-element training loss: cross-entropy [B, L] of the logits against the
         tokens, or the squared error [B, H, W, C] of the predicted noise."""
         if self.discrete:
             return optax.softmax_cross_entropy_with_integer_labels(out, x0)
         return (out - noise) ** 2
 
-    def item_loss(self, out, clean, noise):
+    def item_loss(self, out: jax.Array, clean: jax.Array, noise: jax.Array) -> jax.Array:
         """Per-item evaluation loss [B] of the denoiser's output (`denoiser_output`):
         the cross-entropy of the x0 probabilities per token, or the noise's MSE."""
         if self.discrete:

@@ -25,6 +25,7 @@ from ml_collections import config_flags
 
 from diffusion_bias import checkpoints
 from diffusion_bias import run as run_lib
+from diffusion_bias.config import config_checks
 from diffusion_bias.config import default_config
 from diffusion_bias.instrument import analysis
 from diffusion_bias.instrument import verdict
@@ -64,19 +65,19 @@ def checked_config(workdir, overrides, output_dir=None):
             the output folder cannot be written.
     """
     if not os.path.exists(os.path.join(workdir, "config.json")):
-        raise run_lib.ConfigError(
+        raise config_checks.ConfigError(
             f"--workdir={workdir} holds no config.json: train it first (launch.train)"
         )
     out = output_dir or workdir
     writable = os.path.isdir(out) and os.access(out, os.W_OK | os.X_OK)
     if output_dir is None and not writable:
-        raise run_lib.ConfigError(
+        raise config_checks.ConfigError(
             f"--workdir={workdir} cannot be written to: pass --output_dir=DIR for the results"
         )
     if output_dir is not None and os.path.exists(out) and not writable:
-        raise run_lib.ConfigError(f"--output_dir={out} is not a folder one can write to")
+        raise config_checks.ConfigError(f"--output_dir={out} is not a folder one can write to")
     config = analysis.analysis_config(workdir, overrides)
-    run_lib.check_config(config, devices=False)
+    config_checks.check_config(config, devices=False)
     # Read only: nothing is created in the workdir, and a running training is safe.
     found = []
     if os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -84,7 +85,7 @@ def checked_config(workdir, overrides, output_dir=None):
         found = ckpts.snapshot_steps()
         ckpts.close()
     if not found:
-        raise run_lib.ConfigError(f"--workdir={workdir} holds no snapshots: train it first")
+        raise config_checks.ConfigError(f"--workdir={workdir} holds no snapshots: train it first")
     return config
 
 

@@ -13,7 +13,7 @@ from absl import logging
 import jax
 
 from diffusion_bias import files
-from diffusion_bias import run as run_lib
+from diffusion_bias.config import config_checks
 from diffusion_bias.training import preemption
 
 # A multi-process run starts the same command once per process. These flags, or
@@ -233,7 +233,7 @@ def exit_on_config_error(fn, *args):
     program with its message alone (status 2)."""
     try:
         return fn(*args)
-    except run_lib.ConfigError as err:
+    except config_checks.ConfigError as err:
         print(f"Config error: {err}", file=sys.stderr)
         sys.exit(2)
     except files.Busy as err:

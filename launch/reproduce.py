@@ -33,7 +33,7 @@ from absl import logging
 import jax
 
 from diffusion_bias import figures
-from diffusion_bias import run as run_lib
+from diffusion_bias.config import config_checks
 from diffusion_bias.instrument import analysis
 from diffusion_bias.instrument import report
 from diffusion_bias.instrument import verdict
@@ -198,7 +198,7 @@ def main(argv):
     common.refuse_distributed("launch.reproduce")
     # Every run's config is checked before the first one starts training.
     for _, _, config, _ in runs(configs, seeds):
-        common.exit_on_config_error(run_lib.check_config, config)
+        common.exit_on_config_error(config_checks.check_config, config)
     path = common.interruptible(
         common.exit_on_config_error,
         run,

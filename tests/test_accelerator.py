@@ -31,7 +31,7 @@ def test_xla_step_flops_agree_with_the_hand_count_of_the_transformer_matmuls(tmp
     data = jax.ShapeDtypeStruct(run.train.shape, run.train.dtype)
     length, q = run.train.shape[-1], run.model.num_symbols
     hand = 2 * train_step.hand_flops(128, 2, length, q, 64)  # K = 2 twins
-    xla = accelerator.step_flops(config, run, mesh, state, data)
+    xla = accelerator.step_flops(config, run, mesh, tx, state, data)
     # XLA counts the matmuls and the elementwise rest (norms, softmax, Adam): a few % more.
     assert hand < xla < 1.1 * hand
     forward = accelerator.forward_flops(run, state.params)

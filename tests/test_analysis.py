@@ -17,6 +17,7 @@ import pytest
 from configs import smoke
 from diffusion_bias import figures
 from diffusion_bias import run as run_lib
+from diffusion_bias.config import config_checks
 from diffusion_bias.data import images
 from diffusion_bias.diffusion import schedules
 from diffusion_bias.instrument import analysis
@@ -142,7 +143,7 @@ def test_sampling_steps_0_is_the_full_chain_and_others_respace():
     assert measure.sampling_schedule(schedule, None) is schedule
     assert measure.sampling_schedule(schedule, 20).num_steps == 20
     assert measure.sampling_schedule(schedule, 500).num_steps == 100
-    with pytest.raises(run_lib.ConfigError, match="sampling_steps"):
+    with pytest.raises(config_checks.ConfigError, match="sampling_steps"):
         measure.sampling_schedule(schedule, -3)
 
 
@@ -346,7 +347,7 @@ def test_the_analysis_compiles_the_same_programs_whatever_the_number_of_snapshot
 
 def test_an_invalid_analysis_override_to_the_api_is_a_config_error_naming_it(trained):
     _, workdir = trained
-    with pytest.raises(run_lib.ConfigError, match="config.analysis.min_grammatical"):
+    with pytest.raises(config_checks.ConfigError, match="config.analysis.min_grammatical"):
         analysis.analyze(workdir, overrides=dict(min_grammatical=5.0))
 
 

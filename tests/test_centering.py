@@ -7,6 +7,7 @@ import pytest
 
 from configs import smoke
 from diffusion_bias import run as run_lib
+from diffusion_bias.config import config_checks
 from diffusion_bias.data import sources
 from diffusion_bias.diffusion import coupled
 from diffusion_bias.instrument import measure
@@ -58,8 +59,8 @@ def test_prepare_without_centring_trains_on_the_items_as_drawn(tmp_path):
     run = run_lib.prepare(smoke.get_config(), str(tmp_path))
     np.testing.assert_array_equal(run.train, run.twin_data.train)
     np.testing.assert_array_equal(run.offsets, np.zeros((2, 1)))
-    with pytest.raises(run_lib.ConfigError, match="centering"):
-        run_lib.check_config(_config("per-split"))
+    with pytest.raises(config_checks.ConfigError, match="centering"):
+        config_checks.check_config(_config("per-split"))
 
 
 def _instrument_and_snapshot(centering, workdir, image_sampler="posterior"):

@@ -29,10 +29,10 @@ def test_celeba_paper_scales_centres_and_samples_as_the_paper():
     # The authors' CelebA: every aligned file, in order, in contiguous blocks.
     assert config.data.name == "image_folder" and config.splits.assignment == "contiguous"
     assert not config.splits.drop_overlap
-    run_lib.check_config(config, pool_size=202_599)
+    config_checks.check_config(config, pool_size=202_599)
     # Without its folder the config says what to set, in one line.
     with pytest.raises(config_checks.ConfigError, match="config.data.path must name"):
-        run_lib.check_config(config)
+        config_checks.check_config(config)
 
 
 @pytest.mark.parametrize("n", ["5000", "12000", "70000"])
@@ -44,7 +44,7 @@ def test_grammar_paper_uses_the_torch_initialisation_and_ceil_epochs(n):
     with model_config.unlocked():
         model_config.update(num_symbols=6, length=16)
     assert models.get_model(model_config).param_init == "torch"
-    run_lib.check_config(config)
+    config_checks.check_config(config)
 
 
 @pytest.mark.parametrize("get_config", [digits_cpu.get_config, smoke.get_config])

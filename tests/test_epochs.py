@@ -14,6 +14,7 @@ from configs import smoke
 from diffusion_bias import checkpoints
 from diffusion_bias import models
 from diffusion_bias import run as run_lib
+from diffusion_bias.config import config_checks
 from diffusion_bias.diffusion import schedules
 from diffusion_bias.training import train
 from diffusion_bias.training import twin_steps
@@ -186,4 +187,4 @@ def test_grammar_paper_epochs_have_ceil_steps_and_pass_the_checks(n, spe):
     assert run_lib.steps_per_epoch(config) == spe
     total = config.training.num_epochs * spe
     assert total % config.training.steps_per_call == 0
-    run_lib.check_config(config)
+    config_checks.check_config(config)

@@ -270,11 +270,12 @@ def test_a_rule_that_fires_ends_training_and_saves_the_kept_parameters(monitored
 
 
 def test_an_interrupted_monitored_run_resumes_with_the_same_rows(monitored, tmp_path, monkeypatch):
+    from diffusion_bias.training import monitor_run
     from diffusion_bias.training import train
 
     config, reference, _ = monitored
     calls = []
-    original = train._monitor_stops
+    original = monitor_run.MonitorHook.at_snapshot
 
     def crash_at_third(*args):
         calls.append(1)
@@ -282,10 +283,10 @@ def test_an_interrupted_monitored_run_resumes_with_the_same_rows(monitored, tmp_
             raise KeyboardInterrupt  # a kill after the snapshot, before its row
         return original(*args)
 
-    monkeypatch.setattr(train, "_monitor_stops", crash_at_third)
+    monkeypatch.setattr(monitor_run.MonitorHook, "at_snapshot", crash_at_third)
     with pytest.raises(KeyboardInterrupt):
         train.train_and_evaluate(config, str(tmp_path))
-    monkeypatch.setattr(train, "_monitor_stops", original)
+    monkeypatch.setattr(monitor_run.MonitorHook, "at_snapshot", original)
     train.train_and_evaluate(config, str(tmp_path))
     assert _rows(tmp_path) == reference
 

@@ -157,3 +157,35 @@ def test_building_blocks_import_no_stage():
         if module.startswith(blocks):
             reached = {m for m in _reachable(graph, module) if m.startswith(stages)}
             assert not reached, f"{module} imports the stages {sorted(reached)}"
+
+
+def _public_functions(tree):
+    """Top-level public functions and public methods of public top-level classes."""
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            yield node
+        if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            for sub in node.body:
+                if isinstance(sub, ast.FunctionDef) and not sub.name.startswith("_"):
+                    yield sub
+
+
+def test_every_public_function_is_annotated():
+    missing = []
+    for module, path in _module_files().items():
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for fn in _public_functions(tree):
+            a = fn.args
+            params = [
+                p for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in ("self", "cls")
+            ]
+            params += [p for p in (a.vararg, a.kwarg) if p is not None]
+            if fn.returns is None or any(p.annotation is None for p in params):
+                missing.append(f"{module}.{fn.name}")
+    assert not missing, missing
+    # The check sees what it looks for.
+    bare = ast.parse(
+        "def f(x):\n    pass\nclass C:\n    def g(self, y: int) -> int:\n        return y"
+    )
+    assert [fn.name for fn in _public_functions(bare)] == ["f", "g"]

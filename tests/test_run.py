@@ -5,6 +5,7 @@ import pytest
 
 from configs import smoke
 from diffusion_bias import run as run_lib
+from diffusion_bias.config import config_checks
 
 
 def test_prepare_describes_the_run_the_config_alone_plans(tmp_path):
@@ -24,5 +25,5 @@ def test_prepare_checks_the_config_before_it_builds(tmp_path):
     config = smoke.get_config()
     with config.unlocked():
         config.centering = "mean"
-    with pytest.raises(run_lib.ConfigError, match="config.centering"):
+    with pytest.raises(config_checks.ConfigError, match="config.centering"):
         run_lib.prepare(config, str(tmp_path))

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from diffusion_bias import run as run_lib
 from diffusion_bias.config import config_checks
 from diffusion_bias.instrument import report
 from diffusion_bias.instrument import summary
@@ -194,7 +193,7 @@ def test_grammaticality_gate_is_optional_and_the_ungated_onset_is_reported_besid
     assert free["bias_onset_epoch"] == epochs[int(np.argmin(divergence))]
     assert gated["bias_onset_epoch"] == epochs[2 + int(np.argmin(divergence[2:]))]
     # The gate's range is the config checks' (the summary reads checked configs).
-    with pytest.raises(run_lib.ConfigError, match="min_grammatical"):
+    with pytest.raises(config_checks.ConfigError, match="min_grammatical"):
         config_checks.check_analysis(_config(min_grammatical=1.5))
 
 

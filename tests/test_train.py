@@ -15,6 +15,7 @@ import pytest
 from configs import smoke
 from diffusion_bias import checkpoints
 from diffusion_bias import run as run_lib
+from diffusion_bias.config import config_checks
 from diffusion_bias.config import config_file
 from diffusion_bias.training import train
 from diffusion_bias.training import twin_steps
@@ -187,7 +188,7 @@ def test_invalid_config_values_raise_before_any_work(tmp_path, field, value, mat
     section, name = field.split(".")
     with config.unlocked():
         config[section][name] = value
-    with pytest.raises(run_lib.ConfigError, match=match):
+    with pytest.raises(config_checks.ConfigError, match=match):
         train.train_and_evaluate(config, str(tmp_path))
     assert not os.path.exists(tmp_path / "checkpoints")
 
@@ -348,6 +349,6 @@ def test_a_workdir_one_cannot_write_is_refused_in_one_line(tmp_path, monkeypatch
         os, "access", lambda path, mode: False if path == locked else access(path, mode)
     )
     for workdir in (locked, os.path.join(locked, "run")):
-        with pytest.raises(run_lib.ConfigError, match=f"{locked} cannot be written to"):
+        with pytest.raises(config_checks.ConfigError, match=f"{locked} cannot be written to"):
             train.train_and_evaluate(smoke.get_config(), workdir)
     assert os.listdir(locked) == []

@@ -11,6 +11,7 @@ obeys is in this one file.
 import dataclasses
 
 import jax
+import ml_collections
 import numpy as np
 
 from diffusion_bias import checks
@@ -54,18 +55,18 @@ _CHOICES = (
 _SCHEDULE_OF_SOURCE = {"grammar": "token", "digits": "image", "tfds": "image"}
 
 
-def centering(config):
+def centering(config: ml_collections.ConfigDict) -> str:
     """The centring of the images: "none", or one of `sources.CENTERINGS`."""
     # Runs saved before `centering` existed had a boolean `center` (pooled mean).
     return config.get("centering", "pooled" if config.get("center") else "none")
 
 
-def seeds_per_split(config) -> int:
+def seeds_per_split(config: ml_collections.ConfigDict) -> int:
     """config.splits.seeds_per_split (1 where a saved config lacks it)."""
     return config.splits.get("seeds_per_split", 1)
 
 
-def num_models(config) -> int:
+def num_models(config: ml_collections.ConfigDict) -> int:
     """The models trained: K splits times the seeds per split (twins where 1)."""
     return config.splits.num_splits * seeds_per_split(config)
 
@@ -109,7 +110,9 @@ def _number_in(config, path, low, high, low_open=False, high_open=False):
     return value
 
 
-def check_config(config, pool_size=None, devices=True):
+def check_config(
+    config: ml_collections.ConfigDict, pool_size: int | None = None, devices: bool = True
+) -> None:
     """Raises ConfigError naming the first invalid field of `config`.
 
     Every check needs only the config (and, for the pool size, a look at the
@@ -411,7 +414,7 @@ def _check_model(config):
         )
 
 
-def check_analysis(config):
+def check_analysis(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first invalid field of `config.analysis`."""
     for name in _ANALYSIS_POSITIVE_INTS.split():
         _positive_int(config, f"analysis.{name}")
@@ -475,7 +478,7 @@ def check_analysis(config):
             )
 
 
-def data_pool_size(data):
+def data_pool_size(data: ml_collections.ConfigDict) -> int:
     """Items of the pool `data` names, found without writing anything.
 
     The grammar pool's size is a field (sampling and caching it come later, in

@@ -8,8 +8,10 @@ already holds one, refuses a config that would train differently.
 import hashlib
 import json
 import os
+from typing import Any
 
 import jax
+import ml_collections
 
 from diffusion_bias import files
 
@@ -26,7 +28,7 @@ ADDED = {
 }
 
 
-def save_config(workdir, config):
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Writes `config.json`, or checks that a resumed run has the same config.
 
     Fields under `analysis` are not compared: they do not change training; nor
@@ -65,7 +67,7 @@ def save_config(workdir, config):
         json.dump(current, f, indent=2, sort_keys=True)
 
 
-def training_fingerprint(saved):
+def training_fingerprint(saved: dict[str, Any]) -> str:
     """A digest of what a config dict trains: every field but the analysis and the layout.
 
     Two runs with the same fingerprint train the same twins (up to float
@@ -81,7 +83,7 @@ def training_fingerprint(saved):
     return hashlib.sha256(json.dumps(saved, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_config(workdir):
+def load_config(workdir: str) -> dict[str, Any]:
     """The config dict saved by `save_config`."""
     with open(os.path.join(workdir, "config.json")) as f:
         return json.load(f)

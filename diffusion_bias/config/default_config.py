@@ -10,7 +10,7 @@ lives in the package so that those files import it from anywhere.
 import ml_collections
 
 
-def get_config():
+def get_config() -> ml_collections.ConfigDict:
     # Every field a run reads, in one place, in the order a reader meets them.
     config = ml_collections.ConfigDict()
     config.seed = 0  # twins' initialisation, batches and training noise

@@ -43,7 +43,7 @@ def _grammar_params(q, depth, sigma, q_eff, grammar_seed, pool_size, pool_seed, 
     return params
 
 
-def grammar_cache_path(cache_dir, params: dict[str, Any]) -> str:
+def grammar_cache_path(cache_dir: str | os.PathLike[str], params: dict[str, Any]) -> str:
     """The cache file of a grammar pool: cache_dir/grammar_pool_<hash>.npz."""
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     return os.path.join(os.fspath(cache_dir), f"grammar_pool_{key}.npz")
@@ -110,7 +110,7 @@ def grammar_pool(
     grammar_seed: int,
     pool_size: int,
     pool_seed: int,
-    cache_dir=None,
+    cache_dir: str | os.PathLike[str] | None = None,
     grammar_rng: str = "default",
 ) -> pool_lib.Pool:
     """A pool of sequences of the random tree grammar (the paper (arXiv 2603.03469), "Setting 2").

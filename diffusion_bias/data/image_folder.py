@@ -26,6 +26,7 @@ import re
 
 from absl import logging
 import numpy as np
+import numpy.typing as npt
 
 from diffusion_bias import checks
 from diffusion_bias import files
@@ -77,7 +78,7 @@ def crop_corner(height: int, width: int, size: int) -> tuple[int, int]:
     return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
 
 
-def to_square(image, size: int, grayscale: bool) -> np.ndarray:
+def to_square(image: npt.ArrayLike, size: int, grayscale: bool) -> np.ndarray:
     """One RGB image, uint8 [H, W, 3], through the authors' transform.
 
     Returns:

@@ -15,6 +15,7 @@ import time
 
 from absl import logging
 import numpy as np
+import numpy.typing as npt
 
 from diffusion_bias import checks
 from diffusion_bias.data import pool as pool_lib
@@ -95,7 +96,7 @@ def resize_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 
 def preprocess_images(
-    images, image_size: int, grayscale: bool, pixel_range: str = "symmetric"
+    images: npt.ArrayLike, image_size: int, grayscale: bool, pixel_range: str = "symmetric"
 ) -> np.ndarray:
     """Integer images of one shape to float32 squares in [-1, 1] or [0, 1].
 
@@ -148,7 +149,7 @@ def tfds_pool(
     image_size: int = 32,
     grayscale: bool = True,
     max_items: int | None = None,
-    data_dir=None,
+    data_dir: str | os.PathLike[str] | None = None,
     pixel_range: str = "symmetric",
 ) -> pool_lib.Pool:
     """Images of a tensorflow-datasets data set, read without TensorFlow.

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from diffusion_bias import setting as setting_lib
 from diffusion_bias.exact import grammar as grammar_lib
@@ -48,7 +49,7 @@ class Pool:
         return self.items.shape[0]
 
 
-def read_only(array) -> np.ndarray:
+def read_only(array: npt.ArrayLike) -> np.ndarray:
     """A read-only view of `array`."""
     # A view has its own flags: the pool is read-only without copying (CelebA is
     # ~0.7 GB) and without changing the flags of the caller's array.

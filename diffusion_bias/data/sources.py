@@ -10,10 +10,14 @@ per-channel mean, and `twin_means` gives the shift of each twin (none, pooled
 or per split). Nothing here reads flags.
 """
 
+from collections.abc import Mapping
 import dataclasses
+import os
+from typing import Any
 
 from absl import logging
 import numpy as np
+import numpy.typing as npt
 
 from diffusion_bias.data import grammar_pool
 from diffusion_bias.data import image_folder
@@ -46,7 +50,9 @@ class TwinData:
         object.__setattr__(self, "heldout", pool_lib.read_only(self.heldout))
 
 
-def center(train_items, *others) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+def center(
+    train_items: npt.ArrayLike, *others: npt.ArrayLike
+) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """Subtracts the per-channel mean of the training items from every array.
 
     The paper centres CelebA by its per-channel mean; taking the mean over the
@@ -80,7 +86,7 @@ def center(train_items, *others) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     return tuple((a - mean).astype(a.dtype) for a in arrays), mean
 
 
-def twin_offsets(offsets, ndim: int) -> np.ndarray:
+def twin_offsets(offsets: npt.ArrayLike, ndim: int) -> np.ndarray:
     """Twin offsets [..., C] reshaped to broadcast over items of rank `ndim`.
 
     [K, C] against twin-stacked items [K, N, ..., C] gives [K, 1, ..., 1, C];
@@ -90,7 +96,7 @@ def twin_offsets(offsets, ndim: int) -> np.ndarray:
     return offsets.reshape(offsets.shape[:-1] + (1,) * (ndim - offsets.ndim) + (-1,))
 
 
-def twin_means(train_items, centering: str) -> np.ndarray:
+def twin_means(train_items: npt.ArrayLike, centering: str) -> np.ndarray:
     """The per-channel shift each twin's training items are centred by.
 
     "none": no shift; "pooled": the mean over all K splits (every twin the same
@@ -148,7 +154,9 @@ FIELDS = {
 }
 
 
-def load_pool(config, cache_dir=None) -> pool_lib.Pool:
+def load_pool(
+    config: Mapping[str, Any], cache_dir: str | os.PathLike[str] | None = None
+) -> pool_lib.Pool:
     """Builds the pool a data config names.
 
     `config.name` picks the source; its fields (`FIELDS`) are read from the

@@ -25,6 +25,7 @@ positions, while every split keeps n items. The one-run privacy audit
 import dataclasses
 
 import numpy as np
+import numpy.typing as npt
 
 from diffusion_bias import checks
 
@@ -172,7 +173,7 @@ def _as_pool(items):
     return items
 
 
-def content_ids(items) -> np.ndarray:
+def content_ids(items: npt.ArrayLike) -> np.ndarray:
     """Labels each item by its content: equal items get equal ids.
 
     Args:
@@ -230,7 +231,7 @@ def _overlap_from_ids(ids, splits):
     return Overlap(cross_split=cross_split, split_heldout=split_heldout, pair_counts=pair_counts)
 
 
-def content_overlap(items, splits: Splits) -> Overlap:
+def content_overlap(items: npt.ArrayLike, splits: Splits) -> Overlap:
     """Reports content shared between the splits and the held-out pool.
 
     Args:
@@ -338,7 +339,7 @@ def assign_by_coins(splits: Splits, seed: int) -> Splits:
 
 
 def make_splits(
-    items,
+    items: npt.ArrayLike,
     num_splits: int,
     split_size: int,
     heldout_size: int,

@@ -7,8 +7,11 @@ the chunk it was drawn in, and sample j of one checkpoint is coupled to sample
 j of every other checkpoint too.
 """
 
+from collections.abc import Callable, Sequence
 import functools
+from typing import Any
 
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +21,7 @@ from diffusion_bias import setting as setting_lib
 from diffusion_bias.diffusion import samplers
 
 
-def denoiser(model, kind):
+def denoiser(model: nn.Module, kind: str) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
     """fn(params, x_t, t) -> the model's E[x0 | x_t] (tokens) or predicted noise.
 
     Args:
@@ -80,19 +83,19 @@ def _chunk(
 
 
 def coupled_samples(
-    apply_fn,
-    stacked_params,
-    schedule,
-    item_shape,
-    num_samples,
-    key,
+    apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array],
+    stacked_params: Any,
+    schedule: samplers.Schedule,
+    item_shape: Sequence[int],
+    num_samples: int,
+    key: jax.Array,
     *,
-    kind,
-    twin_strategy="vmap",
-    chunk_size=1000,
-    clip_x0=None,
-    step_rule="posterior",
-):
+    kind: str,
+    twin_strategy: str = "vmap",
+    chunk_size: int = 1000,
+    clip_x0: float | None = None,
+    step_rule: str = "posterior",
+) -> np.ndarray:
     """Draws `num_samples` coupled samples from each of K twins.
 
     Args:

@@ -25,7 +25,9 @@ PARAMETRIZATIONS = ("x0", "eps")
 STEP_RULES = ("posterior", "paper")
 
 
-def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+def standard_normal(
+    key: jax.Array, shape: tuple[int, ...], dtype: jax.typing.DTypeLike = jnp.float32
+) -> jax.Array:
     """Equals `jax.random.normal(key, shape, dtype)`, drawn flat and reshaped.
 
     The values are identical (threefry counts elements in row-major order), but XLA:CPU
@@ -44,7 +46,12 @@ def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -
     return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
 
 
-def item_normal(key: jax.Array, item_ids: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+def item_normal(
+    key: jax.Array,
+    item_ids: jax.Array,
+    shape: tuple[int, ...],
+    dtype: jax.typing.DTypeLike = jnp.float32,
+) -> jax.Array:
     """Noise of each item from its own key fold_in(key, id): [B, *shape].
 
     An item's noise then depends on its id only, not on the batch it is drawn

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from diffusion_bias import checks
 
 
-def channels(transitions, level):
+def channels(transitions: jax.Array, level: int) -> jax.Array:
     """Root-to-node channels of the level-`level` nodes for BP_k.
 
     Args:
@@ -247,7 +247,11 @@ def _as_float(x):
 
 
 @functools.partial(jax.jit, static_argnames=("factorized_layers",))
-def level_marginals(transitions, leaf_log_evidence, factorized_layers=0):
+def level_marginals(
+    transitions: jax.typing.ArrayLike,
+    leaf_log_evidence: jax.typing.ArrayLike,
+    factorized_layers: int = 0,
+) -> tuple[jax.Array | None, ...]:
     """Posterior marginals of every node given leaf evidence.
 
     Args:
@@ -269,13 +273,19 @@ def level_marginals(transitions, leaf_log_evidence, factorized_layers=0):
 
 
 @functools.partial(jax.jit, static_argnames=("factorized_layers",))
-def leaf_marginals(transitions, leaf_log_evidence, factorized_layers=0):
+def leaf_marginals(
+    transitions: jax.typing.ArrayLike,
+    leaf_log_evidence: jax.typing.ArrayLike,
+    factorized_layers: int = 0,
+) -> jax.Array:
     """Posterior leaf marginals [..., L, q]; arguments as `level_marginals`."""
     return level_marginals(transitions, leaf_log_evidence, factorized_layers)[-1]
 
 
 @functools.partial(jax.jit, static_argnames=("factorized_layers",))
-def free_energy(transitions, sequences, factorized_layers=0):
+def free_energy(
+    transitions: jax.typing.ArrayLike, sequences: jax.typing.ArrayLike, factorized_layers: int = 0
+) -> jax.Array:
     """Negative log-likelihood of sequences in units of log q.
 
     This is the Bethe free energy of the sequence, exact on a tree.

@@ -17,7 +17,9 @@ audit in `figures/privacy.py`; what they share
 (reading the dict, axes, curves) in `figures/common.py`.
 """
 
+from collections.abc import Callable
 import os
+from typing import Any
 
 from absl import logging
 
@@ -65,12 +67,12 @@ def _supported(stats, needs):
     return True
 
 
-def available(stats):
+def available(stats: dict[str, Any]) -> list[Callable[[dict[str, Any], str], None]]:
     """The figure functions the dict has the keys for."""
     return [fn for fn, needs in FIGURES if _supported(stats, needs)]
 
 
-def draw_all(stats, out_dir, strict=False):
+def draw_all(stats: dict[str, Any], out_dir: str, strict: bool = False) -> list[str]:
     """Draws every figure `stats` supports into `out_dir` as `<function name>.png`.
 
     Args:

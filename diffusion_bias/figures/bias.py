@@ -6,6 +6,7 @@ memorisation curves.
 """
 
 import textwrap
+from typing import Any
 
 import numpy as np
 
@@ -142,7 +143,7 @@ def _verdict_panel(text_ax, text, conclusive):
     )
 
 
-def fig_bias_vs_test_loss(stats, path):
+def fig_bias_vs_test_loss(stats: dict[str, Any], path: str) -> None:
     """Fig. 1a: the bias curve and the held-out loss over training, with the verdict.
 
     Over the refined grid and with its verdict where snapshots were replayed
@@ -188,7 +189,7 @@ def fig_bias_vs_test_loss(stats, path):
     common.save(fig, path)
 
 
-def fig_similarity_histograms(stats, path):
+def fig_similarity_histograms(stats: dict[str, Any], path: str) -> None:
     """App. Fig. 8: histograms of the coupled twins' similarity over training.
 
     Left: the first, onset, test-loss-minimum and last snapshots overlaid;
@@ -240,7 +241,7 @@ def fig_similarity_histograms(stats, path):
     common.save(fig, path)
 
 
-def fig_nearest(stats, path):
+def fig_nearest(stats: dict[str, Any], path: str) -> None:
     """Nearest-neighbour distances and memorisation fractions over training."""
     epochs = common.epochs_of(stats)
     near = stats["nearest"]
@@ -280,7 +281,7 @@ def fig_nearest(stats, path):
     common.save(fig, path)
 
 
-def fig_same_split(stats, path):
+def fig_same_split(stats: dict[str, Any], path: str) -> None:
     """Fig. 1b's control: same-split pairs (one split, two seeds) beside cross-split pairs."""
     epochs = common.epochs_of(stats)
     entry = stats["same_split"]

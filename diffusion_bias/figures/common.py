@@ -4,9 +4,15 @@ Entries may be None or NaN (a statistic that could not be computed at a
 snapshot): they become NaN here and are skipped when drawn, never interpolated.
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import matplotlib
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 import numpy as np
+import numpy.typing as npt
 
 DPI = 120
 BIAS_COLOR = "C0"
@@ -19,7 +25,7 @@ BIASED_COLOR = "gold"
 # Reading the dict.
 
 
-def get(stats, dotted):
+def get(stats: dict[str, Any], dotted: str) -> Any:
     """stats["a"]["b"] for "a.b"; None when any level is absent or None."""
     node = stats
     for key in dotted.split("."):
@@ -29,14 +35,16 @@ def get(stats, dotted):
     return node
 
 
-def vector(values):
+def vector(values: Sequence[float | None] | np.ndarray | None) -> np.ndarray | None:
     """[C] float array with None as NaN; None when absent."""
     if values is None:
         return None
     return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
-def matrix(rows, width=0):
+def matrix(
+    rows: Sequence[Sequence[float | None] | np.ndarray | None] | np.ndarray | None, width: int = 0
+) -> np.ndarray | None:
     """[C, W] float array, W >= width; a None row or entry (not computed) becomes NaN.
 
     Short rows are padded with NaN, so that a column always means the same
@@ -52,11 +60,11 @@ def matrix(rows, width=0):
     return out
 
 
-def epochs_of(stats):
+def epochs_of(stats: dict[str, Any]) -> np.ndarray:
     return vector(stats["checkpoints"])
 
 
-def index_of_epoch(epochs, epoch):
+def index_of_epoch(epochs: np.ndarray, epoch: float | None) -> int | None:
     """Index of the snapshot at `epoch` (nearest, as epochs are floats); None if absent."""
     if epoch is None or not np.isfinite(epoch) or not np.isfinite(epochs).any():
         return None
@@ -65,7 +73,7 @@ def index_of_epoch(epochs, epoch):
     return i if diffs[i] <= 1e-6 * max(1.0, abs(epoch)) else None
 
 
-def verdict_index(stats, which):
+def verdict_index(stats: dict[str, Any], which: str) -> int | None:
     """Index of the verdict's snapshot `which` ("bias_onset" or "test_loss_min"); None if none.
 
     The verdict names it (`<which>_index`). A statistics.json written before the
@@ -78,7 +86,7 @@ def verdict_index(stats, which):
     return index_of_epoch(epochs_of(stats), v.get(f"{which}_epoch"))
 
 
-def snapshot_indices(stats, entry):
+def snapshot_indices(stats: dict[str, Any], entry: dict[str, Any]) -> list[int | None]:
     """Snapshot indices of a per-snapshot entry (uturn, kl_bp_along_t).
 
     Older statistics.json files list the epochs alone: those are found by epoch.
@@ -88,7 +96,7 @@ def snapshot_indices(stats, entry):
     return [index_of_epoch(epochs_of(stats), epoch) for epoch in entry.get("epochs") or []]
 
 
-def verdict_roles(stats, index):
+def verdict_roles(stats: dict[str, Any], index: int | None) -> str:
     """What the verdict makes of snapshot `index`, e.g. "bias onset = test-loss min"."""
     names = [
         name
@@ -98,7 +106,7 @@ def verdict_roles(stats, index):
     return " = ".join(names) or "snapshot"
 
 
-def key_snapshots(stats):
+def key_snapshots(stats: dict[str, Any]) -> list[tuple[int, str]]:
     """[(index, label)] of the first, onset, test-loss-minimum and last snapshots."""
     candidates = [
         (0, "first"),
@@ -115,23 +123,23 @@ def key_snapshots(stats):
     return sorted(out.items())
 
 
-def fmt(x):
+def fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4g}"
 
 
 # Drawing helpers.
 
 
-def new_figure(width, height, **kwargs):
+def new_figure(width: float, height: float, **kwargs: Any) -> Figure:
     # Constrained layout keeps labels, twin axes and outside legends from overlapping.
     return Figure(figsize=(width, height), layout="constrained", **kwargs)
 
 
-def save(fig, path):
+def save(fig: Figure, path: str) -> None:
     fig.savefig(path, dpi=DPI)
 
 
-def epoch_axis(ax, epochs):
+def epoch_axis(ax: Axes, epochs: np.ndarray) -> None:
     """Log x-axis over the snapshots (they are log-spaced); symlog if an epoch is <= 0."""
     finite = epochs[np.isfinite(epochs)]
     positive = finite[finite > 0]
@@ -149,7 +157,7 @@ def epoch_axis(ax, epochs):
 LOG_AXIS_RATIO = 100.0
 
 
-def spans_decades(*curves):
+def spans_decades(*curves: npt.ArrayLike | None) -> bool:
     """Whether the finite values of `curves` are all positive and max / min > LOG_AXIS_RATIO."""
     values = [np.ravel(np.asarray(c, float)) for c in curves if c is not None]
     values = np.concatenate(values) if values else np.array([])
@@ -157,7 +165,7 @@ def spans_decades(*curves):
     return bool(len(values) and (values > 0).all() and values.max() > LOG_AXIS_RATIO * values.min())
 
 
-def value_axis(ax, label, *curves, **kwargs):
+def value_axis(ax: Axes, label: str, *curves: npt.ArrayLike | None, **kwargs: Any) -> bool:
     """Labels the y-axis; log scale when the curves span decades (returns whether).
 
     A linear axis from 30 down to 0 flattens a minimum at 0.03 into the floor
@@ -170,7 +178,13 @@ def value_axis(ax, label, *curves, **kwargs):
     return log
 
 
-def line(ax, x, y, sem=None, **kwargs):
+def line(
+    ax: Axes,
+    x: npt.ArrayLike,
+    y: npt.ArrayLike,
+    sem: npt.ArrayLike | None = None,
+    **kwargs: Any,
+) -> Line2D | None:
     """Plots y(x) over finite points only, with a +-sem band; returns the line or None."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
@@ -195,7 +209,7 @@ def line(ax, x, y, sem=None, **kwargs):
     return line
 
 
-def mark_snapshots(ax, stats, labels=True):
+def mark_snapshots(ax: Axes, stats: dict[str, Any], labels: bool = True) -> list[Line2D]:
     """Dashed verticals at the bias onset and test-loss minimum, where the verdict has them."""
     v = stats.get("verdict") or {}
     handles = []
@@ -218,18 +232,18 @@ def mark_snapshots(ax, stats, labels=True):
     return handles
 
 
-def legend(ax, **kwargs):
+def legend(ax: Axes, **kwargs: Any) -> None:
     """A small legend, only where something labelled was drawn (all-NaN curves are not)."""
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small", **kwargs)
 
 
-def colors(n, cmap="viridis"):
+def colors(n: int, cmap: str = "viridis") -> list[tuple[float, float, float, float]]:
     # Stop short of the colormap's yellow end, which is hard to see on white.
     return [matplotlib.colormaps[cmap](v) for v in np.linspace(0.0, 0.85, max(n, 1))]
 
 
-def fraction(counts):
+def fraction(counts: npt.ArrayLike) -> np.ndarray:
     counts = np.asarray(counts, float)
     total = np.nansum(counts)
     return counts / total if total > 0 else counts * np.nan

@@ -1,5 +1,7 @@
 """The figures of the image setting only: the twins' score cosine and example samples."""
 
+from typing import Any
+
 import matplotlib
 from matplotlib.figure import Figure
 import numpy as np
@@ -7,7 +9,7 @@ import numpy as np
 from diffusion_bias.figures import common
 
 
-def fig_score_cosine(stats, path):
+def fig_score_cosine(stats: dict[str, Any], path: str) -> None:
     """Fig. 2: cosine of the twins' predicted noise on the same noisy inputs, per t."""
     epochs = common.epochs_of(stats)
     score = stats["score_cosine"]
@@ -41,7 +43,7 @@ def _unit_range(image):
     return (image - lo) / (hi - lo) if hi > lo else np.where(np.isfinite(image), 0.5, np.nan)
 
 
-def fig_examples(stats, path):
+def fig_examples(stats: dict[str, Any], path: str) -> None:
     """Twin samples at the bias onset, each above its nearest image in that twin's training set.
 
     The grid is one mosaic image on one axes: with K=15 twins a grid of separate

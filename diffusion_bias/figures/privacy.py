@@ -1,5 +1,7 @@
 """The membership audit over training: epsilon lower bound and TPR at low FPR, ROC curves."""
 
+from typing import Any
+
 import numpy as np
 
 from diffusion_bias.figures import common
@@ -16,7 +18,7 @@ def _intervals(p, column):
     return np.array([row[column] for row in p["tpr_interval"]], dtype=float)
 
 
-def fig_privacy(stats, path):
+def fig_privacy(stats: dict[str, Any], path: str) -> None:
     """Left: the one-run epsilon bound and the TPR at 1% and 0.1% FPR over training, beside
     the test loss, onset and minimum marked. Right: ROC curves on log-log axes."""
     p = stats["privacy"]

@@ -2,12 +2,14 @@
 the loss decomposition and the U-turn.
 """
 
+from typing import Any
+
 import numpy as np
 
 from diffusion_bias.figures import common
 
 
-def fig_nn_histograms(stats, path):
+def fig_nn_histograms(stats: dict[str, Any], path: str) -> None:
     """Fig. 4a (right): NN Hamming-distance histograms of samples vs held-out data."""
     epochs = common.epochs_of(stats)
     heldout = common.vector(stats["nn_hist"].get("heldout"))
@@ -52,7 +54,7 @@ def fig_nn_histograms(stats, path):
     common.save(fig, path)
 
 
-def fig_sequential_learning(stats, path):
+def fig_sequential_learning(stats: dict[str, Any], path: str) -> None:
     """Fig. 1b / 6: KL(BP_k || model) per k, and the twins' KL, over training."""
     epochs = common.epochs_of(stats)
     ks = stats["kl_bp"].get("k")
@@ -83,7 +85,7 @@ def fig_sequential_learning(stats, path):
     common.save(fig, path)
 
 
-def fig_kl_along_t(stats, path):
+def fig_kl_along_t(stats: dict[str, Any], path: str) -> None:
     """Fig. 3b: score divergences per sequence along t/T, at the onset and test-loss minimum.
 
     A panel per snapshot: KL(BP_k || model), whose peak (dotted) is where the
@@ -154,7 +156,7 @@ def _from_exact_panel(ax, stats, exact, ratios, epochs, indices):
     common.legend(ax, loc="best")
 
 
-def fig_loss_decomposition(stats, path):
+def fig_loss_decomposition(stats: dict[str, Any], path: str) -> None:
     """Fig. 4b: CE = l* (distillation of exact BP) + l~ (data-dependent excess)."""
     epochs = common.epochs_of(stats)
     dec = stats["loss_decomposition"]
@@ -197,7 +199,7 @@ def fig_loss_decomposition(stats, path):
     common.save(fig, path)
 
 
-def fig_uturn(stats, path):
+def fig_uturn(stats: dict[str, Any], path: str) -> None:
     """Fig. 5: U-turn overlap ratio model/BP vs noise level, at the onset and test-loss min.
 
     `uturn.epochs` lists the snapshots the U-turn was run at (the analysis runs
@@ -225,7 +227,7 @@ def fig_uturn(stats, path):
     common.save(fig, path)
 
 
-def fig_uturn_random(stats, path):
+def fig_uturn_random(stats: dict[str, Any], path: str) -> None:
     """Fig. 11: the U-turn on uniform random sequences, the model beside BP_k and memorisation."""
     entry = stats["uturn_random"]
     ratios = common.vector(entry["ratios"])

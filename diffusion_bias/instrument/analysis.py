@@ -15,10 +15,12 @@ turns them into the curves and the verdict, written to
 report read only that file.
 """
 
+from collections.abc import Mapping
 import hashlib
 import json
 import os
 import time
+from typing import Any
 
 from absl import logging
 import ml_collections
@@ -39,7 +41,9 @@ from diffusion_bias.training import refine as refine_lib
 CACHE_VERSION = 5
 
 
-def analysis_config(workdir, overrides=None):
+def analysis_config(
+    workdir: str, overrides: Mapping[str, Any] | None = None
+) -> ml_collections.ConfigDict:
     """The run's config with its analysis section (defaults where absent)."""
     saved = config_file.load_config(workdir)
     defaults = default_config.get_config()
@@ -83,7 +87,7 @@ def _cache_tag(config, snapshot):
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def snapshot_identity(ckpts, step, training):
+def snapshot_identity(ckpts: checkpoints.TwinCheckpoints, step: int, training: str) -> str:
     """What identifies snapshot `step`: its evaluated parameters' checksum, if saved.
 
     A snapshot saved without checksums is identified by `training` (the run's
@@ -93,7 +97,12 @@ def snapshot_identity(ckpts, step, training):
     return recorded or f"{training}:{step}"
 
 
-def analyze(workdir, overrides=None, output_dir=None, refine=None):
+def analyze(
+    workdir: str,
+    overrides: Mapping[str, Any] | None = None,
+    output_dir: str | None = None,
+    refine: bool | None = None,
+) -> dict[str, Any]:
     """Computes the statistics of every snapshot of `workdir`, with a verdict.
 
     Args:

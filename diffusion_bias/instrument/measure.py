@@ -6,6 +6,10 @@ every statistic of `statistics/` on them, returning the per-snapshot arrays
 that `analysis` caches and `summary` turns into curves and the verdict.
 """
 
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +32,9 @@ from diffusion_bias.statistics import score_cosine
 from diffusion_bias.statistics import uturn
 
 
-def sampling_schedule(schedule, sampling_steps):
+def sampling_schedule(
+    schedule: schedules.Schedule, sampling_steps: int | None
+) -> schedules.Schedule:
     """The schedule the coupled samples run on.
 
     Args:
@@ -39,7 +45,7 @@ def sampling_schedule(schedule, sampling_steps):
     if sampling_steps is None or sampling_steps == 0:
         return schedule
     if not checks.is_int(sampling_steps) or sampling_steps < 0:
-        raise run_lib.ConfigError(
+        raise config_checks.ConfigError(
             "config.analysis.sampling_steps must be 0 (full chain) or a positive integer, "
             f"got {sampling_steps!r}"
         )
@@ -121,22 +127,31 @@ class Instrument:
             held_labels = labels[run.twin_data.splits.heldout]
             self.classifier = quality.fit_classifier(self.heldout, held_labels)
 
-    def in_twin_space(self, items, k, scale=1.0):
+    def in_twin_space(
+        self, items: np.ndarray | jax.Array, k: int, scale: float = 1.0
+    ) -> np.ndarray | jax.Array:
         """`probe.Probe.in_twin_space`."""
         return self.probe.in_twin_space(items, k, scale)
 
-    def in_eval_space(self, items, k, scale=1.0):
+    def in_eval_space(
+        self, items: np.ndarray | jax.Array, k: int, scale: float = 1.0
+    ) -> np.ndarray | jax.Array:
         """Evaluation inputs as twin k is shown them: its own space (`in_twin_space`), or
         the common offset's (analysis.eval_centering "common", the same for every twin)."""
         if self.eval_offset is None:
             return self.in_twin_space(items, k, scale)
         return items - scale * jnp.asarray(self.eval_offset, items.dtype)
 
-    def losses_of(self, params, items, apply_fn=None):
+    def losses_of(
+        self,
+        params: Any,
+        items: np.ndarray,
+        apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
+    ) -> np.ndarray:
         """[B] per-item losses of one twin on items of its own space, on the loss grid."""
         return self.probe.losses_of(params, items, apply_fn)
 
-    def losses_at_times(self, params, items):
+    def losses_at_times(self, params: Any, items: np.ndarray) -> np.ndarray:
         """[S, B] losses of one twin on items of its own space at each time of the privacy grid."""
         return losses.item_losses(
             self.apply_fn,
@@ -150,7 +165,7 @@ class Instrument:
             per_repeat=True,
         ).T
 
-    def every_step_losses(self, params):
+    def every_step_losses(self, params: Sequence[Any]) -> np.ndarray:
         """[K, m'] each twin's mean loss over every step 1..T, one noise draw a step,
         on the first m' held-out items in its evaluation space (`in_eval_space`)."""
         held = self.heldout[: len(self.every_step_t)]
@@ -170,7 +185,7 @@ class Instrument:
             ]
         )
 
-    def membership_losses(self, params):
+    def membership_losses(self, params: Sequence[Any]) -> dict[str, np.ndarray]:
         """Each twin's losses on its own items, its partner's (twin k + 1 mod K) and the held-out
         items at each time of the privacy grid (`statistics.privacy`); tokens: exact BP's losses."""
         out = {}
@@ -189,7 +204,7 @@ class Instrument:
             out.update(self.bp_losses())
         return out
 
-    def bp_losses(self):
+    def bp_losses(self) -> dict[str, np.ndarray]:
         """Tokens: the exact BP denoiser's losses on the loss grid, own items [K, n], held-out [m].
 
         The same at every snapshot: computed once.
@@ -205,7 +220,7 @@ class Instrument:
             )
         return self._bp_losses
 
-    def compute(self, snapshot):
+    def compute(self, snapshot: Any) -> dict[str, np.ndarray]:
         """All per-snapshot arrays, as a flat dict of numpy arrays: the probe's
         (`probe.Probe.measure`), the membership losses, then those of the kind."""
         out, samples, params = self.probe.measure(snapshot.evaluated_params())
@@ -228,7 +243,7 @@ class Instrument:
             out.update(self._token_statistics(params, samples))
         return out
 
-    def twin_denoisers(self, stacked):
+    def twin_denoisers(self, stacked: Any) -> list[jax.tree_util.Partial]:
         """Twin k's denoiser per twin, its params bound in a Partial.
 
         A Partial keeps the parameters traced: one compilation for all snapshots.
@@ -313,7 +328,7 @@ class Instrument:
         out["decomposition_steps"] = np.asarray(grid)
         return out
 
-    def uturn(self, snapshot):
+    def uturn(self, snapshot: Any) -> dict[str, np.ndarray]:
         """U-turn ratios model / exact BP, [K, R] on own training and on held-out sequences.
 
         Exact BP's overlaps depend on no model: computed at the first snapshot, reused.
@@ -333,7 +348,7 @@ class Instrument:
         fns = self.twin_denoisers(snapshot.evaluated_params())
         return uturn.twin_uturn_ratios(fns, *args, bp=self._bp_uturn)
 
-    def uturn_random(self, snapshot):
+    def uturn_random(self, snapshot: Any) -> dict[str, np.ndarray]:
         """The U-turn on uniform random sequences (the paper's Fig. 11): overlaps with x_0.
 
         Returns:
@@ -367,7 +382,7 @@ class Instrument:
         fns = self.twin_denoisers(snapshot.evaluated_params())
         return dict(self._random_baselines, model=uturn.overlaps_on(fns, *args))
 
-    def kl_along_t(self, snapshot):
+    def kl_along_t(self, snapshot: Any) -> dict[str, np.ndarray]:
         """Score divergences along t on held-out sequences, the same x_t for all.
 
         Returns:

@@ -20,6 +20,9 @@ Everything random is fixed by `seed`: sample j is coupled across twins and
 across snapshots, the loss grid is the same at every call.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 import jax
 import numpy as np
 
@@ -151,11 +154,11 @@ class BiasMonitor:
         self.kept_epoch, self.kept_index, self.reason = None, None, ""
 
     @property
-    def bias_mode(self):
+    def bias_mode(self) -> str:
         """The bias curve's extremum: similarity peak (images), NN-divergence minimum (tokens)."""
         return setting_lib.of(self.kind).bias_direction
 
-    def statistics(self, stacked_params):
+    def statistics(self, stacked_params: Any) -> dict[str, np.ndarray]:
         """The per-item arrays of one snapshot (numpy): `probe.Probe.measure`'s.
 
         Returns:
@@ -270,13 +273,15 @@ class BiasMonitor:
         self.rows.append(row)
         return row
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Everything needed to continue after a restart, as numpy arrays."""
         state = {f"history/{k}": np.stack(v) for k, v in self._history.items()}
         state["epochs"] = np.array([r["epoch"] for r in self.rows], np.float64)
         return state
 
-    def load_state_dict(self, state, upto_epoch=None):
+    def load_state_dict(
+        self, state: Mapping[str, np.ndarray], upto_epoch: float | None = None
+    ) -> None:
         """Replays a saved state (up to `upto_epoch`), rebuilding rows and the rule's state.
 
         Args:

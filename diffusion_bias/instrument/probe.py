@@ -10,6 +10,9 @@ protocol's settings and adds its costlier statistics; the bias monitor
 inside the training loop. A statistic both read is computed here, once.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,7 +108,9 @@ class Probe:
         self.setting = setting_lib.of(kind)
         self.item_shape = self.setting.sample_shape(self.train.shape[2:], num_symbols)
 
-    def in_twin_space(self, items, k: int, scale=1.0):
+    def in_twin_space(
+        self, items: np.ndarray | jax.Array, k: int, scale: float = 1.0
+    ) -> np.ndarray | jax.Array:
         """Items of the common space as twin k sees them: minus scale * offsets[k].
 
         `scale` = sqrt(alpha_bar_t) shifts noisy items x_t (the offset scales with x_0).
@@ -114,14 +119,19 @@ class Probe:
             return items
         return items - scale * jnp.asarray(self.offsets[k], items.dtype)
 
-    def to_common_space(self, samples):
+    def to_common_space(self, samples: np.ndarray) -> np.ndarray:
         """[K, N, ...] samples of each twin's space plus that twin's offset."""
         if self.offsets is None or not np.any(self.offsets):
             return samples
         shift = sources.twin_offsets(self.offsets, samples.ndim)
         return (samples + shift).astype(samples.dtype)
 
-    def losses_of(self, params, items, apply_fn=None) -> np.ndarray:
+    def losses_of(
+        self,
+        params: Any,
+        items: np.ndarray,
+        apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None,
+    ) -> np.ndarray:
         """[B] per-item losses of one twin on items of its own space, on the loss grid."""
         return losses.item_losses(
             apply_fn or self.apply_fn,
@@ -134,7 +144,7 @@ class Probe:
             num_symbols=self.num_symbols,
         )
 
-    def samples(self, stacked) -> np.ndarray:
+    def samples(self, stacked: Any) -> np.ndarray:
         """[K, N, ...] the twins' coupled samples, in the common space."""
         samples = coupled.coupled_samples(
             self.apply_fn,
@@ -150,7 +160,7 @@ class Probe:
         )
         return samples if self.setting.discrete else self.to_common_space(samples)
 
-    def measure(self, stacked) -> tuple[dict, jax.Array, list]:
+    def measure(self, stacked: Any) -> tuple[dict[str, np.ndarray], np.ndarray, list[Any]]:
         """The probe's statistics of one snapshot.
 
         Args:

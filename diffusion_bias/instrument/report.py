@@ -5,9 +5,12 @@ recomputing anything.
 """
 
 import collections
+from collections.abc import Mapping
+from collections.abc import Sequence
 import datetime
 import os
 import platform
+from typing import Any
 
 import jax
 import numpy as np
@@ -20,7 +23,7 @@ from diffusion_bias.instrument import verdict
 Section = collections.namedtuple("Section", "setting seed stats figure_paths name")
 
 
-def protocol_text(protocol):
+def protocol_text(protocol: Mapping[str, Any] | None) -> str:
     """One paragraph: the chain, sample counts, aggregate, U-turn, sampler and onset gate used."""
     if not protocol:
         return "Protocol: not recorded in these statistics."
@@ -92,7 +95,7 @@ def protocol_text(protocol):
     return "Protocol: " + "; ".join(parts) + "."
 
 
-def stopping_rules_table(stats):
+def stopping_rules_table(stats: dict[str, Any]) -> list[str]:
     """Lines of the table: what stopping by each rule would have cost on this run."""
     rows = stats.get("stopping_rules")
     if not rows:
@@ -127,7 +130,7 @@ def stopping_rules_table(stats):
     return lines + [""]
 
 
-def privacy_table(stats):
+def privacy_table(stats: dict[str, Any]) -> list[str]:
     """Lines: the membership audit at the onset, the test-loss minimum and the last snapshot."""
     p, v = stats.get("privacy"), stats["verdict"]
     if not p:
@@ -171,7 +174,7 @@ def privacy_table(stats):
     return lines + [""]
 
 
-def uturn_random_lines(stats):
+def uturn_random_lines(stats: dict[str, Any]) -> list[str]:
     """Lines on the U-turn on random sequences (Fig. 11), where the run has it; else []."""
     entry = stats.get("uturn_random")
     if not entry:
@@ -193,7 +196,7 @@ def uturn_random_lines(stats):
     ]
 
 
-def same_split_lines(stats):
+def same_split_lines(stats: dict[str, Any]) -> list[str]:
     """Lines on the same-split control (Fig. 1b), where the run has one; else []."""
     entry = stats.get("same_split")
     if not entry:
@@ -262,7 +265,9 @@ def _other_statistics_table(others):
     return lines + [""]
 
 
-def setting_section(name, stats, figure_paths, report_dir):
+def setting_section(
+    name: str, stats: dict[str, Any], figure_paths: Sequence[str], report_dir: str
+) -> str:
     """Markdown of one setting: its verdict table and its figures."""
     v = stats["verdict"]
     lines = [
@@ -340,7 +345,7 @@ def setting_section(name, stats, figure_paths, report_dir):
     return "\n".join(lines)
 
 
-def seeds_table(sections):
+def seeds_table(sections: Sequence[Section]) -> list[str]:
     """Lines: a row per setting and seed, then per setting how many seeds are conclusive.
 
     Args:
@@ -432,7 +437,9 @@ def _novel_grammatical_at_minimum(grid):
     return verdict.number(novel, 2)
 
 
-def write_report(report_dir, sections, timings=None):
+def write_report(
+    report_dir: str, sections: Sequence[Section], timings: Mapping[str, float] | None = None
+) -> str:
     """Writes report_dir/report.md.
 
     Args:

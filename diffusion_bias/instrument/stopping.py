@@ -17,9 +17,13 @@ it over a finished run's curves to show what each rule would have cost).
 - "none": only monitors.
 """
 
+from collections.abc import Mapping
+from collections.abc import Sequence
 import dataclasses
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 RULES = ("none", "test_loss", "bias_onset", "privacy_budget")
 
@@ -43,7 +47,7 @@ class Decision:
 _CONTINUE = Decision(False, None, "")
 
 
-def test_loss_rule(test_loss, patience):
+def test_loss_rule(test_loss: npt.ArrayLike, patience: int) -> Decision:
     """Stops once the held-out loss has not reached a new minimum for `patience` snapshots.
 
     Args:
@@ -63,7 +67,13 @@ def test_loss_rule(test_loss, patience):
     )
 
 
-def bias_onset_rule(bias, bias_boot, mode, patience, valid=None):
+def bias_onset_rule(
+    bias: npt.ArrayLike,
+    bias_boot: npt.ArrayLike,
+    mode: str,
+    patience: int,
+    valid: npt.ArrayLike | None = None,
+) -> Decision:
     """Stops once the bias curve has left its extremum beyond noise for `patience` snapshots.
 
     The extremum e of `bias` is confirmed when, at each of the last `patience`
@@ -104,15 +114,15 @@ def bias_onset_rule(bias, bias_boot, mode, patience, valid=None):
 
 
 def privacy_budget_rule(
-    auc,
-    memorized,
-    auc_threshold,
-    memorized_threshold,
-    epsilon=None,
-    epsilon_threshold=0.0,
-    tpr=None,
-    tpr_threshold=0.0,
-):
+    auc: npt.ArrayLike,
+    memorized: npt.ArrayLike,
+    auc_threshold: float,
+    memorized_threshold: float,
+    epsilon: npt.ArrayLike | None = None,
+    epsilon_threshold: float = 0.0,
+    tpr: npt.ArrayLike | None = None,
+    tpr_threshold: float = 0.0,
+) -> Decision:
     """Stops at the first snapshot over budget; keeps the one before it.
 
     Args:
@@ -148,16 +158,16 @@ def privacy_budget_rule(
 
 
 def decide(
-    rule,
-    curves,
+    rule: str,
+    curves: Mapping[str, npt.ArrayLike],
     *,
-    patience,
-    auc_threshold,
-    memorized_threshold,
-    bias_mode,
-    epsilon_threshold=0.0,
-    tpr_threshold=0.0,
-):
+    patience: int,
+    auc_threshold: float,
+    memorized_threshold: float,
+    bias_mode: str,
+    epsilon_threshold: float = 0.0,
+    tpr_threshold: float = 0.0,
+) -> Decision:
     """The decision of `rule` on the curves seen so far.
 
     Args:
@@ -191,7 +201,9 @@ def decide(
     raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
 
 
-def replay(rule, curves, **settings):
+def replay(
+    rule: str, curves: Mapping[str, npt.ArrayLike], **settings: Any
+) -> tuple[int | None, Decision]:
     """Runs `rule` as it would have run online: the first snapshot where it stops.
 
     Args:
@@ -214,7 +226,12 @@ def replay(rule, curves, **settings):
     return None, decision
 
 
-def rule_costs(epochs, curves, quality=None, **settings):
+def rule_costs(
+    epochs: npt.ArrayLike,
+    curves: Mapping[str, npt.ArrayLike],
+    quality: Sequence[float] | np.ndarray | None = None,
+    **settings: Any,
+) -> list[dict[str, Any]]:
     """What stopping by each rule would have cost on a finished run's curves.
 
     Each rule is replayed as it would have run online; the row describes the

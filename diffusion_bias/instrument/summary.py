@@ -11,8 +11,12 @@ fixed order (test loss, the bias statistic, then the other onset statistics),
 so a rerun gives the same intervals.
 """
 
+from collections.abc import Mapping
+from collections.abc import Sequence
 import functools
+from typing import Any
 
+import ml_collections
 import numpy as np
 
 from diffusion_bias import run as run_lib
@@ -158,17 +162,17 @@ def _col(per_step, name):
 # `config_checks.check_analysis`.
 
 
-def grammaticality_gate(a):
+def grammaticality_gate(a: ml_collections.ConfigDict) -> float:
     """The share of grammatical samples a snapshot needs to hold the onset; 0 is off."""
     return float(a.min_grammatical)
 
 
-def aggregate_of(a):
+def aggregate_of(a: ml_collections.ConfigDict) -> str:
     """config.analysis.aggregate: "mean" or "median"."""
     return a.aggregate
 
 
-def protocol(config):
+def protocol(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What the statistics of a run were computed with (the report states it)."""
     a = config.analysis
     total = config.diffusion.num_steps
@@ -221,7 +225,13 @@ def _nearest_curves(per_step):
     )
 
 
-def common_curves(kind, epochs, steps, per_step, aggregate="mean"):
+def common_curves(
+    kind: str,
+    epochs: Sequence[float],
+    steps: Sequence[int],
+    per_step: Sequence[Mapping[str, np.ndarray]],
+    aggregate: str = "mean",
+) -> dict[str, Any]:
     """The entries both kinds have: losses, sample split, nearest, membership AUC.
 
     `aggregate` ("mean" or "median", `verdict.unit_curve`) makes the test-loss
@@ -268,7 +278,7 @@ def common_curves(kind, epochs, steps, per_step, aggregate="mean"):
     return stats
 
 
-def verdict_test_losses(per_step):
+def verdict_test_losses(per_step: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
     """[C, K, m] the held-out losses the test-loss curve and the verdict read: at every
     step where the analysis computed them (analysis.test_loss_every_step), else the grid's."""
     every_step = "test_losses_every_step" in per_step[0]
@@ -279,7 +289,9 @@ def _resample_twins(per_step):
     return per_step[0]["test_losses"].shape[0] >= verdict.MIN_RESAMPLED_UNITS
 
 
-def image_curves(a, per_step):
+def image_curves(
+    a: ml_collections.ConfigDict, per_step: Sequence[Mapping[str, np.ndarray]]
+) -> dict[str, Any]:
     """The image entries: score_cosine (t [T], heldout [C][T], train [C][T])."""
     return dict(
         score_cosine=dict(
@@ -302,7 +314,9 @@ def _loss_decomposition(per_step):
     return out
 
 
-def token_curves(per_step, length, aggregate="mean"):
+def token_curves(
+    per_step: Sequence[Mapping[str, np.ndarray]], length: int, aggregate: str = "mean"
+) -> dict[str, Any]:
     """The token entries: grammaticality, NN divergence, twin KL, KL(BP_k || model), l*, l~.
 
     The NN divergence over models is their mean, or median (`aggregate`).
@@ -327,7 +341,11 @@ def token_curves(per_step, length, aggregate="mean"):
     return stats
 
 
-def examples(epochs, per_step, decision):
+def examples(
+    epochs: Sequence[float],
+    per_step: Sequence[Mapping[str, np.ndarray]],
+    decision: Mapping[str, Any],
+) -> dict[str, Any]:
     """The examples entry: samples and their nearest training items at the onset."""
     onset = decision["bias_onset_index"]
     return dict(
@@ -337,7 +355,15 @@ def examples(epochs, per_step, decision):
     )
 
 
-def image_verdict(epochs, per_step, loss, loss_boot, rng, num_resamples, aggregate="mean"):
+def image_verdict(
+    epochs: Sequence[float],
+    per_step: Sequence[Mapping[str, np.ndarray]],
+    loss: np.ndarray,
+    loss_boot: np.ndarray,
+    rng: np.random.Generator,
+    num_resamples: int,
+    aggregate: str = "mean",
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The onset of the sample-split similarity peak against the test-loss minimum.
 
     The bias curve: the mean over twin pairs and samples, or ("median") the
@@ -358,7 +384,15 @@ def image_verdict(epochs, per_step, loss, loss_boot, rng, num_resamples, aggrega
     return bias, bias_boot, decision
 
 
-def token_verdict(a, epochs, per_step, length, loss, loss_boot, rng):
+def token_verdict(
+    a: ml_collections.ConfigDict,
+    epochs: Sequence[float],
+    per_step: Sequence[Mapping[str, np.ndarray]],
+    length: int,
+    loss: np.ndarray,
+    loss_boot: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The onset of the NN-divergence minimum, gated by grammaticality if asked,
     with the paper's other onset statistics beside it.
 
@@ -421,7 +455,11 @@ def _membership_losses(record):
     return losses_, bp
 
 
-def privacy_audit(a, per_step, seeds_per_split=1):
+def privacy_audit(
+    a: ml_collections.ConfigDict,
+    per_step: Sequence[Mapping[str, np.ndarray]],
+    seeds_per_split: int = 1,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The privacy entry (without its roc) and each snapshot's attack scores."""
     scores, time_index, audits = [], [], []
     for record in per_step:
@@ -463,7 +501,12 @@ def privacy_audit(a, per_step, seeds_per_split=1):
     return entry, scores
 
 
-def privacy_roc(entry, scores, indices, epochs):
+def privacy_roc(
+    entry: Mapping[str, Any],
+    scores: Sequence[Mapping[str, Any]],
+    indices: Sequence[int],
+    epochs: Sequence[float],
+) -> dict[str, Any]:
     """The privacy roc entry: the strongest score's ROC (evaluation half) at snapshots `indices`."""
     out = dict(indices=list(indices), epochs=list(epochs), score=[], fpr=[], tpr=[])
     for i in indices:
@@ -478,7 +521,7 @@ def privacy_roc(entry, scores, indices, epochs):
     return out
 
 
-def strongest_tpr(entry, fpr_index=0):
+def strongest_tpr(entry: Mapping[str, Any], fpr_index: int = 0) -> list[float]:
     """[C] the strongest score's TPR at `fprs[fpr_index]` (1% FPR by default)."""
     return [t[s][fpr_index] for t, s in zip(_transpose(entry["tpr"]), entry["strongest"])]
 
@@ -489,7 +532,13 @@ def _transpose(per_score):
     return [dict(zip(names, values)) for values in zip(*per_score.values())]
 
 
-def stopping_rules(config, stats, loss, bias, bias_boot):
+def stopping_rules(
+    config: ml_collections.ConfigDict,
+    stats: Mapping[str, Any],
+    loss: np.ndarray,
+    bias: np.ndarray,
+    bias_boot: np.ndarray,
+) -> list[dict[str, Any]]:
     """The stopping_rules entry: each rule replayed over the curves as it would run online."""
     m = config.monitor
     return stopping.rule_costs(
@@ -514,7 +563,7 @@ def stopping_rules(config, stats, loss, bias, bias_boot):
     )
 
 
-def at_onset_and_test_min(stats):
+def at_onset_and_test_min(stats: Mapping[str, Any]) -> dict[str, list[float | None]]:
     """{name: [value at the onset, value at the test-loss minimum]}, None where absent."""
     v = stats["verdict"]
     where = [v["bias_onset_index"], v["test_loss_min_index"]]
@@ -535,7 +584,9 @@ PAIR_KEYS = ("similarity", "twin_kl", "score_cosine_heldout", "score_cosine_trai
 PART_Z = 3.0  # paired standard errors by which same-split pairs must stay more alike
 
 
-def split_pairs(per_step, seeds_per_split):
+def split_pairs(
+    per_step: Sequence[Mapping[str, np.ndarray]], seeds_per_split: int
+) -> tuple[Sequence[Mapping[str, np.ndarray]], list[dict[str, np.ndarray]] | None]:
     """(per_step with cross-split pairs only, per_step with same-split pairs only).
 
     With one seed a split every pair is cross-split: (per_step, None).
@@ -551,7 +602,12 @@ def split_pairs(per_step, seeds_per_split):
     return [keep(r, cross) for r in per_step], [keep(r, same) for r in per_step]
 
 
-def same_split_curves(epochs, cross, same, seeds_per_split):
+def same_split_curves(
+    epochs: Sequence[float],
+    cross: Sequence[Mapping[str, np.ndarray]],
+    same: Sequence[Mapping[str, np.ndarray]],
+    seeds_per_split: int,
+) -> dict[str, Any]:
     """The same_split entry: similarity of same-split pairs beside cross-split pairs.
 
     Args:
@@ -593,7 +649,11 @@ def same_split_curves(epochs, cross, same, seeds_per_split):
     return out
 
 
-def summarize(config, steps, per_step):
+def summarize(
+    config: ml_collections.ConfigDict,
+    steps: Sequence[int],
+    per_step: Sequence[Mapping[str, np.ndarray]],
+) -> dict[str, Any]:
     """statistics.json from the per-snapshot arrays (see `STATISTICS_SCHEMA`).
 
     With `splits.seeds_per_split` > 1 every statistic of twin pairs is over
@@ -642,7 +702,7 @@ def summarize(config, steps, per_step):
     return stats
 
 
-def bias_curve(stats):
+def bias_curve(stats: Mapping[str, Any]) -> list[float]:
     """[C] the verdict's bias statistic: tokens, the NN divergence; images, the similarity
     (its median over pairs where the protocol aggregates by the median)."""
     if stats["setting"] == "tokens":
@@ -650,7 +710,11 @@ def bias_curve(stats):
     return stats["sample_split"].get("median", stats["sample_split"]["mean"])
 
 
-def kl_along_t(curves, indices, epochs):
+def kl_along_t(
+    curves: Sequence[Mapping[str, np.ndarray]],
+    indices: Sequence[int],
+    epochs: Sequence[float],
+) -> dict[str, Any]:
     """The kl_bp_along_t entry from `kl_bp.twin_kl_bp` curves at snapshots `indices`.
 
     Args:
@@ -678,7 +742,12 @@ def kl_along_t(curves, indices, epochs):
     )
 
 
-def uturn_random(config, indices, epochs, results):
+def uturn_random(
+    config: ml_collections.ConfigDict,
+    indices: Sequence[int],
+    epochs: Sequence[float],
+    results: Sequence[Mapping[str, np.ndarray]],
+) -> dict[str, Any]:
     """The uturn_random entry (Fig. 11) from `Instrument.uturn_random` at snapshots `indices`.
 
     Each sequence's overlap is averaged over the twins (the model's at each
@@ -704,7 +773,12 @@ def uturn_random(config, indices, epochs, results):
     )
 
 
-def uturn(a, indices, epochs, ratios):
+def uturn(
+    a: ml_collections.ConfigDict,
+    indices: Sequence[int],
+    epochs: Sequence[float],
+    ratios: Sequence[Mapping[str, np.ndarray]],
+) -> dict[str, Any]:
     """The uturn entry from `uturn.twin_uturn_ratios` results at snapshots `indices`."""
     return dict(
         ratios=list(a.uturn_ratios),

@@ -34,7 +34,13 @@ item means. With fewer than MIN_RESAMPLED_UNITS units the median of one or two
 values is their mean, and the mean is taken: the same numbers, bit for bit.
 """
 
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 
 from diffusion_bias.statistics import nearest
 
@@ -52,7 +58,7 @@ def _median_over_units(aggregate, num_units):
     return aggregate == "median" and num_units >= MIN_RESAMPLED_UNITS
 
 
-def unit_curve(values, aggregate="mean"):
+def unit_curve(values: npt.ArrayLike, aggregate: str = "mean") -> np.ndarray:
     """[C] the curve of per-unit, per-item values [C, U, N] (or [C, N]: items alone).
 
     "mean": the mean over units and items (over units first, as always);
@@ -67,7 +73,7 @@ def unit_curve(values, aggregate="mean"):
     return values.mean(axis=1).mean(axis=1)
 
 
-def over_units(values, aggregate="mean"):
+def over_units(values: npt.ArrayLike, aggregate: str = "mean") -> np.ndarray:
     """[...] the mean, or the median (`aggregate`), of values [..., U] over their last axis, the units.
 
     With fewer than MIN_RESAMPLED_UNITS units, the mean (the median of one or two values).
@@ -78,7 +84,12 @@ def over_units(values, aggregate="mean"):
     return values.mean(axis=-1)
 
 
-def bootstrap_mean_curves(values, rng, num_resamples=1000, aggregate="mean"):
+def bootstrap_mean_curves(
+    values: npt.ArrayLike,
+    rng: np.random.Generator,
+    num_resamples: int = 1000,
+    aggregate: str = "mean",
+) -> np.ndarray:
     """[B, C] means over items (and units) resampled with replacement, jointly for all checkpoints.
 
     Args:
@@ -114,8 +125,14 @@ def bootstrap_mean_curves(values, rng, num_resamples=1000, aggregate="mean"):
 
 
 def bootstrap_binned_kl_curves(
-    sample_bins, reference_bins, num_bins, kl_fn, rng, num_resamples=1000, aggregate="mean"
-):
+    sample_bins: npt.ArrayLike,
+    reference_bins: npt.ArrayLike,
+    num_bins: int,
+    kl_fn: Callable[[np.ndarray, np.ndarray], npt.ArrayLike],
+    rng: np.random.Generator,
+    num_resamples: int = 1000,
+    aggregate: str = "mean",
+) -> np.ndarray:
     """[B, C] mean (or median) over models of KL(samples || reference), items resampled jointly.
 
     Coupled sampling gives sample j of every model and every checkpoint the same
@@ -245,7 +262,16 @@ def _reasons(epochs, bias_boot, onset, loss_min, gap_b, valid, mode, bias_name):
     return reasons
 
 
-def decide(epochs, bias, bias_boot, loss, loss_boot, mode, valid=None, bias_name="bias"):
+def decide(
+    epochs: npt.ArrayLike,
+    bias: npt.ArrayLike,
+    bias_boot: np.ndarray,
+    loss: npt.ArrayLike,
+    loss_boot: npt.ArrayLike,
+    mode: str,
+    valid: npt.ArrayLike | None = None,
+    bias_name: str = "bias",
+) -> dict[str, Any]:
     """The verdict of one setting.
 
     Args:
@@ -302,7 +328,7 @@ def decide(epochs, bias, bias_boot, loss, loss_boot, mode, valid=None, bias_name
 # The verdict in words: the console, the figures and the report all say it so.
 
 
-def minimum_contrast(item_losses, index):
+def minimum_contrast(item_losses: np.ndarray, index: int) -> dict[str, float]:
     """How far the loss curve's ends stand above snapshot `index`, in paired standard errors.
 
     The held-out loss is measured on one fixed (item, t, noise) grid at every
@@ -328,7 +354,7 @@ def minimum_contrast(item_losses, index):
     return {"first": z(0), "last": z(len(item_losses) - 1)}
 
 
-def number(x, digits=3):
+def number(x: object, digits: int = 3) -> str:
     """A value as text: "n/a" for None; epochs and other large values in full (10000, not 1e+04)."""
     if x is None:
         return "n/a"
@@ -337,17 +363,17 @@ def number(x, digits=3):
     return str(x)
 
 
-def interval(pair):
+def interval(pair: Sequence[float | None] | None) -> str:
     """A 95% interval as "[lo, hi]", "n/a" when absent."""
     return "n/a" if not pair else f"[{number(pair[0])}, {number(pair[1])}]"
 
 
-def with_interval(value, pair):
+def with_interval(value: float | None, pair: Sequence[float | None] | None) -> str:
     """ "value [lo, hi]", or "n/a" when there is no value."""
     return f"{number(value)} {interval(pair)}" if value is not None else "n/a"
 
 
-def conclusion(v):
+def conclusion(v: Mapping[str, Any]) -> str:
     """One word for a verdict dict: "conclusive", or "inconclusive" naming the other
     onset statistics that are conclusive where there are some."""
     if v.get("conclusive"):
@@ -356,7 +382,7 @@ def conclusion(v):
     return "inconclusive" + (f" (conclusive by {'; '.join(others)})" if others else "")
 
 
-def in_words(v):
+def in_words(v: Mapping[str, Any]) -> dict[str, str]:
     """A verdict dict (`decide`'s, with the fields the analysis adds) as sentences.
 
     Returns:
@@ -397,7 +423,7 @@ def in_words(v):
     return words
 
 
-def sentence(v):
+def sentence(v: Mapping[str, Any]) -> str:
     """The verdict in one paragraph (the console, a notebook)."""
     return " ".join(in_words(v).values())
 

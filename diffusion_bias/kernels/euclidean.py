@@ -5,9 +5,12 @@ per chunk of queries and references); the two winners' distances are then
 recomputed directly, so that a copy is at distance 0.
 """
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from diffusion_bias import chunking
 
@@ -67,15 +70,19 @@ class EuclideanSearch:
 
     int_distances = False
 
-    def __init__(self, queries, refs_list, ref_chunk_size):
+    def __init__(
+        self, queries: np.ndarray, refs_list: Sequence[np.ndarray], ref_chunk_size: int | None
+    ) -> None:
         self.queries = queries
         self.refs_list = refs_list
         self.ref_chunk_size = ref_chunk_size
 
-    def query_chunks(self, chunk_size):
+    def query_chunks(self, chunk_size: int) -> np.ndarray:
         return chunking.padded_chunks(self.queries, chunk_size, np.float32)
 
-    def ref_chunks(self, k, chunk_size):
+    def ref_chunks(
+        self, k: int, chunk_size: int
+    ) -> list[tuple[int, tuple[jax.Array, jax.Array, jax.Array], None]]:
         refs = self.refs_list[k]
         n_refs = refs.shape[0]
         cap = max(1, _MAX_FLOAT_PAIRS // chunk_size)
@@ -94,11 +101,16 @@ class EuclideanSearch:
             out.append((start, (*_prepare_l2(part), jnp.asarray(pad)), None))
         return out
 
-    def top2(self, query_chunk, ref_chunk, block):
+    def top2(
+        self,
+        query_chunk: ArrayLike,
+        ref_chunk: tuple[jax.Array, jax.Array, jax.Array],
+        block: int | None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         del block
         prepared, ref_sq, pad = ref_chunk
         return _l2_top2(query_chunk, prepared, ref_sq, pad)
 
-    def finish(self, rows):
+    def finish(self, rows: np.ndarray) -> np.ndarray:
         """[K', padded queries] -> [K', Q]."""
         return rows[:, : self.queries.shape[0]]

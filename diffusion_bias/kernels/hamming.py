@@ -18,10 +18,12 @@ searched once.
 """
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from diffusion_bias import chunking
 
@@ -187,7 +189,9 @@ class HammingSearch:
 
     int_distances = True
 
-    def __init__(self, queries, refs_list, ref_chunk_size):
+    def __init__(
+        self, queries: np.ndarray, refs_list: Sequence[np.ndarray], ref_chunk_size: int | None
+    ) -> None:
         tokens = [queries] + list(refs_list)
         for t in tokens:
             if not (np.issubdtype(t.dtype, np.integer) or t.dtype == bool):
@@ -211,11 +215,13 @@ class HammingSearch:
         self.packed_refs = [_pack_tokens(t, self.bits) for t in tokens[1:]]
         self.ref_chunk_size = ref_chunk_size
 
-    def query_chunks(self, chunk_size):
+    def query_chunks(self, chunk_size: int) -> np.ndarray:
         # [n_chunks, W, chunk]: word-major, as the kernel reads it.
         return chunking.padded_chunks(self.unique, chunk_size).transpose(0, 2, 1).copy()
 
-    def ref_chunks(self, k, chunk_size):
+    def ref_chunks(
+        self, k: int, chunk_size: int
+    ) -> list[tuple[int, tuple[jax.Array, jax.Array], int]]:
         del chunk_size  # the Hamming kernel holds no [chunk, refs] matrix
         refs = self.packed_refs[k]
         n_refs = refs.shape[0]
@@ -231,10 +237,12 @@ class HammingSearch:
             out.append((start, (jnp.asarray(words), jnp.asarray(roff)), block))
         return out
 
-    def top2(self, query_chunk, ref_chunk, block):
+    def top2(
+        self, query_chunk: ArrayLike, ref_chunk: tuple[jax.Array, jax.Array], block: int
+    ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         words, roff = ref_chunk
         return _hamming_top2(query_chunk, words, roff, bits=self.bits, block=block)
 
-    def finish(self, rows):
+    def finish(self, rows: np.ndarray) -> np.ndarray:
         """[K', padded unique queries] -> [K', Q]."""
         return rows[:, self.inverse]

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from diffusion_bias import checks
 from diffusion_bias.kernels import euclidean
@@ -111,7 +112,13 @@ def _as_array(x, name):
     return x
 
 
-def nearest_neighbours(queries, refs, metric, chunk_size=256, ref_chunk_size=None):
+def nearest_neighbours(
+    queries: ArrayLike,
+    refs: ArrayLike,
+    metric: str,
+    chunk_size: int = 256,
+    ref_chunk_size: int | None = None,
+) -> Neighbours:
     """Nearest and second-nearest reference of every query (exact).
 
     Args:
@@ -141,7 +148,13 @@ def nearest_neighbours(queries, refs, metric, chunk_size=256, ref_chunk_size=Non
     return Neighbours(*(f[0] for f in out))
 
 
-def nearest_in_each(queries, refs, metric, chunk_size=256, ref_chunk_size=None):
+def nearest_in_each(
+    queries: ArrayLike,
+    refs: ArrayLike,
+    metric: str,
+    chunk_size: int = 256,
+    ref_chunk_size: int | None = None,
+) -> Neighbours:
     """Nearest neighbours of every query set in every reference set.
 
     Args:

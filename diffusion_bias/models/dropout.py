@@ -18,6 +18,7 @@ probability that implies, so the mean is preserved as in flax (rate 0.1 drops
 with probability 0.10000610).
 """
 
+from collections.abc import Sequence
 import math
 
 import flax.linen as nn
@@ -80,7 +81,9 @@ def keep_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     return random_halves(key, shape) >= drop_threshold(rate)
 
 
-def dropout(key: jax.Array, rate: float, inputs: jax.Array, broadcast_dims=()) -> jax.Array:
+def dropout(
+    key: jax.Array, rate: float, inputs: jax.Array, broadcast_dims: Sequence[int] = ()
+) -> jax.Array:
     """Drops elements of inputs with probability drop_threshold(rate) / 65536 and
     scales the rest by 1 / (1 - that), so that the mean is preserved.  # inputs' shape
 

@@ -48,8 +48,8 @@ def torch_attention(
     dropout_rng: jax.Array | None = None,
     dropout_rate: float = 0.0,
     deterministic: bool = True,
-    dtype=None,
-    precision=None,
+    dtype: jax.typing.DTypeLike | None = None,
+    precision: jax.lax.PrecisionLike = None,
 ) -> jax.Array:
     """Scaled dot-product attention with torch's dropout, an `attention_fn` for flax.
 

@@ -35,11 +35,13 @@ Shapes: N sequences of L = 2**depth tokens over q symbols; C the chunk size.
 """
 
 import functools
+from collections.abc import Sequence
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from diffusion_bias import checks
 from diffusion_bias import chunking
@@ -107,7 +109,9 @@ def _step_of(schedule: Schedule, t_model: jax.Array) -> jax.Array:
     return jnp.searchsorted(schedule.timesteps, t_model).astype(jnp.int32)
 
 
-def noise_chunk(schedule: Schedule, x0: jax.Array, key: jax.Array, t: jax.Array, chunk, q: int):
+def noise_chunk(
+    schedule: Schedule, x0: jax.Array, key: jax.Array, t: jax.Array, chunk: ArrayLike, q: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One-hot x_0 and x_t ~ q(x_t | x_0) at step t, the noise keyed by (key, t, chunk).
 
     Returns:
@@ -138,7 +142,9 @@ def _exact_k_at_model_time(factorized_layers, transitions, schedule, x_t, t_mode
     return denoisers.exact_denoiser(transitions, schedule, x_t, step, factorized_layers)
 
 
-def bp_k_token_denoiser(transitions, schedule: Schedule, factorized_layers: int):
+def bp_k_token_denoiser(
+    transitions: ArrayLike, schedule: Schedule, factorized_layers: int
+) -> jax.tree_util.Partial:
     """BP_k (the top k layers of the tree factorised) as a token denoiser; k = 0 is exact BP.
 
     Returns:
@@ -156,7 +162,9 @@ def _memorizing_at_model_time(train_onehot, schedule, x_t, t_model):
     return denoisers.memorizing_denoiser(train_onehot, schedule, x_t, step)
 
 
-def memorizing_token_denoiser(train_tokens, num_symbols: int, schedule: Schedule):
+def memorizing_token_denoiser(
+    train_tokens: ArrayLike, num_symbols: int, schedule: Schedule
+) -> jax.tree_util.Partial:
     """The empirical-score denoiser of a training set: E[x_0 | x_t] when the data are the set.
 
     The paper's memorising baseline (its Fig. 11): the posterior mean over the
@@ -174,7 +182,7 @@ def memorizing_token_denoiser(train_tokens, num_symbols: int, schedule: Schedule
     return jax.tree_util.Partial(_memorizing_at_model_time, onehot, schedule)
 
 
-def exact_token_denoiser(transitions, schedule: Schedule) -> jax.tree_util.Partial:
+def exact_token_denoiser(transitions: ArrayLike, schedule: Schedule) -> jax.tree_util.Partial:
     """The exact BP denoiser E[x_0 | x_t] as a token denoiser of this module.
 
     Unlike `functools.partial(denoisers.exact_denoiser, transitions, schedule)`,
@@ -206,7 +214,7 @@ def _finite_free_energy(transitions, tokens):
     return jnp.isfinite(bp.free_energy(transitions, tokens))
 
 
-def check_tokens(transitions: jax.Array, x0, name: str = "x0") -> np.ndarray:
+def check_tokens(transitions: jax.Array, x0: ArrayLike, name: str = "x0") -> np.ndarray:
     """x0 as int32 [N, 2**depth] tokens in [0, q); ValueError otherwise."""
     x0 = np.asarray(x0)
     q = transitions.shape[0]
@@ -220,7 +228,7 @@ def check_tokens(transitions: jax.Array, x0, name: str = "x0") -> np.ndarray:
     return x0.astype(np.int32)
 
 
-def check_steps(schedule: Schedule, t_values) -> list[int]:
+def check_steps(schedule: Schedule, t_values: Sequence[int] | ArrayLike) -> list[int]:
     """t_values as a list of steps of `schedule` in 1..T; ValueError otherwise."""
     values = np.atleast_1d(np.asarray(t_values))
     steps = [int(t) for t in values]
@@ -247,9 +255,9 @@ def mean_sem(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def noisy_inputs(
-    transitions,
+    transitions: ArrayLike,
     schedule: Schedule,
-    x0,
+    x0: ArrayLike,
     t: int,
     key: jax.Array,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -303,7 +311,9 @@ def sequence_kl(probs_a: jax.Array, probs_b: jax.Array) -> jax.Array:
     return jnp.sum(token_kl(probs_a, probs_b), axis=-1)
 
 
-def grammatical_fraction(transitions, tokens, chunk_size: int = DEFAULT_CHUNK_SIZE) -> float:
+def grammatical_fraction(
+    transitions: ArrayLike, tokens: ArrayLike, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> float:
     """Fraction of sequences the grammar can produce (finite exact free energy).
 
     Args:
@@ -327,7 +337,7 @@ def grammatical_fraction(transitions, tokens, chunk_size: int = DEFAULT_CHUNK_SI
     return float(finite.mean())
 
 
-def twin_sequence_kl(probs) -> np.ndarray:
+def twin_sequence_kl(probs: Sequence[ArrayLike]) -> np.ndarray:
     """Per twin pair and sequence: KL(model_a || model_b) of x0, summed over L.
 
     Args:

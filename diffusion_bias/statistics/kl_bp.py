@@ -11,10 +11,12 @@ noise: `statistics/controlled.py`.
 """
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from diffusion_bias import checks
 from diffusion_bias import chunking
@@ -79,12 +81,12 @@ def _checked(transitions, schedule, x0, t_values, factorized_layers, low=0):
 
 def kl_bp_model(
     denoise_fn: controlled.TokenDenoiser,
-    transitions,
+    transitions: ArrayLike,
     schedule: Schedule,
-    x0,
-    t_values,
+    x0: ArrayLike,
+    t_values: Sequence[int] | ArrayLike,
     key: jax.Array,
-    factorized_layers=None,
+    factorized_layers: Sequence[int] | None = None,
     chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
 ) -> dict[str, np.ndarray]:
     """Score divergence KL(BP_k || model) (the paper (arXiv 2603.03469) Fig. 1b, 6).
@@ -123,12 +125,12 @@ def kl_bp_model(
 
 def kl_from_exact(
     denoise_fn: controlled.TokenDenoiser,
-    transitions,
+    transitions: ArrayLike,
     schedule: Schedule,
-    x0,
-    t_values,
+    x0: ArrayLike,
+    t_values: Sequence[int] | ArrayLike,
     key: jax.Array,
-    factorized_layers=None,
+    factorized_layers: Sequence[int] | None = None,
     chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
 ) -> dict[str, np.ndarray]:
     """KL(BP_0 || BP_k) and KL(BP_0 || model): the authors' Fig. 3b, exact BP first.
@@ -155,7 +157,14 @@ def kl_from_exact(
     return {"bp": kl[:-1], "model": kl[-1], "k": np.array(layers), "t": np.array(steps)}
 
 
-def twin_kl_bp(denoise_fns, transitions, schedule: Schedule, x0, t_values, key) -> np.ndarray:
+def twin_kl_bp(
+    denoise_fns: Sequence[controlled.TokenDenoiser],
+    transitions: ArrayLike,
+    schedule: Schedule,
+    x0: ArrayLike,
+    t_values: Sequence[int] | ArrayLike,
+    key: jax.Array,
+) -> np.ndarray:
     """KL(BP_k || model) per twin on the same sequences, for k = 0..depth.
 
     Args:
@@ -182,7 +191,13 @@ def twin_kl_bp(denoise_fns, transitions, schedule: Schedule, x0, t_values, key) 
 
 
 def twin_kl_from_exact(
-    denoise_fns, transitions, schedule: Schedule, x0, t_values, key: jax.Array, bp=None
+    denoise_fns: Sequence[controlled.TokenDenoiser],
+    transitions: ArrayLike,
+    schedule: Schedule,
+    x0: ArrayLike,
+    t_values: Sequence[int] | ArrayLike,
+    key: jax.Array,
+    bp: ArrayLike | None = None,
 ) -> dict[str, np.ndarray]:
     """`kl_from_exact` per twin on the same sequences, k = 1..depth.
 
@@ -216,7 +231,7 @@ def twin_kl_from_exact(
     return {"bp": bp, "model": np.stack([r[-1] for r in rows])}
 
 
-def kl_along_t_ratios(num_points):
+def kl_along_t_ratios(num_points: int) -> np.ndarray:
     """[R] t/T = 1/R, 2/R, ..., 1: where Fig. 3b reads KL(BP_k || model) along time."""
     if not checks.is_int(num_points) or num_points < 2:
         raise ValueError(f"num_points must be an integer >= 2, got {num_points!r}")

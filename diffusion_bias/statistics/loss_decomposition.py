@@ -5,9 +5,12 @@ l* is the distillation of the exact BP denoiser, l~ the data-dependent excess
 `statistics/controlled.py`.
 """
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from diffusion_bias import checks
 from diffusion_bias import chunking
@@ -33,10 +36,10 @@ def _loss_kernel(denoise_fn, transitions, schedule, x0, key, t, chunk):
 
 def loss_decomposition(
     denoise_fn: controlled.TokenDenoiser,
-    transitions,
+    transitions: ArrayLike,
     schedule: Schedule,
-    x0,
-    t_values,
+    x0: ArrayLike,
+    t_values: Sequence[int] | ArrayLike,
     key: jax.Array,
     chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
 ) -> dict[str, np.ndarray]:
@@ -89,7 +92,7 @@ def loss_decomposition(
     return out
 
 
-def decomposition_steps(num_steps, num_points):
+def decomposition_steps(num_steps: int, num_points: int) -> list[int]:
     """[G] steps whose mean of f(t) is the midpoint estimate of the mean of f over t in 1..T.
 
     t_g = ceil((g + 1/2) T / G), g = 0..G-1: the midpoints of G equal slices of
@@ -101,7 +104,16 @@ def decomposition_steps(num_steps, num_points):
     return [int(t) for t in np.ceil((g + 0.5) * num_steps / len(g))]
 
 
-def twin_loss_decomposition(denoise_fns, transitions, schedule, own, heldout, t, grid, key):
+def twin_loss_decomposition(
+    denoise_fns: Sequence[controlled.TokenDenoiser],
+    transitions: ArrayLike,
+    schedule: Schedule,
+    own: np.ndarray,
+    heldout: ArrayLike,
+    t: int,
+    grid: Sequence[int],
+    key: jax.Array,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per twin: l* and l~ on its own and on held-out sequences, at t and over a grid.
 
     Args:

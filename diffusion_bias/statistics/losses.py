@@ -5,10 +5,14 @@ key, so the losses of successive checkpoints differ only by the parameters.
 """
 
 import functools
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from diffusion_bias import chunking
 from diffusion_bias import setting as setting_lib
@@ -17,12 +21,14 @@ from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 
 
-def every_step_grid(num_items, num_steps):
+def every_step_grid(num_items: int, num_steps: int) -> jax.Array:
     """int32 [num_items, T]: every step 1..T once for each item (the authors' image test loss)."""
     return jnp.broadcast_to(jnp.arange(1, num_steps + 1, dtype=jnp.int32), (num_items, num_steps))
 
 
-def loss_grid(key, num_items, num_steps, repeats):
+def loss_grid(
+    key: jax.Array, num_items: int, num_steps: int, repeats: int
+) -> tuple[jax.Array, jax.Array]:
     """Fixed diffusion times int32 [num_items, repeats] in 1..T, and noise key."""
     t = jax.random.randint(jax.random.fold_in(key, 0), (num_items, repeats), 1, num_steps + 1)
     return t, jax.random.fold_in(key, 1)
@@ -47,18 +53,18 @@ def _item_losses(
 
 
 def item_losses(
-    apply_fn,
-    params,
-    items,
-    t,
-    noise_key,
-    schedule,
+    apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array],
+    params: Any,
+    items: np.ndarray,
+    t: np.ndarray | jax.Array,
+    noise_key: jax.Array,
+    schedule: Any,
     *,
-    kind,
-    num_symbols=None,
-    chunk_size=512,
-    per_repeat=False,
-):
+    kind: str,
+    num_symbols: int | None = None,
+    chunk_size: int = 512,
+    per_repeat: bool = False,
+) -> np.ndarray:
     """Denoising loss of one model on each item, on the fixed grid.
 
     Args:
@@ -95,7 +101,7 @@ def item_losses(
     return chunking.gather(out, num)
 
 
-def time_grid(num_items, num_steps, ratios):
+def time_grid(num_items: int, num_steps: int, ratios: Sequence[float] | ArrayLike) -> jax.Array:
     """Every item at the same diffusion times: int32 [num_items, S], t = round(r * T) >= 1.
 
     With `item_losses(..., per_repeat=True)` it gives each item's loss at each
@@ -105,7 +111,7 @@ def time_grid(num_items, num_steps, ratios):
     return jnp.asarray(np.broadcast_to(steps, (num_items, len(steps))))
 
 
-def exact_token_apply(params, x_t, t):
+def exact_token_apply(params: tuple[jax.Array, Any], x_t: jax.Array, t: jax.Array) -> jax.Array:
     """The exact BP denoiser with the contract of `coupled.denoiser`: params = (M, schedule).
 
     A reference model that knows the grammar and nothing of any training set:
@@ -116,7 +122,7 @@ def exact_token_apply(params, x_t, t):
     return denoisers.exact_denoiser(transitions, schedule, x_t, t)
 
 
-def membership_auc(member_losses, nonmember_losses):
+def membership_auc(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> float:
     """ROC AUC of "lower loss means a training member" (0.5 = no leak)."""
     # Imported here: scikit-learn takes a second to import, which every program
     # importing this module (launchers checking a config) would otherwise pay.

@@ -6,6 +6,7 @@ held-out pool's distances to each training set are the unbiased baseline.
 """
 
 import numpy as np
+from jax.typing import ArrayLike
 
 from diffusion_bias import checks
 from diffusion_bias import setting as setting_lib
@@ -16,7 +17,9 @@ from diffusion_bias.statistics import sample_split
 NN_BINS = 20
 
 
-def nearest_statistics(samples, train, heldout, kind, seeds_per_split=1):
+def nearest_statistics(
+    samples: ArrayLike, train: ArrayLike, heldout: ArrayLike, kind: str, seeds_per_split: int = 1
+) -> dict[str, np.ndarray]:
     """Distances of samples and held-out items to every training set.
 
     Args:
@@ -62,7 +65,7 @@ def nearest_statistics(samples, train, heldout, kind, seeds_per_split=1):
     )
 
 
-def memorized_fraction(d1, d2):
+def memorized_fraction(d1: ArrayLike, d2: ArrayLike) -> float:
     """Share of items whose nearest neighbour is 3x closer than the second one.
 
     The copy criterion of Bonnaire et al., d1 / d2 < 1/3, as a strict ratio test:
@@ -73,17 +76,19 @@ def memorized_fraction(d1, d2):
     return float(np.mean(d1 < d2 / 3))
 
 
-def exact_copy_fraction(d1):
+def exact_copy_fraction(d1: ArrayLike) -> float:
     """Share of items at distance 0 from the training set (exact copies)."""
     return float(np.mean(np.asarray(d1) == 0))
 
 
-def closer_to_own_share(own_d1, other_d1):
+def closer_to_own_share(own_d1: ArrayLike, other_d1: ArrayLike) -> float:
     """Share of samples strictly closer to their own training set; ties count half."""
     return float(np.mean((own_d1 < other_d1) + 0.5 * (own_d1 == other_d1)))
 
 
-def histogram_kl(p_counts, q_counts, floor=1e-8):
+def histogram_kl(
+    p_counts: ArrayLike, q_counts: ArrayLike, floor: float = 1e-8
+) -> float | np.ndarray:
     """KL(p || q) of two count histograms, smoothed as the paper's code does.
 
     Each histogram is normalised to probabilities, then clipped to [floor, 1]
@@ -104,7 +109,7 @@ def histogram_kl(p_counts, q_counts, floor=1e-8):
     return float(kl) if kl.ndim == 0 else kl
 
 
-def nn_bins(distances, length, bins=NN_BINS):
+def nn_bins(distances: ArrayLike, length: float, bins: int = NN_BINS) -> np.ndarray:
     """Bin of each NN distance among `bins` equal bins on [0, length], as `np.histogram`.
 
     A bin holds [lo, hi), the last one [lo, length]; distances outside [0, length]
@@ -123,7 +128,7 @@ def nn_bins(distances, length, bins=NN_BINS):
     return np.where((distances < 0) | (distances > length), -1, index).astype(np.int64)
 
 
-def nn_histogram(distances, length, bins=NN_BINS):
+def nn_histogram(distances: ArrayLike, length: float, bins: int = NN_BINS) -> np.ndarray:
     """Counts of NN distances in `bins` equal bins on [0, length]: [..., bins].
 
     Args:
@@ -135,7 +140,9 @@ def nn_histogram(distances, length, bins=NN_BINS):
     return np.asarray(counts).reshape(index.shape[:-1] + (bins,))
 
 
-def nn_divergence(sample_d1, heldout_d1, length, bins=NN_BINS):
+def nn_divergence(
+    sample_d1: ArrayLike, heldout_d1: ArrayLike, length: float, bins: int = NN_BINS
+) -> float | np.ndarray:
     """KL(generated || held-out) of the NN-distance histograms (the paper (arXiv 2603.03469), Fig. 4a).
 
     One KL per model, as in the paper: model k's samples against the held-out

@@ -41,7 +41,12 @@ time of "loss_at_t", the strongest score); items at odd positions are scored.
 The metrics and bounds are `jax_privacy.auditing`'s.
 """
 
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+from jax.typing import ArrayLike
 
 from diffusion_bias.statistics import sample_split
 
@@ -60,23 +65,23 @@ def _auditing():
     return auditing
 
 
-def selection_half(items):
+def selection_half(items: np.ndarray) -> np.ndarray:
     """Items at even positions along the last axis: they choose, they are not scored."""
     return items[..., 0::2]
 
 
-def evaluation_half(items):
+def evaluation_half(items: np.ndarray) -> np.ndarray:
     """Items at odd positions along the last axis: they are scored."""
     return items[..., 1::2]
 
 
-def auc(in_scores, out_scores):
+def auc(in_scores: ArrayLike, out_scores: ArrayLike) -> float:
     """ROC AUC of "higher score means member" (0.5: no leak), `jax_privacy`'s."""
     in_scores, out_scores = np.ravel(in_scores), np.ravel(out_scores)
     return float(_auditing().CanaryScoreAuditor(in_scores, out_scores).attack_auroc())
 
 
-def best_time(member_losses_t, heldout_losses_t):
+def best_time(member_losses_t: np.ndarray, heldout_losses_t: np.ndarray) -> int:
     """Index of the time where members separate best from held-out items, on the selection half.
 
     Args:
@@ -91,7 +96,12 @@ def best_time(member_losses_t, heldout_losses_t):
     return int(np.argmax(aucs))
 
 
-def attack_scores(losses, *, bp=None, seeds_per_split=1):
+def attack_scores(
+    losses: Mapping[str, np.ndarray],
+    *,
+    bp: Mapping[str, ArrayLike] | None = None,
+    seeds_per_split: int = 1,
+) -> tuple[dict[str, dict[str, np.ndarray | None]], int]:
     """Each score's members, held-out non-members and partner candidates, per twin.
 
     Args:
@@ -140,13 +150,23 @@ def attack_scores(losses, *, bp=None, seeds_per_split=1):
     return {name: scores[name] for name in SCORES if name in scores}, s
 
 
-def tpr_at_fpr(in_scores, out_scores, fprs=FPRS):
+def tpr_at_fpr(
+    in_scores: ArrayLike, out_scores: ArrayLike, fprs: Sequence[float] = FPRS
+) -> np.ndarray:
     """[F] the largest TPR at each FPR (randomising between two thresholds), `jax_privacy`'s."""
     auditor = _auditing().CanaryScoreAuditor(np.ravel(in_scores), np.ravel(out_scores))
     return np.atleast_1d(auditor.tpr_at_given_fpr(np.asarray(fprs))).astype(float)
 
 
-def intervals(in_scores, out_scores, fprs, *, num_resamples, confidence, seed):
+def intervals(
+    in_scores: ArrayLike,
+    out_scores: ArrayLike,
+    fprs: Sequence[float],
+    *,
+    num_resamples: int,
+    confidence: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap intervals of the AUC and of the TPR at each FPR (items resampled).
 
     Returns:
@@ -160,7 +180,9 @@ def intervals(in_scores, out_scores, fprs, *, num_resamples, confidence, seed):
     return np.asarray(auc_interval, float), np.asarray(tpr, float)
 
 
-def canaries(members, partner, canary_twin=None):
+def canaries(
+    members: np.ndarray, partner: np.ndarray, canary_twin: ArrayLike | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each twin's in and out candidates: [(in [a], out [b])] over the twins.
 
     Args:
@@ -182,7 +204,14 @@ def canaries(members, partner, canary_twin=None):
     ]
 
 
-def epsilon_lower_bound(members, partner, *, confidence, delta, canary_twin=None):
+def epsilon_lower_bound(
+    members: np.ndarray,
+    partner: np.ndarray,
+    *,
+    confidence: float,
+    delta: float,
+    canary_twin: ArrayLike | None = None,
+) -> tuple[float, np.ndarray]:
     """One-run epsilon lower bound, the largest over the twins (a Bonferroni union bound).
 
     Args:
@@ -211,15 +240,15 @@ def epsilon_lower_bound(members, partner, *, confidence, delta, canary_twin=None
 
 
 def audit(
-    scores,
+    scores: Mapping[str, Mapping[str, np.ndarray | None]],
     *,
-    fprs=FPRS,
-    num_resamples=200,
-    confidence=CONFIDENCE,
-    delta=DELTA,
-    seed=0,
-    canary_twin=None,
-):
+    fprs: Sequence[float] = FPRS,
+    num_resamples: int = 200,
+    confidence: float = CONFIDENCE,
+    delta: float = DELTA,
+    seed: int = 0,
+    canary_twin: ArrayLike | None = None,
+) -> dict[str, Any]:
     """One snapshot's audit: every score's AUC and TPRs, the strongest's intervals and epsilon.
 
     Each score's numbers come from the evaluation half. The strongest score
@@ -271,7 +300,7 @@ def audit(
     )
 
 
-def roc(in_scores, out_scores):
+def roc(in_scores: ArrayLike, out_scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """The ROC curve of "higher score means member": (fpr [P], tpr [P]) for a log-log plot."""
     from sklearn import metrics  # pylint: disable=import-outside-toplevel
 

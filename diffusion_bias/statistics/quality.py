@@ -9,8 +9,12 @@ not. For tokens, the grammatical share of the samples plays this part
 (`controlled.grammatical_fraction`).
 """
 
+from typing import Any
 
-def fit_classifier(items, labels):
+import numpy as np
+
+
+def fit_classifier(items: np.ndarray, labels: np.ndarray) -> Any:
     """A classifier of real items, e.g. the held-out digits and their labels.
 
     Args:
@@ -29,6 +33,6 @@ def fit_classifier(items, labels):
     return classifier.fit(items.reshape(len(items), -1), labels)
 
 
-def classifier_confidence(classifier, samples):
+def classifier_confidence(classifier: Any, samples: np.ndarray) -> np.ndarray:
     """[N] the classifier's largest class probability for each sample."""
     return classifier.predict_proba(samples.reshape(len(samples), -1)).max(axis=1)

@@ -6,10 +6,13 @@ toward its own training set, the pairs part.
 """
 
 import itertools
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from diffusion_bias import setting as setting_lib
 
@@ -20,7 +23,7 @@ STD_EPS = 1e-6
 _NORM_EPS = 1e-12
 
 
-def twin_pairs(num_twins):
+def twin_pairs(num_twins: int) -> list[tuple[int, int]]:
     """All pairs (a, b), a < b, of K twins: list of P = K(K-1)/2 tuples."""
     return list(itertools.combinations(range(num_twins), 2))
 
@@ -32,13 +35,13 @@ def _check_seeds(num_models, seeds_per_split):
         )
 
 
-def split_of(num_models, seeds_per_split=1):
+def split_of(num_models: int, seeds_per_split: int = 1) -> np.ndarray:
     """int [M] the split each model trains on: model m on split m // seeds_per_split."""
     _check_seeds(num_models, seeds_per_split)
     return np.arange(num_models) // seeds_per_split
 
 
-def partner(num_models, seeds_per_split=1):
+def partner(num_models: int, seeds_per_split: int = 1) -> np.ndarray:
     """int [M] each model's partner: the next split's model of its seed index, (m + S) mod M.
 
     The partner's training items are out of model m's training set (its
@@ -48,7 +51,7 @@ def partner(num_models, seeds_per_split=1):
     return (np.arange(num_models) + seeds_per_split) % num_models
 
 
-def pair_groups(num_models, seeds_per_split=1):
+def pair_groups(num_models: int, seeds_per_split: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """bool [P] masks over `twin_pairs(M)`: (cross-split pairs, same-split pairs).
 
     A same-split pair is two models of one split from different seeds (the
@@ -60,7 +63,7 @@ def pair_groups(num_models, seeds_per_split=1):
 
 
 @jax.jit
-def standardize_images(x):
+def standardize_images(x: ArrayLike) -> jax.Array:
     """The paper's image standardisation, so that a dot product is a cosine.
 
     Args:
@@ -84,7 +87,7 @@ def standardize_images(x):
 
 
 @jax.jit
-def paired_cosine(a, b):
+def paired_cosine(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """Cosine similarity of each standardised pair of images.
 
     Args:
@@ -102,7 +105,7 @@ def paired_cosine(a, b):
 
 
 @jax.jit
-def paired_token_similarity(a, b):
+def paired_token_similarity(a: ArrayLike, b: ArrayLike) -> jax.Array:
     """Fraction of equal tokens of each pair of sequences.
 
     Args:
@@ -120,7 +123,7 @@ def paired_token_similarity(a, b):
     return jnp.mean(equal.astype(jnp.float32), axis=-1)
 
 
-def pair_similarity(samples, kind):
+def pair_similarity(samples: np.ndarray | jax.Array, kind: str) -> np.ndarray:
     """Similarity of every coupled pair.
 
     Args:
@@ -139,7 +142,7 @@ def pair_similarity(samples, kind):
     )
 
 
-def summarize(values, bins):
+def summarize(values: np.ndarray, bins: int | Sequence[float] | np.ndarray) -> dict[str, Any]:
     """Mean, standard error over items, and histogram of [P, N] similarities.
 
     The s.e.m. is over the N coupled items (pairs of one item share its noise).

@@ -6,12 +6,15 @@ the same noise, and the cosine of their predictions falls as each drifts
 toward its own training set.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
+from jax.typing import ArrayLike
 
 from diffusion_bias.statistics import sample_split
 
 
-def cosine(a, b):
+def cosine(a: ArrayLike, b: ArrayLike) -> np.ndarray:
     """[B] cosine of a[i] and b[i], flattened (raw vectors, not standardised)."""
     a = np.asarray(a, np.float64).reshape(len(a), -1)
     b = np.asarray(b, np.float64).reshape(len(b), -1)
@@ -20,7 +23,7 @@ def cosine(a, b):
     )
 
 
-def pair_cosines(eps):
+def pair_cosines(eps: Sequence[ArrayLike]) -> list[float]:
     """[P] mean cosine over inputs of each twin pair's predictions on shared inputs.
 
     Args:
@@ -29,7 +32,7 @@ def pair_cosines(eps):
     return [np.mean(cosine(eps[a], eps[b])) for a, b in sample_split.twin_pairs(len(eps))]
 
 
-def own_inputs_pair_cosines(eps):
+def own_inputs_pair_cosines(eps: Sequence[Sequence[ArrayLike]]) -> list[float]:
     """[P] per pair (a, b): the mean of its cosine on a's and on b's training inputs.
 
     Args:

@@ -6,10 +6,13 @@ analysis reports. Denoiser contract, chunking and noise: `statistics/controlled.
 """
 
 import functools
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from diffusion_bias import checks
 from diffusion_bias import chunking
@@ -85,10 +88,10 @@ def _check_repeats(repeats):
 
 
 def bp_overlaps(
-    transitions,
+    transitions: ArrayLike,
     schedule: Schedule,
-    x0,
-    ratios,
+    x0: ArrayLike,
+    ratios: Sequence[float] | ArrayLike,
     key: jax.Array,
     repeats: int = 1,
     chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
@@ -101,7 +104,7 @@ def bp_overlaps(
     return overlaps_on([reference], transitions, schedule, x0, ratios, key, repeats, chunk_size)[0]
 
 
-def uturn_steps(schedule: Schedule, ratios) -> list[int]:
+def uturn_steps(schedule: Schedule, ratios: Sequence[float] | ArrayLike) -> list[int]:
     """The U-turn steps t = max(1, floor(r T)), truncated as the paper's code (int(r T)).
 
     E.g. r = 0.085 of T = 500 is step 42. A 1e-9 guard keeps a float product
@@ -125,10 +128,10 @@ def uturn_steps(schedule: Schedule, ratios) -> list[int]:
 
 def uturn_overlap(
     denoise_fn: controlled.TokenDenoiser,
-    transitions,
+    transitions: ArrayLike,
     schedule: Schedule,
-    x0,
-    ratios,
+    x0: ArrayLike,
+    ratios: Sequence[float] | ArrayLike,
     key: jax.Array,
     repeats: int = 1,
     chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,
@@ -183,8 +186,16 @@ def uturn_overlap(
 
 
 def twin_uturn_ratios(
-    denoise_fns, transitions, schedule, own, heldout, ratios, key, repeats=1, bp=None
-):
+    denoise_fns: Sequence[controlled.TokenDenoiser],
+    transitions: ArrayLike,
+    schedule: Schedule,
+    own: np.ndarray,
+    heldout: ArrayLike,
+    ratios: Sequence[float] | ArrayLike,
+    key: jax.Array,
+    repeats: int = 1,
+    bp: Mapping[str, np.ndarray | list[np.ndarray]] | None = None,
+) -> dict[str, np.ndarray]:
     """U-turn overlap ratio model / exact BP per twin, on its own and on held-out sequences.
 
     Args:
@@ -211,7 +222,15 @@ def twin_uturn_ratios(
     return {name: np.asarray(values) for name, values in out.items()}
 
 
-def twin_bp_overlaps(transitions, schedule, own, heldout, ratios, key, repeats=1):
+def twin_bp_overlaps(
+    transitions: ArrayLike,
+    schedule: Schedule,
+    own: np.ndarray,
+    heldout: ArrayLike,
+    ratios: Sequence[float] | ArrayLike,
+    key: jax.Array,
+    repeats: int = 1,
+) -> dict[str, np.ndarray | list[np.ndarray]]:
     """Exact BP's overlaps for `twin_uturn_ratios`: train [K] of [R, n], heldout [R, m]."""
     return dict(
         train=[bp_overlaps(transitions, schedule, x, ratios, key, repeats) for x in own],
@@ -225,11 +244,11 @@ def random_sequences(key: jax.Array, num: int, length: int, num_symbols: int) ->
 
 
 def overlaps_on(
-    denoise_fns,
-    transitions,
+    denoise_fns: Sequence[controlled.TokenDenoiser],
+    transitions: ArrayLike,
     schedule: Schedule,
-    x0,
-    ratios,
+    x0: ArrayLike,
+    ratios: Sequence[float] | ArrayLike,
     key: jax.Array,
     repeats: int = 1,
     chunk_size: int = controlled.DEFAULT_CHUNK_SIZE,

@@ -1,7 +1,8 @@
 """The bias monitor inside `launch.train`: built from the config, resumable, rows on disk.
 
-With `config.monitor.enabled`, training calls the monitor at every snapshot and
-writes, in the workdir,
+With `config.monitor.enabled`, the training loop holds one `MonitorHook`: it
+catches up on resume, runs the monitor at every snapshot and saves what a
+stopping rule keeps. In the workdir:
 
     monitor.jsonl        one row per snapshot: epoch, statistics, the rule's
                          decision ("continue" or "stop"), kept_epoch once stopped
@@ -18,8 +19,11 @@ result are strict JSON (null where a statistic is undefined).
 
 import json
 import os
+import time
+from typing import Any
 
 from absl import logging
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -35,7 +39,7 @@ RESULT = "result.json"
 RESULT_PARAMS = "result"
 
 
-def build(config, run):
+def build(config: ml_collections.ConfigDict, run: Any) -> monitor_lib.BiasMonitor:
     """The BiasMonitor of `run` (a run.Run): its twins' data, model, schedule; `config.monitor`.
 
     The training sets and held-out items are the items as drawn; `run.offsets`
@@ -74,7 +78,7 @@ def _training(workdir):
     return config_file.training_fingerprint(config_file.load_config(workdir))
 
 
-def restore(monitor, workdir, upto_epoch):
+def restore(monitor: monitor_lib.BiasMonitor, workdir: str, upto_epoch: float) -> None:
     """Reloads the monitor's history up to `upto_epoch` and rewrites its rows to match.
 
     A state saved by another run (another training fingerprint) is not reloaded.
@@ -92,7 +96,7 @@ def restore(monitor, workdir, upto_epoch):
     _write_rows(monitor, workdir)
 
 
-def record(monitor, workdir):
+def record(monitor: monitor_lib.BiasMonitor, workdir: str) -> None:
     """Saves the monitor's state (with the run's fingerprint) and rows after a snapshot."""
     training = _training(workdir)
     with files.atomic_write(os.path.join(workdir, STATE), "wb") as f:
@@ -105,7 +109,7 @@ def _write_rows(monitor, workdir):
         f.writelines(files.json_line(r) + "\n" for r in monitor.rows)
 
 
-def stopped_result(workdir):
+def stopped_result(workdir: str) -> dict[str, Any] | None:
     """The saved result.json of the workdir's run if a rule stopped it, else None."""
     path = os.path.join(workdir, RESULT)
     if not os.path.exists(path):
@@ -122,7 +126,13 @@ def stopped_result(workdir):
     return result
 
 
-def save_result(workdir, monitor, kept_step, stop_step, kept_state):
+def save_result(
+    workdir: str,
+    monitor: monitor_lib.BiasMonitor,
+    kept_step: int | None,
+    stop_step: int,
+    kept_state: Any,
+) -> dict[str, Any]:
     """Writes result.json and the kept snapshot's parameters (result/).
 
     `kept_state` is the checkpoints.TwinState at `kept_step`, None when no
@@ -148,3 +158,108 @@ def save_result(workdir, monitor, kept_step, stop_step, kept_state):
     with files.atomic_write(os.path.join(workdir, RESULT)) as f:
         json.dump(files.finite_or_none(result), f, indent=1, allow_nan=False)
     return result
+
+
+class MonitorHook:
+    """The monitor as the training loop's one hook.
+
+    `resume` builds it (or none) and catches up with the snapshots the monitor
+    has not seen; `at_snapshot` runs it on a snapshot, records its row (files,
+    TensorBoard) and, when its rule stops, saves the kept state.
+    """
+
+    def __init__(
+        self,
+        monitor: monitor_lib.BiasMonitor,
+        run: Any,
+        workdir: str,
+        ckpts: Any,
+        board: Any = None,
+    ):
+        """`monitor` a BiasMonitor (`build`); `ckpts` the run's checkpoints.TwinCheckpoints;
+        `board` the training's metric writer (None on other processes)."""
+        self.monitor, self.workdir, self.ckpts, self.board = monitor, workdir, ckpts, board
+        self.steps_per_epoch = run.steps_per_epoch
+
+    @classmethod
+    def resume(
+        cls,
+        config: ml_collections.ConfigDict,
+        run: Any,
+        workdir: str,
+        state: Any,
+        start: int,
+        ckpts: Any,
+        board: Any = None,
+    ) -> tuple["MonitorHook | None", bool]:
+        """The hook (None if the monitor is disabled), caught up with the snapshots up
+        to `start`, where training resumes with `state`.
+
+        Returns:
+            (hook, stopped): stopped when its rule has stopped the run, in an earlier
+            run or on a snapshot saved before a crash that it had not seen.
+        """
+        if not config.monitor.enabled:
+            return None, False
+        done = stopped_result(workdir)
+        if done is not None:
+            logging.info("A %s rule already stopped this run: %s", done["rule"], done["reason"])
+            return None, True
+        spe = run.steps_per_epoch
+        hook = cls(build(config, run), run, workdir, ckpts, board)
+        restore(hook.monitor, workdir, upto_epoch=start / spe)
+        if hook.monitor.kept_epoch is not None:
+            # The rule had stopped, and the run ended before writing its result.
+            hook._save_result(start)
+            return hook, True
+        # Snapshots saved before a crash that the monitor had not yet seen.
+        rows = hook.monitor.rows
+        seen = rows[-1]["epoch"] * spe if rows else 0
+        for missed in [int(s) for s in run.snapshot_steps if seen < s <= start]:
+            missed_state = state if missed == start else ckpts.read_snapshot(missed)
+            if hook.at_snapshot(missed_state, missed):
+                return hook, True
+        return hook, False
+
+    def at_snapshot(self, state: Any, step: int) -> bool:
+        """Runs the monitor on the snapshot `state` at `step`; True when its rule stops.
+
+        Its row goes to monitor.jsonl and, as monitor/<statistic> scalars at `step`'s
+        epoch, to the training TensorBoard beside the train loss.
+        """
+        spe = self.steps_per_epoch
+        began = time.time()
+        row = self.monitor(state.evaluated_params(), epoch=step / spe)
+        record(self.monitor, self.workdir)
+        scalars = {k: v for k, v in row.items() if isinstance(v, float) and k != "epoch"}
+        if self.board is not None:
+            monitored = {f"monitor/{k}": v for k, v in scalars.items() if k != "kept_epoch"}
+            self.board.scalars(int(round(step / spe)), monitored)
+            # A kill loses no snapshot's row: the event file is complete up to here.
+            self.board.flush()
+        logging.info(
+            "monitor at epoch %g: %s  (%.1f s)",
+            row["epoch"],
+            "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()),
+            time.time() - began,
+        )
+        if row["decision"] != "stop":
+            return False
+        self._save_result(step)
+        return True
+
+    def _save_result(self, step):
+        """Writes the stopped monitor's result (kept parameters, result.json) at `step`."""
+        spe, monitor = self.steps_per_epoch, self.monitor
+        kept = monitor.kept_epoch
+        kept_step = int(round(kept * spe)) if np.isfinite(kept) else None
+        self.ckpts.wait_until_finished()
+        kept_state = self.ckpts.read_snapshot(kept_step) if kept_step is not None else None
+        save_result(self.workdir, monitor, kept_step, step, kept_state)
+        logging.info(
+            "Stopping at epoch %g (rule %s): %s; %s.",
+            step / spe,
+            monitor.stop,
+            monitor.reason,
+            f"kept the snapshot at epoch {kept:g}" if kept_step is not None else "no snapshot kept",
+        )

@@ -54,7 +54,7 @@ class PreemptionNotice:
         self.signal_name = None
 
     @classmethod
-    def install(cls):
+    def install(cls) -> "PreemptionNotice":
         """A notice whose handler now catches SIGTERM and SIGINT."""
         notice = cls()
         if threading.current_thread() is threading.main_thread():
@@ -63,7 +63,7 @@ class PreemptionNotice:
             notice._installed = True
         return notice
 
-    def uninstall(self):
+    def uninstall(self) -> None:
         """Gives SIGTERM and SIGINT back their previous actions."""
         if self._installed:
             for signum, previous in self._previous.items():
@@ -78,7 +78,7 @@ class PreemptionNotice:
         self._flag = True
         self.signal_name = signal.Signals(signum).name
 
-    def received(self):
+    def received(self) -> bool:
         """Whether any process got SIGTERM; the same answer on every process."""
         if jax.process_count() == 1:
             return self._flag

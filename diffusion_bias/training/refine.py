@@ -13,10 +13,12 @@ reassociation.
 them into a folder of its own (the run's workdir is not written).
 """
 
+from collections.abc import Sequence
 import os
 
 from absl import logging
 import jax
+import ml_collections
 import numpy as np
 
 from diffusion_bias import checkpoints
@@ -24,7 +26,9 @@ from diffusion_bias import run as run_lib
 from diffusion_bias.training import twin_steps
 
 
-def refine_steps(steps, index, per_call, between=3):
+def refine_steps(
+    steps: Sequence[int] | np.ndarray, index: int, per_call: int, between: int = 3
+) -> tuple[int, list[int]]:
     """New snapshot steps in the two grid intervals next to snapshot `index`.
 
     Args:
@@ -49,7 +53,7 @@ def refine_steps(steps, index, per_call, between=3):
     return int(steps[lo]), sorted(new - {int(s) for s in steps})
 
 
-def replay_layout(config):
+def replay_layout(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, bool]:
     """`config` with a device layout this process has: the run's, else one device.
 
     Returns:
@@ -65,7 +69,13 @@ def replay_layout(config):
     return config, False
 
 
-def replay(config, workdir, start, targets, out_dir):
+def replay(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    start: int,
+    targets: Sequence[int],
+    out_dir: str,
+) -> checkpoints.TwinCheckpoints:
     """Trains the run of `workdir` from its snapshot `start` through `targets`, saving them.
 
     Args:
@@ -93,13 +103,14 @@ def replay(config, workdir, start, targets, out_dir):
         )
     run = run_lib.prepare(config, workdir)
     mesh = twin_steps.make_mesh(config)
-    state, data = twin_steps.initial_state_and_data(config, run, mesh)
+    tx = twin_steps.get_optimizer(config)
+    state, data = twin_steps.initial_state_and_data(config, run, mesh, tx)
     source = checkpoints.TwinCheckpoints(workdir, run.snapshot_steps, read_only=True)
     try:
         state = source.restore(start, checkpoints.abstract(state))
     finally:
         source.close()
-    chunk = twin_steps.make_train_chunk(config, run.model, run.schedule, run.kind, mesh)
+    chunk = twin_steps.make_train_chunk(config, run.model, run.schedule, run.kind, mesh, tx)
     per_call = config.training.steps_per_call
     out = checkpoints.TwinCheckpoints(out_dir, targets)
     step = start

@@ -30,6 +30,7 @@ import time
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+import ml_collections
 import numpy as np
 
 from diffusion_bias import checkpoints
@@ -45,7 +46,7 @@ from diffusion_bias.training import twin_steps
 LOCK = "train.lock"
 
 
-def train_and_evaluate(config, workdir):
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> checkpoints.TwinState:
     """Trains the twins of `config` in `workdir`, resuming what is there.
 
     Returns:
@@ -57,7 +58,7 @@ def train_and_evaluate(config, workdir):
         files.Busy: another process is training in `workdir` (`LOCK`).
     """
     # Every check, the pool size included, before the first write into the workdir.
-    run_lib.check_config(config)
+    config_checks.check_config(config)
     _check_workdir(workdir)
     with contextlib.ExitStack() as stack:
         if jax.process_index() == 0:
@@ -70,18 +71,19 @@ def train_and_evaluate(config, workdir):
 def _check_workdir(workdir):
     """Raises ConfigError when `workdir` is a file or cannot be written (one line, not OSError)."""
     if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise run_lib.ConfigError(f"--workdir={workdir} is a file, not a folder")
+        raise config_checks.ConfigError(f"--workdir={workdir} is a file, not a folder")
     existing = workdir
     while not os.path.exists(existing):
         existing = os.path.dirname(os.path.abspath(existing))
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise run_lib.ConfigError(f"--workdir={workdir}: {existing} cannot be written to")
+        raise config_checks.ConfigError(f"--workdir={workdir}: {existing} cannot be written to")
 
 
 def _train(config, workdir):
     run = _begin(config, workdir)
     mesh = twin_steps.make_mesh(config)
-    state, data = twin_steps.initial_state_and_data(config, run, mesh)
+    tx = twin_steps.get_optimizer(config)  # built once: the state's and the step's
+    state, data = twin_steps.initial_state_and_data(config, run, mesh, tx)
     per_call = config.training.steps_per_call
     latest_every = -(-config.snapshots.latest_every_steps // per_call) * per_call
     # Saves at the planned steps, every `latest_every` and at `total`.
@@ -92,13 +94,15 @@ def _train(config, workdir):
         state = restored
         if primary:
             logging.info("Resuming from step %d.", start)
-    chunk = twin_steps.make_train_chunk(config, run.model, run.schedule, run.kind, mesh)
+    chunk = twin_steps.make_train_chunk(config, run.model, run.schedule, run.kind, mesh, tx)
     progress = _Progress(config, workdir, run, start) if primary else None
     board = progress.board if primary else None
     # SIGTERM from here on: save the step reached, then raise Preempted (exit 75).
     notice = preemption.PreemptionNotice.install()
     try:
-        monitor, stopped = _resume_monitor(config, run, workdir, state, start, ckpts, board)
+        monitor, stopped = monitor_run.MonitorHook.resume(
+            config, run, workdir, state, start, ckpts, board
+        )
         if not stopped:
             loop = _Loop(config, run, workdir, ckpts, notice, monitor, progress)
             state = loop.train(chunk, state, data, start)
@@ -118,7 +122,7 @@ def _begin(config, workdir):
     try:
         config_file.save_config(workdir, config)
     except ValueError as err:  # a resumed run with another config: the fields are named
-        raise run_lib.ConfigError(str(err)) from None
+        raise config_checks.ConfigError(str(err)) from None
     run = run_lib.prepare(config, workdir)
     if jax.process_index() == 0:
         np.savez(
@@ -127,35 +131,6 @@ def _begin(config, workdir):
             heldout=run.twin_data.splits.heldout,
         )
     return run
-
-
-def _resume_monitor(config, run, workdir, state, start, ckpts, board):
-    """The bias monitor (None if disabled), caught up with the snapshots up to `start`.
-
-    Returns:
-        (monitor, stopped): stopped when its rule has stopped the run, in an
-        earlier run or on a snapshot saved before a crash that it had not seen.
-    """
-    if not config.monitor.enabled:
-        return None, False
-    done = monitor_run.stopped_result(workdir)
-    if done is not None:
-        logging.info("A %s rule already stopped this run: %s", done["rule"], done["reason"])
-        return None, True
-    spe = run.steps_per_epoch
-    monitor = monitor_run.build(config, run)
-    monitor_run.restore(monitor, workdir, upto_epoch=start / spe)
-    if monitor.kept_epoch is not None:
-        # The rule had stopped, and the run ended before writing its result.
-        _save_monitor_result(monitor, start, spe, ckpts, workdir)
-        return monitor, True
-    # Snapshots saved before a crash that the monitor had not yet seen.
-    seen = monitor.rows[-1]["epoch"] * spe if monitor.rows else 0
-    for missed in [int(s) for s in run.snapshot_steps if seen < s <= start]:
-        missed_state = state if missed == start else ckpts.read_snapshot(missed)
-        if _monitor_stops(monitor, missed_state, missed, spe, ckpts, workdir, board):
-            return monitor, True
-    return monitor, False
 
 
 class _Loop:
@@ -185,7 +160,7 @@ class _Loop:
             if step in plan and self.progress is not None:
                 # A kill loses no logged point before the snapshot it can resume from.
                 self.progress.board.flush()
-            if self.monitor is not None and step in plan and self._monitor_stops(state, step):
+            if self.monitor is not None and step in plan and self.monitor.at_snapshot(state, step):
                 break
             log = step % self.log_every < self.per_call or step == total
             if log and self.progress is not None:
@@ -193,11 +168,6 @@ class _Loop:
             if preempted:
                 self._exit_preempted(step)
         return state
-
-    def _monitor_stops(self, state, step):
-        board = None if self.progress is None else self.progress.board
-        spe = self.run.steps_per_epoch
-        return _monitor_stops(self.monitor, state, step, spe, self.ckpts, self.workdir, board)
 
     def _exit_preempted(self, step):
         self.ckpts.wait_until_finished()
@@ -317,49 +287,6 @@ class _Progress:
             _eta((self._total - step) / max(rate, 1e-9)),
         )
         self._window_losses, self._window_steps, self._window_seconds = [], 0, 0.0
-
-
-def _monitor_stops(monitor, state, step, spe, ckpts, workdir, board=None):
-    """Runs the monitor on the snapshot at `step`; on a stop, saves the result. Stop?
-
-    Its row goes to monitor.jsonl and, as monitor/<statistic> scalars at `step`,
-    to the training TensorBoard `board`, beside the train loss.
-    """
-    start = time.time()
-    row = monitor(state.evaluated_params(), epoch=step / spe)
-    monitor_run.record(monitor, workdir)
-    scalars = {k: v for k, v in row.items() if isinstance(v, float) and k not in ("epoch",)}
-    if board is not None:
-        monitored = {f"monitor/{k}": v for k, v in scalars.items() if k != "kept_epoch"}
-        board.scalars(int(round(step / spe)), monitored)
-        # A kill loses no snapshot's row: the event file is complete up to here.
-        board.flush()
-    logging.info(
-        "monitor at epoch %g: %s  (%.1f s)",
-        row["epoch"],
-        "  ".join(f"{k} {v:.4g}" for k, v in scalars.items()),
-        time.time() - start,
-    )
-    if row["decision"] != "stop":
-        return False
-    _save_monitor_result(monitor, step, spe, ckpts, workdir)
-    return True
-
-
-def _save_monitor_result(monitor, step, spe, ckpts, workdir):
-    """Writes the stopped monitor's result (kept parameters, result.json) at `step`."""
-    kept = monitor.kept_epoch
-    kept_step = int(round(kept * spe)) if np.isfinite(kept) else None
-    ckpts.wait_until_finished()
-    kept_state = ckpts.read_snapshot(kept_step) if kept_step is not None else None
-    monitor_run.save_result(workdir, monitor, kept_step, step, kept_state)
-    logging.info(
-        "Stopping at epoch %g (rule %s): %s; %s.",
-        step / spe,
-        monitor.stop,
-        monitor.reason,
-        f"kept the snapshot at epoch {kept:g}" if kept_step is not None else "no snapshot kept",
-    )
 
 
 def _eta(seconds):

@@ -13,12 +13,15 @@ and its diffusion times, noise and dropout come from
 fold_in(fold_in(key, k), s). `train.train_and_evaluate` runs these steps.
 """
 
+from collections.abc import Callable
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import ml_collections
 import numpy as np
 import optax
 
@@ -30,7 +33,7 @@ from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 
 
-def learning_rate_schedule(config):
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> float | optax.Schedule:
     """The learning rate: a float ("constant") or a function of the step.
 
     "paper": a factor applied per epoch, 1.0 -> 0.5 linearly over the first 50
@@ -54,13 +57,24 @@ def learning_rate_schedule(config):
     return schedule
 
 
-def get_optimizer(config):
+def get_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
     """Adam with the configured learning-rate schedule (`learning_rate_schedule`)."""
     schedule = learning_rate_schedule(config)
     return optax.adam(schedule, b1=config.optimizer.b1, b2=config.optimizer.b2)
 
 
-def denoising_loss(params, x0, key, weights=None, *, model, schedule, kind, train, min_step=1):
+def denoising_loss(
+    params: Any,
+    x0: jax.Array,
+    key: jax.Array,
+    weights: jax.Array | None = None,
+    *,
+    model: Any,
+    schedule: Any,
+    kind: str,
+    train: bool,
+    min_step: int = 1,
+) -> jax.Array:
     """Mean denoising loss of one model on a batch, t uniform in min_step..T.
 
     Args:
@@ -132,10 +146,18 @@ def _twin_step(
     return params, opt_state, ema, loss
 
 
-def make_train_chunk(config, model, schedule, kind, mesh):
+def make_train_chunk(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    schedule: Any,
+    kind: str,
+    mesh: jax.sharding.Mesh,
+    tx: optax.GradientTransformation,
+) -> Callable[[checkpoints.TwinState, jax.Array], tuple[checkpoints.TwinState, jax.Array]]:
     """Returns chunk(state, data) -> (state, losses [S, K]) running S steps.
 
-    `state` is a checkpoints.TwinState; `data` is [K, n, ...].
+    `state` is a checkpoints.TwinState whose optimizer state `tx` made
+    (`initial_state_and_data`); `data` is [K, n, ...].
     """
     seed_key = jax.random.key(config.seed)
     keys = {"data": jax.random.fold_in(seed_key, 0), "noise": jax.random.fold_in(seed_key, 1)}
@@ -151,7 +173,7 @@ def make_train_chunk(config, model, schedule, kind, mesh):
     one = functools.partial(
         _twin_step,
         loss_fn=loss_fn,
-        tx=get_optimizer(config),
+        tx=tx,
         batch_size=config.training.batch_size,
         ema_decay=config.training.ema_decay,
         keys=keys,
@@ -189,7 +211,12 @@ def make_train_chunk(config, model, schedule, kind, mesh):
     return jax.jit(chunk, donate_argnums=0)
 
 
-def init_state(config, model, example, tx):
+def init_state(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    example: jax.typing.ArrayLike,
+    tx: optax.GradientTransformation,
+) -> checkpoints.TwinState:
     """The TwinState at step 0: each twin initialised from its own key unless `shared_init`."""
     init_key = jax.random.fold_in(jax.random.key(config.seed), 2)
     num_models = config_checks.num_models(config)
@@ -207,7 +234,7 @@ def init_state(config, model, example, tx):
     )
 
 
-def make_mesh(config):
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     """The device mesh: config.training.twin_devices rows ("twins") by the rest ("data").
 
     Over all devices, or the first config.training.num_devices of them.
@@ -217,7 +244,7 @@ def make_mesh(config):
     return jax.sharding.Mesh(devices, ("twins", "data"))
 
 
-def place(tree, mesh, twin_axis):
+def place(tree: Any, mesh: jax.sharding.Mesh, twin_axis: bool) -> Any:
     """Puts arrays on the mesh: twin axis over "twins", the rest replicated.
 
     With several processes the mesh spans them all; `device_put` then takes each
@@ -232,14 +259,19 @@ def place(tree, mesh, twin_axis):
     return jax.tree.map(put, tree)
 
 
-def initial_state_and_data(config, run, mesh):
-    """The TwinState at step 0 and the twins' data [K, n, ...], placed on `mesh`."""
+def initial_state_and_data(
+    config: ml_collections.ConfigDict,
+    run: run_lib.Run,
+    mesh: jax.sharding.Mesh,
+    tx: optax.GradientTransformation,
+) -> tuple[checkpoints.TwinState, jax.Array]:
+    """The TwinState at step 0 (optimizer state from `tx`, the one the training
+    chunk updates with) and the twins' data [K, n, ...], placed on `mesh`."""
     example = run.train[0, :1]
     example = setting_lib.of(run.kind).encode(example, getattr(run.model, "num_symbols", None))
     # With one twin device the twin axis stays unsharded: the step returns P()
     # shardings, and inputs sharded P("twins") would make its second call retrace.
     twin_axis = config.training.twin_devices > 1
-    tx = get_optimizer(config)
     state = init_state(config, run.model, example, tx)
     state = place(state, mesh, twin_axis=twin_axis)
     state = state.replace(step=jax.device_put(state.step, NamedSharding(mesh, P())))
