@@ -42,6 +42,9 @@ class Setting:
         bias_statistic: the curve whose extremum is the bias onset:
             "similarity" or "nn_divergence".
         bias_direction: where that curve's onset is: "max" or "min".
+        similarity_label: the similarity's words on a figure's axis.
+        quality_name, quality_meaning: what the samples' quality statistic is
+            called in the report, and what it measures.
         noun: how messages name one item ("image", "token").
         layout: the pool's item array, for messages ("[N, H, W, C]").
         pool_ndim, pool_dtype: the rank and dtype of a pool's items.
@@ -56,6 +59,9 @@ class Setting:
     similarity_bins: tuple[float, float, int]
     bias_statistic: str
     bias_direction: str
+    similarity_label: str
+    quality_name: str
+    quality_meaning: str
     noun: str
     layout: str
     pool_ndim: int
@@ -120,6 +126,9 @@ IMAGES = Setting(
     similarity_bins=(-1.0, 1.0, 41),
     bias_statistic="similarity",
     bias_direction="max",
+    similarity_label="cosine of standardised twin samples",
+    quality_name="sample quality",
+    quality_meaning="mean confidence of a classifier of the held-out items",
     noun="image",
     layout="[N, H, W, C]",
     pool_ndim=4,
@@ -136,6 +145,9 @@ TOKENS = Setting(
     similarity_bins=(0.0, 1.0, 21),
     bias_statistic="nn_divergence",
     bias_direction="min",
+    similarity_label="fraction of equal tokens in twin samples",
+    quality_name="grammatical share",
+    quality_meaning="share of samples the grammar allows",
     noun="token",
     layout="[N, L]",
     pool_ndim=2,

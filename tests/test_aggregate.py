@@ -14,6 +14,7 @@ import pytest
 
 from configs import smoke
 from diffusion_bias import run as run_lib
+from diffusion_bias.instrument import record as record_lib
 from diffusion_bias.instrument import report
 from diffusion_bias.instrument import summary
 from diffusion_bias.instrument import verdict
@@ -63,6 +64,7 @@ def _image_per_step(num_twins, seed=0):
                 heldout_losses_t=rng.random((num_twins, 3, M)),
                 own_d1=rng.random((num_twins, N)),
                 own_d2=1 + rng.random((num_twins, N)),
+                own_index=np.zeros((num_twins, N), np.int32),
                 other_d1=rng.random((num_twins, N)),
                 heldout_d1=rng.random((num_twins, M)),
                 heldout_d2=1 + rng.random((num_twins, M)),
@@ -87,7 +89,8 @@ def _config(num_twins, aggregate):
 
 def _summarize(config, per_step):
     spe = run_lib.steps_per_epoch(config)
-    return summary.summarize(config, [spe * (c + 1) for c in range(C)], per_step)
+    records = [record_lib.SnapshotRecord.from_arrays(r) for r in per_step]
+    return summary.summarize(config, [spe * (c + 1) for c in range(C)], records)
 
 
 def test_the_median_picks_the_authors_snapshots_where_the_mean_does_not():
@@ -183,6 +186,7 @@ def test_tokens_aggregate_the_nn_divergence_over_models_and_pairs_by_the_median(
                 similarity=rng.random((k * (k - 1) // 2, N)),
                 own_d1=own_d1,
                 own_d2=own_d1 + 1,
+                own_index=np.zeros((k, N), np.int32),
                 other_d1=own_d1 + 1,
                 heldout_d1=rng.integers(0, length + 1, (k, M)).astype(float),
                 heldout_d2=np.full((k, M), length + 1.0),

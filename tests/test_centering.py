@@ -98,9 +98,9 @@ def test_instrument_compares_twins_in_the_common_space_and_scores_in_their_own(t
     for k in range(2):
         # Centred sample + its twin's mean is compared with the training set as drawn.
         common = own_space[k].astype(np.float64) + offsets[k]
-        np.testing.assert_allclose(out["own_d1"][k], _nn(common, raw_train[k]), rtol=1e-4)
+        np.testing.assert_allclose(out.own_d1[k], _nn(common, raw_train[k]), rtol=1e-4)
         np.testing.assert_allclose(
-            out["example_samples"][k], common[: out["example_samples"].shape[1]], atol=1e-6
+            out.example_samples[k], common[: out.example_samples.shape[1]], atol=1e-6
         )
         # Held-out losses of twin k on held-out items shifted by twin k's own mean.
         shifted = (np.asarray(inst.heldout, np.float64) - offsets[k]).astype(np.float32)
@@ -114,11 +114,11 @@ def test_instrument_compares_twins_in_the_common_space_and_scores_in_their_own(t
             inst.schedule,
             kind="images",
         )
-        np.testing.assert_allclose(out["test_losses"][k], expected, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(out.test_losses[k], expected, rtol=1e-4, atol=1e-6)
     # The held-out statistics do not depend on how the twins are centred.
     plain, _ = _instrument_and_snapshot("none", str(tmp_path))
     reference = plain.compute(snapshot)
-    np.testing.assert_allclose(out["heldout_d1"], reference["heldout_d1"], rtol=1e-6)
+    np.testing.assert_allclose(out.heldout_d1, reference.heldout_d1, rtol=1e-6)
 
 
 def test_instrument_nn_distances_are_invariant_to_the_twin_shift(tmp_path):

@@ -74,20 +74,14 @@ def test_pool_items_of_the_wrong_rank_or_dtype_are_refused():
 
 
 def _kind_comparisons(tree):
-    """Comparisons of a name or attribute called `kind` with "images" or "tokens"."""
+    """Comparisons of anything with "images" or "tokens" (==, !=, in)."""
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Compare):
             operands = [node.left, *node.comparators]
-            named = any(
-                (isinstance(o, ast.Name) and o.id == "kind")
-                or (isinstance(o, ast.Attribute) and o.attr == "kind")
-                for o in operands
-            )
-            kinds = any(
-                isinstance(o, ast.Constant) and o.value in setting_lib.KINDS for o in operands
-            )
-            if named and kinds:
+            containers = [o.elts for o in operands if isinstance(o, (ast.Tuple, ast.List, ast.Set))]
+            constants = operands + [e for elts in containers for e in elts]
+            if any(isinstance(o, ast.Constant) and o.value in setting_lib.KINDS for o in constants):
                 found.append(node.lineno)
     return found
 
@@ -106,3 +100,5 @@ def test_no_module_but_setting_compares_a_kind():
     assert not offenders, offenders
     # The check finds what it looks for.
     assert _kind_comparisons(ast.parse("x = 1 if run.kind == 'tokens' else 2")) == [1]
+    assert _kind_comparisons(ast.parse("y = stats['setting'] != 'images'")) == [1]
+    assert _kind_comparisons(ast.parse("z = s in ('images', 'x')")) == [1]

@@ -4,11 +4,14 @@ Each paper definition is recomputed here in plain numpy (the paper (arXiv 2603.0
 details") and compared with what `summary.summarize` writes.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from configs import smoke
 from diffusion_bias.config import config_checks
+from diffusion_bias.instrument import record as record_lib
 from diffusion_bias.instrument import report
 from diffusion_bias.instrument import summary
 from diffusion_bias.instrument import verdict
@@ -39,6 +42,7 @@ def _per_step(seed=0):
                 similarity=rng.random((K * (K - 1) // 2, N)),
                 own_d1=own_d1,
                 own_d2=own_d2,
+                own_index=np.zeros((K, N), np.int32),
                 other_d1=own_d1 + 1,
                 heldout_d1=heldout_d1,
                 heldout_d2=heldout_d2,
@@ -70,7 +74,8 @@ def _config(**analysis_fields):
 
 def _summarize(config, per_step):
     spe = config.splits.split_size // config.training.batch_size
-    return summary.summarize(config, [spe * (c + 1) for c in range(C)], per_step)
+    records = [record_lib.SnapshotRecord.from_arrays(r) for r in per_step]
+    return summary.summarize(config, [spe * (c + 1) for c in range(C)], records)
 
 
 def test_nn_divergence_is_the_mean_over_models_of_each_models_kl():
@@ -290,9 +295,12 @@ def _pair_records(num_snapshots=6, num_samples=400, seed=0):
         sim = rng.normal(0.5, 0.1, (6, num_samples))  # pairs of twin_pairs(4)
         if c >= 3:
             sim[[0, 5]] += 0.2  # (0, 1) and (2, 3): the same-split pairs
-        records.append(
-            dict(similarity=sim, twin_kl=rng.random((6, num_samples)), test_losses=np.ones((4, 3)))
+        required = dataclasses.fields(record_lib.SnapshotRecord)
+        arrays = {f.name: np.zeros(1) for f in required if f.default is dataclasses.MISSING}
+        arrays.update(
+            similarity=sim, twin_kl=rng.random((6, num_samples)), test_losses=np.ones((4, 3))
         )
+        records.append(record_lib.SnapshotRecord.from_arrays(arrays))
     return records
 
 
@@ -300,9 +308,9 @@ def test_split_pairs_keeps_cross_split_pairs_for_the_statistics_and_sets_same_sp
     records = _pair_records()
     cross, same = summary.split_pairs(records, 2)
     for r, rc, rs in zip(records, cross, same):
-        np.testing.assert_array_equal(rc["similarity"], r["similarity"][[1, 2, 3, 4]])
-        np.testing.assert_array_equal(rs["twin_kl"], r["twin_kl"][[0, 5]])
-        np.testing.assert_array_equal(rc["test_losses"], r["test_losses"])  # per model: kept
+        np.testing.assert_array_equal(rc.similarity, r.similarity[[1, 2, 3, 4]])
+        np.testing.assert_array_equal(rs.twin_kl, r.twin_kl[[0, 5]])
+        np.testing.assert_array_equal(rc.test_losses, r.test_losses)  # per model: kept
     assert summary.split_pairs(records, 1) == (records, None)
 
 
@@ -314,14 +322,14 @@ def test_same_and_cross_split_pairs_part_where_they_stay_three_paired_errors_apa
     assert out["pairs"] == dict(cross=4, same=2)
     assert out["part_index"] == 3 and out["part_epoch"] == 8.0
     # The paired z, recomputed: each sample's group means, then their difference.
-    r = records[4]["similarity"]
+    r = records[4].similarity
     d = r[[0, 5]].mean(0) - r[[1, 2, 3, 4]].mean(0)
     np.testing.assert_allclose(out["z"][4], d.mean() / (d.std(ddof=1) / np.sqrt(len(d))))
     np.testing.assert_allclose(out["similarity"]["same"]["mean"][4], r[[0, 5]].mean())
     # Apart at one snapshot only, then together again: they have not parted.
     late = _pair_records()
     for c in (4, 5):
-        late[c]["similarity"][[0, 5]] -= 0.2
+        late[c].similarity[[0, 5]] -= 0.2
     cross, same = summary.split_pairs(late, 2)
     assert summary.same_split_curves(epochs, cross, same, 2)["part_epoch"] is None
 

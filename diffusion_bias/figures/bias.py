@@ -12,6 +12,7 @@ import numpy as np
 
 from diffusion_bias.figures import common
 from diffusion_bias.instrument import verdict
+from diffusion_bias import setting as setting_lib
 
 
 def _verdict_text(stats, grid_alone=None):
@@ -156,7 +157,7 @@ def fig_bias_vs_test_loss(stats: dict[str, Any], path: str) -> None:
     the biased-generalisation phase when the verdict is conclusive.
     """
     # The tokens' bias curve is the NN divergence; the images' the sample-split similarity.
-    tokens = stats.get("nn_divergence") is not None and stats.get("setting") != "images"
+    tokens = setting_lib.of(stats["setting"]).bias_statistic == "nn_divergence"
     refined = bool(stats.get("refined"))
     grid_alone = stats.get("verdict") if refined else None
     stats = _on_final_grid(stats, tokens)
@@ -200,11 +201,7 @@ def fig_similarity_histograms(stats: dict[str, Any], path: str) -> None:
     hist = common.matrix(stats["sample_split"]["hist"], len(edges) - 1)[:, : len(edges) - 1]
     centers = 0.5 * (edges[1:] + edges[:-1])
     fractions = np.stack([common.fraction(h) for h in hist])
-    xlabel = (
-        "fraction of equal tokens in twin samples"
-        if stats.get("setting") == "tokens"
-        else "cosine of standardised twin samples"
-    )
+    xlabel = setting_lib.of(stats["setting"]).similarity_label
     fig = common.new_figure(11, 4.5)
     left, right = fig.subplots(1, 2, width_ratios=[1.2, 1])
     keys = common.key_snapshots(stats)

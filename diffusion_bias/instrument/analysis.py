@@ -34,8 +34,10 @@ from diffusion_bias.config import config_checks
 from diffusion_bias.config import config_file
 from diffusion_bias.config import default_config
 from diffusion_bias.instrument import measure
+from diffusion_bias.instrument import record as record_lib
 from diffusion_bias.instrument import summary
 from diffusion_bias.training import refine as refine_lib
+from diffusion_bias import setting as setting_lib
 
 # Bumped whenever the per-snapshot arrays change meaning, so old caches are not reused.
 CACHE_VERSION = 5
@@ -135,7 +137,7 @@ def analyze(
     per_step, damaged = {}, []
     for i, step in enumerate(steps):
         try:
-            per_step[step] = walk.at(i, step, "step", "compute")
+            per_step[step] = walk.record(i, step)
         except checkpoints.DamagedCheckpoint as err:
             logging.warning("%s; left out of the analysis.", err)
             damaged.append(dict(step=int(step), reason=err.reason))
@@ -145,7 +147,7 @@ def analyze(
     stats = summary.summarize(config, steps, list(per_step.values()))
     spe = run_lib.steps_per_epoch(config)
     stats["damaged_snapshots"] = [dict(d, epoch=d["step"] / spe) for d in damaged]
-    if stats["setting"] == "tokens":
+    if setting_lib.of(stats["setting"]).exact_reference:
         # The U-turn is costly: run it where Fig. 5 looks, at the onset and the minimum.
         v = stats["verdict"]
         where = {v["bias_onset_index"], v["test_loss_min_index"]} - {None}
@@ -210,7 +212,7 @@ def _refined(config, workdir, walk, per_step, stats, out_dir):
         walk.num_steps = len(per_step) + len(new)  # the log's "snapshot i/N"
         try:
             for step in new:
-                per_step[step] = walk.at(len(per_step), step, "step", "compute", ckpts)
+                per_step[step] = walk.record(len(per_step), step, ckpts)
         finally:
             ckpts.close()
         replays.append(dict(start=start, steps=new))
@@ -238,6 +240,10 @@ class _Walk:
         self.start = time.time()
         self.num_steps = len(ckpts.snapshot_steps())
 
+    def record(self, index, step, ckpts=None) -> record_lib.SnapshotRecord:
+        """The measurement (`Instrument.compute`) of snapshot `index` (at `step`), cached."""
+        return record_lib.SnapshotRecord.from_arrays(self.at(index, step, "step", "compute", ckpts))
+
     def at(self, index, step, prefix, method, ckpts=None):
         """`Instrument.<method>(snapshot)` of snapshot `index` (at `step`), cached.
 
@@ -254,7 +260,8 @@ class _Walk:
             computed.append(True)
             snapshot = ckpts.read_snapshot(step, evaluated_only=True)
             self.instrument = self.instrument or measure.Instrument(self.config, self.workdir)
-            return getattr(self.instrument, method)(snapshot)
+            out = getattr(self.instrument, method)(snapshot)
+            return out.arrays() if isinstance(out, record_lib.SnapshotRecord) else out
 
         identity = snapshot_identity(ckpts, step, self.training)
         path = os.path.join(

@@ -23,6 +23,7 @@ from diffusion_bias.diffusion import process
 from diffusion_bias.diffusion import samplers
 from diffusion_bias.diffusion import schedules
 from diffusion_bias.instrument import probe as probe_lib
+from diffusion_bias.instrument import record as record_lib
 from diffusion_bias.statistics import controlled
 from diffusion_bias.statistics import kl_bp
 from diffusion_bias.statistics import loss_decomposition
@@ -220,9 +221,9 @@ class Instrument:
             )
         return self._bp_losses
 
-    def compute(self, snapshot: Any) -> dict[str, np.ndarray]:
-        """All per-snapshot arrays, as a flat dict of numpy arrays: the probe's
-        (`probe.Probe.measure`), the membership losses, then those of the kind."""
+    def compute(self, snapshot: Any) -> record_lib.SnapshotRecord:
+        """The snapshot's record: the probe's arrays (`probe.Probe.measure`), the
+        membership losses, then those of the kind."""
         out, samples, params = self.probe.measure(snapshot.evaluated_params())
         num_twins = len(params)
         out.update(self.membership_losses(params))
@@ -241,7 +242,7 @@ class Instrument:
             )
         else:
             out.update(self._token_statistics(params, samples))
-        return out
+        return record_lib.SnapshotRecord.from_arrays(out)
 
     def twin_denoisers(self, stacked: Any) -> list[jax.tree_util.Partial]:
         """Twin k's denoiser per twin, its params bound in a Partial.

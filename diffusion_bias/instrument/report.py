@@ -17,6 +17,7 @@ import numpy as np
 
 from diffusion_bias import files
 from diffusion_bias.instrument import verdict
+from diffusion_bias import setting as setting_lib
 
 # One run of one setting: `name` heads its section ("digits", or "digits, seed 1"
 # when a setting runs with several seeds); `seed` is what the seeds table shows.
@@ -100,17 +101,12 @@ def stopping_rules_table(stats: dict[str, Any]) -> list[str]:
     rows = stats.get("stopping_rules")
     if not rows:
         return []
-    quality = "grammatical share" if stats.get("setting") == "tokens" else "sample quality"
+    setting = setting_lib.of(stats["setting"])
+    quality = setting.quality_name
     lines = [
         "What each stopping rule would have cost (replayed over the snapshots as it would "
         "run online, `config.monitor` settings; test loss relative to its minimum; "
-        f"{quality}: "
-        + (
-            "share of samples the grammar allows"
-            if stats.get("setting") == "tokens"
-            else "mean confidence of a classifier of the held-out items"
-        )
-        + "):",
+        f"{quality}: " + setting.quality_meaning + "):",
         "",
         f"| rule | stops at epoch | keeps epoch | test loss over its minimum | membership AUC "
         f"| TPR at 1% FPR | epsilon >= | memorised fraction | closer to own set | {quality} |",

@@ -13,6 +13,7 @@ so a rerun gives the same intervals.
 
 from collections.abc import Mapping
 from collections.abc import Sequence
+import dataclasses
 import functools
 from typing import Any
 
@@ -22,6 +23,7 @@ import numpy as np
 from diffusion_bias import run as run_lib
 from diffusion_bias import setting as setting_lib
 from diffusion_bias.config import config_checks
+from diffusion_bias.instrument import record as record_lib
 from diffusion_bias.instrument import stopping
 from diffusion_bias.instrument import verdict
 from diffusion_bias.statistics import controlled
@@ -152,9 +154,9 @@ statistics.json: one entry per snapshot (checkpoint) in every list.
 """
 
 
-def _col(per_step, name):
-    """[C, ...] the arrays `name` of every snapshot, stacked."""
-    return np.stack([r[name] for r in per_step])
+def _col(per_step: Sequence[record_lib.SnapshotRecord], name: str) -> np.ndarray:
+    """[C, ...] the field `name` of every snapshot's record, stacked."""
+    return np.stack([getattr(r, name) for r in per_step])
 
 
 # The analysis config the summary reads is `analysis.analysis_config`'s: every field
@@ -215,13 +217,13 @@ def _nearest_curves(per_step):
         own_d1=_col(per_step, "own_d1").mean(axis=(1, 2)).tolist(),
         other_d1=_col(per_step, "other_d1").mean(axis=(1, 2)).tolist(),
         heldout_d1=_col(per_step, "heldout_d1").mean(axis=(1, 2)).tolist(),
-        closer_to_own=[nearest.closer_to_own_share(r["own_d1"], r["other_d1"]) for r in per_step],
-        memorized_fraction=[nearest.memorized_fraction(r["own_d1"], r["own_d2"]) for r in per_step],
+        closer_to_own=[nearest.closer_to_own_share(r.own_d1, r.other_d1) for r in per_step],
+        memorized_fraction=[nearest.memorized_fraction(r.own_d1, r.own_d2) for r in per_step],
         heldout_memorized_fraction=[
-            nearest.memorized_fraction(r["heldout_d1"], r["heldout_d2"]) for r in per_step
+            nearest.memorized_fraction(r.heldout_d1, r.heldout_d2) for r in per_step
         ],
-        copy_fraction=[nearest.exact_copy_fraction(r["own_d1"]) for r in per_step],
-        heldout_copy_fraction=[nearest.exact_copy_fraction(r["heldout_d1"]) for r in per_step],
+        copy_fraction=[nearest.exact_copy_fraction(r.own_d1) for r in per_step],
+        heldout_copy_fraction=[nearest.exact_copy_fraction(r.heldout_d1) for r in per_step],
     )
 
 
@@ -229,7 +231,7 @@ def common_curves(
     kind: str,
     epochs: Sequence[float],
     steps: Sequence[int],
-    per_step: Sequence[Mapping[str, np.ndarray]],
+    per_step: Sequence[record_lib.SnapshotRecord],
     aggregate: str = "mean",
 ) -> dict[str, Any]:
     """The entries both kinds have: losses, sample split, nearest, membership AUC.
@@ -259,10 +261,7 @@ def common_curves(
         membership_auc=[
             float(
                 np.mean(
-                    [
-                        losses.membership_auc(tr, te)
-                        for tr, te in zip(r["train_losses"], r["test_losses"])
-                    ]
+                    [losses.membership_auc(tr, te) for tr, te in zip(r.train_losses, r.test_losses)]
                 )
             )
             for r in per_step
@@ -278,19 +277,19 @@ def common_curves(
     return stats
 
 
-def verdict_test_losses(per_step: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
+def verdict_test_losses(per_step: Sequence[record_lib.SnapshotRecord]) -> np.ndarray:
     """[C, K, m] the held-out losses the test-loss curve and the verdict read: at every
     step where the analysis computed them (analysis.test_loss_every_step), else the grid's."""
-    every_step = "test_losses_every_step" in per_step[0]
+    every_step = per_step[0].test_losses_every_step is not None
     return _col(per_step, "test_losses_every_step" if every_step else "test_losses")
 
 
 def _resample_twins(per_step):
-    return per_step[0]["test_losses"].shape[0] >= verdict.MIN_RESAMPLED_UNITS
+    return per_step[0].test_losses.shape[0] >= verdict.MIN_RESAMPLED_UNITS
 
 
 def image_curves(
-    a: ml_collections.ConfigDict, per_step: Sequence[Mapping[str, np.ndarray]]
+    a: ml_collections.ConfigDict, per_step: Sequence[record_lib.SnapshotRecord]
 ) -> dict[str, Any]:
     """The image entries: score_cosine (t [T], heldout [C][T], train [C][T])."""
     return dict(
@@ -307,21 +306,21 @@ def _loss_decomposition(per_step):
     names = ("l_star_train", "l_tilde_train", "l_star_heldout", "l_tilde_heldout")
     dec = _col(per_step, "decomposition").mean(axis=1)  # [C, 4]
     out = dict(t_ratio=0.3, **{n: dec[:, i].tolist() for i, n in enumerate(names)})
-    if "decomposition_mean_t" in per_step[0]:
+    if per_step[0].decomposition_mean_t is not None:
         dec_t = _col(per_step, "decomposition_mean_t").mean(axis=1)  # [C, 4]
-        out["mean_t_steps"] = per_step[0]["decomposition_steps"].tolist()
+        out["mean_t_steps"] = per_step[0].decomposition_steps.tolist()
         out.update({n + "_mean_t": dec_t[:, i].tolist() for i, n in enumerate(names)})
     return out
 
 
 def token_curves(
-    per_step: Sequence[Mapping[str, np.ndarray]], length: int, aggregate: str = "mean"
+    per_step: Sequence[record_lib.SnapshotRecord], length: int, aggregate: str = "mean"
 ) -> dict[str, Any]:
     """The token entries: grammaticality, NN divergence, twin KL, KL(BP_k || model), l*, l~.
 
     The NN divergence over models is their mean, or median (`aggregate`).
     """
-    own_d1, heldout_d1 = _col(per_step, "own_d1"), per_step[0]["heldout_d1"]
+    own_d1, heldout_d1 = _col(per_step, "own_d1"), per_step[0].heldout_d1
     # The paper's NN divergence: one KL per model, both histograms in its own training set.
     per_model = nearest.nn_divergence(own_d1, heldout_d1[None], length)  # [C, K]
     gen_hist = nearest.nn_histogram(own_d1, length)  # [C, K, bins]
@@ -343,21 +342,21 @@ def token_curves(
 
 def examples(
     epochs: Sequence[float],
-    per_step: Sequence[Mapping[str, np.ndarray]],
+    per_step: Sequence[record_lib.SnapshotRecord],
     decision: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The examples entry: samples and their nearest training items at the onset."""
     onset = decision["bias_onset_index"]
     return dict(
         epoch=epochs[onset],
-        samples=per_step[onset]["example_samples"][..., 0].tolist(),
-        nearest=per_step[onset]["example_nearest"][..., 0].tolist(),
+        samples=per_step[onset].example_samples[..., 0].tolist(),
+        nearest=per_step[onset].example_nearest[..., 0].tolist(),
     )
 
 
 def image_verdict(
     epochs: Sequence[float],
-    per_step: Sequence[Mapping[str, np.ndarray]],
+    per_step: Sequence[record_lib.SnapshotRecord],
     loss: np.ndarray,
     loss_boot: np.ndarray,
     rng: np.random.Generator,
@@ -387,7 +386,7 @@ def image_verdict(
 def token_verdict(
     a: ml_collections.ConfigDict,
     epochs: Sequence[float],
-    per_step: Sequence[Mapping[str, np.ndarray]],
+    per_step: Sequence[record_lib.SnapshotRecord],
     length: int,
     loss: np.ndarray,
     loss_boot: np.ndarray,
@@ -404,7 +403,7 @@ def token_verdict(
     """
     aggregate = aggregate_of(a)
     divergence, bias_boot, _ = verdict.nn_divergence_curves(
-        _col(per_step, "own_d1"), per_step[0]["heldout_d1"], length, rng, a.bootstrap, aggregate
+        _col(per_step, "own_d1"), per_step[0].heldout_d1, length, rng, a.bootstrap, aggregate
     )
     gate = grammaticality_gate(a)
     decide_nn = functools.partial(
@@ -442,22 +441,22 @@ def token_verdict(
 def _membership_losses(record):
     """One snapshot's losses in the layout of `privacy.attack_scores` (and its BP reference)."""
     losses_ = dict(
-        own=record["train_losses"],
-        partner=record["partner_losses"],
-        heldout=record["test_losses"],
-        own_t=record["own_losses_t"],
-        partner_t=record["partner_losses_t"],
-        heldout_t=record["heldout_losses_t"],
+        own=record.train_losses,
+        partner=record.partner_losses,
+        heldout=record.test_losses,
+        own_t=record.own_losses_t,
+        partner_t=record.partner_losses_t,
+        heldout_t=record.heldout_losses_t,
     )
     bp = None
-    if "bp_own_losses" in record:
-        bp = dict(own=record["bp_own_losses"], heldout=record["bp_heldout_losses"])
+    if record.bp_own_losses is not None:
+        bp = dict(own=record.bp_own_losses, heldout=record.bp_heldout_losses)
     return losses_, bp
 
 
 def privacy_audit(
     a: ml_collections.ConfigDict,
-    per_step: Sequence[Mapping[str, np.ndarray]],
+    per_step: Sequence[record_lib.SnapshotRecord],
     seeds_per_split: int = 1,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The privacy entry (without its roc) and each snapshot's attack scores."""
@@ -474,7 +473,7 @@ def privacy_audit(
                 confidence=a.privacy_confidence,
                 delta=a.privacy_delta,
                 seed=a.seed,
-                canary_twin=record.get("canary_twin"),
+                canary_twin=record.canary_twin,
             )
         )
     names = list(scores[0])
@@ -485,7 +484,7 @@ def privacy_audit(
         time_index=time_index,
         confidence=a.privacy_confidence,
         delta=a.privacy_delta,
-        canaries="coin" if "canary_twin" in per_step[0] else "fixed-size split",
+        canaries="coin" if per_step[0].canary_twin is not None else "fixed-size split",
         auc={n: [r["auc"][n] for r in audits] for n in names},
         tpr={n: [r["tpr"][n] for r in audits] for n in names},
     )
@@ -559,7 +558,7 @@ def stopping_rules(
         memorized_threshold=m.memorized_threshold,
         epsilon_threshold=m.epsilon_threshold,
         tpr_threshold=m.tpr_threshold,
-        bias_mode="max" if stats["setting"] == "images" else "min",
+        bias_mode=setting_lib.of(stats["setting"]).bias_direction,
     )
 
 
@@ -585,27 +584,28 @@ PART_Z = 3.0  # paired standard errors by which same-split pairs must stay more 
 
 
 def split_pairs(
-    per_step: Sequence[Mapping[str, np.ndarray]], seeds_per_split: int
-) -> tuple[Sequence[Mapping[str, np.ndarray]], list[dict[str, np.ndarray]] | None]:
+    per_step: Sequence[record_lib.SnapshotRecord], seeds_per_split: int
+) -> tuple[Sequence[record_lib.SnapshotRecord], list[record_lib.SnapshotRecord] | None]:
     """(per_step with cross-split pairs only, per_step with same-split pairs only).
 
     With one seed a split every pair is cross-split: (per_step, None).
     """
     if seeds_per_split == 1:
         return per_step, None
-    num_models = per_step[0]["test_losses"].shape[0]
+    num_models = per_step[0].num_models
     cross, same = sample_split.pair_groups(num_models, seeds_per_split)
 
     def keep(record, mask):
-        return {k: (v[mask] if k in PAIR_KEYS else v) for k, v in record.items()}
+        pairs = {k: getattr(record, k) for k in PAIR_KEYS if getattr(record, k) is not None}
+        return dataclasses.replace(record, **{k: v[mask] for k, v in pairs.items()})
 
     return [keep(r, cross) for r in per_step], [keep(r, same) for r in per_step]
 
 
 def same_split_curves(
     epochs: Sequence[float],
-    cross: Sequence[Mapping[str, np.ndarray]],
-    same: Sequence[Mapping[str, np.ndarray]],
+    cross: Sequence[record_lib.SnapshotRecord],
+    same: Sequence[record_lib.SnapshotRecord],
     seeds_per_split: int,
 ) -> dict[str, Any]:
     """The same_split entry: similarity of same-split pairs beside cross-split pairs.
@@ -641,7 +641,7 @@ def same_split_curves(
         part_index=part,
         part_epoch=None if part is None else epochs[part],
     )
-    if "twin_kl" in same[0]:
+    if same[0].twin_kl is not None:
         out["twin_kl"] = dict(
             cross=_col(cross, "twin_kl").mean(axis=(1, 2)).tolist(),
             same=_col(same, "twin_kl").mean(axis=(1, 2)).tolist(),
@@ -652,7 +652,7 @@ def same_split_curves(
 def summarize(
     config: ml_collections.ConfigDict,
     steps: Sequence[int],
-    per_step: Sequence[Mapping[str, np.ndarray]],
+    per_step: Sequence[record_lib.SnapshotRecord],
 ) -> dict[str, Any]:
     """statistics.json from the per-snapshot arrays (see `STATISTICS_SCHEMA`).
 
@@ -695,7 +695,7 @@ def summarize(
     stats["privacy"]["roc"] = privacy_roc(
         stats["privacy"], scores, roc_at, [epochs[i] for i in roc_at]
     )
-    if "quality" in per_step[0]:
+    if per_step[0].quality is not None:
         stats["sample_quality"] = _col(per_step, "quality").mean(axis=(1, 2)).tolist()
     stats["stopping_rules"] = stopping_rules(config, stats, loss, bias, bias_boot)
     stats["at_onset_and_test_min"] = at_onset_and_test_min(stats)
@@ -705,7 +705,7 @@ def summarize(
 def bias_curve(stats: Mapping[str, Any]) -> list[float]:
     """[C] the verdict's bias statistic: tokens, the NN divergence; images, the similarity
     (its median over pairs where the protocol aggregates by the median)."""
-    if stats["setting"] == "tokens":
+    if setting_lib.of(stats["setting"]).bias_statistic == "nn_divergence":
         return stats["nn_divergence"]
     return stats["sample_split"].get("median", stats["sample_split"]["mean"])
 
