@@ -300,3 +300,25 @@ def test_the_final_verdict_is_the_refined_grid_s_where_snapshots_were_replayed()
         "On the refined grid (3 snapshots): Conclusive: bias sets in before the test-loss "
         "minimum. (Log-spaced grid alone: inconclusive.)"
     )
+
+
+def test_the_bias_curve_is_the_same_for_the_analysis_and_the_monitor():
+    rng = np.random.default_rng(0)
+    sim = rng.random((5, 1, 64))  # [C, P, N]: one pair, as K = 2
+    # The analysis passes [C, P, N]; the monitor the mean over pairs [C, N].
+    full = verdict.bias_curve("similarity", np.random.default_rng(1), 20, similarity=sim)
+    monitor = verdict.bias_curve(
+        "similarity", np.random.default_rng(1), 20, similarity=sim.mean(axis=1)
+    )
+    for a, b in zip(full, monitor):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    np.testing.assert_allclose(full[0], sim.mean(axis=(1, 2)))
+    own_d1 = rng.integers(0, 17, (5, 2, 64)).astype(float)  # [C, K, N]
+    heldout_d1 = rng.integers(0, 17, (2, 40)).astype(float)  # [K, m]
+    curve, boot = verdict.bias_curve(
+        "nn_divergence", np.random.default_rng(2), 20,
+        own_d1=own_d1, heldout_d1=heldout_d1, length=16,
+    )  # fmt: skip
+    want = verdict.nn_divergence_curves(own_d1, heldout_d1, 16, np.random.default_rng(2), 20)
+    np.testing.assert_array_equal(curve, want[0])
+    np.testing.assert_array_equal(boot, want[1])

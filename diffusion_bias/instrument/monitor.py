@@ -223,13 +223,16 @@ class BiasMonitor:
         curves = {name: np.array([s[name] for s in self._scalars]) for name in self._scalars[0]}
         h = {name: np.stack(self._history[name]) for name in ("similarity", "own_d1", "heldout_d1")}
         rng = np.random.default_rng(self.seed)
-        if setting_lib.of(self.kind).bias_statistic == "similarity":
-            bias = h["similarity"].mean(axis=1)
-            bias_boot = verdict.bootstrap_mean_curves(h["similarity"], rng, self.bootstrap)
-        else:
-            bias, bias_boot, _ = verdict.nn_divergence_curves(
-                h["own_d1"], h["heldout_d1"][0], self._length, rng, self.bootstrap
-            )
+        # The analysis's bias curve (`verdict.bias_curve`), over the history so far.
+        bias, bias_boot = verdict.bias_curve(
+            setting_lib.of(self.kind).bias_statistic,
+            rng,
+            self.bootstrap,
+            similarity=h["similarity"],  # [C, N]: already the mean over pairs
+            own_d1=h["own_d1"],
+            heldout_d1=h["heldout_d1"][0],
+            length=self._length,
+        )
         return dict(curves, bias=bias, bias_boot=bias_boot)
 
     def _decide(self, epoch):

@@ -374,8 +374,9 @@ def image_verdict(
         (bias [C], bias_boot [B, C], decision).
     """
     sim = _col(per_step, "similarity")  # [C, P, N]
-    bias = verdict.unit_curve(sim, aggregate)
-    bias_boot = verdict.bootstrap_mean_curves(sim, rng, num_resamples, aggregate)
+    bias, bias_boot = verdict.bias_curve(
+        "similarity", rng, num_resamples, aggregate, similarity=sim
+    )
     decision = verdict.decide(
         epochs, bias, bias_boot, loss, loss_boot, "max", bias_name="sample-split similarity"
     )
@@ -402,8 +403,14 @@ def token_verdict(
         (bias [C], bias_boot [B, C], decision).
     """
     aggregate = aggregate_of(a)
-    divergence, bias_boot, _ = verdict.nn_divergence_curves(
-        _col(per_step, "own_d1"), per_step[0].heldout_d1, length, rng, a.bootstrap, aggregate
+    divergence, bias_boot = verdict.bias_curve(
+        "nn_divergence",
+        rng,
+        a.bootstrap,
+        aggregate,
+        own_d1=_col(per_step, "own_d1"),
+        heldout_d1=per_step[0].heldout_d1,
+        length=length,
     )
     gate = grammaticality_gate(a)
     decide_nn = functools.partial(

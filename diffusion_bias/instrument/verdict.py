@@ -214,6 +214,40 @@ def nn_divergence_curves(
     return over_units(per_model, aggregate), boot, per_model
 
 
+def bias_curve(
+    bias_statistic: str,
+    rng: np.random.Generator,
+    num_resamples: int,
+    aggregate: str = "mean",
+    *,
+    similarity: np.ndarray | None = None,
+    own_d1: np.ndarray | None = None,
+    heldout_d1: np.ndarray | None = None,
+    length: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The bias curve over snapshots and its bootstrap, for the analysis and the monitor.
+
+    Args:
+        bias_statistic: the Setting's: "similarity" (images) or "nn_divergence" (tokens).
+        rng: numpy Generator of the bootstrap.
+        num_resamples: B.
+        aggregate: "mean" or "median" over twin pairs or models (`unit_curve`,
+            `over_units`).
+        similarity: [C, P, N] the coupled pairs' similarity (or [C, N], already
+            averaged over pairs), for "similarity".
+        own_d1, heldout_d1, length: `nn_divergence_curves`' arguments, for
+            "nn_divergence".
+
+    Returns:
+        (curve [C], replicates [B, C]).
+    """
+    if bias_statistic == "similarity":
+        curve = unit_curve(similarity, aggregate)
+        return curve, bootstrap_mean_curves(similarity, rng, num_resamples, aggregate)
+    curve, boot, _ = nn_divergence_curves(own_d1, heldout_d1, length, rng, num_resamples, aggregate)
+    return curve, boot
+
+
 def _arg_extremum(curves, mode, valid):
     masked = np.where(valid, curves, -np.inf if mode == "max" else np.inf)
     return masked.argmax(-1) if mode == "max" else masked.argmin(-1)
