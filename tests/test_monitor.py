@@ -346,3 +346,21 @@ def test_a_stopped_result_of_another_config_does_not_stop_a_retrained_workdir(tm
     assert monitor_run.stopped_result(str(tmp_path)) is None
     assert len(_rows(tmp_path)) == len(run_lib.snapshot_steps(other))
     assert os.path.exists(os.path.join(tmp_path, monitor_run.RESULT + ".old_run"))
+
+
+def test_the_settings_defaults_are_the_default_configs_and_keywords_override_them():
+    from diffusion_bias.config import default_config
+
+    # One set of defaults: the API's equal the config's.
+    assert (
+        monitor_lib.MonitorSettings.from_config(default_config.get_config().monitor)
+        == monitor_lib.MonitorSettings()
+    )
+    train, heldout = _data()
+    settings = monitor_lib.MonitorSettings(stop="test_loss", patience=3)
+    monitor = _monitor(train, heldout, settings=settings, patience=5)
+    assert (monitor.settings.stop, monitor.settings.patience) == ("test_loss", 5)
+    assert monitor.settings.num_samples == 32  # the helper's keyword, over the default
+    assert monitor.stop == "test_loss" and monitor.patience == 5
+    with pytest.raises(ValueError, match="patiense"):
+        _monitor(train, heldout, patiense=2)

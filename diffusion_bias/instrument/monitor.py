@@ -20,7 +20,9 @@ Everything random is fixed by `seed`: sample j is coupled across twins and
 across snapshots, the loss grid is the same at every call.
 """
 
+from collections.abc import Callable
 from collections.abc import Mapping
+import dataclasses
 from typing import Any
 
 import jax
@@ -37,6 +39,46 @@ from diffusion_bias.statistics import nearest
 from diffusion_bias.statistics import privacy
 
 
+@dataclasses.dataclass(frozen=True)
+class MonitorSettings:
+    """What the monitor measures and how its rule decides: `config.monitor`'s fields.
+
+    Attributes:
+        stop: the stopping rule, one of `stopping.RULES`.
+        num_samples: coupled samples per twin and snapshot.
+        sampling_steps: steps of the respaced reverse chain.
+        loss_items: items per twin (and held out) on the loss grid.
+        loss_repeats: (t, noise) draws per item on the loss grid.
+        patience: snapshots confirming a stop.
+        auc_threshold, memorized_threshold: the privacy budget.
+        epsilon_threshold, tpr_threshold: the privacy budget in the auditors'
+            units, 0 = not used: the one-run epsilon lower bound (95%, delta
+            1e-5) and the TPR at 1% FPR of the loss attack (`statistics.privacy`;
+            the monitor scores every item with the loss, a score that chooses nothing).
+        bootstrap: replicates for the bias rule's noise.
+        seed: fixes the coupling noise, the loss grid and the bootstrap.
+    """
+
+    stop: str = "none"
+    num_samples: int = 128
+    sampling_steps: int = 100
+    loss_items: int = 128
+    loss_repeats: int = 4
+    patience: int = 2
+    auc_threshold: float = 0.6
+    memorized_threshold: float = 0.0
+    epsilon_threshold: float = 0.0
+    tpr_threshold: float = 0.0
+    bootstrap: int = 200
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, monitor_config: Mapping[str, Any]) -> "MonitorSettings":
+        """The settings of a `config.monitor` (fields it lacks keep their defaults)."""
+        names = [field.name for field in dataclasses.fields(cls)]
+        return cls(**{name: monitor_config[name] for name in names if name in monitor_config})
+
+
 class BiasMonitor:
     """Cheap bias statistics per snapshot, and a stopping rule over them.
 
@@ -51,19 +93,8 @@ class BiasMonitor:
             [K, n, H, W, C], tokens int [K, n, L]), K >= 2.
         heldout: [m, ...] held-out items, disjoint from every split.
         kind: "images" or "tokens".
-        stop: the stopping rule, one of `stopping.RULES`.
-        num_samples: coupled samples per twin and snapshot.
-        sampling_steps: steps of the respaced reverse chain.
-        loss_items: items per twin (and held out) on the loss grid.
-        loss_repeats: (t, noise) draws per item on the loss grid.
-        patience: snapshots a rule waits for confirmation.
-        auc_threshold, memorized_threshold: the privacy budget.
-        epsilon_threshold, tpr_threshold: the privacy budget in the auditors'
-            units, 0 = not used: the one-run epsilon lower bound (95%, delta
-            1e-5) and the TPR at 1% FPR of the loss attack (`statistics.privacy`;
-            the monitor scores every item with the loss, a score that chooses nothing).
-        bootstrap: replicates for the bias rule's noise.
-        seed: fixes the coupling noise, the loss grid and the bootstrap.
+        settings: the `MonitorSettings` (default: their defaults); any of their
+            fields may also be given as a keyword, e.g. `stop="bias_onset"`.
         num_symbols: q, for tokens.
         clip_x0: images: clip the predicted x0 to [-c, c] while sampling.
         twin_strategy: "vmap" or "map" over the twins while sampling.
@@ -81,55 +112,52 @@ class BiasMonitor:
 
     def __init__(
         self,
-        apply_fn,
-        schedule,
-        train_sets,
-        heldout,
-        kind,
+        apply_fn: Callable[[Any, jax.Array, jax.Array], jax.Array],
+        schedule: schedules.Schedule,
+        train_sets: np.ndarray,
+        heldout: np.ndarray,
+        kind: str,
+        settings: MonitorSettings | None = None,
         *,
-        stop="none",
-        num_samples=128,
-        sampling_steps=100,
-        loss_items=128,
-        loss_repeats=4,
-        patience=2,
-        auc_threshold=0.6,
-        memorized_threshold=0.0,
-        epsilon_threshold=0.0,
-        tpr_threshold=0.0,
-        bootstrap=200,
-        seed=0,
-        num_symbols=None,
-        clip_x0=None,
-        twin_strategy="vmap",
-        offsets=None,
+        num_symbols: int | None = None,
+        clip_x0: float | None = None,
+        twin_strategy: str = "vmap",
+        offsets: np.ndarray | None = None,
+        **fields: Any,
     ):
         """Builds the monitor (see the class for the arguments); raises ValueError on a bad one."""
+        try:
+            settings = dataclasses.replace(settings or MonitorSettings(), **fields)
+        except TypeError as err:  # a keyword that is no field of the settings
+            raise ValueError(f"BiasMonitor: {err}") from None
+        self.settings = s = settings
         train_sets, heldout = np.asarray(train_sets), np.asarray(heldout)
         _check_arguments(
             train_sets,
             heldout,
             kind,
-            stop,
+            s.stop,
             num_symbols,
-            num_samples=num_samples,
-            sampling_steps=sampling_steps,
-            loss_items=loss_items,
-            loss_repeats=loss_repeats,
-            patience=patience,
-            bootstrap=bootstrap,
+            num_samples=s.num_samples,
+            sampling_steps=s.sampling_steps,
+            loss_items=s.loss_items,
+            loss_repeats=s.loss_repeats,
+            patience=s.patience,
+            bootstrap=s.bootstrap,
         )
         _check_items(train_sets, heldout, kind, num_symbols, offsets)
         _check_thresholds(
-            auc_threshold=auc_threshold,
-            memorized_threshold=memorized_threshold,
-            tpr_threshold=tpr_threshold,
-            epsilon_threshold=epsilon_threshold,
+            auc_threshold=s.auc_threshold,
+            memorized_threshold=s.memorized_threshold,
+            tpr_threshold=s.tpr_threshold,
+            epsilon_threshold=s.epsilon_threshold,
         )
-        self.kind, self.stop, self.patience = kind, stop, patience
-        self.auc_threshold, self.memorized_threshold = auc_threshold, memorized_threshold
-        self.epsilon_threshold, self.tpr_threshold = epsilon_threshold, tpr_threshold
-        self.num_samples, self.bootstrap, self.seed = num_samples, bootstrap, seed
+        self.kind, self.stop, self.patience = kind, s.stop, s.patience
+        self.auc_threshold, self.memorized_threshold = s.auc_threshold, s.memorized_threshold
+        self.epsilon_threshold, self.tpr_threshold = s.epsilon_threshold, s.tpr_threshold
+        self.num_samples, self.bootstrap, self.seed = s.num_samples, s.bootstrap, s.seed
+        num_samples, sampling_steps, seed = s.num_samples, s.sampling_steps, s.seed
+        loss_items, loss_repeats = s.loss_items, s.loss_repeats
         n_items = min(loss_items, train_sets.shape[1], len(heldout))
         self._length, self._num_twins = train_sets.shape[-1], len(train_sets)
         self._probe = probe_lib.Probe(

@@ -45,7 +45,6 @@ def build(config: ml_collections.ConfigDict, run: Any) -> monitor_lib.BiasMonito
     The training sets and held-out items are the items as drawn; `run.offsets`
     [K, C] the twins' centring shifts (images), see `BiasMonitor`.
     """
-    m = config.monitor
     clip = config.analysis.clip_x0 or None
     kind = run.kind
     return monitor_lib.BiasMonitor(
@@ -54,18 +53,7 @@ def build(config: ml_collections.ConfigDict, run: Any) -> monitor_lib.BiasMonito
         np.asarray(run.twin_data.train),
         np.asarray(run.twin_data.heldout),
         kind,
-        stop=m.stop,
-        num_samples=m.num_samples,
-        sampling_steps=m.sampling_steps,
-        loss_items=m.loss_items,
-        loss_repeats=m.loss_repeats,
-        patience=m.patience,
-        auc_threshold=m.auc_threshold,
-        memorized_threshold=m.memorized_threshold,
-        epsilon_threshold=m.epsilon_threshold,
-        tpr_threshold=m.tpr_threshold,
-        bootstrap=m.bootstrap,
-        seed=m.seed,
+        monitor_lib.MonitorSettings.from_config(config.monitor),
         num_symbols=getattr(run.model, "num_symbols", None),
         clip_x0=clip if setting_lib.of(kind).parametrization == "eps" else None,
         twin_strategy=config.training.twin_strategy,
