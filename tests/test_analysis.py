@@ -143,8 +143,11 @@ def test_sampling_steps_0_is_the_full_chain_and_others_respace():
     assert measure.sampling_schedule(schedule, None) is schedule
     assert measure.sampling_schedule(schedule, 20).num_steps == 20
     assert measure.sampling_schedule(schedule, 500).num_steps == 100
-    with pytest.raises(config_checks.ConfigError, match="sampling_steps"):
-        measure.sampling_schedule(schedule, -3)
+    # The rule is the config check's.
+    config = smoke.get_config("grammar")
+    config.analysis.sampling_steps = -3
+    with pytest.raises(config_checks.ConfigError, match="config.analysis.sampling_steps"):
+        config_checks.check_config(config)
 
 
 def test_two_seeds_a_split_train_four_models_and_show_same_split_pairs_apart(tmp_path):

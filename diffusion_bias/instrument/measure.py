@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_bias import checks
 from diffusion_bias import run as run_lib
 from diffusion_bias import setting as setting_lib
 from diffusion_bias.config import config_checks
@@ -41,15 +40,11 @@ def sampling_schedule(
     Args:
         schedule: the training schedule (T steps).
         sampling_steps: 0 or None for the full chain of T steps (the paper's
-            protocol); else a respacing to min(sampling_steps, T) steps.
+            protocol); else a respacing to min(sampling_steps, T) steps (the
+            config check owns the rule: a non-negative integer, at most T).
     """
-    if sampling_steps is None or sampling_steps == 0:
+    if not sampling_steps:
         return schedule
-    if not checks.is_int(sampling_steps) or sampling_steps < 0:
-        raise config_checks.ConfigError(
-            "config.analysis.sampling_steps must be 0 (full chain) or a positive integer, "
-            f"got {sampling_steps!r}"
-        )
     return schedules.respace(schedule, min(sampling_steps, schedule.num_steps))
 
 
