@@ -160,7 +160,7 @@ def main(argv):
         flush=True,
     )
 
-    chunk = twin_steps.make_train_chunk(config, run.model, run.schedule, run.kind, mesh)
+    chunk = twin_steps.make_train_chunk(config, run.model, run.schedule, run.kind, mesh, tx)
     per_call = config.training.steps_per_call
     state, steps_per_s, first = train_for(chunk, state, data, FLAGS.train_seconds, per_call)
     achieved = steps_per_s * out["flops_per_step"]
