@@ -1,4 +1,4 @@
-"""The base config (diffusion_bias/default_config.py), unchanged.
+"""The base config (diffusion_bias/config/default_config.py), unchanged.
 
 python -m launch.train --config=configs/default.py --workdir=workdirs/default
 """

@@ -4,14 +4,14 @@
         [--analysis.num_samples=2048 --analysis.score_times='(50,100)' ...]
 
 Reads the config saved in the workdir; any field of its `analysis` section
-(diffusion_bias/default_config.py) can be overridden as --analysis.<field>=...,
+(diffusion_bias/config/default_config.py) can be overridden as --analysis.<field>=...,
 and is checked before anything is written. Writes O/analysis/statistics.json,
 the figures beside it and TensorBoard event files in O/tensorboard/analysis,
 where O is --output_dir, by default the workdir (a run one cannot write to, a
 shared one, is analysed with --output_dir). Rerun after new snapshots: only new
 ones are computed. SIGTERM or Ctrl-C stops it with status 75, the snapshots
 analysed so far kept in the cache. --refine replays the training around the bias
-onset and the test-loss minimum (diffusion_bias/refine.py) and reports both on
+onset and the test-loss minimum (diffusion_bias/training/refine.py) and reports both on
 the denser grid as well; give it the run's CPU devices (--cpu_devices=K) to
 replay bit-identically a run trained with a device per twin.
 """

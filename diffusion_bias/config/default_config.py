@@ -151,12 +151,12 @@ def get_config() -> ml_collections.ConfigDict:
             privacy_confidence=0.95,
             privacy_delta=1e-5,
             # Replay the training around the bias onset and the test-loss minimum with
-            # denser snapshots and locate both there too (diffusion_bias/refine.py).
+            # denser snapshots and locate both there too (diffusion_bias/training/refine.py).
             refine=False,
         )
     )
-    # The bias monitor (diffusion_bias/monitor.py): a cheap instrument at every
-    # snapshot during training, and a stopping rule (diffusion_bias/stopping.py).
+    # The bias monitor (diffusion_bias/instrument/monitor.py): a cheap instrument at every
+    # snapshot during training, and a stopping rule (diffusion_bias/instrument/stopping.py).
     config.monitor = ml_collections.ConfigDict(
         dict(
             enabled=False,
