@@ -54,7 +54,8 @@ class Probe:
         loss_repeats: (t, noise) draws per item on the grid.
         offsets: images: [K, C] twin k's shift, or None (tokens, or no centring).
         num_symbols: tokens: q.
-        clip_x0, step_rule, twin_strategy: as `coupled.coupled_samples`.
+        clip_x0, step_rule, twin_strategy: as `coupled.coupled_samples` (clip_x0
+            applies to eps models only: tokens' x0 models ignore it).
         seeds_per_split: S, models a split (`config.splits.seeds_per_split`):
             model k trains on split k // S, its partner is `sample_split.partner`.
     """

@@ -28,7 +28,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from diffusion_bias import files
-from diffusion_bias import setting as setting_lib
 from diffusion_bias.config import config_file
 from diffusion_bias.diffusion import coupled
 from diffusion_bias.instrument import monitor as monitor_lib
@@ -45,7 +44,6 @@ def build(config: ml_collections.ConfigDict, run: Any) -> monitor_lib.BiasMonito
     The training sets and held-out items are the items as drawn; `run.offsets`
     [K, C] the twins' centring shifts (images), see `BiasMonitor`.
     """
-    clip = config.analysis.clip_x0 or None
     kind = run.kind
     return monitor_lib.BiasMonitor(
         coupled.denoiser(run.model, kind),
@@ -55,7 +53,7 @@ def build(config: ml_collections.ConfigDict, run: Any) -> monitor_lib.BiasMonito
         kind,
         monitor_lib.MonitorSettings.from_config(config.monitor),
         num_symbols=getattr(run.model, "num_symbols", None),
-        clip_x0=clip if setting_lib.of(kind).parametrization == "eps" else None,
+        clip_x0=config.analysis.clip_x0 or None,  # the probe applies it to eps models only
         twin_strategy=config.training.twin_strategy,
         offsets=run.offsets,
     )
